@@ -1,0 +1,162 @@
+"""Store-and-forward delivery of state reports to the gateway (protocol §7, command center -> gateway).
+
+Operator actions put rows into the `callback_outbox` table in the same transaction as the state
+change. This sender POSTs each row until the gateway answers 2xx. A failed row is rescheduled with
+exponential backoff and full jitter, so one event the gateway keeps refusing does not hold up the
+others; reports of the same event go out in order (see Store.due_callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import httpx
+
+from .config import CallbackSettings
+from .domain import utc_now
+from .store import OutboxRow, Store
+
+log = logging.getLogger(__name__)
+
+STATE_PATH = "/api/v1/cc/state"
+
+
+def backoff_delay(attempts: int, settings: CallbackSettings, rng: random.Random) -> float:
+    """Seconds to wait after the `attempts`-th failed try (1 = the first failure).
+
+    Full jitter (uniform between 0 and the capped exponential) spreads the retries of many rows
+    after a gateway outage instead of sending them all again in the same instant.
+    """
+    exponent = min(max(attempts - 1, 0), 62)  # bound the power: 2**62 s is already "forever"
+    ceiling = min(settings.max_backoff_s, settings.initial_backoff_s * 2.0**exponent)
+    return rng.uniform(0.0, ceiling)
+
+
+class CallbackSender:
+    """Background task; `start()` in the app's lifespan, `notify()` after queueing, `stop()` at the end."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        gateway_url: str,
+        gateway_token: str,
+        settings: CallbackSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._url = gateway_url.rstrip("/") + STATE_PATH
+        self._token = gateway_token
+        self._settings = settings
+        self._rng = rng or random.SystemRandom()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("callback sender already started")
+        self._client = httpx.AsyncClient(
+            timeout=self._settings.request_timeout_s,
+            headers={"Authorization": f"Bearer {self._token}"},
+            follow_redirects=False,
+        )
+        self._task = asyncio.create_task(self._run(), name="siaga-cc-callbacks")
+        log.info("sending state reports to %s", self._url)
+
+    def notify(self) -> None:
+        """New rows are in the outbox: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Finish the requests in flight (up to `grace_s`), then stop. Undelivered rows stay in the
+        outbox and go out after the next start; the gateway accepts repeats."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=grace_s)
+            except TimeoutError:
+                log.info("state-report sender stopped while requests were in flight")
+            except Exception:
+                log.exception("state-report sender failed")
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            # Clear before looking, so a notify() that arrives while we look is not lost.
+            self._wake.clear()
+            try:
+                rows = await self._store.due_callbacks(time.time(), self._settings.batch_size)
+                if rows:
+                    await self._send_batch(rows)
+                    failures = 0
+                    continue
+                next_due = await self._store.next_callback_due()
+                failures = 0
+            except Exception:
+                # A database problem must not end the sender for good; try again a little later.
+                failures += 1
+                log.exception("state-report sender: outbox access failed")
+                await self._sleep(backoff_delay(failures, self._settings, self._rng))
+                continue
+            wait = self._settings.idle_poll_s
+            if next_due is not None:
+                wait = min(wait, max(0.0, next_due - time.time()))
+            await self._sleep(wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _send_batch(self, rows: list[OutboxRow]) -> None:
+        limit = asyncio.Semaphore(self._settings.concurrency)
+
+        async def one(row: OutboxRow) -> None:
+            async with limit:
+                await self._deliver(row)
+
+        async with asyncio.TaskGroup() as tg:
+            for row in rows:
+                tg.create_task(one(row))
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        assert self._client is not None
+        error: str | None
+        try:
+            resp = await self._client.post(
+                self._url, content=row.body.encode(), headers={"Content-Type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            # httpx messages name the URL but never the headers, so the token cannot leak here.
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = None if resp.is_success else f"HTTP {resp.status_code}"
+        now = utc_now()
+        if error is None:
+            await self._store.mark_delivered(row.id, now=now)
+            log.info("state report %d for %s delivered (attempt %d)", row.id, row.event_id, row.attempts + 1)
+            return
+        attempts = row.attempts + 1
+        delay = backoff_delay(attempts, self._settings, self._rng)
+        await self._store.mark_failed(row.id, now=now, next_attempt_at=time.time() + delay, error=error)
+        log.warning(
+            "state report %d for %s failed (attempt %d: %s); next try in %.1f s",
+            row.id,
+            row.event_id,
+            attempts,
+            error,
+            delay,
+        )

@@ -1,0 +1,221 @@
+"""Request and response bodies of the HTTP API (pydantic); they are also the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from .domain import KNOWN_KINDS, IncidentState, event_id_for, incident_ref, rfc3339
+from .store import AlarmEvent, HistoryEntry, Incident
+
+# Times go out as RFC 3339 UTC with milliseconds and a 'Z', like every other time in the protocol.
+UtcTime = Annotated[
+    datetime,
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
+
+
+# ---- intake (protocol §7, gateway -> command center) --------------------------------------------
+
+
+class AlarmLocation(BaseModel):
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False, description="latitude, decimal degrees")
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False, description="longitude, decimal degrees")
+    address: str = Field(max_length=512, description="street address as configured on the button")
+    area: str = Field(max_length=64, description="administrative-area code")
+
+
+class AlarmIn(BaseModel):
+    """An alarm forwarded by a gateway. Unknown fields are ignored (protocol §4), so gateways can add
+    fields without breaking older command centers."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "gw-1:jkt-menteng-0042:4711",
+                    "gateway_id": "gw-1",
+                    "device_id": "jkt-menteng-0042",
+                    "seq": 4711,
+                    "kind": "medical",
+                    "test": False,
+                    "location": {
+                        "lat": -6.195733,
+                        "lon": 106.832085,
+                        "address": "Jl. Menteng Raya 12",
+                        "area": "31.71.06.1001",
+                    },
+                    "raised_at": "2026-11-24T03:12:09Z",
+                    "received_at": "2026-11-24T03:12:09.412Z",
+                }
+            ]
+        },
+    )
+
+    event_id: str = Field(
+        min_length=5, max_length=160, description="`<gateway_id>:<device_id>:<seq>`; the idempotency key"
+    )
+    gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    device_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,31}$", description="protocol §1")
+    # strict: "4711" or 4711.0 from a gateway is a bug worth seeing, not something to coerce.
+    seq: int = Field(ge=0, lt=2**31, strict=True)
+    # Any well-formed kind is accepted: a button with newer firmware must still be heard. Unknown
+    # kinds are shown as they are.
+    kind: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description=f"known kinds: {', '.join(KNOWN_KINDS)}; others are accepted and shown as sent",
+    )
+    test: bool = Field(strict=True, description="a technician's test press")
+    location: AlarmLocation
+    raised_at: AwareDatetime | None = Field(description="device clock; null if the device has none")
+    received_at: AwareDatetime = Field(description="when the gateway committed the alarm")
+
+    @model_validator(mode="after")
+    def _event_id_matches(self) -> Self:
+        expected = event_id_for(self.gateway_id, self.device_id, self.seq)
+        if self.event_id != expected:
+            raise ValueError(f"event_id must be '<gateway_id>:<device_id>:<seq>' = {expected!r}")
+        return self
+
+
+class AlarmAccepted(BaseModel):
+    event_id: str
+    incident_id: str = Field(examples=["inc-000017"])
+    state: Literal["received"] = Field(description="the command center has the alarm durably")
+
+
+# ---- operator actions -------------------------------------------------------------------------
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an operator's mistake: say so
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class DispatchRequest(ActionRequest):
+    agency: str = Field(min_length=1, max_length=100, examples=["ambulance-jakpus"])
+
+
+# ---- incidents --------------------------------------------------------------------------------
+
+
+class LocationOut(BaseModel):
+    lat: float
+    lon: float
+    address: str
+    area: str
+
+
+class IncidentOut(BaseModel):
+    id: str = Field(examples=["inc-000017"])
+    state: IncidentState
+    device_id: str
+    kind: str
+    test: bool
+    location: LocationOut
+    event_count: int = Field(description="alarm events (button presses) in this incident")
+    created_at: UtcTime
+    updated_at: UtcTime
+    acknowledged_at: UtcTime | None
+    acknowledged_by: str | None
+    dispatched_at: UtcTime | None
+    dispatched_by: str | None
+    agency: str | None
+    closed_at: UtcTime | None = Field(description="when it was resolved or declared a false alarm")
+    closed_by: str | None
+
+    @classmethod
+    def of(cls, i: Incident) -> IncidentOut:
+        return cls(**_incident_fields(i))
+
+
+class EventOut(BaseModel):
+    event_id: str
+    gateway_id: str
+    device_id: str
+    seq: int
+    kind: str
+    test: bool
+    raised_at: UtcTime | None
+    received_at: UtcTime
+    intake_at: UtcTime = Field(description="when the command center stored it")
+
+    @classmethod
+    def of(cls, e: AlarmEvent) -> EventOut:
+        return cls(
+            event_id=e.event_id,
+            gateway_id=e.gateway_id,
+            device_id=e.device_id,
+            seq=e.seq,
+            kind=e.kind,
+            test=e.test,
+            raised_at=e.raised_at,
+            received_at=e.received_at,
+            intake_at=e.intake_at,
+        )
+
+
+class HistoryOut(BaseModel):
+    at: UtcTime
+    actor: str = Field(description="operator name, or `gateway:<id>` for the creation")
+    from_state: IncidentState | None
+    to_state: IncidentState
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, h: HistoryEntry) -> HistoryOut:
+        return cls(at=h.at, actor=h.actor, from_state=h.from_state, to_state=h.to_state, detail=h.detail)
+
+
+class IncidentDetail(IncidentOut):
+    events: list[EventOut]
+    history: list[HistoryOut]
+
+    @classmethod
+    def build(cls, i: Incident, events: list[AlarmEvent], history: list[HistoryEntry]) -> IncidentDetail:
+        return cls(
+            **_incident_fields(i),
+            events=[EventOut.of(e) for e in events],
+            history=[HistoryOut.of(h) for h in history],
+        )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+
+
+def _incident_fields(i: Incident) -> dict[str, Any]:
+    return {
+        "id": incident_ref(i.number),
+        "state": i.state,
+        "device_id": i.device_id,
+        "kind": i.kind,
+        "test": i.test,
+        "location": LocationOut(lat=i.lat, lon=i.lon, address=i.address, area=i.area),
+        "event_count": i.event_count,
+        "created_at": i.created_at,
+        "updated_at": i.updated_at,
+        "acknowledged_at": i.acknowledged_at,
+        "acknowledged_by": i.acknowledged_by,
+        "dispatched_at": i.dispatched_at,
+        "dispatched_by": i.dispatched_by,
+        "agency": i.agency,
+        "closed_at": i.closed_at,
+        "closed_by": i.closed_by,
+    }

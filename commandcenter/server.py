@@ -1,0 +1,47 @@
+"""Run the command center under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from .app import create_app
+from .config import CCConfig
+
+log = logging.getLogger(__name__)
+
+# uvicorn exits with 3 when startup fails; we keep its convention.
+STARTUP_FAILURE = 3
+
+
+def run(config_path: str) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    uvicorn handles both signals: it stops accepting connections, lets requests in flight finish
+    (up to the timeout below), then runs the lifespan shutdown, which stops the callback sender and
+    closes the database.
+    """
+    cfg = CCConfig.load(config_path)
+    _setup_logging(cfg.log_level)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg),
+            host=cfg.host,
+            port=cfg.port,
+            lifespan="on",  # a failing startup (e.g. a too-new database) must stop the process
+            log_config=None,  # keep our logging setup; uvicorn's loggers propagate to it
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level.upper())

@@ -1,0 +1,215 @@
+"""Decode MQTT messages from buttons into typed values, or into a Reject with its reason.
+
+Pure: bytes, a topic and a registry lookup in, a value out. The MAC is checked on the exact bytes
+received before anything is parsed (protocol.md §3). Replay checks need per-device state and live
+in `replay.py`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from siagafw import proto
+
+MAX_FRAME = proto.MAX_FRAME
+TOPIC_PREFIX = proto.TOPIC_ROOT
+UPLINK_SUFFIXES = ("alarm", "status", "will")
+AUDIT_PREFIX_BYTES = 64  # how much of an unauthenticated payload the audit log may keep
+
+
+class RejectReason(enum.StrEnum):
+    MALFORMED = "malformed"
+    OVERSIZE = "oversize"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED = "revoked"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_TOPIC = "wrong_topic"
+    REPLAY = "replay"
+    FLOOD = "flood"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: RejectReason
+    device_id: str | None
+    topic: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat_e6: int
+    lon_e6: int
+    address: str
+    area: str
+
+    @property
+    def lat(self) -> float:
+        return self.lat_e6 / 1_000_000
+
+    @property
+    def lon(self) -> float:
+        return self.lon_e6 / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    device_id: str
+    seq: int
+    kind: str
+    test: bool
+    location: Location
+    uptime_ms: int
+    raised_ts: int | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    device_id: str
+    seq: int
+    battery_mv: int | None
+    rssi: int | None
+    firmware: str
+    tamper: bool
+    outbox: int
+    uptime_ms: int
+    every_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    device_id: str
+    seq: int
+
+
+Message = Alarm | Status | Will
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """What the codec needs to know about a registered device."""
+
+    secret: bytes
+    revoked: bool = False
+
+
+KeyLookup = Callable[[str], DeviceKey | None]
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *, nullable: bool = False) -> Any:
+    if key not in body:
+        raise _Invalid(f"missing field '{key}'")
+    value = body[key]
+    if value is None and nullable:
+        return None
+    # bool is an int subclass in Python; a JSON true where a number belongs is still an error.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise _Invalid(f"field '{key}' has the wrong type")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _seq(body: dict[str, Any]) -> int:
+    seq = _get(body, "seq", int)
+    if not 0 <= seq < 2**31:
+        raise _Invalid("seq out of range")
+    return seq
+
+
+def _location(body: dict[str, Any]) -> Location:
+    loc = _get(body, "loc", dict)
+    lat, lon = _get(loc, "lat_e6", int), _get(loc, "lon_e6", int)
+    if not (-90_000_000 <= lat <= 90_000_000 and -180_000_000 <= lon <= 180_000_000):
+        raise _Invalid("location out of range")
+    return Location(lat, lon, _get(loc, "addr", str), _get(loc, "area", str))
+
+
+def _parse(kind: str, device_id: str, raw: bytes, body: dict[str, Any]) -> Message:
+    if kind == "alarm":
+        emergency = _get(body, "kind", str)
+        if emergency not in proto.KINDS:
+            raise _Invalid(f"unknown emergency kind '{emergency[:20]}'")
+        return Alarm(device_id, _seq(body), emergency, _get(body, "test", bool), _location(body),
+                     _get(body, "up", int), _get(body, "ts", int, nullable=True), raw)
+    if kind == "status":
+        return Status(device_id, _seq(body), _get(body, "bat", int, nullable=True),
+                      _get(body, "rssi", int, nullable=True), _get(body, "fw", str)[:32],
+                      _get(body, "tamper", bool), _get(body, "outbox", int), _get(body, "up", int),
+                      _get(body, "every", int))
+    return Will(device_id, _seq(body))
+
+
+def split_topic(topic: str) -> tuple[str, str] | None:
+    """'siaga/v1/dev/<id>/<suffix>' -> (id, suffix) for an uplink topic, else None."""
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    parts = topic[len(TOPIC_PREFIX):].split("/")
+    if len(parts) != 2 or parts[1] not in UPLINK_SUFFIXES or not proto.valid_device_id(parts[0]):
+        return None
+    return parts[0], parts[1]
+
+
+def verify_frame(secret: bytes, frame: bytes) -> bytes | None:
+    """The body of `frame` if its MAC matches `secret`, else None (constant-time comparison)."""
+    body = proto.split_frame(frame)
+    if body is None:
+        return None
+    mac = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    return body if hmac.compare_digest(mac, frame[4:68]) else None
+
+
+def decode(topic: str, payload: bytes, lookup: KeyLookup) -> Message | Reject:
+    def reject(reason: RejectReason, device_id: str | None, detail: str) -> Reject:
+        return Reject(reason, device_id, topic[:128], detail)
+
+    where = split_topic(topic)
+    if where is None:
+        return reject(RejectReason.WRONG_TOPIC, None, "not a Siaga uplink topic")
+    device_id, suffix = where
+    if len(payload) > MAX_FRAME:
+        return reject(RejectReason.OVERSIZE, device_id, f"{len(payload)} bytes > {MAX_FRAME}")
+    key = lookup(device_id)
+    if key is None:
+        return reject(RejectReason.UNKNOWN_DEVICE, device_id, f"prefix={payload[:AUDIT_PREFIX_BYTES]!r}")
+    if key.revoked:
+        return reject(RejectReason.REVOKED, device_id, "device is revoked")
+    if proto.split_frame(payload) is None:
+        return reject(RejectReason.MALFORMED, device_id, "not an SG1 frame")
+    raw = verify_frame(key.secret, payload)
+    if raw is None:
+        return reject(RejectReason.BAD_SIGNATURE, device_id, "MAC does not match the device secret")
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise _Invalid("body is not an object")
+        if body.get("v") != proto.VERSION:
+            raise _Invalid(f"unsupported body version {str(body.get('v'))[:10]}")
+        if body.get("dev") != device_id or body.get("type") != suffix:
+            return reject(RejectReason.WRONG_TOPIC, device_id,
+                          f"body dev/type {str(body.get('dev'))[:32]}/{str(body.get('type'))[:10]} "
+                          f"on topic {suffix}")
+        return _parse(suffix, device_id, raw, body)
+    except (ValueError, _Invalid) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return reject(RejectReason.MALFORMED, device_id, str(exc)[:200])
+
+
+def encode_ack(secret: bytes, device_id: str, seq: int, state: Literal[
+        "received", "acknowledged", "dispatched", "resolved", "false_alarm"], incident: str | None,
+        gts_ms: int) -> bytes:
+    body = proto.encode(proto.ack_body(device_id, seq, state, incident, gts_ms))
+    mac = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    return proto.TAG + mac + b"." + body

@@ -1,0 +1,28 @@
+"""Process entry point: `siaga gateway run --config gateway.toml`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .adapters import ReferenceAdapter
+from .config import GatewayConfig
+from .service import Gateway
+from .store import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+async def serve(cfg: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(cfg, SQLiteStore(cfg.db_path), ReferenceAdapter(cfg.cc_url, cfg.cc_token, cfg.gateway_id))
+    await gateway.run(stop)
+
+
+def run(config_path: str) -> None:
+    cfg = GatewayConfig.load(config_path)
+    asyncio.run(serve(cfg))

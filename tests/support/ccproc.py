@@ -1,0 +1,174 @@
+"""Run the reference command center as a real separate process for tests.
+
+    with CommandCenterProcess(tmp_path) as cc:
+        httpx.get(f"{cc.url}/health")
+
+or use the `command_center` fixture. The process gets its own config, token files and database in
+the given folder; `stop()` and `start()` restart it on the same port and database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import pytest
+
+from tests.support.net import free_port
+
+OPERATOR_NAME = "operator-1"
+
+
+class CommandCenterProcess:
+    def __init__(
+        self,
+        tmp_path: Path,
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
+        *,
+        initial_backoff_s: float = 0.05,
+        max_backoff_s: float = 0.5,
+        request_timeout_s: float = 2.0,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self.dir = Path(tmp_path) / "cc"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.intake_token = secrets.token_urlsafe(32)
+        self.operator_token = secrets.token_urlsafe(32)
+        self.operator_name = OPERATOR_NAME
+        self.db_path = self.dir / "cc.sqlite3"
+        self.config_path = self.dir / "cc.toml"
+        self.log_path = self.dir / "cc.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+        (self.dir / "intake.token").write_text(self.intake_token + "\n", encoding="utf-8")
+        (self.dir / "operator.token").write_text(self.operator_token + "\n", encoding="utf-8")
+        lines = [
+            "[server]",
+            'host = "127.0.0.1"',
+            f"port = {self.port}",
+            'log_level = "debug"',
+            "[store]",
+            f'path = "{self.db_path.name}"',
+            "[intake]",
+            'token_file = "intake.token"',
+            "[[operators]]",
+            f'name = "{OPERATOR_NAME}"',
+            'token_file = "operator.token"',
+            "[callbacks]",
+            f"initial_backoff_s = {initial_backoff_s}",
+            f"max_backoff_s = {max_backoff_s}",
+            f"request_timeout_s = {request_timeout_s}",
+            f"idle_poll_s = {idle_poll_s}",
+        ]
+        if gateway_url is not None:
+            if gateway_token is None:
+                raise ValueError("gateway_url needs gateway_token")
+            (self.dir / "gateway.token").write_text(gateway_token + "\n", encoding="utf-8")
+            lines += ["[gateway]", f'url = "{gateway_url}"', 'token_file = "gateway.token"']
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        if self.running:
+            raise RuntimeError("command center is already running")
+        log = self.log_path.open("ab")  # append: a restart keeps the earlier output for diagnosis
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "siaga.commandcenter", "--config", str(self.config_path)],
+                cwd=self.dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()  # the child has its own copy
+        self._wait_healthy(timeout_s)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(
+                        f"command center exited with {self._proc.returncode} during startup:\n{self.log()}"
+                    )
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise TimeoutError(f"command center not healthy after {timeout_s} s:\n{self.log()}")
+                time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, wait for a graceful exit, SIGKILL if it does not come. Returns the exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash or power cut: no shutdown code runs."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # ---- convenience --------------------------------------------------------------------------
+
+    def intake_headers(self, event_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.intake_token}", "Idempotency-Key": event_id}
+
+    def operator_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.operator_token}"}
+
+    def __enter__(self) -> CommandCenterProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def command_center(tmp_path: Path) -> Iterator[CommandCenterProcess]:
+    """A running command center without a gateway."""
+    with CommandCenterProcess(tmp_path) as cc:
+        yield cc

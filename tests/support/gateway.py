@@ -1,0 +1,119 @@
+"""Run the gateway as a real separate process (`siaga gateway run`), as an operator would."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.net import free_port
+
+
+class GatewayProcess:
+    def __init__(self, tmp_path: Path, *, mqtt_port: int, mqtt_password: str, cc_url: str, cc_token: str,
+                 gateway_id: str = "gw-test", port: int | None = None, callback_token: str | None = None,
+                 extra_toml: str = "") -> None:
+        self.dir = Path(tmp_path) / "gateway"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_id = gateway_id
+        self.admin_token = secrets.token_urlsafe(24)
+        # What the command center presents when it reports a state to us.
+        self.callback_token = callback_token or secrets.token_urlsafe(24)
+        self.db_path = self.dir / "gateway.sqlite3"
+        self.log_path = self.dir / "gateway.log"
+        secrets_dir = self.dir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        for name, value in {"mqtt-password": mqtt_password, "admin-token": self.admin_token,
+                            "cc-callback-token": self.callback_token, "cc-intake-token": cc_token}.items():
+            (secrets_dir / name).write_text(value + "\n", encoding="utf-8")
+        self.config_path = self.dir / "gateway.toml"
+        self.config_path.write_text(f"""
+[gateway]
+id = "{gateway_id}"
+db = "gateway.sqlite3"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+username = "siaga-gateway"
+password_file = "secrets/mqtt-password"
+
+[api]
+host = "127.0.0.1"
+port = {self.port}
+admin_token_file = "secrets/admin-token"
+cc_token_file = "secrets/cc-callback-token"
+
+[commandcenter]
+url = "{cc_url}"
+token_file = "secrets/cc-intake-token"
+
+[forwarding]
+retry_first_s = 0.2
+retry_max_s = 2.0
+{extra_toml}
+""", encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> GatewayProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "siaga.cli", "gateway", "run", "--config", str(self.config_path)],
+                cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=0.5).json().get("mqtt"):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"gateway not healthy after {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def register(self, device_id: str, secret_hex: str, **location: object) -> None:
+        resp = httpx.post(f"{self.url}/api/v1/devices", headers=self.admin_headers,
+                          json={"id": device_id, "secret_hex": secret_hex, **location}, timeout=5)
+        resp.raise_for_status()
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", headers=self.admin_headers, timeout=5).text
+        return {line.split()[0].removeprefix("siaga_gateway_"): float(line.split()[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,59 @@
+# Checks the firmware core against protocol_v1.json. Runs unchanged under CPython and under the
+# MicroPython unix port (so: no f-strings with format specs, no pathlib, no bytes.fromhex):
+#   MICROPYPATH=firmware/lib micropython tests/vectors/check.py tests/vectors/protocol_v1.json
+#   python tests/vectors/check.py tests/vectors/protocol_v1.json   (with siagafw importable)
+# Prints one line per failure and a closing "N passed, M failed"; exits 1 on any failure.
+import binascii
+import json
+import sys
+
+from siagafw import proto
+
+
+def run(vectors):
+    results = []  # (name, ok, detail)
+
+    def check(name, ok, detail=""):
+        results.append((name, bool(ok), detail))
+
+    for case in vectors["encode"]:
+        got = proto.encode(case["obj"])
+        want = case["canonical"].encode()
+        check("encode/" + case["name"], got == want, repr(got))
+    for case in vectors["frames"]:
+        signer = proto.Signer(proto.secret_from_hex(case["secret"]))
+        got = signer.seal(proto.encode(case["obj"]))
+        check("seal/" + case["name"], got == binascii.unhexlify(case["frame_hex"]), repr(got[:80]))
+    for case in vectors["verify"]:
+        signer = proto.Signer(proto.secret_from_hex(case["secret"]))
+        got = signer.open(binascii.unhexlify(case["frame_hex"]))
+        want = None if case["body"] is None else case["body"].encode()
+        check("open/" + case["name"], got == want, repr(got))
+    for case in vectors["coordinates"]:
+        try:
+            got = proto.parse_degrees_e6(case["text"])
+        except ValueError:
+            got = None
+        check("coord/" + repr(case["text"]), got == case["e6"], repr(got))
+    for case in vectors["device_ids"]:
+        check("devid/" + case["id"], proto.valid_device_id(case["id"]) == case["valid"])
+    for case in vectors["state_ranks"]:
+        check("rank/" + case["state"], proto.state_rank(case["state"]) == case["rank"])
+    return results
+
+
+def main(path):
+    with open(path) as f:
+        vectors = json.load(f)
+    results = run(vectors)
+    failed = 0
+    for name, ok, detail in results:
+        if not ok:
+            failed += 1
+            print("FAIL " + name + " " + detail)
+    print("%d passed, %d failed" % (len(results) - failed, failed))
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main(sys.argv[1]) else 0)
