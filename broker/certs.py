@@ -88,9 +88,7 @@ def make_ca(directory: Path, *, common_name: str = "Siaga MQTT CA", days: int = 
     directory.mkdir(parents=True, exist_ok=True)
     files = CaFiles(directory / CA_CERT, directory / CA_KEY)
     if files.key.exists():
-        raise FileExistsError(
-            f"{files.key} exists: a new CA would lock out every device that trusts the old one"
-        )
+        raise FileExistsError(f"{files.key} exists: a new CA would lock out every device that trusts the old one")
     with tempfile.TemporaryDirectory(dir=directory, prefix=".ca-") as tmp_dir:
         tmp = Path(tmp_dir)
         cnf = _write_cnf(tmp, [])
@@ -187,6 +185,18 @@ def _private_file(path: Path) -> Path:
 
 def _install(src: Path, dst: Path, mode: int) -> None:
     os.chmod(src, mode)
+    try:
+        old = dst.stat()
+    except FileNotFoundError:
+        pass
+    else:
+        # Renewal: keep the owner the administrator gave the old file (the broker's user must still
+        # be able to read its key), when we are allowed to.
+        if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.chown(src, old.st_uid, old.st_gid)
+            except PermissionError:
+                log.warning("cannot keep the owner of %s: the new file belongs to the current user", dst)
     os.replace(src, dst)
 
 

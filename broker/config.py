@@ -56,8 +56,7 @@ def validate_device_id(device_id: str) -> str:
     """Return `device_id` if it is a valid device id (protocol §1), else raise ValueError."""
     if not _DEVICE_ID_RE.fullmatch(device_id):
         raise ValueError(
-            f"invalid device id {device_id!r}: 3-32 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
+            f"invalid device id {device_id!r}: 3-32 characters of a-z, 0-9 and '-', starting with a letter or digit"
         )
     return device_id
 
@@ -122,9 +121,7 @@ def render_config(
     template = Template(resources.files(__package__).joinpath("templates/mosquitto.conf").read_text("utf-8"))
     # Mosquitto only accepts a persistence location that ends with the path separator.
     persistence_location = _conf_path(data_dir, "data directory").rstrip("/") + "/"
-    log_dest = (
-        f"log_dest file {_conf_path(log_file, 'log file')}" if log_file is not None else "log_dest stderr"
-    )
+    log_dest = f"log_dest file {_conf_path(log_file, 'log file')}" if log_file is not None else "log_dest stderr"
     run_as_line = ""
     if run_as is not None:
         run_as_line = (

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
+
+from siaga.net import free_port
 
 from .process import MosquittoNotFoundError, find_mosquitto
 
@@ -38,13 +39,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class EmbeddedBroker:
     """`async with EmbeddedBroker(port=...) as broker:` runs an amqtt broker on loopback.
 
@@ -57,7 +51,7 @@ class EmbeddedBroker:
             # Anonymous access with no ACL must never be reachable from the network.
             raise ValueError(f"the embedded demo broker listens on loopback only, not on {host!r}")
         self.host = host
-        self.port = port or _free_port("127.0.0.1" if host == "localhost" else host)
+        self.port = port or free_port("127.0.0.1" if host == "localhost" else host)
         self._broker: Broker | None = None
 
     def _config(self) -> dict[str, Any]:

@@ -39,9 +39,7 @@ def hash_password(password: str, *, salt: bytes | None = None, iterations: int =
         raise ValueError("the password must not be empty")
     salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, HASH_BYTES)
-    return (
-        f"${_PBKDF2_TAG}${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-    )
+    return f"${_PBKDF2_TAG}${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def verify_password(hashed: str, password: str) -> bool:

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from siaga.net import free_port
+
 from .config import DEFAULT_GATEWAY_USER, TlsListener, render_config, validate_device_id, write_acl
 from .passwd import remove_user, set_password
 
@@ -49,9 +51,7 @@ def find_mosquitto(binary: str | None = None) -> str:
     if candidate:
         found = shutil.which(candidate)
         if found is None:
-            raise MosquittoNotFoundError(
-                f"mosquitto binary {candidate!r} does not exist or is not executable"
-            )
+            raise MosquittoNotFoundError(f"mosquitto binary {candidate!r} does not exist or is not executable")
         return found
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path=os.pathsep.join(_SEARCH_DIRS))
     if found is None:
@@ -61,12 +61,6 @@ def find_mosquitto(binary: str | None = None) -> str:
             + f"; install Mosquitto 2.0 (Debian: apt-get install mosquitto) or set {BINARY_ENV}"
         )
     return found
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -104,7 +98,7 @@ class MosquittoProcess:
         self.directory = Path(tempfile.mkdtemp(prefix="siaga-mosquitto-") if directory is None else directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.bind = bind
-        self.port = port if port is not None else _free_port(bind)
+        self.port = port if port is not None else free_port(bind)
         self.tls = tls
         self.gateway_user = gateway_user
         self.gateway_password = gateway_password or secrets.token_urlsafe(24)
@@ -116,10 +110,18 @@ class MosquittoProcess:
         self.log_path = self.directory / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
+        try:
+            self._write_files(devices or {})
+        except BaseException:
+            if self._owns_directory:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def _write_files(self, devices: Mapping[str, str]) -> None:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        write_acl(self.acl_file, gateway_user=gateway_user)
-        set_password(self.password_file, gateway_user, self.gateway_password)
-        for device_id, password in (devices or {}).items():
+        write_acl(self.acl_file, gateway_user=self.gateway_user)
+        set_password(self.password_file, self.gateway_user, self.gateway_password)
+        for device_id, password in devices.items():
             self._set_device(device_id, password)
         # When started as root Mosquitto switches to the `mosquitto` user before it reads the password
         # file, which it could not read here: keep it as the user who started it.
@@ -127,11 +129,11 @@ class MosquittoProcess:
         self.conf_path.write_text(
             render_config(
                 port=self.port,
-                bind=bind,
+                bind=self.bind,
                 data_dir=self.data_dir,
                 password_file=self.password_file,
                 acl_file=self.acl_file,
-                tls=tls,
+                tls=self.tls,
                 run_as=run_as,
             ),
             encoding="utf-8",

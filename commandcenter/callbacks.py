@@ -153,7 +153,7 @@ class CallbackSender:
         delay = backoff_delay(attempts, self._settings, self._rng)
         await self._store.mark_failed(row.id, now=now, next_attempt_at=time.time() + delay, error=error)
         log.warning(
-            "state report %d for %s failed (attempt %d: %s); next try in %.1f s",
+            "state report %d for %s failed (attempt %d: %s); next try in %.2f s",
             row.id,
             row.event_id,
             attempts,

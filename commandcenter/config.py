@@ -95,6 +95,7 @@ class CCConfig:
         path = Path(path)
         base = path.resolve().parent
         doc = load_toml(path)
+        _known(doc, _KEYS[""], "the config file")
         server = _table(doc, "server")
         store = _table(doc, "store")
         intake = _table(doc, "intake")
@@ -108,6 +109,7 @@ class CCConfig:
         for i, op in enumerate(operators):
             if not isinstance(op, dict) or not isinstance(op.get("name"), str):
                 raise ConfigError(f"operators[{i}]: needs a string 'name'")
+            _known(op, _KEYS["operators"], f"operators[{i}]")
             token = _secret(op, "token", base, f"operators[{i}] ({op['name']})")
             if token in operator_tokens:
                 raise ConfigError(f"operators[{i}] ({op['name']}): token is already used by another operator")
@@ -119,12 +121,7 @@ class CCConfig:
         gateway_token = _secret(gateway, "token", base, "gateway") if gateway else None
 
         db = Path(_get(store, "path", str, "store", "siaga-cc.sqlite3"))
-        unknown = set(callbacks) - set(_CALLBACK_TYPES)
-        if unknown:
-            raise ConfigError(f"callbacks: unknown setting(s) {', '.join(sorted(unknown))}")
-        cb = CallbackSettings(
-            **{k: _get(callbacks, k, _CALLBACK_TYPES[k], "callbacks", None) for k in callbacks}
-        )
+        cb = CallbackSettings(**{k: _get(callbacks, k, _CALLBACK_TYPES[k], "callbacks", None) for k in callbacks})
         return cls(
             host=_get(server, "host", str, "server", "127.0.0.1"),
             port=_get(server, "port", int, "server", 8300),
@@ -144,10 +141,30 @@ def _check_token(what: str, token: str) -> None:
         raise ConfigError(f"{what}: must be at least 16 visible ASCII characters without spaces")
 
 
+# Every key the file may contain; anything else is a typo that would otherwise be silently ignored.
+_SECRET_KEYS = ("token", "token_file", "token_env")  # "token" so that load_secret can explain
+_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("server", "store", "intake", "operators", "gateway", "callbacks"),
+    "server": ("host", "port", "log_level"),
+    "store": ("path",),
+    "intake": _SECRET_KEYS,
+    "operators": ("name", *_SECRET_KEYS),
+    "gateway": ("url", *_SECRET_KEYS),
+    "callbacks": tuple(_CALLBACK_TYPES),
+}
+
+
+def _known(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+
+
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table")
+    _known(value, _KEYS[name], f"[{name}]")
     return value
 
 

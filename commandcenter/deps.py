@@ -37,9 +37,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _intake_bearer = HTTPBearer(
     auto_error=False, scheme_name="intakeToken", description="the token gateways forward alarms with"
 )
-_operator_bearer = HTTPBearer(
-    auto_error=False, scheme_name="operatorToken", description="a personal operator token"
-)
+_operator_bearer = HTTPBearer(auto_error=False, scheme_name="operatorToken", description="a personal operator token")
 
 
 def unauthorized() -> HTTPException:

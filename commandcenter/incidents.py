@@ -88,9 +88,7 @@ async def acknowledge(
     response_model=IncidentOut,
     responses=_ACTION_RESPONSES,
 )
-async def dispatch(
-    incident_id: str, body: DispatchRequest, svc: ServicesDep, operator: OperatorDep
-) -> IncidentOut:
+async def dispatch(incident_id: str, body: DispatchRequest, svc: ServicesDep, operator: OperatorDep) -> IncidentOut:
     return await _act(svc, incident_id, Action.DISPATCH, operator, agency=body.agency, note=body.note)
 
 
@@ -101,9 +99,7 @@ async def dispatch(
     response_model=IncidentOut,
     responses=_ACTION_RESPONSES,
 )
-async def resolve(
-    incident_id: str, svc: ServicesDep, operator: OperatorDep, body: OptionalNote = None
-) -> IncidentOut:
+async def resolve(incident_id: str, svc: ServicesDep, operator: OperatorDep, body: OptionalNote = None) -> IncidentOut:
     return await _act(svc, incident_id, Action.RESOLVE, operator, note=body.note if body else None)
 
 
@@ -131,15 +127,11 @@ async def _act(
 ) -> IncidentOut:
     number = _number(incident_id)
     try:
-        incident = await svc.store.apply_action(
-            number, action, actor=operator, now=utc_now(), agency=agency, note=note
-        )
+        incident = await svc.store.apply_action(number, action, actor=operator, now=utc_now(), agency=agency, note=note)
     except IncidentNotFoundError:
         raise HTTPException(404, f"no incident {incident_id}") from None
     except InvalidTransitionError as exc:
-        raise HTTPException(
-            409, f"{incident_id} is {exc.current.value}; it cannot become {action.value}"
-        ) from None
+        raise HTTPException(409, f"{incident_id} is {exc.current.value}; it cannot become {action.value}") from None
     log.info("%s %s by %s", incident_id, action.value, operator)
     svc.notify_callbacks()
     return IncidentOut.of(incident)

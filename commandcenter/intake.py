@@ -33,7 +33,7 @@ router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(requ
         200: {"model": AlarmAccepted, "description": "received before (repeated key); nothing created"},
         201: {"description": "new alarm stored"},
         401: {"model": ErrorOut, "description": "missing or wrong intake token"},
-        422: {"description": "invalid body, or key and body do not match"},
+        422: {"model": ErrorOut, "description": "invalid body, or key and body do not match"},
     },
 )
 async def receive_alarm(
@@ -49,9 +49,7 @@ async def receive_alarm(
     if not outcome.same_body:
         log.warning("event %s was sent again with a different body; refused", alarm.event_id)
         raise HTTPException(422, "this Idempotency-Key was already used with a different body")
-    answer = AlarmAccepted(
-        event_id=outcome.event_id, incident_id=incident_ref(outcome.incident), state="received"
-    )
+    answer = AlarmAccepted(event_id=outcome.event_id, incident_id=incident_ref(outcome.incident), state="received")
     if outcome.created:
         log.info(
             "alarm %s (%s%s) opened %s",

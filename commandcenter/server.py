@@ -20,7 +20,8 @@ def run(config_path: str) -> None:
 
     uvicorn handles both signals: it stops accepting connections, lets requests in flight finish
     (up to the timeout below), then runs the lifespan shutdown, which stops the callback sender and
-    closes the database.
+    closes the database. Afterwards uvicorn raises the signal again with its default action, so a
+    stopped process reports "terminated by SIGTERM" (as service managers expect), not exit code 0.
     """
     cfg = CCConfig.load(config_path)
     _setup_logging(cfg.log_level)
@@ -45,3 +46,7 @@ def _setup_logging(level: str) -> None:
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root.setLevel(level.upper())
+    # At debug level these libraries log every SQL statement with its parameters and every
+    # connection step; that drowns our own debug output. Our debug level does not include theirs.
+    for noisy in ("aiosqlite", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

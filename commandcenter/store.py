@@ -287,9 +287,7 @@ class Store:
     async def record_alarm(self, alarm: NewAlarm, *, now: datetime) -> IntakeOutcome:
         """Store an alarm event once; a known event_id returns what the first call created."""
         async with self._tx(write=True) as db:
-            row = await _one(
-                db, "SELECT incident_id, fingerprint FROM alarms WHERE event_id = ?", (alarm.event_id,)
-            )
+            row = await _one(db, "SELECT incident_id, fingerprint FROM alarms WHERE event_id = ?", (alarm.event_id,))
             if row is not None:
                 return IntakeOutcome(
                     created=False,
@@ -443,9 +441,7 @@ class Store:
 
     async def incident_events(self, number: int) -> list[AlarmEvent]:
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
-                "SELECT * FROM alarms WHERE incident_id = ? ORDER BY id", (number,)
-            )
+            rows = await db.execute_fetchall("SELECT * FROM alarms WHERE incident_id = ? ORDER BY id", (number,))
         return [
             AlarmEvent(
                 event_id=r["event_id"],

@@ -110,7 +110,10 @@ class MqttLink:
 
     def _on_disconnect(self, _client: paho.Client, _userdata: object, _flags: object, reason: ReasonCode,
                        _props: object) -> None:
-        log.warning("MQTT disconnected: %s", reason)
+        if reason.is_failure:
+            log.warning("MQTT disconnected: %s", reason)
+        else:
+            log.info("MQTT disconnected: %s", reason)
         self._loop.call_soon_threadsafe(self.connected.clear)
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:

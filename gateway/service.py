@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal, cast
 
-import uvicorn
+from siaga.asgi import embedded_server
 from siagafw import proto
 
 from . import codec
@@ -61,11 +61,7 @@ class Gateway:
             self._windows = await self.store.windows()
             self._latest_alarm = await self.store.latest_alarms()
             self.link = MqttLink(self.cfg.mqtt, self._queue)
-            server = uvicorn.Server(uvicorn.Config(
-                create_app(self), host=self.cfg.api_host, port=self.cfg.api_port,
-                log_level="warning", lifespan="off"))
-            # uvicorn would otherwise take over SIGINT/SIGTERM; the caller owns signals.
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            server = embedded_server(create_app(self), self.cfg.api_host, self.cfg.api_port, lifespan="off")
             await self.link.start()
             async with asyncio.TaskGroup() as tg:
                 tasks = [

@@ -86,12 +86,16 @@ def cc_run(config_path: str) -> None:
 @click.option("--buttons", default=3, show_default=True, help="How many virtual buttons.")
 @click.option("--presses", default=1, show_default=True, help="Presses before waiting for Ctrl-C.")
 @click.option("--exit-after", is_flag=True, help="Exit after the round trips instead of waiting for Ctrl-C.")
+@click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True,
+              help="auto: Mosquitto when installed, else the embedded demo broker.")
 @_friendly
-def demo(buttons: int, presses: int, exit_after: bool) -> None:
+def demo(buttons: int, presses: int, exit_after: bool, broker: str) -> None:
     """Run broker, gateway, command center and virtual buttons; show alarms travel and acks return."""
     from .demo import run_demo
 
-    sys.exit(run_demo(buttons=buttons, presses=presses, exit_after=exit_after))
+    if not _State.verbose:
+        logs.quiet()
+    sys.exit(run_demo(buttons=buttons, presses=presses, exit_after=exit_after, broker=broker))
 
 
 def _not_yet(name: str, issue: int, what: str) -> None:

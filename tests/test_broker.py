@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import pytest
+
 from siaga.broker import certs
 from siaga.broker.config import TlsListener, acl_text, render_config, validate_device_id, write_acl
 from siaga.broker.embedded import EmbeddedBroker, mosquitto_available
 from siaga.broker.passwd import hash_password, read_entries, remove_user, set_password, verify_password
 from siaga.broker.process import MosquittoNotFoundError, MosquittoProcess
-
 from tests.support.net import free_port
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     # are rewritten; importing it here first would make pytest warn, and warnings are errors.
     from tests.support.mosquitto import MqttClient
 
-pytest_plugins = ["tests.support.mosquitto"]
 
 WAIT_S = 5.0
 GW = "siaga-gateway"
@@ -144,9 +143,7 @@ def test_will_on_another_devices_topic_is_not_delivered(
 
 
 @pytest.mark.mosquitto
-def test_gateway_gets_no_device_rights_from_the_patterns(
-    broker: MosquittoProcess, mqtt_client: ClientFactory
-) -> None:
+def test_gateway_gets_no_device_rights_from_the_patterns(broker: MosquittoProcess, mqtt_client: ClientFactory) -> None:
     # The pattern lines apply to the gateway too, as a device named "siaga-gateway"; the ACL's deny
     # takes them away. Without it the gateway would receive its own message on that ack topic.
     gw = mqtt_client(broker, GW, broker.gateway_password)
@@ -187,9 +184,7 @@ def test_acl_text_gives_devices_and_gateway_exactly_their_topics() -> None:
 
 
 @pytest.mark.mosquitto
-def test_wrong_password_and_unknown_user_are_refused(
-    broker: MosquittoProcess, mqtt_client: ClientFactory
-) -> None:
+def test_wrong_password_and_unknown_user_are_refused(broker: MosquittoProcess, mqtt_client: ClientFactory) -> None:
     for username, password in [
         ("btn-a", "not-the-password-7f3a"),
         ("btn-a", DEVICES["btn-b"]),
@@ -319,9 +314,7 @@ def test_oversize_frames_reach_the_gateway_up_to_16_kib(
 
 
 @pytest.mark.mosquitto
-def test_gateway_session_survives_a_broker_restart(
-    broker: MosquittoProcess, mqtt_client: ClientFactory
-) -> None:
+def test_gateway_session_survives_a_broker_restart(broker: MosquittoProcess, mqtt_client: ClientFactory) -> None:
     def gateway_session() -> MqttClient:
         return mqtt_client(broker, GW, broker.gateway_password, client_id="gw-1", clean_session=False)
 
@@ -343,9 +336,7 @@ def test_gateway_session_survives_a_broker_restart(
 
 
 @pytest.mark.mosquitto
-def test_killed_broker_restarts_on_the_same_port(
-    broker: MosquittoProcess, mqtt_client: ClientFactory
-) -> None:
+def test_killed_broker_restarts_on_the_same_port(broker: MosquittoProcess, mqtt_client: ClientFactory) -> None:
     pid = broker.pid
     broker.kill()
     assert not broker.running
@@ -359,9 +350,7 @@ def test_killed_broker_restarts_on_the_same_port(
 
 
 def test_render_config_settings(tmp_path: Path) -> None:
-    tls = TlsListener(
-        port=8883, cafile=Path("ca.crt"), certfile=tmp_path / "s.crt", keyfile=tmp_path / "s.key"
-    )
+    tls = TlsListener(port=8883, cafile=Path("ca.crt"), certfile=tmp_path / "s.crt", keyfile=tmp_path / "s.key")
     text = render_config(
         port=1884,
         data_dir=tmp_path / "data",
@@ -424,9 +413,7 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.mosquitto
-def test_tls_listener_with_generated_ca(
-    tmp_path: Path, mosquitto_factory: Factory, mqtt_client: ClientFactory
-) -> None:
+def test_tls_listener_with_generated_ca(tmp_path: Path, mosquitto_factory: Factory, mqtt_client: ClientFactory) -> None:
     if not certs.openssl_available():
         pytest.skip("the openssl command is not installed")
     ca = certs.make_ca(tmp_path / "pki")
@@ -436,9 +423,7 @@ def test_tls_listener_with_generated_ca(
     with pytest.raises(FileExistsError):
         certs.make_ca(tmp_path / "pki")
 
-    tls = TlsListener(
-        port=free_port(), cafile=ca.cert, certfile=server.cert, keyfile=server.key, bind="127.0.0.1"
-    )
+    tls = TlsListener(port=free_port(), cafile=ca.cert, certfile=server.cert, keyfile=server.key, bind="127.0.0.1")
     broker = mosquitto_factory(devices=DEVICES, tls=tls)
     gw = mqtt_client(broker, GW, broker.gateway_password)  # plain loopback listener
     gw.subscribe(topic("+", "alarm"))
@@ -512,3 +497,18 @@ def test_mosquitto_available_follows_the_binary_setting(monkeypatch: pytest.Monk
     assert not mosquitto_available()
     monkeypatch.setenv("SIAGA_MOSQUITTO", "python3")  # any executable: only its presence is checked
     assert mosquitto_available()
+
+
+async def test_embedded_broker_stops_cleanly_with_a_client_connected() -> None:
+    connected = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="btn-a", protocol=mqtt.MQTTv311)
+    client.on_connect = lambda *_: connected.set()
+    try:
+        async with EmbeddedBroker(port=free_port()) as embedded:
+            client.connect_async("127.0.0.1", embedded.port)
+            client.loop_start()
+            assert await asyncio.to_thread(connected.wait, WAIT_S)
+        # The broker closed the live session itself; nothing of it is left on the event loop.
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    finally:
+        await asyncio.to_thread(client.loop_stop)

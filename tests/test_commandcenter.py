@@ -7,9 +7,13 @@ receive its state reports with a real HTTP server standing in for the gateway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,19 +26,19 @@ from typing import Any
 
 import httpx
 import pytest
-import siaga.commandcenter
 from fastapi import FastAPI
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import siaga.commandcenter
 from siaga.commandcenter import store as store_module
 from siaga.commandcenter.app import create_app
 from siaga.commandcenter.callbacks import backoff_delay
 from siaga.commandcenter.config import CallbackSettings, CCConfig
 from siaga.commandcenter.domain import ALLOWED_FROM, IncidentState
 from siaga.commandcenter.store import SchemaTooNewError, Store
-
 from siaga.settings import ConfigError
-from tests.support.ccproc import CommandCenterProcess, command_center  # noqa: F401  (fixture)
+from tests.support.ccproc import CommandCenterProcess
 from tests.support.net import free_port
 
 INTAKE_TOKEN = "intake-" + "i" * 24
@@ -82,21 +86,15 @@ class Api:
     app: FastAPI
 
     async def post_alarm(self, body: dict, **kw: Any) -> httpx.Response:
-        return await self.client.post(
-            "/api/v1/alarms", json=body, headers=intake_headers(body["event_id"]), **kw
-        )
+        return await self.client.post("/api/v1/alarms", json=body, headers=intake_headers(body["event_id"]), **kw)
 
     async def new_incident(self, seq: int = 4711, device: str = "jkt-menteng-0042") -> str:
         r = await self.post_alarm(alarm(seq=seq, device=device))
         assert r.status_code == 201, r.text
         return r.json()["incident_id"]
 
-    async def act(
-        self, incident: str, action: str, headers: dict[str, str] = OPERATOR, **body: Any
-    ) -> httpx.Response:
-        return await self.client.post(
-            f"/api/v1/incidents/{incident}/{action}", json=body or None, headers=headers
-        )
+    async def act(self, incident: str, action: str, headers: dict[str, str] = OPERATOR, **body: Any) -> httpx.Response:
+        return await self.client.post(f"/api/v1/incidents/{incident}/{action}", json=body or None, headers=headers)
 
 
 def make_config(db_path: Path, **changes: Any) -> CCConfig:
@@ -190,6 +188,14 @@ async def test_repeated_key_after_acknowledge_still_answers_the_same(api: Api) -
     assert again.json() == first.json()
 
 
+async def test_concurrent_sends_of_one_key_create_one_alarm(api: Api) -> None:
+    answers = await asyncio.gather(*(api.post_alarm(alarm()) for _ in range(20)))
+    assert sorted(a.status_code for a in answers) == [200] * 19 + [201]
+    assert len({a.content for a in answers}) == 1
+    assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM alarms") == [(1,)]
+    assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM incidents") == [(1,)]
+
+
 async def test_a_null_raised_at_is_accepted(api: Api) -> None:
     r = await api.post_alarm(alarm(raised_at=None))
     assert r.status_code == 201, r.text
@@ -199,18 +205,14 @@ async def test_a_null_raised_at_is_accepted(api: Api) -> None:
 
 async def test_idempotency_key_must_equal_event_id(api: Api) -> None:
     body = alarm()
-    r = await api.client.post(
-        "/api/v1/alarms", json=body, headers=intake_headers("gw-1:jkt-menteng-0042:4712")
-    )
+    r = await api.client.post("/api/v1/alarms", json=body, headers=intake_headers("gw-1:jkt-menteng-0042:4712"))
     assert r.status_code == 422
     assert "Idempotency-Key" in r.text
     assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM alarms") == [(0,)]
 
 
 async def test_idempotency_key_is_required(api: Api) -> None:
-    r = await api.client.post(
-        "/api/v1/alarms", json=alarm(), headers={"Authorization": f"Bearer {INTAKE_TOKEN}"}
-    )
+    r = await api.client.post("/api/v1/alarms", json=alarm(), headers={"Authorization": f"Bearer {INTAKE_TOKEN}"})
     assert r.status_code == 422
     assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM alarms") == [(0,)]
 
@@ -291,12 +293,16 @@ async def test_unknown_fields_are_ignored_and_unknown_kinds_accepted(api: Api) -
 )
 async def test_intake_needs_the_intake_token(api: Api, headers: dict[str, str | bytes]) -> None:
     body = alarm()
-    r = await api.client.post(
-        "/api/v1/alarms", json=body, headers={**headers, "Idempotency-Key": body["event_id"]}
-    )
+    r = await api.client.post("/api/v1/alarms", json=body, headers={**headers, "Idempotency-Key": body["event_id"]})
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"] == "Bearer"
     assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM alarms") == [(0,)]
+
+
+async def test_authentication_comes_before_validation(api: Api) -> None:
+    # An unauthenticated caller learns nothing from validation messages.
+    r = await api.client.post("/api/v1/alarms", json={"nonsense": True})
+    assert r.status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -357,6 +363,13 @@ async def test_state_transitions(api: Api, steps: list[tuple[str, int]]) -> None
     assert inc["state"] == expected_state
     # One history entry per successful change, plus the creation.
     assert len(inc["history"]) == 1 + sum(1 for _, s in steps if s == 200)
+
+
+async def test_concurrent_acknowledges_let_exactly_one_win(api: Api) -> None:
+    incident = await api.new_incident()
+    answers = await asyncio.gather(*(api.act(incident, "acknowledge", headers=h) for h in [OPERATOR, OPERATOR2] * 5))
+    assert sorted(a.status_code for a in answers) == [200] + [409] * 9
+    assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM callback_outbox") == [(1,)]
 
 
 async def test_actions_record_who_and_when(api: Api) -> None:
@@ -526,11 +539,12 @@ def test_backoff_ceiling_doubles_and_is_capped() -> None:
     assert backoff_delay(10_000, settings, _Ceiling()) == 60
 
 
+@settings(database=None)  # no example database in the working tree
 @given(attempts=st.integers(min_value=1, max_value=10_000), seed=st.integers())
 def test_backoff_is_full_jitter_within_the_ceiling(attempts: int, seed: int) -> None:
     settings = CallbackSettings(initial_backoff_s=0.5, max_backoff_s=120.0)
     delay = backoff_delay(attempts, settings, random.Random(seed))
-    assert 0.0 <= delay <= min(120.0, 0.5 * 2 ** (attempts - 1))
+    assert 0.0 <= delay <= min(120.0, 0.5 * 2.0 ** min(attempts - 1, 60))
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -618,6 +632,9 @@ def test_config_is_immutable(tmp_path: Path) -> None:
         ("[callbacks]\nmax_backoff_s = 0.1\ninitial_backoff_s = 1", "backoff"),
         ("[callbacks]\nretries = 3", "unknown"),
         ('[server]\nlog_level = "loud"', "log_level"),
+        ("[sever]\nport = 8300", "unknown setting.*sever"),
+        ("[server]\nprot = 8300", "unknown setting.*prot"),
+        ('[[operators]]\nname = "operator-2"\ntoken_fiel = "gw.token"', "unknown setting.*token_fiel"),
     ],
 )
 def test_config_errors(tmp_path: Path, extra: str, message: str) -> None:
@@ -699,7 +716,11 @@ class GatewayStandIn:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that hung up (e.g. a stopped command center) is not a test failure
+
+        self._server = Server(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -713,9 +734,7 @@ class GatewayStandIn:
         self._server.server_close()
         self._thread.join(5)
 
-    def wait_for(
-        self, predicate: Callable[[list[Received]], bool], timeout_s: float = 10.0
-    ) -> list[Received]:
+    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout_s: float = 10.0) -> list[Received]:
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self.received), timeout_s):
                 raise AssertionError(f"gateway stand-in did not get what was expected; got {self.received}")
@@ -753,30 +772,37 @@ def gateway() -> Iterator[GatewayStandIn]:
 
 
 @pytest.mark.e2e
-def test_process_serves_intake_and_stops_gracefully(command_center: CommandCenterProcess) -> None:  # noqa: F811
+def test_process_serves_intake_and_stops_gracefully(command_center: CommandCenterProcess) -> None:
     cc = command_center
     assert httpx.get(f"{cc.url}/health").json() == {"status": "ok"}
     r = post_alarm(cc, alarm())
     assert r.status_code == 201, r.text
     r = httpx.post(f"{cc.url}/api/v1/alarms", json=alarm(), headers={"Idempotency-Key": alarm()["event_id"]})
     assert r.status_code == 401
-    assert cc.stop() == 0
+    assert cc.stopped_cleanly(cc.stop())
     log = cc.log()
-    assert "command center stopped" in log
+    assert "Application shutdown complete" in log
     assert "Traceback" not in log
     for token in (cc.intake_token, cc.operator_token):
         assert token not in log
 
 
 @pytest.mark.e2e
-def test_data_survives_a_restart(command_center: CommandCenterProcess) -> None:  # noqa: F811
+def test_ctrl_c_stops_gracefully_without_a_traceback(command_center: CommandCenterProcess) -> None:
+    assert command_center.stop(sig=signal.SIGINT) == 130
+    assert command_center.stopped_cleanly(130)
+    assert "Traceback" not in command_center.log()
+
+
+@pytest.mark.e2e
+def test_data_survives_a_restart(command_center: CommandCenterProcess) -> None:
     cc = command_center
     first = post_alarm(cc, alarm())
     assert first.status_code == 201
     incident = first.json()["incident_id"]
     assert operator_action(cc, incident, "acknowledge").status_code == 200
 
-    assert cc.stop() == 0
+    assert cc.stopped_cleanly(cc.stop())
     cc.start()
 
     assert get_incident(cc, incident)["state"] == "acknowledged"
@@ -790,7 +816,7 @@ def test_data_survives_a_restart(command_center: CommandCenterProcess) -> None: 
 
 
 @pytest.mark.e2e
-def test_a_201_survives_a_crash(command_center: CommandCenterProcess) -> None:  # noqa: F811
+def test_a_201_survives_a_crash(command_center: CommandCenterProcess) -> None:
     cc = command_center
     answers = [post_alarm(cc, alarm(seq=seq)) for seq in range(1, 6)]
     assert [a.status_code for a in answers] == [201] * 5
@@ -839,9 +865,7 @@ def test_a_refused_report_is_retried_until_2xx(tmp_path: Path) -> None:
         assert len({json.dumps(r.body, sort_keys=True) for r in received}) == 1  # the same report
         time.sleep(0.3)  # nothing more after the 2xx
         assert len(gateway.received) == 3
-        assert db_rows(cc.db_path, "SELECT attempts, delivered_at IS NOT NULL FROM callback_outbox") == [
-            (3, 1)
-        ]
+        assert db_rows(cc.db_path, "SELECT attempts, delivered_at IS NOT NULL FROM callback_outbox") == [(3, 1)]
 
 
 @pytest.mark.e2e
@@ -901,7 +925,7 @@ def test_reports_wait_in_the_outbox_while_the_gateway_is_down(tmp_path: Path) ->
         while db_rows(cc.db_path, "SELECT attempts FROM callback_outbox")[0][0] < 2:
             assert time.monotonic() < deadline, cc.log()
             time.sleep(0.05)
-        assert cc.stop() == 0  # the report must survive the restart, not only the outage
+        assert cc.stopped_cleanly(cc.stop())  # the report must survive a restart, not only the outage
 
     with GatewayStandIn(port=port) as gateway:
         cc.start()
@@ -910,3 +934,51 @@ def test_reports_wait_in_the_outbox_while_the_gateway_is_down(tmp_path: Path) ->
             assert (report.body["incident_id"], report.body["state"]) == (incident, "acknowledged")
         finally:
             cc.stop()
+
+
+@pytest.mark.e2e
+def test_stopping_does_not_hang_on_a_silent_gateway(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hang(body: dict[str, Any]) -> int:
+        release.wait(30)
+        return 200
+
+    with GatewayStandIn(respond=hang) as gateway:
+        cc = CommandCenterProcess(tmp_path, gateway_url=gateway.url, gateway_token=GATEWAY_TOKEN, request_timeout_s=60)
+        with cc:
+            incident = post_alarm(cc, alarm()).json()["incident_id"]
+            assert operator_action(cc, incident, "acknowledge").status_code == 200
+            time.sleep(0.5)  # the report is now in flight and the gateway does not answer
+            started = time.monotonic()
+            code = cc.stop()
+            assert time.monotonic() - started < 8
+            assert cc.stopped_cleanly(code), cc.log()
+        release.set()
+    # Not delivered, so still in the outbox for the next start.
+    assert db_rows(cc.db_path, "SELECT delivered_at FROM callback_outbox") == [(None,)]
+
+
+@pytest.mark.e2e
+def test_a_too_new_database_stops_the_process_at_startup(tmp_path: Path) -> None:
+    cc = CommandCenterProcess(tmp_path)
+    with closing(sqlite3.connect(cc.db_path)) as db:
+        db.execute("PRAGMA user_version = 999")
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        cc.start()
+    assert "newer than this command center knows" in cc.log()
+    assert db_rows(cc.db_path, "SELECT name FROM sqlite_master") == []
+
+
+def test_a_bad_config_exits_with_2_and_a_message(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, _MINIMAL + '[server]\nport = "x"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "siaga.commandcenter", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "server.port" in proc.stderr
+    assert "Traceback" not in proc.stderr

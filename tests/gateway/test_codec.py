@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from siaga.gateway import codec
 from siaga.gateway.codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
 from siagafw import proto

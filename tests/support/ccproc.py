@@ -115,13 +115,17 @@ class CommandCenterProcess:
                     raise TimeoutError(f"command center not healthy after {timeout_s} s:\n{self.log()}")
                 time.sleep(0.05)
 
-    def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM, wait for a graceful exit, SIGKILL if it does not come. Returns the exit code."""
+    def stop(self, timeout_s: float = 15.0, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """Send `sig`, wait for a graceful exit, SIGKILL if it does not come. Returns the exit code.
+
+        After its graceful shutdown uvicorn re-raises the signal, so a clean stop by SIGTERM
+        returns -SIGTERM and one by SIGINT 130; `stopped_cleanly()` tells them from a kill.
+        """
         proc, self._proc = self._proc, None
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -135,6 +139,10 @@ class CommandCenterProcess:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+    def stopped_cleanly(self, returncode: int | None) -> bool:
+        """The process ended through its shutdown path (not killed, not crashed)."""
+        return returncode in (0, -signal.SIGTERM, 130) and "command center stopped" in self.log()
 
     @property
     def running(self) -> bool:

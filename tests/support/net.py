@@ -5,11 +5,9 @@ from __future__ import annotations
 import socket
 import time
 
+from siaga.net import free_port
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "wait_port"]
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from siaga.broker.process import MosquittoProcess
 
+from siaga.broker.process import MosquittoProcess
 from tests.support.ccproc import CommandCenterProcess
 from tests.support.gateway import GatewayProcess
 from tests.support.net import free_port
