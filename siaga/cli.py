@@ -82,6 +82,95 @@ def cc_run(config_path: str) -> None:
     server.run(config_path)
 
 
+@main.group()
+def broker() -> None:
+    """Mosquitto configuration, ACL and device logins (see docs/broker.md)."""
+
+
+@broker.command("config")
+@click.option("--port", default=1883, show_default=True, help="Plain listener, for the gateway (loopback).")
+@click.option("--bind", default="127.0.0.1", show_default=True)
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Persistence folder.")
+@click.option("--password-file", required=True, type=click.Path(dir_okay=False))
+@click.option("--acl-file", required=True, type=click.Path(dir_okay=False))
+@click.option("--tls-port", type=int, help="Add the devices' TLS listener on this port.")
+@click.option("--cafile", type=click.Path(dir_okay=False))
+@click.option("--certfile", type=click.Path(dir_okay=False))
+@click.option("--keyfile", type=click.Path(dir_okay=False))
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Default: stderr.")
+@click.option("--run-as", help="User Mosquitto switches to when started as root (it must own the files).")
+@_friendly
+def broker_config(port: int, bind: str, data_dir: str, password_file: str, acl_file: str, tls_port: int | None,
+                  cafile: str | None, certfile: str | None, keyfile: str | None, log_file: str | None,
+                  run_as: str | None) -> None:
+    """Print a mosquitto.conf for Siaga (production settings) to standard output."""
+    from pathlib import Path
+
+    from .broker.config import TlsListener, render_config
+
+    tls = None
+    if tls_port is not None:
+        if not (cafile and certfile and keyfile):
+            raise ConfigError("--tls-port needs --cafile, --certfile and --keyfile")
+        tls = TlsListener(tls_port, Path(cafile), Path(certfile), Path(keyfile))
+    click.echo(render_config(port=port, bind=bind, data_dir=Path(data_dir), password_file=Path(password_file),
+                             acl_file=Path(acl_file), tls=tls, log_file=Path(log_file) if log_file else None,
+                             run_as=run_as),
+               nl=False)
+
+
+@broker.command("acl")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the ACL file.")
+@_friendly
+def broker_acl(out: str) -> None:
+    """Write the ACL: each device only its own topics, the gateway all devices' uplinks and acks."""
+    from pathlib import Path
+
+    from .broker.config import write_acl
+
+    write_acl(Path(out))
+    click.echo(f"wrote {out}")
+
+
+@broker.command("set-password")
+@click.option("--passwd", "password_file", required=True, type=click.Path(dir_okay=False),
+              help="Mosquitto password file (created if missing).")
+@click.argument("user")
+@_friendly
+def broker_set_password(password_file: str, user: str) -> None:
+    """Create or change USER's login; the password is read from standard input, never an argument.
+
+    Mosquitto reads the file on start and on SIGHUP: reload it afterwards.
+    """
+    from pathlib import Path
+
+    from .broker.passwd import set_password
+
+    if sys.stdin.isatty():
+        password = click.prompt(f"password for {user}", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ConfigError("empty password")
+    set_password(Path(password_file), user, password)
+    click.echo(f"set the password of {user} in {password_file}; reload Mosquitto (SIGHUP) to apply")
+
+
+@broker.command("remove-user")
+@click.option("--passwd", "password_file", required=True, type=click.Path(dir_okay=False))
+@click.argument("user")
+@_friendly
+def broker_remove_user(password_file: str, user: str) -> None:
+    """Remove USER's login. After a reload Mosquitto also closes that user's open connection."""
+    from pathlib import Path
+
+    from .broker.passwd import remove_user
+
+    if not remove_user(Path(password_file), user):
+        raise ConfigError(f"{user} has no login in {password_file}")
+    click.echo(f"removed {user} from {password_file}; reload Mosquitto (SIGHUP) to apply")
+
+
 @main.command()
 @click.option("--buttons", default=3, show_default=True, help="How many virtual buttons.")
 @click.option("--presses", default=1, show_default=True, help="Presses before waiting for Ctrl-C.")

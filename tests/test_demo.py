@@ -71,3 +71,16 @@ def test_demo_round_trip_then_clean_exit_on_ctrl_c() -> None:
     assert demo.lines[-1] == "Stopped cleanly; nothing is left running.", demo.lines[-5:]
     assert not [line for line in demo.lines if "Traceback" in line or "ERROR" in line], demo.lines
     assert _demo_dirs() - before == set()  # its temporary folder is gone
+
+
+def test_demo_without_mosquitto_uses_the_embedded_broker(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo` on a machine where Mosquitto is not installed: `auto` picks the embedded broker."""
+    from siaga import demo
+
+    monkeypatch.setattr(demo, "mosquitto_available", lambda: False)
+    assert demo.run_demo(buttons=1, presses=1, exit_after=True, broker="auto") == 0
+    out = capsys.readouterr().out
+    assert "embedded demo broker" in out
+    assert "HELP IS COMING" in out
+    assert out.rstrip().endswith("Stopped cleanly; nothing is left running.")
