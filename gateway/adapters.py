@@ -1,36 +1,43 @@
 """Adapters from the gateway's outbox to a command center's API.
 
-The reference adapter speaks the JSON contract of docs/protocol.md §7. Other centers' APIs (OASIS
-CAP 1.2, a signed webhook) are further classes with the same `deliver` method.
+An adapter takes a round of outbox events (oldest first) and says, for each, whether the command
+center has it. The reference adapter speaks the JSON contract of docs/protocol.md §7; other
+centers' APIs (OASIS CAP 1.2, a signed webhook) are further classes with the same `deliver`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import httpx
 
-from .store import Forward
+from .store import OutboundEvent
 
+log = logging.getLogger(__name__)
 
-class DeliveryError(Exception):
-    """The command center did not take the event; `retry` is False only for a permanent refusal."""
-
-    def __init__(self, message: str, *, retry: bool = True) -> None:
-        super().__init__(message)
-        self.retry = retry
+BATCH_MAX = 500  # protocol.md §7
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
+class Accepted:
     incident_id: str | None
-    state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+    retry: bool = True  # False: the command center refused this event for good (audited, kept)
+
+
+Outcome = Accepted | Failed
 
 
 class Adapter(Protocol):
-    async def deliver(self, fwd: Forward) -> Delivered: ...
+    async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]: ...
     async def aclose(self) -> None: ...
 
 
@@ -38,43 +45,79 @@ def iso_utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _permanent(status: int) -> bool:
+    # A 4xx other than 408/429 will not get better by sending the same request again.
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 class ReferenceAdapter:
-    """POST <url>/api/v1/alarms with an Idempotency-Key (protocol.md §7)."""
+    """The reference command center: single and batch alarm intake, fault intake."""
 
-    def __init__(self, url: str, token: str, gateway_id: str, *, timeout_s: float = 10.0) -> None:
-        self._gateway_id = gateway_id
+    def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
         self._client = httpx.AsyncClient(
-            base_url=url.rstrip("/"), timeout=timeout_s,
-            headers={"Authorization": f"Bearer {token}"},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+            base_url=url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {token}"},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
+        self._batch_supported = True
 
-    def body(self, fwd: Forward) -> dict[str, object]:
-        return {
-            "event_id": fwd.event_id,
-            "gateway_id": self._gateway_id,
-            "device_id": fwd.device_id,
-            "seq": fwd.seq,
-            "kind": fwd.kind,
-            "test": fwd.test,
-            "location": {"lat": fwd.lat_e6 / 1e6, "lon": fwd.lon_e6 / 1e6,
-                         "address": fwd.address, "area": fwd.area},
-            "raised_at": iso_utc(fwd.raised_ts * 1000) if fwd.raised_ts is not None else None,
-            "received_at": iso_utc(fwd.received_ms),
-        }
+    async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        i = 0
+        while i < len(events):
+            # Runs of alarms go in batches; faults one by one. Order is kept either way.
+            j = i
+            while j < len(events) and events[j].kind == "alarm" and j - i < BATCH_MAX:
+                j += 1
+            if j - i > 1 and self._batch_supported:
+                outcomes += await self._batch(events[i:j])
+                i = j
+            else:
+                outcomes.append(await self._single(events[i]))
+                i += 1
+        return outcomes
 
-    async def deliver(self, fwd: Forward) -> Delivered:
+    async def _single(self, event: OutboundEvent) -> Outcome:
+        path = "/api/v1/alarms" if event.kind == "alarm" else "/api/v1/faults"
         try:
-            resp = await self._client.post("/api/v1/alarms", json=self.body(fwd),
-                                           headers={"Idempotency-Key": fwd.event_id})
+            resp = await self._client.post(path, content=event.body, headers={
+                "Idempotency-Key": event.event_id, "Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+            return Failed(f"{type(exc).__name__}: {exc}")
         if resp.status_code in (200, 201):
-            data = resp.json()
-            return Delivered(data.get("incident_id"), data.get("state"))
-        # 4xx other than 408/429 will not get better by repeating the same request; the alarm is
-        # kept and reported (never dropped), and an operator can replay it after fixing the cause.
-        retry = resp.status_code >= 500 or resp.status_code in (408, 429)
-        raise DeliveryError(f"HTTP {resp.status_code}: {resp.text[:200]}", retry=retry)
+            return Accepted(resp.json().get("incident_id"))
+        return Failed(f"HTTP {resp.status_code}: {resp.text[:200]}", retry=not _permanent(resp.status_code))
+
+    async def _batch(self, events: list[OutboundEvent]) -> list[Outcome]:
+        # The bodies are already JSON; splice them rather than parse and re-serialise each one.
+        payload = '{"alarms":[' + ",".join(e.body for e in events) + "]}"
+        try:
+            resp = await self._client.post("/api/v1/alarms/batch", content=payload,
+                                           headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            failed = Failed(f"{type(exc).__name__}: {exc}")
+            return [failed] * len(events)
+        if resp.status_code in (404, 405):
+            log.warning("command center has no batch intake (HTTP %d); sending alarms one by one", resp.status_code)
+            self._batch_supported = False
+            return [await self._single(e) for e in events]
+        if resp.status_code != 200:
+            failed = Failed(f"HTTP {resp.status_code}: {resp.text[:200]}", retry=not _permanent(resp.status_code))
+            return [failed] * len(events)
+        try:
+            results = resp.json()["results"]
+            if len(results) != len(events):
+                raise ValueError(f"{len(results)} results for {len(events)} alarms")
+        except (ValueError, KeyError, TypeError) as exc:
+            failed = Failed(f"unreadable batch answer: {exc}")
+            return [failed] * len(events)
+        outcomes: list[Outcome] = []
+        for event, result in zip(events, results, strict=True):
+            if result.get("event_id") != event.event_id:
+                outcomes.append(Failed(f"batch answer out of order at {event.event_id}"))
+            elif result.get("status") in ("created", "duplicate"):
+                outcomes.append(Accepted(result.get("incident_id")))
+            else:
+                outcomes.append(Failed(f"refused: {json.dumps(result.get('error'))[:200]}", retry=False))
+        return outcomes
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hmac
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from siagafw import proto
 
-from .store import StoreError
+from .store import Device, StoreError
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -23,6 +23,7 @@ DEVICE_ID = r"^[a-z0-9][a-z0-9-]{2,31}$"
 class DeviceIn(BaseModel):
     id: str = Field(pattern=DEVICE_ID)
     secret_hex: str = Field(pattern=r"^[0-9a-f]{64}$", description="32-byte HMAC key, lowercase hex")
+    site: str | None = Field(default=None, max_length=64, description="buttons of one site form one incident")
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
     address: str = Field(default="", max_length=200)
@@ -33,13 +34,18 @@ class DeviceOut(BaseModel):
     id: str
     created_ms: int
     revoked: bool
+    site: str | None
     lat: float | None
     lon: float | None
     address: str
     area: str
     last_seen_ms: int | None
     battery_mv: int | None
+    rssi: int | None
     firmware: str | None
+    tamper: bool | None
+    heartbeat_s: int | None
+    faults: list[str] = Field(description="active faults: offline, low_battery, tamper")
 
 
 class StateIn(BaseModel):
@@ -70,44 +76,74 @@ def create_app(gw: Gateway) -> FastAPI:
     admin = Depends(_bearer(gw.cfg.admin_token))
     cc = Depends(_bearer(gw.cfg.cc_callback_token))
 
-    @app.get("/health", summary="Liveness and the MQTT link")
+    @app.get("/health", summary="Liveness: the process answers")
     async def health() -> dict[str, object]:
         mqtt_up = gw.link is not None and gw.link.connected.is_set()
         return {"status": "ok" if mqtt_up else "degraded", "mqtt": mqtt_up,
-                "outbox": await gw.store.outbox_depth()}
+                "outbox": await gw.store.outbox_depth(), "circuit": gw.breaker.state.value}
+
+    @app.get("/ready", summary="Readiness: connected to the broker and the store answers",
+             responses={503: {"description": "not ready"}})
+    async def ready(response: Response) -> dict[str, object]:
+        mqtt_up = gw.link is not None and gw.link.connected.is_set()
+        try:
+            depth: int | None = await gw.store.outbox_depth()
+        except Exception:  # any store failure means not ready; the reason is in the log
+            depth = None
+        ok = mqtt_up and depth is not None
+        if not ok:
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"ready": ok, "mqtt": mqtt_up, "store": depth is not None}
+
+    def device_out(d: Device) -> DeviceOut:
+        return DeviceOut(id=d.id, created_ms=d.created_ms, revoked=d.revoked_ms is not None, site=d.site,
+                         lat=None if d.lat_e6 is None else d.lat_e6 / 1e6,
+                         lon=None if d.lon_e6 is None else d.lon_e6 / 1e6, address=d.address, area=d.area,
+                         last_seen_ms=d.last_seen_ms, battery_mv=d.battery_mv, rssi=d.rssi, firmware=d.firmware,
+                         tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults))
 
     @app.post("/api/v1/devices", status_code=201, dependencies=[admin], summary="Register a device")
     async def add_device(dev: DeviceIn) -> DeviceOut:
         try:
-            await gw.register_device(dev.id, bytes.fromhex(dev.secret_hex), lat_e6=_e6(dev.lat),
+            await gw.register_device(dev.id, bytes.fromhex(dev.secret_hex), site=dev.site, lat_e6=_e6(dev.lat),
                                      lon_e6=_e6(dev.lon), address=dev.address, area=dev.area)
         except StoreError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        return next(d for d in await list_devices() if d.id == dev.id)
+        return await get_device(dev.id)
 
     @app.get("/api/v1/devices", dependencies=[admin], summary="List devices (never their secrets)")
     async def list_devices() -> list[DeviceOut]:
-        return [DeviceOut(id=d.id, created_ms=d.created_ms, revoked=d.revoked_ms is not None,
-                          lat=None if d.lat_e6 is None else d.lat_e6 / 1e6,
-                          lon=None if d.lon_e6 is None else d.lon_e6 / 1e6, address=d.address, area=d.area,
-                          last_seen_ms=d.last_seen_ms, battery_mv=d.battery_mv, firmware=d.firmware)
-                for d in await gw.store.devices()]
+        return [device_out(d) for d in await gw.store.devices()]
+
+    @app.get("/api/v1/devices/{device_id}", dependencies=[admin], summary="One device and its faults")
+    async def get_device(device_id: str) -> DeviceOut:
+        found = await gw.store.devices(device_id)
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+        return device_out(found[0])
 
     @app.post("/api/v1/devices/{device_id}/revoke", dependencies=[admin], summary="Revoke a device now")
     async def revoke(device_id: str) -> dict[str, object]:
-        if device_id not in gw.keys:
+        if device_id not in gw.registry:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
         return {"device_id": device_id, "revoked": True, "changed": await gw.revoke_device(device_id)}
 
-    @app.get("/api/v1/audit", dependencies=[admin], summary="Newest rejected messages first")
-    async def audit(limit: int = 100) -> list[dict[str, object]]:
-        return await gw.store.audit(max(1, min(limit, 1000)))
+    @app.get("/api/v1/alarms", dependencies=[admin], summary="Stored alarms, newest first")
+    async def alarms(device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await gw.store.alarms(device_id=device_id, limit=max(1, min(limit, 1000)))
 
-    @app.get("/metrics", dependencies=[admin], summary="Counters in Prometheus text format")
+    @app.get("/api/v1/incidents", dependencies=[admin], summary="Incident groups (the incident layer), newest first")
+    async def incidents(limit: int = 100) -> list[dict[str, Any]]:
+        return await gw.store.groups(max(1, min(limit, 1000)))
+
+    @app.get("/api/v1/audit", dependencies=[admin], summary="Rejected messages, newest first")
+    async def audit(limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
+        return await gw.store.audit(max(1, min(limit, 1000)), reason)
+
+    @app.get("/metrics", dependencies=[admin], summary="Prometheus metrics")
     async def metrics() -> Response:
-        lines = [f"siaga_gateway_{name} {value}" for name, value in sorted(gw.metrics.items())]
-        lines.append(f"siaga_gateway_outbox_depth {await gw.store.outbox_depth()}")
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        gauges = {**gw.gauges(), "outbox_depth": await gw.store.outbox_depth()}
+        return Response(gw.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.post("/api/v1/cc/state", dependencies=[cc], summary="A command center reports an alarm's state")
     async def cc_state(body: StateIn) -> dict[str, object]:

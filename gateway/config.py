@@ -1,13 +1,18 @@
-"""Gateway configuration (TOML). Documented with an example in gateway/gateway.example.toml."""
+"""Gateway configuration (TOML). Every setting is documented in gateway/gateway.example.toml."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from siaga.settings import ConfigError, load_secret, load_toml
 
 from .mqtt import MqttSettings
+from .supervision import SupervisionSettings
+
+GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # protocol.md §7: no colon
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,18 +22,28 @@ class GatewayConfig:
     mqtt: MqttSettings
     api_host: str
     api_port: int
-    admin_token: str
-    cc_callback_token: str       # what the command center presents when it reports a state
-    cc_url: str
-    cc_token: str                # what the gateway presents to the command center
-    batch_max: int = 500         # messages per group commit
-    batch_wait_ms: int = 2       # how long to gather a batch once a first message is in
-    forward_concurrency: int = 16
+    admin_token: str = field(repr=False)
+    cc_callback_token: str = field(repr=False)  # what the command center presents when it reports a state
+    cc_url: str = ""
+    cc_token: str = field(default="", repr=False)  # what the gateway presents to the command center
+    batch_max: int = 500            # messages per group commit
+    batch_wait_ms: int = 2          # how long to gather a batch once a first message is in
+    forward_batch: int = 500        # events per delivery round
     retry_first_s: float = 1.0
     retry_max_s: float = 60.0
+    breaker_threshold: int = 5
+    incident_window_s: int = 300
+    flood_rate_per_s: float = 5.0
+    flood_burst: int = 30
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
+    log_format: str = "text"
+    drain_s: float = 10.0           # how long a shutdown waits for in-flight work
 
-    def __repr__(self) -> str:  # never print a token or password, e.g. in a traceback
-        return f"GatewayConfig(id={self.gateway_id!r}, db={str(self.db_path)!r})"
+    def __post_init__(self) -> None:
+        if not GATEWAY_ID.fullmatch(self.gateway_id):
+            raise ConfigError(f"gateway id {self.gateway_id!r}: use 1-64 of A-Z a-z 0-9 . _ - (no colon)")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("logging.format must be 'text' or 'json'")
 
     @classmethod
     def load(cls, path: str | Path) -> GatewayConfig:
@@ -39,9 +54,10 @@ class GatewayConfig:
             gw, mq, api, cc = raw["gateway"], raw["mqtt"], raw["api"], raw["commandcenter"]
         except KeyError as exc:
             raise ConfigError(f"{path}: missing section [{exc.args[0]}]") from None
+        fwd: dict[str, Any] = raw.get("forwarding", {})
+        sup: dict[str, Any] = raw.get("supervision", {})
         gid = str(gw.get("id", "gw-1"))
         db = Path(gw.get("db", "gateway.sqlite3"))
-        fwd = raw.get("forwarding", {})
         return cls(
             gateway_id=gid,
             db_path=db if db.is_absolute() else base / db,
@@ -54,6 +70,16 @@ class GatewayConfig:
             cc_callback_token=load_secret(api, "cc_token", base=base),
             cc_url=cc["url"], cc_token=load_secret(cc, "token", base=base),
             batch_max=int(fwd.get("batch_max", 500)), batch_wait_ms=int(fwd.get("batch_wait_ms", 2)),
-            forward_concurrency=int(fwd.get("concurrency", 16)),
+            forward_batch=int(fwd.get("forward_batch", 500)),
             retry_first_s=float(fwd.get("retry_first_s", 1.0)), retry_max_s=float(fwd.get("retry_max_s", 60.0)),
+            breaker_threshold=int(fwd.get("breaker_threshold", 5)),
+            incident_window_s=int(gw.get("incident_window_s", 300)),
+            flood_rate_per_s=float(gw.get("flood_rate_per_s", 5.0)), flood_burst=int(gw.get("flood_burst", 30)),
+            supervision=SupervisionSettings(
+                missed_heartbeats=int(sup.get("missed_heartbeats", 3)),
+                default_every_s=int(sup.get("default_every_s", 60)),
+                low_battery_mv=int(sup.get("low_battery_mv", 3400)),
+                battery_hysteresis_mv=int(sup.get("battery_hysteresis_mv", 150))),
+            log_format=str(raw.get("logging", {}).get("format", "text")),
+            drain_s=float(gw.get("drain_s", 10.0)),
         )

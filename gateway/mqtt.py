@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -51,12 +52,15 @@ class MqttSettings:
 
 
 class MqttLink:
-    def __init__(self, settings: MqttSettings, queue: asyncio.Queue[Inbound]) -> None:
+    def __init__(self, settings: MqttSettings, queue: asyncio.Queue[Inbound],
+                 on_connected: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._queue = queue
+        self._on_connected = on_connected  # called in the event loop after each (re)connect
         self._loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
         self.auth_failed: MqttAuthError | None = None
+        self._stopped = False
         self._auth_event = asyncio.Event()
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              clean_session=False, protocol=paho.MQTTv311)
@@ -77,6 +81,9 @@ class MqttLink:
 
     async def stop(self) -> None:
         # Unacknowledged messages stay in the broker's session and come back on the next start.
+        if self._stopped:
+            return
+        self._stopped = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 
@@ -102,7 +109,12 @@ class MqttLink:
                  flags.session_present)
         # Subscribe on every connect: cheap, and correct even if the broker lost the session.
         client.subscribe([(t, 1) for t in UPLINK_TOPICS])
-        self._loop.call_soon_threadsafe(self.connected.set)
+        self._loop.call_soon_threadsafe(self._connected)
+
+    def _connected(self) -> None:
+        self.connected.set()
+        if self._on_connected is not None:
+            self._on_connected()
 
     def _set_auth_failed(self, err: MqttAuthError) -> None:
         self.auth_failed = err

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from siaga import logs
+
 from .adapters import ReferenceAdapter
 from .config import GatewayConfig
 from .service import Gateway
@@ -19,10 +21,12 @@ async def serve(cfg: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(cfg, SQLiteStore(cfg.db_path), ReferenceAdapter(cfg.cc_url, cfg.cc_token, cfg.gateway_id))
+    gateway = Gateway(cfg, SQLiteStore(cfg.db_path), ReferenceAdapter(cfg.cc_url, cfg.cc_token))
     await gateway.run(stop)
 
 
 def run(config_path: str) -> None:
     cfg = GatewayConfig.load(config_path)
+    if cfg.log_format == "json":
+        logs.use_json()
     asyncio.run(serve(cfg))

@@ -1,25 +1,34 @@
-"""The gateway's durable store: device registry, alarm inbox, forwarding outbox, audit log.
+"""The gateway's durable store: device registry, alarm inbox, forwarding outbox, faults, audit log.
 
-`Store` is the interface; `SQLiteStore` the default implementation (aiosqlite, WAL). Every rule of
-uniqueness lives in the schema — (device, seq) for alarms, the event id for forwards — so that a
-PostgreSQL implementation sharing the alarm stream across gateway instances keeps them too.
+`Store` is the interface; `SQLiteStore` is the default implementation. Every uniqueness rule lives
+in the schema — (device, seq) for alarms, the event id for forwards — so that a PostgreSQL
+implementation shared by several gateway instances keeps them too.
+
+SQLiteStore runs each operation as one function on a single database thread, so a group commit of
+hundreds of alarms costs one thread hop instead of one per statement (what per-statement async
+wrappers such as aiosqlite cost). The connection is used by that thread only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-import aiosqlite
-
-from .codec import Alarm, DeviceKey, Reject, Status
+from .codec import Alarm, Reject, Status
+from .grouping import Group
 from .replay import ReplayWindow
+from .supervision import Fault, FaultChange
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -27,18 +36,38 @@ class StoreError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A registry entry as the service holds it in memory. Never serialised: it has the secret."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    revoked: bool
+    site: str | None
+    lat_e6: int | None
+    lon_e6: int | None
+    address: str
+    area: str
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
+    """A registry entry for the admin API and exports: no secret."""
+
     id: str
     created_ms: int
     revoked_ms: int | None
+    site: str | None
     lat_e6: int | None
     lon_e6: int | None
     address: str
     area: str
     last_seen_ms: int | None
     battery_mv: int | None
+    rssi: int | None
     firmware: str | None
-    # The secret is deliberately not a field: a Device can be logged, listed and serialised.
+    tamper: bool | None
+    every_s: int | None
+    faults: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,340 +81,503 @@ class StoredAlarm:
 
 
 @dataclass(frozen=True, slots=True)
-class Forward:
-    """An alarm waiting in the outbox to be forwarded to the command center."""
-
-    alarm_id: int
-    event_id: str
-    attempts: int
-    device_id: str
-    seq: int
-    kind: str
-    test: bool
-    lat_e6: int
-    lon_e6: int
-    address: str
-    area: str
-    raised_ts: int | None
+class NewAlarm:
+    alarm: Alarm
     received_ms: int
+    event_id: str
+    group_id: int
+    press_count: int
+    body: str  # the JSON the forwarder sends, fixed at intake so every retry sends the same bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    id: int
+    kind: str            # "alarm" | "fault"
+    event_id: str
+    device_id: str
+    body: str
+    attempts: int
+    alarm_id: int | None
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    outbox_id: int
+    alarm_id: int | None
+    incident_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    outbox_id: int
+    next_ms: int
+    error: str
+    spend_attempt: bool = True
+
+
+# (change, fault history id) -> (event id, JSON body) for the outbox
+FaultEventMaker = Callable[[FaultChange, int], tuple[str, str]]
 
 
 @dataclass(slots=True)
 class Batch:
     """Everything one group commit writes. The MQTT acks wait until it is committed."""
 
-    alarms: list[tuple[Alarm, int]] = field(default_factory=list)        # (alarm, received ms)
-    statuses: list[tuple[Status, int]] = field(default_factory=list)
-    offline: list[tuple[str, int]] = field(default_factory=list)         # (device, ms) from wills
+    alarms: list[NewAlarm] = field(default_factory=list)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)   # (device, seq) to re-acknowledge
+    statuses: list[tuple[Status, int]] = field(default_factory=list)  # (heartbeat, received ms)
     windows: dict[str, ReplayWindow] = field(default_factory=dict)
+    groups: dict[int, Group] = field(default_factory=dict)
+    faults: list[FaultChange] = field(default_factory=list)
     rejects: list[tuple[Reject, int]] = field(default_factory=list)
 
 
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, lat_e6: int | None = None,
-                         lon_e6: int | None = None, address: str = "", area: str = "") -> None: ...
+    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
+                         lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
+                         area: str = "") -> None: ...
     async def revoke_device(self, device_id: str, now_ms: int) -> bool: ...
-    async def device_keys(self) -> dict[str, DeviceKey]: ...
-    async def devices(self) -> list[Device]: ...
+    async def registry(self) -> list[DeviceRecord]: ...
+    async def devices(self, device_id: str | None = None) -> list[Device]: ...
     async def windows(self) -> dict[str, ReplayWindow]: ...
+    async def latest_alarms(self) -> dict[str, int]: ...
+    async def open_groups(self, since_ms: int) -> tuple[list[Group], int]: ...
     async def alarm_exists(self, device_id: str, seq: int) -> bool: ...
-    async def commit(self, batch: Batch, gateway_id: str) -> list[StoredAlarm]: ...
-    async def due_forwards(self, now_ms: int, limit: int) -> list[Forward]: ...
-    async def forwarded(self, alarm_id: int, incident_id: str | None, now_ms: int) -> None: ...
-    async def forward_failed(self, alarm_id: int, next_ms: int, error: str) -> None: ...
+    async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]: ...
+    async def due_events(self, now_ms: int, limit: int) -> list[OutboundEvent]: ...
+    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None: ...
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
                         by: str | None, at_ms: int) -> StoredAlarm | None: ...
-    async def latest_alarms(self) -> dict[str, int]: ...
-    async def audit(self, limit: int) -> list[dict[str, object]]: ...
+    async def current_acks(self, since_ms: int) -> list[StoredAlarm]: ...
+    async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]: ...
     async def outbox_depth(self) -> int: ...
 
 
-MIGRATIONS: Sequence[str] = (
-    # 1: the walking skeleton's schema.
-    """
-    CREATE TABLE devices (
-        id            TEXT PRIMARY KEY,
-        secret_hex    TEXT NOT NULL CHECK (length(secret_hex) = 64),
-        created_ms    INTEGER NOT NULL,
-        revoked_ms    INTEGER,
-        lat_e6        INTEGER,
-        lon_e6        INTEGER,
-        address       TEXT NOT NULL DEFAULT '',
-        area          TEXT NOT NULL DEFAULT '',
-        high_seq      INTEGER NOT NULL DEFAULT -1,
-        seq_window    TEXT NOT NULL DEFAULT '0',   -- 64-bit bitmap in hex (SQLite integers are signed)
-        last_seen_ms  INTEGER,
-        battery_mv    INTEGER,
-        rssi          INTEGER,
-        firmware      TEXT,
-        tamper        INTEGER
-    );
-    CREATE TABLE alarms (
-        id            INTEGER PRIMARY KEY,
-        device_id     TEXT NOT NULL REFERENCES devices(id),
-        seq           INTEGER NOT NULL,
-        kind          TEXT NOT NULL,
-        test          INTEGER NOT NULL,
-        lat_e6        INTEGER NOT NULL,
-        lon_e6        INTEGER NOT NULL,
-        address       TEXT NOT NULL,
-        area          TEXT NOT NULL,
-        raised_ts     INTEGER,
-        uptime_ms     INTEGER NOT NULL,
-        received_ms   INTEGER NOT NULL,
-        body          BLOB NOT NULL,               -- the exact signed bytes, for evidence
-        state         TEXT NOT NULL DEFAULT 'received',
-        state_rank    INTEGER NOT NULL DEFAULT 0,
-        state_ms      INTEGER,
-        incident_id   TEXT,
-        forwarded_ms  INTEGER,
-        UNIQUE (device_id, seq)
-    );
-    CREATE TABLE outbox (
-        alarm_id        INTEGER PRIMARY KEY REFERENCES alarms(id),
-        device_id       TEXT NOT NULL,
-        event_id        TEXT NOT NULL UNIQUE,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_ms INTEGER NOT NULL,
-        last_error      TEXT
-    );
-    CREATE INDEX outbox_due ON outbox (next_attempt_ms, alarm_id);
-    CREATE INDEX outbox_device ON outbox (device_id, alarm_id);
-    CREATE TABLE state_log (
-        id          INTEGER PRIMARY KEY,
-        alarm_id    INTEGER NOT NULL REFERENCES alarms(id),
-        state       TEXT NOT NULL,
-        incident_id TEXT,
-        by          TEXT,
-        at_ms       INTEGER NOT NULL
-    );
-    CREATE TABLE audit (
-        id        INTEGER PRIMARY KEY,
-        at_ms     INTEGER NOT NULL,
-        device_id TEXT,
-        topic     TEXT NOT NULL,
-        reason    TEXT NOT NULL,
-        detail    TEXT NOT NULL
-    );
-    """,
+MIGRATIONS: Sequence[Sequence[str]] = (
+    (  # 1: the first schema
+        """CREATE TABLE devices (
+            id            TEXT PRIMARY KEY,
+            secret_hex    TEXT NOT NULL CHECK (length(secret_hex) = 64),
+            created_ms    INTEGER NOT NULL,
+            revoked_ms    INTEGER,
+            site          TEXT,
+            lat_e6        INTEGER,
+            lon_e6        INTEGER,
+            address       TEXT NOT NULL DEFAULT '',
+            area          TEXT NOT NULL DEFAULT '',
+            high_seq      INTEGER NOT NULL DEFAULT -1,
+            seq_window    TEXT NOT NULL DEFAULT '0',   -- 64-bit bitmap in hex (SQLite integers are signed)
+            last_seen_ms  INTEGER,
+            every_s       INTEGER,
+            battery_mv    INTEGER,
+            rssi          INTEGER,
+            firmware      TEXT,
+            tamper        INTEGER
+        )""",
+        """CREATE TABLE incident_groups (
+            id         INTEGER PRIMARY KEY,
+            site       TEXT NOT NULL,
+            opened_ms  INTEGER NOT NULL,
+            last_ms    INTEGER NOT NULL,
+            presses    INTEGER NOT NULL,
+            sources    TEXT NOT NULL                  -- JSON list of device ids
+        )""",
+        "CREATE INDEX groups_by_last ON incident_groups (last_ms)",
+        """CREATE TABLE alarms (
+            id            INTEGER PRIMARY KEY,
+            device_id     TEXT NOT NULL REFERENCES devices (id),
+            seq           INTEGER NOT NULL,
+            kind          TEXT NOT NULL,
+            test          INTEGER NOT NULL,
+            lat_e6        INTEGER NOT NULL,
+            lon_e6        INTEGER NOT NULL,
+            address       TEXT NOT NULL,
+            area          TEXT NOT NULL,
+            raised_ts     INTEGER,
+            uptime_ms     INTEGER NOT NULL,
+            received_ms   INTEGER NOT NULL,
+            body          BLOB NOT NULL,              -- the exact signed bytes, as evidence
+            group_id      INTEGER NOT NULL REFERENCES incident_groups (id),
+            press_count   INTEGER NOT NULL,
+            state         TEXT NOT NULL DEFAULT 'received',
+            state_rank    INTEGER NOT NULL DEFAULT 0,
+            state_ms      INTEGER,
+            incident_id   TEXT,
+            forwarded_ms  INTEGER,
+            UNIQUE (device_id, seq)
+        )""",
+        "CREATE INDEX alarms_by_state_time ON alarms (state_ms)",
+        """CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY,
+            device_id       TEXT NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            kind            TEXT NOT NULL CHECK (kind IN ('alarm', 'fault')),
+            body            TEXT NOT NULL,
+            alarm_id        INTEGER REFERENCES alarms (id),
+            created_ms      INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL,
+            last_error      TEXT
+        )""",
+        "CREATE INDEX outbox_due ON outbox (next_attempt_ms, id)",
+        "CREATE INDEX outbox_device ON outbox (device_id, id)",
+        """CREATE TABLE faults (
+            id         INTEGER PRIMARY KEY,
+            device_id  TEXT NOT NULL REFERENCES devices (id),
+            fault      TEXT NOT NULL,
+            active     INTEGER NOT NULL,
+            at_ms      INTEGER NOT NULL,
+            detail     TEXT NOT NULL
+        )""",
+        """CREATE TABLE device_faults (
+            device_id  TEXT NOT NULL REFERENCES devices (id),
+            fault      TEXT NOT NULL,
+            since_ms   INTEGER NOT NULL,
+            PRIMARY KEY (device_id, fault)
+        )""",
+        """CREATE TABLE state_log (
+            id          INTEGER PRIMARY KEY,
+            alarm_id    INTEGER NOT NULL REFERENCES alarms (id),
+            state       TEXT NOT NULL,
+            incident_id TEXT,
+            by          TEXT,
+            at_ms       INTEGER NOT NULL
+        )""",
+        """CREATE TABLE audit (
+            id        INTEGER PRIMARY KEY,
+            at_ms     INTEGER NOT NULL,
+            device_id TEXT,
+            topic     TEXT NOT NULL,
+            reason    TEXT NOT NULL,
+            detail    TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_by_reason ON audit (reason, id)",
+    ),
 )
 
 
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreError("store is not open")
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None
         return self._db
 
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
     async def open(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siaga-store")
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._pool.shutdown()
+            self._pool = None
+            raise
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before the MQTT ack goes out, even across a power cut
             # (NORMAL in WAL mode may lose the last transactions on power loss, though not on a crash).
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await self._migrate(db)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._db = db
+            self._migrate()
         except BaseException:
-            await db.close()
+            db.close()
+            self._db = None
             raise
-        self._db = db
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
             raise StoreError(f"database {self.path} has schema {version}, newer than this gateway "
                              f"knows ({len(MIGRATIONS)}): upgrade the gateway, do not downgrade")
         for number in range(version + 1, len(MIGRATIONS) + 1):
-            # executescript would commit on its own; run each statement inside one transaction.
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {number}")
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+            def migrate(db: sqlite3.Connection, number: int = number) -> None:
+                for statement in MIGRATIONS[number - 1]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+            self._tx(migrate)
             log.info("store %s migrated to schema %d", self.path, number)
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._call(self._close)
+            self._pool.shutdown()
+            self._pool = None
+
+    def _close(self) -> None:
         if self._db is not None:
-            await self._db.close()
+            self._db.close()
             self._db = None
 
     # ------------------------------------------------------------ registry
 
-    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, lat_e6: int | None = None,
-                         lon_e6: int | None = None, address: str = "", area: str = "") -> None:
-        try:
-            await self.db.execute(
-                "INSERT INTO devices (id, secret_hex, created_ms, lat_e6, lon_e6, address, area) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device_id, secret.hex(), now_ms, lat_e6, lon_e6, address, area))
-        except sqlite3.IntegrityError:
-            raise StoreError(f"device {device_id} is already registered") from None
+    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
+                         lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
+                         area: str = "") -> None:
+        def add(db: sqlite3.Connection) -> None:
+            try:
+                db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"device {device_id} is already registered") from None
+        await self._call(self._tx, add)
 
     async def revoke_device(self, device_id: str, now_ms: int) -> bool:
-        cur = await self.db.execute(
-            "UPDATE devices SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL", (now_ms, device_id))
-        return cur.rowcount == 1
+        def revoke(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE devices SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+                             (now_ms, device_id))
+            return cur.rowcount == 1
+        return await self._call(self._tx, revoke)
 
-    async def device_keys(self) -> dict[str, DeviceKey]:
-        rows = await self.db.execute_fetchall("SELECT id, secret_hex, revoked_ms FROM devices")
-        return {r["id"]: DeviceKey(bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None) for r in rows}
+    async def registry(self) -> list[DeviceRecord]:
+        def read() -> list[DeviceRecord]:
+            rows = self._conn.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area "
+                                      "FROM devices").fetchall()
+            return [DeviceRecord(r["id"], bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None, r["site"],
+                                 r["lat_e6"], r["lon_e6"], r["address"], r["area"]) for r in rows]
+        return await self._call(read)
 
-    async def devices(self) -> list[Device]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id, created_ms, revoked_ms, lat_e6, lon_e6, address, area, last_seen_ms, battery_mv, "
-            "firmware FROM devices ORDER BY id")
-        return [Device(**dict(r)) for r in rows]
+    async def devices(self, device_id: str | None = None) -> list[Device]:
+        def read() -> list[Device]:
+            where, args = ("WHERE d.id = ?", (device_id,)) if device_id else ("", ())
+            rows = self._conn.execute(
+                "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
+                "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, "
+                "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
+                f"FROM devices d {where} ORDER BY d.id", args).fetchall()
+            return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
+                              "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
+                    for r in rows]
+        return await self._call(read)
+
+    async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
+        """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
+        def read() -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
+            faults: dict[str, set[Fault]] = {}
+            for r in self._conn.execute("SELECT device_id, fault FROM device_faults"):
+                faults.setdefault(r["device_id"], set()).add(Fault(r["fault"]))
+            rows = self._conn.execute("SELECT id, last_seen_ms, every_s, battery_mv FROM devices "
+                                      "WHERE revoked_ms IS NULL").fetchall()
+            return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], set()), r["battery_mv"])
+                    for r in rows]
+        return await self._call(read)
 
     async def windows(self) -> dict[str, ReplayWindow]:
-        rows = await self.db.execute_fetchall("SELECT id, high_seq, seq_window FROM devices")
-        return {r["id"]: ReplayWindow(r["high_seq"], int(r["seq_window"], 16)) for r in rows}
-
-    async def alarm_exists(self, device_id: str, seq: int) -> bool:
-        rows = await self.db.execute_fetchall(
-            "SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?", (device_id, seq))
-        return bool(rows)
+        def read() -> dict[str, ReplayWindow]:
+            rows = self._conn.execute("SELECT id, high_seq, seq_window FROM devices").fetchall()
+            return {r["id"]: ReplayWindow(r["high_seq"], int(r["seq_window"], 16)) for r in rows}
+        return await self._call(read)
 
     async def latest_alarms(self) -> dict[str, int]:
         """The newest alarm's sequence number per device (its ack is the retained one)."""
-        rows = await self.db.execute_fetchall("SELECT device_id, max(seq) AS s FROM alarms GROUP BY device_id")
-        return {r["device_id"]: r["s"] for r in rows}
+        def read() -> dict[str, int]:
+            rows = self._conn.execute("SELECT device_id, max(seq) AS s FROM alarms GROUP BY device_id")
+            return {r["device_id"]: r["s"] for r in rows}
+        return await self._call(read)
+
+    async def open_groups(self, since_ms: int) -> tuple[list[Group], int]:
+        """Groups whose latest alarm is at or after since_ms, and the next free group id."""
+        def read() -> tuple[list[Group], int]:
+            rows = self._conn.execute("SELECT * FROM incident_groups WHERE last_ms >= ?", (since_ms,)).fetchall()
+            (top,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM incident_groups").fetchone()
+            return ([Group(r["id"], r["site"], r["opened_ms"], r["last_ms"], r["presses"], json.loads(r["sources"]))
+                     for r in rows], top + 1)
+        return await self._call(read)
+
+    async def alarm_exists(self, device_id: str, seq: int) -> bool:
+        def read() -> bool:
+            row = self._conn.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?", (device_id, seq))
+            return row.fetchone() is not None
+        return await self._call(read)
 
     # ------------------------------------------------------------ intake
 
-    async def commit(self, batch: Batch, gateway_id: str) -> list[StoredAlarm]:
+    async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
         """Write one batch in one transaction; return the stored state of every alarm in it."""
-        db = self.db
+        return await self._call(self._tx, lambda db: self._commit(db, batch, fault_event))
+
+    def _commit(self, db: sqlite3.Connection, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
+        db.executemany(
+            "INSERT INTO incident_groups (id, site, opened_ms, last_ms, presses, sources) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms, presses = excluded.presses, "
+            "sources = excluded.sources",
+            [(g.id, g.site, g.opened_ms, g.last_ms, g.presses, json.dumps(g.sources)) for g in batch.groups.values()])
         out: list[StoredAlarm] = []
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for alarm, received_ms in batch.alarms:
-                loc = alarm.location
-                cur = await db.execute(
-                    "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, "
-                    "uptime_ms, received_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (device_id, seq) DO NOTHING",
-                    (alarm.device_id, alarm.seq, alarm.kind, int(alarm.test), loc.lat_e6, loc.lon_e6,
-                     loc.address, loc.area, alarm.raised_ts, alarm.uptime_ms, received_ms, alarm.body))
-                if cur.rowcount == 1:
-                    alarm_id = cur.lastrowid
-                    assert alarm_id is not None
-                    await db.execute(
-                        "INSERT INTO outbox (alarm_id, device_id, event_id, next_attempt_ms) VALUES (?, ?, ?, ?)",
-                        (alarm_id, alarm.device_id, f"{gateway_id}:{alarm.device_id}:{alarm.seq}", received_ms))
-                    out.append(StoredAlarm(alarm_id, alarm.device_id, alarm.seq, "received", None, True))
-                else:
-                    row = await (await db.execute(
-                        "SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
-                        (alarm.device_id, alarm.seq))).fetchone()
-                    assert row is not None
-                    out.append(StoredAlarm(row["id"], alarm.device_id, alarm.seq, row["state"],
-                                           row["incident_id"], False))
-                await db.execute("UPDATE devices SET last_seen_ms = ? WHERE id = ?", (received_ms, alarm.device_id))
-            for status, received_ms in batch.statuses:
-                await db.execute(
-                    "UPDATE devices SET last_seen_ms = ?, battery_mv = ?, rssi = ?, firmware = ?, tamper = ? "
-                    "WHERE id = ?",
-                    (received_ms, status.battery_mv, status.rssi, status.firmware, int(status.tamper),
-                     status.device_id))
-            await self._write_windows(batch.windows)
-            await self._write_rejects(batch.rejects)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        for new in batch.alarms:
+            a, loc = new.alarm, new.alarm.location
+            cur = db.execute(
+                "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, uptime_ms, "
+                "received_ms, body, group_id, press_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, seq) DO NOTHING",
+                (a.device_id, a.seq, a.kind, int(a.test), loc.lat_e6, loc.lon_e6, loc.address, loc.area, a.raised_ts,
+                 a.uptime_ms, new.received_ms, a.body, new.group_id, new.press_count))
+            if cur.rowcount != 1:
+                # The window said new but the store has it: only after a lost window update. Treat as
+                # a duplicate rather than fail the batch.
+                batch.duplicates.append((a.device_id, a.seq))
+                continue
+            alarm_id = cur.lastrowid
+            assert alarm_id is not None
+            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
+                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
+                       (a.device_id, new.event_id, new.body, alarm_id, new.received_ms, new.received_ms))
+            out.append(StoredAlarm(alarm_id, a.device_id, a.seq, "received", None, True))
+        for device_id, seq in batch.duplicates:
+            row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+                             (device_id, seq)).fetchone()
+            if row is not None:
+                out.append(StoredAlarm(row["id"], device_id, seq, row["state"], row["incident_id"], False))
+        db.executemany(
+            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE id = ?",
+            [(n.received_ms, n.alarm.device_id) for n in batch.alarms])
+        db.executemany(
+            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?), battery_mv = ?, rssi = ?, "
+            "firmware = ?, tamper = ?, every_s = ? WHERE id = ?",
+            [(ms, s.battery_mv, s.rssi, s.firmware, int(s.tamper), s.every_s, s.device_id)
+             for s, ms in batch.statuses])
+        db.executemany("UPDATE devices SET high_seq = ?, seq_window = ? WHERE id = ?",
+                       [(w.high, format(w.bits, "x"), dev) for dev, w in batch.windows.items()])
+        self._write_faults(db, batch.faults, fault_event)
+        db.executemany("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
+                       [(at, r.device_id, r.topic, r.reason.value, r.detail) for r, at in batch.rejects])
         return out
 
-    async def _write_windows(self, windows: dict[str, ReplayWindow]) -> None:
-        await self.db.executemany(
-            "UPDATE devices SET high_seq = ?, seq_window = ? WHERE id = ?",
-            [(w.high, format(w.bits, "x"), dev) for dev, w in windows.items()])
+    def _write_faults(self, db: sqlite3.Connection, changes: Sequence[FaultChange],
+                      fault_event: FaultEventMaker) -> None:
+        for ch in changes:
+            cur = db.execute("INSERT INTO faults (device_id, fault, active, at_ms, detail) VALUES (?, ?, ?, ?, ?)",
+                             (ch.device_id, ch.fault.value, int(ch.active), ch.at_ms, json.dumps(ch.detail)))
+            assert cur.lastrowid is not None
+            if ch.active:
+                db.execute("INSERT OR IGNORE INTO device_faults (device_id, fault, since_ms) VALUES (?, ?, ?)",
+                           (ch.device_id, ch.fault.value, ch.at_ms))
+            else:
+                db.execute("DELETE FROM device_faults WHERE device_id = ? AND fault = ?",
+                           (ch.device_id, ch.fault.value))
+            event_id, body = fault_event(ch, cur.lastrowid)
+            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, created_ms, next_attempt_ms) "
+                       "VALUES (?, ?, 'fault', ?, ?, ?)", (ch.device_id, event_id, body, ch.at_ms, ch.at_ms))
 
-    async def _write_rejects(self, rejects: Iterable[tuple[Reject, int]]) -> None:
-        await self.db.executemany(
-            "INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
-            [(at, r.device_id, r.topic, r.reason.value, r.detail) for r, at in rejects])
+    async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None:
+        await self._call(self._tx, lambda db: self._write_faults(db, changes, fault_event))
 
     # ------------------------------------------------------------ forwarding
 
-    async def due_forwards(self, now_ms: int, limit: int) -> list[Forward]:
-        """Due rows, oldest first, skipping any device whose earlier alarm is still waiting to be
-        retried: a device's alarms reach the command center in the order they were stored."""
-        rows = await self.db.execute_fetchall(
-            "SELECT o.alarm_id, o.event_id, o.attempts, a.device_id, a.seq, a.kind, a.test, a.lat_e6, "
-            "a.lon_e6, a.address, a.area, a.raised_ts, a.received_ms FROM outbox o JOIN alarms a "
-            "ON a.id = o.alarm_id WHERE o.next_attempt_ms <= ? AND NOT EXISTS (SELECT 1 FROM outbox w "
-            "WHERE w.device_id = o.device_id AND w.alarm_id < o.alarm_id AND w.next_attempt_ms > ?) "
-            "ORDER BY o.alarm_id LIMIT ?", (now_ms, now_ms, limit))
-        return [Forward(**{**dict(r), "test": bool(r["test"])}) for r in rows]
+    async def due_events(self, now_ms: int, limit: int) -> list[OutboundEvent]:
+        """Due events, oldest first, skipping any device whose earlier event is still waiting for a
+        retry: a device's events reach the command center in the order they were stored."""
+        def read() -> list[OutboundEvent]:
+            rows = self._conn.execute(
+                "SELECT o.id, o.kind, o.event_id, o.device_id, o.body, o.attempts, o.alarm_id, o.created_ms "
+                "FROM outbox o WHERE o.next_attempt_ms <= ? AND NOT EXISTS (SELECT 1 FROM outbox w "
+                "WHERE w.device_id = o.device_id AND w.id < o.id AND w.next_attempt_ms > ?) "
+                "ORDER BY o.id LIMIT ?", (now_ms, now_ms, limit)).fetchall()
+            return [OutboundEvent(**dict(r)) for r in rows]
+        return await self._call(read)
 
-    async def forwarded(self, alarm_id: int, incident_id: str | None, now_ms: int) -> None:
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.execute("DELETE FROM outbox WHERE alarm_id = ?", (alarm_id,))
-            await db.execute("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) "
-                             "WHERE id = ?", (now_ms, incident_id, alarm_id))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    async def forward_failed(self, alarm_id: int, next_ms: int, error: str) -> None:
-        await self.db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ? WHERE alarm_id = ?",
-            (next_ms, error[:300], alarm_id))
+    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None:
+        """Record a round of deliveries in one transaction."""
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(d.outbox_id,) for d in delivered])
+            db.executemany("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) WHERE id = ?",
+                           [(now_ms, d.incident_id, d.alarm_id) for d in delivered if d.alarm_id is not None])
+            db.executemany("UPDATE outbox SET attempts = attempts + ?, next_attempt_ms = ?, last_error = ? "
+                           "WHERE id = ?", [(int(r.spend_attempt), r.next_ms, r.error[:300], r.outbox_id)
+                                            for r in retries])
+        await self._call(self._tx, write)
 
     async def outbox_depth(self) -> int:
-        rows = await self.db.execute_fetchall("SELECT count(*) AS n FROM outbox")
-        return int(rows[0]["n"])
+        def read() -> int:
+            return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return await self._call(read)
 
     # ------------------------------------------------------------ state from the command center
 
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
                         by: str | None, at_ms: int) -> StoredAlarm | None:
         """Record a command-center state; states only move forward. None if the alarm is unknown."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            row = await (await db.execute(
-                "SELECT id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
-                (device_id, seq))).fetchone()
+        def write(db: sqlite3.Connection) -> StoredAlarm | None:
+            row = db.execute("SELECT id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+                             (device_id, seq)).fetchone()
             if row is None:
-                await db.execute("ROLLBACK")
                 return None
             changed = rank > row["state_rank"]
             if changed:
-                await db.execute(
-                    "UPDATE alarms SET state = ?, state_rank = ?, state_ms = ?, "
-                    "incident_id = coalesce(?, incident_id) WHERE id = ?",
-                    (state, rank, at_ms, incident_id, row["id"]))
-                await db.execute(
-                    "INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) VALUES (?, ?, ?, ?, ?)",
-                    (row["id"], state, incident_id, by, at_ms))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
-                           incident_id or row["incident_id"], changed)
+                db.execute("UPDATE alarms SET state = ?, state_rank = ?, state_ms = ?, "
+                           "incident_id = coalesce(?, incident_id) WHERE id = ?",
+                           (state, rank, at_ms, incident_id, row["id"]))
+                db.execute("INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) VALUES (?, ?, ?, ?, ?)",
+                           (row["id"], state, incident_id, by, at_ms))
+            return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
+                               incident_id or row["incident_id"], changed)
+        return await self._call(self._tx, write)
 
-    async def audit(self, limit: int) -> list[dict[str, object]]:
-        rows = await self.db.execute_fetchall(
-            "SELECT at_ms, device_id, topic, reason, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(r) for r in rows]
+    async def current_acks(self, since_ms: int) -> list[StoredAlarm]:
+        """Each device's newest alarm, if it was stored or changed state since since_ms."""
+        def read() -> list[StoredAlarm]:
+            rows = self._conn.execute(
+                "SELECT a.id, a.device_id, a.seq, a.state, a.incident_id FROM alarms a JOIN "
+                "(SELECT device_id, max(seq) AS seq FROM alarms GROUP BY device_id) m "
+                "ON m.device_id = a.device_id AND m.seq = a.seq "
+                "WHERE max(a.received_ms, coalesce(a.state_ms, 0)) >= ?", (since_ms,)).fetchall()
+            return [StoredAlarm(r["id"], r["device_id"], r["seq"], r["state"], r["incident_id"], False) for r in rows]
+        return await self._call(read)
+
+    # ------------------------------------------------------------ queries for the admin API
+
+    async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+            rows = self._conn.execute(
+                "SELECT id, device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, received_ms, "
+                f"group_id, press_count, state, state_ms, incident_id, forwarded_ms FROM alarms {where} "
+                "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [{**dict(r), "test": bool(r["test"])} for r in rows]
+        return await self._call(read)
+
+    async def groups(self, limit: int) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            rows = self._conn.execute("SELECT * FROM incident_groups ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return [{**dict(r), "sources": json.loads(r["sources"])} for r in rows]
+        return await self._call(read)
+
+    async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            where, args = ("WHERE reason = ?", (reason,)) if reason else ("", ())
+            rows = self._conn.execute(f"SELECT at_ms, device_id, topic, reason, detail FROM audit {where} "
+                                      "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [dict(r) for r in rows]
+        return await self._call(read)

@@ -176,7 +176,7 @@ async def _run(buttons: int, presses: int, exit_after: bool, broker_kind: str, w
             api_host="127.0.0.1", api_port=gw_port, admin_token=gw_admin, cc_callback_token=gw_callback,
             cc_url=f"http://127.0.0.1:{cc_port}", cc_token=cc_intake, retry_first_s=0.2, retry_max_s=2.0)
         gateway = Gateway(gw_cfg, SQLiteStore(gw_cfg.db_path),
-                          ReferenceAdapter(gw_cfg.cc_url, cc_intake, gw_cfg.gateway_id))
+                          ReferenceAdapter(gw_cfg.cc_url, cc_intake))
         gw_stop = asyncio.Event()
         watch = ButtonWatch(narrator)
         started: list[VirtualButton] = []

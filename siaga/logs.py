@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 
 
 def setup(verbose: bool = False) -> None:
@@ -21,3 +23,23 @@ def quiet() -> None:
     # amqtt logs every state transition of every session through the transitions library.
     for name in ("amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors: time, level, logger, message, and exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def use_json() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormatter())

@@ -66,7 +66,7 @@ def test_press_on_micropython_reaches_command_center_and_operator_ack_returns(sy
     detail = httpx.get(f"{system.cc.url}/api/v1/incidents/{incident['id']}",
                        headers=system.cc.operator_headers(), timeout=5).json()
     assert [e["seq"] for e in detail["events"]] == [seq]   # forwarded exactly once
-    assert system.gateway.metrics()["alarms_stored"] == 1
+    assert system.gateway.metrics()["alarms_stored_total"] == 1
 
 
 def test_short_tap_sends_nothing(system: System, tmp_path: Path) -> None:

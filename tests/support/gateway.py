@@ -18,7 +18,8 @@ from tests.support.net import free_port
 class GatewayProcess:
     def __init__(self, tmp_path: Path, *, mqtt_port: int, mqtt_password: str, cc_url: str, cc_token: str,
                  gateway_id: str = "gw-test", port: int | None = None, callback_token: str | None = None,
-                 extra_toml: str = "") -> None:
+                 gateway_settings: str = "", extra_toml: str = "") -> None:
+        """gateway_settings: TOML lines for the [gateway] table; extra_toml: further tables."""
         self.dir = Path(tmp_path) / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -39,6 +40,7 @@ class GatewayProcess:
 [gateway]
 id = "{gateway_id}"
 db = "gateway.sqlite3"
+{gateway_settings}
 
 [mqtt]
 host = "127.0.0.1"
@@ -92,9 +94,14 @@ retry_max_s = 2.0
                           json={"id": device_id, "secret_hex": secret_hex, **location}, timeout=5)
         resp.raise_for_status()
 
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=5).json()
+
     def metrics(self) -> dict[str, float]:
+        """Samples by name without the siaga_gateway_ prefix, labels included:
+        {"alarms_stored_total": 3.0, 'rejected_total{reason="replay"}': 1.0, ...}."""
         text = httpx.get(f"{self.url}/metrics", headers=self.admin_headers, timeout=5).text
-        return {line.split()[0].removeprefix("siaga_gateway_"): float(line.split()[1])
+        return {line.rsplit(" ", 1)[0].removeprefix("siaga_gateway_"): float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 
     def kill(self) -> None:

@@ -1,0 +1,84 @@
+"""Counters, gauges and a latency histogram in the Prometheus text exposition format (0.0.4)."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Mapping
+
+HELP = {
+    "siaga_gateway_received_total": "MQTT messages taken from the broker",
+    "siaga_gateway_rejected_total": "Messages rejected, by reason (each is also in the audit log)",
+    "siaga_gateway_alarms_stored_total": "New alarms committed to the store",
+    "siaga_gateway_duplicates_total": "Alarms received again (MQTT redelivery or a button re-send)",
+    "siaga_gateway_heartbeats_total": "Heartbeats accepted",
+    "siaga_gateway_acks_published_total": "Signed acks published to buttons",
+    "siaga_gateway_forwarded_total": "Events the command center accepted, by kind",
+    "siaga_gateway_forward_failures_total": "Delivery attempts that failed and will be retried, by kind",
+    "siaga_gateway_forward_rounds_total": "Delivery rounds (HTTP requests or batches) by result",
+    "siaga_gateway_forward_refused_total": "Events the command center refused permanently (audited)",
+    "siaga_gateway_faults_total": "Device fault changes, by fault and whether it started or cleared",
+    "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to the command center accepting it",
+    "siaga_gateway_outbox_depth": "Events waiting to be forwarded",
+    "siaga_gateway_devices_online": "Registered devices currently online",
+    "siaga_gateway_devices_registered": "Registered devices, revoked ones included",
+    "siaga_gateway_circuit_open": "1 while the command-center circuit breaker is open",
+    "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
+}
+
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: Counter[tuple[str, Labels]] = Counter()
+        self.latency = Histogram()
+
+    def inc(self, name: str, n: int = 1, **labels: str) -> None:
+        self.counters[(f"siaga_gateway_{name}_total", tuple(sorted(labels.items())))] += n
+
+    def get(self, name: str, **labels: str) -> int:
+        return self.counters[(f"siaga_gateway_{name}_total", tuple(sorted(labels.items())))]
+
+    def render(self, gauges: Mapping[str, float]) -> str:
+        lines: list[str] = []
+        by_name: dict[str, list[tuple[Labels, int]]] = {}
+        for (name, labels), value in self.counters.items():
+            by_name.setdefault(name, []).append((labels, value))
+        for name in sorted(by_name):
+            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"]
+            lines += [f"{name}{_labels(labels)} {value}" for labels, value in sorted(by_name[name])]
+        name = "siaga_gateway_forward_latency_seconds"
+        lines += [f"# HELP {name} {HELP[name]}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, count in zip(self.latency.buckets, self.latency.counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+        lines += [f'{name}_bucket{{le="+Inf"}} {self.latency.n}', f"{name}_sum {self.latency.total:.6f}",
+                  f"{name}_count {self.latency.n}"]
+        for gauge, value in sorted(gauges.items()):
+            full = f"siaga_gateway_{gauge}"
+            lines += [f"# HELP {full} {HELP.get(full, full)}", f"# TYPE {full} gauge", f"{full} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    return "{" + inner + "}"

@@ -1,0 +1,119 @@
+"""Supervision of buttons: offline, low battery and tamper faults (DESIGN.md, "Supervision").
+
+EN 50136-1 treats a transmission path that fails unnoticed as the worst failure of an alarm system;
+so a button that stops reporting is itself reported. Pure: heartbeats, wills and clock ticks in,
+fault changes out. A fault is reported once when it starts and once when it clears.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Fault(enum.StrEnum):
+    OFFLINE = "offline"
+    LOW_BATTERY = "low_battery"
+    TAMPER = "tamper"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultChange:
+    device_id: str
+    fault: Fault
+    active: bool
+    at_ms: int
+    detail: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Health:
+    last_seen_ms: int
+    every_s: int
+    active: set[Fault] = field(default_factory=set)
+    battery_mv: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionSettings:
+    missed_heartbeats: int = 3          # offline after this many intervals without a message
+    default_every_s: int = 60           # assumed interval until a device announces its own
+    low_battery_mv: int = 3400          # one Li-ion cell near empty under load (3.3-3.4 V)
+    battery_hysteresis_mv: int = 150    # must recover this far above the threshold to clear
+
+
+class Supervisor:
+    def __init__(self, settings: SupervisionSettings, started_ms: int) -> None:
+        self.settings = settings
+        # Nobody is declared offline for silence that happened while the gateway itself was down.
+        self._started_ms = started_ms
+        self._devices: dict[str, Health] = {}
+
+    def load(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: set[Fault],
+             battery_mv: int | None = None) -> None:
+        self._devices[device_id] = Health(max(last_seen_ms or 0, self._started_ms),
+                                          every_s or self.settings.default_every_s, set(active), battery_mv)
+
+    def forget(self, device_id: str) -> None:
+        self._devices.pop(device_id, None)
+
+    def _health(self, device_id: str, now_ms: int) -> Health:
+        health = self._devices.get(device_id)
+        if health is None:
+            health = self._devices[device_id] = Health(now_ms, self.settings.default_every_s)
+        return health
+
+    def _set(self, device_id: str, health: Health, fault: Fault, active: bool, now_ms: int,
+             detail: dict[str, Any]) -> list[FaultChange]:
+        if (fault in health.active) == active:
+            return []
+        if active:
+            health.active.add(fault)
+        else:
+            health.active.discard(fault)
+        return [FaultChange(device_id, fault, active, now_ms, detail)]
+
+    def seen(self, device_id: str, now_ms: int) -> list[FaultChange]:
+        """Any authenticated message proves the device is alive."""
+        health = self._health(device_id, now_ms)
+        health.last_seen_ms = max(health.last_seen_ms, now_ms)
+        return self._set(device_id, health, Fault.OFFLINE, False, now_ms, {"reason": "message received"})
+
+    def heartbeat(self, device_id: str, now_ms: int, every_s: int, battery_mv: int | None,
+                  tamper: bool) -> list[FaultChange]:
+        health = self._health(device_id, now_ms)
+        if every_s > 0:
+            health.every_s = every_s
+        health.battery_mv = battery_mv
+        changes = self.seen(device_id, now_ms)
+        changes += self._set(device_id, health, Fault.TAMPER, tamper, now_ms,
+                             {"reason": "enclosure opened" if tamper else "enclosure closed"})
+        if battery_mv is not None:
+            s = self.settings
+            low = Fault.LOW_BATTERY in health.active
+            if not low and battery_mv < s.low_battery_mv:
+                changes += self._set(device_id, health, Fault.LOW_BATTERY, True, now_ms,
+                                     {"battery_mv": battery_mv, "threshold_mv": s.low_battery_mv})
+            elif low and battery_mv >= s.low_battery_mv + s.battery_hysteresis_mv:
+                changes += self._set(device_id, health, Fault.LOW_BATTERY, False, now_ms, {"battery_mv": battery_mv})
+        return changes
+
+    def will(self, device_id: str, now_ms: int) -> list[FaultChange]:
+        """The broker published the device's last will: its connection dropped without a goodbye."""
+        health = self._health(device_id, now_ms)
+        return self._set(device_id, health, Fault.OFFLINE, True, now_ms,
+                         {"reason": "connection lost (last will)", "last_seen_ms": health.last_seen_ms})
+
+    def tick(self, now_ms: int) -> list[FaultChange]:
+        changes: list[FaultChange] = []
+        for device_id, health in self._devices.items():
+            limit_ms = health.every_s * 1000 * self.settings.missed_heartbeats
+            if now_ms - health.last_seen_ms > limit_ms:
+                changes += self._set(device_id, health, Fault.OFFLINE, True, now_ms, {
+                    "reason": f"{self.settings.missed_heartbeats} heartbeats missed",
+                    "last_seen_ms": health.last_seen_ms, "battery_mv": health.battery_mv})
+        return changes
+
+    def online(self) -> int:
+        return sum(1 for h in self._devices.values() if Fault.OFFLINE not in h.active)

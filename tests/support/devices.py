@@ -1,0 +1,102 @@
+"""Simulated buttons for gateway tests: real MQTT clients with the device's own login, publishing
+frames signed with the device's secret (the firmware core's own encoder). Faster than a MicroPython
+process per device, so fifty of them can send a thousand alarms in a test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from siagafw import proto
+from tests.support.system import DeviceCredentials
+
+LOC = proto.location(-6175392, 106827153, "Jl. Medan Merdeka Barat 12", "31.71.01.1001")
+
+
+@dataclass
+class SimButton:
+    creds: DeviceCredentials
+    port: int
+    seq: int = 0
+    acks: list[dict] = field(default_factory=list)
+    will: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self.signer = proto.Signer(bytes.fromhex(self.creds.secret_hex))
+        self._acked = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.creds.device_id, protocol=mqtt.MQTTv311)
+        self.client.username_pw_set(self.creds.device_id, self.creds.mqtt_password)
+        self.client.max_inflight_messages_set(100)
+        self.client.on_message = self._on_message
+        self._connected = threading.Event()
+        self.client.on_connect = lambda *a: self._connected.set()
+
+    @property
+    def device_id(self) -> str:
+        return self.creds.device_id
+
+    def connect(self, *, with_will: bool = False) -> SimButton:
+        if with_will:
+            self.will = self.frame(proto.will_body(self.device_id, self.next_seq()))
+            self.client.will_set(proto.topic(self.device_id, "will"), self.will, qos=1)
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise TimeoutError(f"{self.device_id} could not connect")
+        self.client.subscribe(proto.topic(self.device_id, "ack"), qos=1)
+        return self
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def drop(self) -> None:
+        """Cut the TCP connection without DISCONNECT, as a power cut would: the broker sends the will."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def frame(self, body: dict) -> bytes:
+        return self.signer.seal(proto.encode(body))
+
+    def alarm_frame(self, kind: str = "general", seq: int | None = None) -> tuple[int, bytes]:
+        seq = self.next_seq() if seq is None else seq
+        return seq, self.frame(proto.alarm_body(self.device_id, seq, kind, LOC, False, 1000, int(time.time())))
+
+    def status_frame(self, every_s: int = 60, battery_mv: int | None = 4000, tamper: bool = False,
+                     seq: int | None = None) -> bytes:
+        seq = self.next_seq() if seq is None else seq
+        return self.frame(proto.status_body(self.device_id, seq, "0.1.0", every_s, battery_mv, -60, tamper, 0, 5))
+
+    def publish(self, suffix: str, payload: bytes) -> None:
+        info = self.client.publish(proto.topic(self.device_id, suffix), payload, qos=1)
+        info.wait_for_publish(10)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        body = self.signer.open(msg.payload)
+        if body is None:
+            return
+        with self._acked:
+            self.acks.append(json.loads(body))
+            self._acked.notify_all()
+
+    def wait_ack(self, seq: int, state: str = "received", timeout_s: float = 10.0) -> dict:
+        def found() -> dict | None:
+            return next((a for a in self.acks if a["seq"] == seq and a["state"] == state), None)
+        with self._acked:
+            if not self._acked.wait_for(lambda: found() is not None, timeout_s):
+                raise AssertionError(f"{self.device_id}: no {state} ack for seq {seq} in {timeout_s} s: "
+                                     f"{self.acks[-5:]}")
+            ack = found()
+            assert ack is not None
+            return ack
