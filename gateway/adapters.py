@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 import httpx
@@ -42,7 +42,9 @@ class Adapter(Protocol):
 
 
 def iso_utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds: 2026-11-24T03:12:09.412Z."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def _permanent(status: int) -> bool:

@@ -47,10 +47,15 @@ class Histogram:
 class Metrics:
     def __init__(self) -> None:
         self.counters: Counter[tuple[str, Labels]] = Counter()
+        self._keys: dict[tuple[object, ...], tuple[str, Labels]] = {}
         self.latency = Histogram()
 
     def inc(self, name: str, n: int = 1, **labels: str) -> None:
-        self.counters[(f"siaga_gateway_{name}_total", tuple(sorted(labels.items())))] += n
+        key = (name, *labels.items())
+        full = self._keys.get(key)
+        if full is None:  # built once per name and label set: this runs for every message
+            full = self._keys[key] = (f"siaga_gateway_{name}_total", tuple(sorted(labels.items())))
+        self.counters[full] += n
 
     def get(self, name: str, **labels: str) -> int:
         return self.counters[(f"siaga_gateway_{name}_total", tuple(sorted(labels.items())))]

@@ -205,7 +205,7 @@ class Gateway:
         # Only now is every message of the batch durable: acknowledge to the broker (§6 step 3).
         assert self.link is not None
         for item in items:
-            self.link.ack(item.mid, item.qos)
+            self.link.ack(item)
         for alarm in stored:
             if alarm.changed:
                 self.metrics.inc("alarms_stored")

@@ -436,25 +436,28 @@ class SQLiteStore:
             "sources = excluded.sources",
             [(g.id, g.site, g.opened_ms, g.last_ms, g.presses, json.dumps(g.sources)) for g in batch.groups.values()])
         out: list[StoredAlarm] = []
-        for new in batch.alarms:
-            a, loc = new.alarm, new.alarm.location
-            cur = db.execute(
-                "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, uptime_ms, "
-                "received_ms, body, group_id, press_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device_id, seq) DO NOTHING",
-                (a.device_id, a.seq, a.kind, int(a.test), loc.lat_e6, loc.lon_e6, loc.address, loc.area, a.raised_ts,
-                 a.uptime_ms, new.received_ms, a.body, new.group_id, new.press_count))
-            if cur.rowcount != 1:
-                # The window said new but the store has it: only after a lost window update. Treat as
-                # a duplicate rather than fail the batch.
-                batch.duplicates.append((a.device_id, a.seq))
-                continue
-            alarm_id = cur.lastrowid
-            assert alarm_id is not None
-            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
-                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
-                       (a.device_id, new.event_id, new.body, alarm_id, new.received_ms, new.received_ms))
-            out.append(StoredAlarm(alarm_id, a.device_id, a.seq, "received", None, True))
+        (top,) = db.execute("SELECT coalesce(max(id), 0) FROM alarms").fetchone()
+        db.executemany(
+            "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, uptime_ms, "
+            "received_ms, body, group_id, press_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, seq) DO NOTHING",
+            [(n.alarm.device_id, n.alarm.seq, n.alarm.kind, int(n.alarm.test), n.alarm.location.lat_e6,
+              n.alarm.location.lon_e6, n.alarm.location.address, n.alarm.location.area, n.alarm.raised_ts,
+              n.alarm.uptime_ms, n.received_ms, n.alarm.body, n.group_id, n.press_count) for n in batch.alarms])
+        # The rows above the previous maximum are the ones this batch stored. An alarm the store had
+        # already (possible only if a crash lost a replay-window update) is re-acknowledged instead.
+        inserted = {(r["device_id"], r["seq"]): r["id"]
+                    for r in db.execute("SELECT id, device_id, seq FROM alarms WHERE id > ?", (top,))}
+        fresh = [n for n in batch.alarms if (n.alarm.device_id, n.alarm.seq) in inserted]
+        batch.duplicates += [(n.alarm.device_id, n.alarm.seq) for n in batch.alarms
+                             if (n.alarm.device_id, n.alarm.seq) not in inserted]
+        db.executemany(
+            "INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
+            "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
+            [(n.alarm.device_id, n.event_id, n.body, inserted[(n.alarm.device_id, n.alarm.seq)], n.received_ms,
+              n.received_ms) for n in fresh])
+        out += [StoredAlarm(inserted[(n.alarm.device_id, n.alarm.seq)], n.alarm.device_id, n.alarm.seq, "received",
+                            None, True) for n in fresh]
         for device_id, seq in batch.duplicates:
             row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
                              (device_id, seq)).fetchone()
