@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from . import incidents, intake
+from . import devices, incidents, intake
 from .callbacks import CallbackSender
 from .config import CCConfig
 from .deps import Services
@@ -58,7 +58,8 @@ def create_app(cfg: CCConfig) -> FastAPI:
         version="1",
         summary="Receives panic-button alarms from Siaga gateways; operators handle them as incidents.",
         description=(
-            "Gateway -> command center is protocol §7 (docs/protocol.md). State changes made by "
+            "Gateway -> command center is protocol §7 (docs/protocol.md): alarms (one or a batch) and "
+            "device faults. State changes made by "
             "operators are reported back with `POST <gateway>/api/v1/cc/state`, retried until the "
             "gateway answers 2xx."
         ),
@@ -68,6 +69,7 @@ def create_app(cfg: CCConfig) -> FastAPI:
     app.include_router(_health)
     app.include_router(intake.router)
     app.include_router(incidents.router)
+    app.include_router(devices.router)
     return app
 
 

@@ -9,6 +9,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 
 class IncidentState(StrEnum):
@@ -52,6 +53,9 @@ def can_apply(action: Action, current: IncidentState) -> bool:
 
 # Alarm kinds of protocol §4.1. Intake accepts other well-formed kinds too (see models.AlarmIn).
 KNOWN_KINDS = ("general", "medical", "fire", "crime", "disaster")
+
+# Device faults of protocol §7: reported by gateways, shown to supervisors, never an incident.
+FaultKind = Literal["offline", "low_battery", "tamper"]
 
 _INCIDENT_REF = re.compile(r"inc-(\d{6,})")
 

@@ -1,29 +1,48 @@
-"""`POST /api/v1/alarms`: alarms forwarded by gateways (protocol §6 step 4 and §7)."""
+"""What gateways send (protocol §6 step 4 and §7): alarms, one at a time or in batches, and device faults."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
+from pydantic import ValidationError
 
 from .deps import ServicesDep, require_intake
 from .domain import KNOWN_KINDS, incident_ref, utc_now
-from .models import AlarmAccepted, AlarmIn, ErrorOut
-from .store import NewAlarm
+from .models import (
+    GROUPING_FIELDS,
+    AlarmAccepted,
+    AlarmBatchIn,
+    AlarmIn,
+    BatchOut,
+    BatchResult,
+    ErrorOut,
+    FaultAccepted,
+    FaultIn,
+)
+from .store import IntakeOutcome, NewAlarm, NewFault
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(require_intake)])
+
+IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+
+_INTAKE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong intake token"},
+    422: {"model": ErrorOut, "description": "invalid body, or key and body do not match"},
+}
 
 
 @router.post(
     "/alarms",
     summary="Receive an alarm from a gateway (idempotent)",
     description=(
-        "Stores the alarm durably and opens an incident. The `Idempotency-Key` header must equal "
+        "Stores the alarm durably. It opens an incident, or, when its `incident_key` names an incident "
+        "that is still open, attaches to that incident. The `Idempotency-Key` header must equal "
         "`event_id`. A repeated key is answered 200 with the same body as the first time and creates "
         "nothing; a repeated key with a different body is refused with 422."
     ),
@@ -32,34 +51,31 @@ router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(requ
     responses={
         200: {"model": AlarmAccepted, "description": "received before (repeated key); nothing created"},
         201: {"description": "new alarm stored"},
-        401: {"model": ErrorOut, "description": "missing or wrong intake token"},
-        422: {"model": ErrorOut, "description": "invalid body, or key and body do not match"},
+        **_INTAKE_ERRORS,
     },
 )
-async def receive_alarm(
-    alarm: AlarmIn,
-    svc: ServicesDep,
-    idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
-) -> Response:
+async def receive_alarm(alarm: AlarmIn, svc: ServicesDep, idempotency_key: IdempotencyKey) -> Response:
     if idempotency_key != alarm.event_id:
         raise HTTPException(422, "Idempotency-Key header must equal event_id in the body")
-    if alarm.kind not in KNOWN_KINDS:
-        log.warning("alarm %s has unknown kind %r; accepted as sent", alarm.event_id, alarm.kind)
-    outcome = await svc.store.record_alarm(_new_alarm(alarm), now=utc_now())
+    _warn_unknown_kind(alarm)
+    outcome = await svc.store.record_alarm(new_alarm(alarm), now=utc_now())
     if not outcome.same_body:
         log.warning("event %s was sent again with a different body; refused", alarm.event_id)
         raise HTTPException(422, "this Idempotency-Key was already used with a different body")
     answer = AlarmAccepted(event_id=outcome.event_id, incident_id=incident_ref(outcome.incident), state="received")
     if outcome.created:
         log.info(
-            "alarm %s (%s%s) opened %s",
+            "alarm %s (%s%s) %s %s",
             alarm.event_id,
             alarm.kind,
             ", test" if alarm.test else "",
+            "opened" if outcome.opened else "attached to",
             answer.incident_id,
         )
     else:
         log.info("alarm %s repeated; already in %s", alarm.event_id, answer.incident_id)
+    if outcome.reported:
+        svc.notify_callbacks()
     # A Response, not the model, because the status code depends on the outcome.
     return Response(
         content=answer.model_dump_json(),
@@ -68,10 +84,139 @@ async def receive_alarm(
     )
 
 
-def _new_alarm(a: AlarmIn) -> NewAlarm:
+@router.post(
+    "/alarms/batch",
+    summary="Receive up to 500 alarms from a gateway in one transaction",
+    description=(
+        "Each alarm's `event_id` is its idempotency key (there is no header). The alarms are taken in "
+        "the order given, in one transaction, and grouped exactly as if they had been sent one by one. "
+        "The answer has one result per alarm, in the same order: `created`, `duplicate` (received "
+        "before; the incident of the first time) or `rejected` (a permanent refusal of that alarm "
+        "alone: invalid, or a key reused with a different body). A rejected alarm does not stop the "
+        "others."
+    ),
+    response_model=BatchOut,
+    responses=_INTAKE_ERRORS,
+)
+async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
+    results: list[BatchResult | None] = [None] * len(batch.alarms)
+    valid: list[tuple[int, AlarmIn]] = []
+    for i, raw in enumerate(batch.alarms):
+        try:
+            alarm = AlarmIn.model_validate(raw)
+        except ValidationError as exc:
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
+            event_id = event_id if isinstance(event_id, str) else None
+            error = _explain(exc)
+            results[i] = _rejected(event_id, error)
+            # %r, cut short: the event_id of an invalid entry is unchecked text (newlines, any length).
+            log.warning("batch alarm %d (%.100r) is invalid; rejected: %s", i, event_id, error)
+            continue
+        _warn_unknown_kind(alarm)
+        valid.append((i, alarm))
+    outcomes = await svc.store.record_alarms([new_alarm(a) for _, a in valid], now=utc_now())
+    for (i, alarm), outcome in zip(valid, outcomes, strict=True):
+        results[i] = _batch_result(alarm, outcome)
+    final = [r for r in results if r is not None]
+    assert len(final) == len(results)
+
+    created = sum(r.status == "created" for r in final)
+    opened = sum(o.opened for o in outcomes)
+    log.info(
+        "batch of %d alarms: %d created (%d incidents opened), %d duplicate, %d rejected",
+        len(final),
+        created,
+        opened,
+        sum(r.status == "duplicate" for r in final),
+        sum(r.status == "rejected" for r in final),
+    )
+    if any(o.reported for o in outcomes):
+        svc.notify_callbacks()
+    # Serialised here rather than through response_model, which would validate 500 results again.
+    return Response(content=BatchOut(results=final).model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/faults",
+    summary="Receive a device fault from a gateway (idempotent)",
+    description=(
+        "`offline`, `low_battery` or `tamper`, becoming active or (`active: false`) clearing. Stored in "
+        "the fault history and the device's current fault state; never opens an incident. The "
+        "`Idempotency-Key` header must equal `event_id`; a repeated key is answered 200 and creates "
+        "nothing, a repeated key with a different body is refused with 422."
+    ),
+    status_code=201,
+    response_model=FaultAccepted,
+    responses={
+        200: {"model": FaultAccepted, "description": "received before (repeated key); nothing changed"},
+        201: {"description": "new fault report stored"},
+        **_INTAKE_ERRORS,
+    },
+)
+async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: IdempotencyKey) -> Response:
+    if idempotency_key != fault.event_id:
+        raise HTTPException(422, "Idempotency-Key header must equal event_id in the body")
+    outcome = await svc.store.record_fault(new_fault(fault), now=utc_now())
+    if not outcome.same_body:
+        log.warning("fault %s was sent again with a different body; refused", fault.event_id)
+        raise HTTPException(422, "this Idempotency-Key was already used with a different body")
+    if outcome.created:
+        state = "active" if fault.active else "cleared"
+        log.info("fault %s: %s %s on %s", fault.event_id, fault.fault, state, fault.device_id)
+    else:
+        log.info("fault %s repeated", fault.event_id)
+    answer = FaultAccepted(event_id=fault.event_id, state="received")
+    return Response(
+        content=answer.model_dump_json(),
+        status_code=201 if outcome.created else 200,
+        media_type="application/json",
+    )
+
+
+def _warn_unknown_kind(alarm: AlarmIn) -> None:
+    if alarm.kind not in KNOWN_KINDS:
+        log.warning("alarm %s has unknown kind %r; accepted as sent", alarm.event_id, alarm.kind)
+
+
+def _rejected(event_id: str | None, error: str) -> BatchResult:
+    return BatchResult(event_id=event_id, status="rejected", incident_id=None, state=None, error=error)
+
+
+def _batch_result(alarm: AlarmIn, outcome: IntakeOutcome) -> BatchResult:
+    if not outcome.same_body:
+        log.warning("event %s was sent again with a different body; rejected", alarm.event_id)
+        return _rejected(alarm.event_id, "this event_id was already used with a different body")
+    log.debug(
+        "batch alarm %s %s %s",
+        alarm.event_id,
+        ("opened" if outcome.opened else "attached to") if outcome.created else "repeated; already in",
+        incident_ref(outcome.incident),
+    )
+    return BatchResult(
+        event_id=alarm.event_id,
+        status="created" if outcome.created else "duplicate",
+        incident_id=incident_ref(outcome.incident),
+        state="received",
+        error=None,
+    )
+
+
+def _explain(exc: ValidationError) -> str:
+    # Field and message only: the input values are not echoed back.
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'alarm'}: {e['msg']}" for e in exc.errors()[:5]]
+    return "; ".join(parts)[:500]
+
+
+def _fingerprint(fields: dict[str, Any]) -> str:
+    # Do not change the encoding: alarms stored by earlier versions keep the fingerprints made so.
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_alarm(a: AlarmIn) -> NewAlarm:
     # The fingerprint covers the validated fields only, so a gateway that later adds fields (which
-    # are ignored) still matches what it sent before.
-    canonical = json.dumps(a.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # are ignored) still matches what it sent before; the grouping fields are left out too (see
+    # models.GROUPING_FIELDS).
     return NewAlarm(
         event_id=a.event_id,
         gateway_id=a.gateway_id,
@@ -85,5 +230,23 @@ def _new_alarm(a: AlarmIn) -> NewAlarm:
         area=a.location.area,
         raised_at=a.raised_at,
         received_at=a.received_at,
-        fingerprint=hashlib.sha256(canonical.encode()).hexdigest(),
+        fingerprint=_fingerprint(a.model_dump(mode="json", exclude=set(GROUPING_FIELDS))),
+        incident_key=a.incident_key,
+        press_count=a.press_count,
+        sources=None if a.sources is None else tuple(a.sources),
+    )
+
+
+def new_fault(f: FaultIn) -> NewFault:
+    loc = f.location
+    return NewFault(
+        event_id=f.event_id,
+        gateway_id=f.gateway_id,
+        device_id=f.device_id,
+        fault=f.fault,
+        active=f.active,
+        at=f.at,
+        detail=f.detail,
+        location=None if loc is None else (loc.lat, loc.lon, loc.address, loc.area),
+        fingerprint=_fingerprint(f.model_dump(mode="json")),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -15,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from .domain import KNOWN_KINDS, IncidentState, event_id_for, incident_ref, rfc3339
-from .store import AlarmEvent, HistoryEntry, Incident
+from .domain import KNOWN_KINDS, FaultKind, IncidentState, event_id_for, incident_ref, rfc3339
+from .store import AlarmEvent, DeviceFault, HistoryEntry, Incident
 
 # Times go out as RFC 3339 UTC with milliseconds and a 'Z', like every other time in the protocol.
 UtcTime = Annotated[
@@ -27,6 +28,13 @@ UtcTime = Annotated[
 
 
 # ---- intake (protocol §7, gateway -> command center) --------------------------------------------
+
+GATEWAY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEVICE_ID = r"^[a-z0-9][a-z0-9-]{2,31}$"  # protocol §1
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID)]
+
+# The largest batch protocol §7 allows.
+MAX_BATCH = 500
 
 
 class AlarmLocation(BaseModel):
@@ -59,6 +67,9 @@ class AlarmIn(BaseModel):
                     },
                     "raised_at": "2026-11-24T03:12:09Z",
                     "received_at": "2026-11-24T03:12:09.412Z",
+                    "incident_key": "gw-1:g:118",
+                    "press_count": 3,
+                    "sources": ["jkt-menteng-0042", "jkt-menteng-0043"],
                 }
             ]
         },
@@ -67,8 +78,8 @@ class AlarmIn(BaseModel):
     event_id: str = Field(
         min_length=5, max_length=160, description="`<gateway_id>:<device_id>:<seq>`; the idempotency key"
     )
-    gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    device_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,31}$", description="protocol §1")
+    gateway_id: str = Field(pattern=GATEWAY_ID)
+    device_id: str = Field(pattern=DEVICE_ID, description="protocol §1")
     # strict: "4711" or 4711.0 from a gateway is a bug worth seeing, not something to coerce.
     seq: int = Field(ge=0, lt=2**31, strict=True)
     # Any well-formed kind is accepted: a button with newer firmware must still be heard. Unknown
@@ -81,6 +92,20 @@ class AlarmIn(BaseModel):
     location: AlarmLocation
     raised_at: AwareDatetime | None = Field(description="device clock; null if the device has none")
     received_at: AwareDatetime = Field(description="when the gateway committed the alarm")
+    # The gateway's incident layer (protocol §7). Optional: without a key every alarm opens an
+    # incident. The bounds are generous on purpose: an alarm must not be refused over grouping data.
+    incident_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="the gateway's group; an alarm whose key names an open incident is attached to it",
+    )
+    press_count: int | None = Field(
+        default=None, ge=1, lt=2**31, strict=True, description="alarms in the gateway's group so far, 1 for the first"
+    )
+    sources: list[DeviceId] | None = Field(
+        default=None, max_length=1000, description="the group's devices in order of their first alarm"
+    )
 
     @model_validator(mode="after")
     def _event_id_matches(self) -> Self:
@@ -90,10 +115,96 @@ class AlarmIn(BaseModel):
         return self
 
 
+# The incident-layer fields are left out of the idempotency fingerprint: they describe the gateway's
+# grouping when it sent the event, which a retry may legitimately state differently (e.g. a press_count
+# recounted after a gateway restart); the alarm itself is the same. Leaving them out also keeps the
+# fingerprints stored by schema version 1 valid.
+GROUPING_FIELDS = frozenset({"incident_key", "press_count", "sources"})
+
+
 class AlarmAccepted(BaseModel):
     event_id: str
     incident_id: str = Field(examples=["inc-000017"])
     state: Literal["received"] = Field(description="the command center has the alarm durably")
+
+
+class AlarmBatchIn(BaseModel):
+    """Entries are validated one by one in the handler, so that one malformed alarm is `rejected`
+    alone instead of failing the whole batch; the schema below still documents them as AlarmIn."""
+
+    alarms: Annotated[
+        list[Any],
+        Field(min_length=1, max_length=MAX_BATCH),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/AlarmIn"},
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+            }
+        ),
+    ]
+
+
+class BatchResult(BaseModel):
+    event_id: str | None = Field(description="null only for an entry without a string event_id")
+    status: Literal["created", "duplicate", "rejected"]
+    incident_id: str | None = Field(examples=["inc-000017"], description="null when rejected")
+    state: Literal["received"] | None = Field(description="null when rejected")
+    error: str | None = Field(description="why it was rejected; null otherwise")
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult] = Field(description="one per alarm, in the order sent")
+
+
+class FaultIn(BaseModel):
+    """A device fault reported by a gateway (protocol §7): supervision, never an incident."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "gw-1:jkt-menteng-0042:fault:17",
+                    "gateway_id": "gw-1",
+                    "device_id": "jkt-menteng-0042",
+                    "fault": "offline",
+                    "active": True,
+                    "at": "2026-11-24T03:20:00Z",
+                    "detail": {"last_seen_at": "2026-11-24T03:16:58Z", "reason": "3 heartbeats missed"},
+                    "location": {
+                        "lat": -6.195733,
+                        "lon": 106.832085,
+                        "address": "Jl. Menteng Raya 12",
+                        "area": "31.71.06.1001",
+                    },
+                }
+            ]
+        },
+    )
+
+    event_id: str = Field(min_length=5, max_length=160, description="the idempotency key")
+    gateway_id: str = Field(pattern=GATEWAY_ID)
+    device_id: str = Field(pattern=DEVICE_ID)
+    fault: FaultKind
+    active: bool = Field(strict=True, description="false: the fault has cleared")
+    at: AwareDatetime = Field(description="when the gateway saw the fault start or clear")
+    detail: dict[str, Any] = Field(default_factory=dict, description="free-form facts, shown as sent")
+    location: AlarmLocation | None = None
+
+    @model_validator(mode="after")
+    def _detail_is_small(self) -> Self:
+        # Stored and shown for every report; a runaway gateway must not fill the database with it.
+        if len(json.dumps(self.detail, ensure_ascii=False)) > 4096:
+            raise ValueError("detail must be at most 4096 characters as JSON")
+        return self
+
+
+class FaultAccepted(BaseModel):
+    event_id: str
+    incident_id: None = Field(default=None, description="always null: a fault never opens an incident")
+    state: Literal["received"]
 
 
 # ---- operator actions -------------------------------------------------------------------------
@@ -126,6 +237,9 @@ class IncidentOut(BaseModel):
     test: bool
     location: LocationOut
     event_count: int = Field(description="alarm events (button presses) in this incident")
+    press_count: int = Field(description="the same count, under the name protocol §7 uses")
+    sources: list[str] = Field(description="devices of the incident, in order of first appearance")
+    incident_key: str | None = Field(description="the gateway's group key; null for an ungrouped alarm")
     created_at: UtcTime
     updated_at: UtcTime
     acknowledged_at: UtcTime | None
@@ -151,6 +265,9 @@ class EventOut(BaseModel):
     raised_at: UtcTime | None
     received_at: UtcTime
     intake_at: UtcTime = Field(description="when the command center stored it")
+    incident_key: str | None = Field(description="as the gateway sent it")
+    press_count: int | None = Field(description="as the gateway sent it")
+    sources: list[str] | None = Field(description="as the gateway sent it")
 
     @classmethod
     def of(cls, e: AlarmEvent) -> EventOut:
@@ -164,6 +281,9 @@ class EventOut(BaseModel):
             raised_at=e.raised_at,
             received_at=e.received_at,
             intake_at=e.intake_at,
+            incident_key=e.incident_key,
+            press_count=e.press_count,
+            sources=None if e.sources is None else list(e.sources),
         )
 
 
@@ -192,6 +312,36 @@ class IncidentDetail(IncidentOut):
         )
 
 
+class DeviceFaultOut(BaseModel):
+    device_id: str
+    fault: str
+    active: bool
+    since: UtcTime = Field(description="when it became active")
+    at: UtcTime = Field(description="time of the latest report")
+    event_id: str = Field(description="the latest report")
+    gateway_id: str
+    detail: dict[str, Any]
+    location: LocationOut | None
+
+    @classmethod
+    def of(cls, f: DeviceFault) -> DeviceFaultOut:
+        location = None
+        if f.location is not None:
+            lat, lon, address, area = f.location
+            location = LocationOut(lat=lat, lon=lon, address=address, area=area)
+        return cls(
+            device_id=f.device_id,
+            fault=f.fault,
+            active=f.active,
+            since=f.since,
+            at=f.at,
+            event_id=f.event_id,
+            gateway_id=f.gateway_id,
+            detail=f.detail,
+            location=location,
+        )
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -209,6 +359,9 @@ def _incident_fields(i: Incident) -> dict[str, Any]:
         "test": i.test,
         "location": LocationOut(lat=i.lat, lon=i.lon, address=i.address, area=i.area),
         "event_count": i.event_count,
+        "press_count": i.event_count,
+        "sources": list(i.sources),
+        "incident_key": i.incident_key,
         "created_at": i.created_at,
         "updated_at": i.updated_at,
         "acknowledged_at": i.acknowledged_at,

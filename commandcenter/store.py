@@ -129,6 +129,67 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX callback_outbox_pending ON callback_outbox (event_id, id) WHERE delivered_at IS NULL",
         "CREATE INDEX callback_outbox_due ON callback_outbox (next_attempt_at) WHERE delivered_at IS NULL",
     ),
+    (
+        # Version 2: the gateway's incident layer (protocol §7: incident_key, press_count, sources)
+        # and device faults. Version 1 databases exist, so this only adds; nothing is rewritten.
+        "ALTER TABLE incidents ADD COLUMN incident_key TEXT",
+        # At most one open incident per key: an event with that key attaches to it. Closing an
+        # incident takes it out of this index, so the next event with the key opens a new one.
+        """CREATE UNIQUE INDEX incidents_open_by_key ON incidents (incident_key)
+           WHERE incident_key IS NOT NULL AND state IN ('new', 'acknowledged', 'dispatched')""",
+        # What the gateway said about its grouping when it sent the event, kept as sent.
+        "ALTER TABLE alarms ADD COLUMN incident_key TEXT",
+        "ALTER TABLE alarms ADD COLUMN press_count INTEGER",
+        "ALTER TABLE alarms ADD COLUMN sources TEXT",  # JSON array of device ids, or NULL
+        # The devices of an incident in order of first appearance (rowid order): the union of each
+        # event's device and the `sources` it carried.
+        """CREATE TABLE incident_sources (
+            id          INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            device_id   TEXT NOT NULL,
+            UNIQUE (incident_id, device_id)
+        )""",
+        """INSERT OR IGNORE INTO incident_sources (incident_id, device_id)
+           SELECT incident_id, device_id FROM alarms ORDER BY id""",
+        # Every fault report from a gateway (the history); event_id is the idempotency key.
+        """CREATE TABLE device_faults (
+            id          INTEGER PRIMARY KEY,
+            event_id    TEXT NOT NULL UNIQUE,
+            gateway_id  TEXT NOT NULL,
+            device_id   TEXT NOT NULL,
+            fault       TEXT NOT NULL,
+            active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+            at          TEXT NOT NULL,
+            detail      TEXT NOT NULL,
+            lat         REAL,
+            lon         REAL,
+            address     TEXT,
+            area        TEXT,
+            intake_at   TEXT NOT NULL,
+            fingerprint TEXT NOT NULL
+        )""",
+        "CREATE INDEX device_faults_by_device ON device_faults (device_id, fault, at)",
+        # The latest report per (device, fault), by the gateway's `at`, so a retried old report
+        # that arrives late cannot reopen a fault that has cleared. `since`: when the fault became
+        # active (kept while repeated active reports arrive).
+        """CREATE TABLE device_fault_state (
+            device_id  TEXT NOT NULL,
+            fault      TEXT NOT NULL,
+            active     INTEGER NOT NULL CHECK (active IN (0, 1)),
+            since      TEXT NOT NULL,
+            at         TEXT NOT NULL,
+            event_id   TEXT NOT NULL REFERENCES device_faults (event_id),
+            gateway_id TEXT NOT NULL,
+            detail     TEXT NOT NULL,
+            lat        REAL,
+            lon        REAL,
+            address    TEXT,
+            area       TEXT,
+            intake_at  TEXT NOT NULL,
+            PRIMARY KEY (device_id, fault)
+        )""",
+        "CREATE INDEX device_fault_state_active ON device_fault_state (since) WHERE active = 1",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -149,6 +210,10 @@ class NewAlarm:
     raised_at: datetime | None
     received_at: datetime
     fingerprint: str  # hash of the validated request body, to spot a reused key with other content
+    # The gateway's incident layer (protocol §7); all None from senders that do not group.
+    incident_key: str | None = None
+    press_count: int | None = None
+    sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +222,43 @@ class IntakeOutcome:
     event_id: str
     incident: int
     same_body: bool  # False: the key was seen before with a different body
+    opened: bool = False  # this event opened its incident (created and not attached)
+    reported: bool = False  # a state report was queued for it (it joined an incident already acted on)
+
+
+@dataclass(frozen=True, slots=True)
+class NewFault:
+    event_id: str
+    gateway_id: str
+    device_id: str
+    fault: str
+    active: bool
+    at: datetime
+    detail: dict[str, Any]
+    location: tuple[float, float, str, str] | None  # lat, lon, address, area
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultOutcome:
+    created: bool
+    event_id: str
+    same_body: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFault:
+    """The latest report of one fault of one device."""
+
+    device_id: str
+    fault: str
+    active: bool
+    since: datetime  # when it became active (or cleared, if not active)
+    at: datetime  # the latest report's time
+    event_id: str
+    gateway_id: str
+    detail: dict[str, Any]
+    location: tuple[float, float, str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +282,8 @@ class Incident:
     closed_at: datetime | None
     closed_by: str | None
     event_count: int
+    incident_key: str | None
+    sources: tuple[str, ...]  # devices, in order of first appearance
 
     @property
     def ref(self) -> str:
@@ -197,6 +301,9 @@ class AlarmEvent:
     raised_at: datetime | None
     received_at: datetime
     intake_at: datetime
+    incident_key: str | None
+    press_count: int | None
+    sources: tuple[str, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +344,184 @@ _HEAD_OF_EVENT = """
         SELECT 1 FROM callback_outbox p
         WHERE p.event_id = o.event_id AND p.delivered_at IS NULL AND p.id < o.id)
 """
+
+
+@dataclass(slots=True)
+class _Target:
+    """An incident that events of the current intake transaction join. Mutable on purpose: it is
+    bookkeeping inside one transaction and never leaves the store."""
+
+    number: int
+    first: NewAlarm | None  # the event that opens it, if it is opened in this transaction
+    test: bool  # a test incident becomes real as soon as one real press joins it
+    # What a newly attached event must be told at once: the incident was already acted on, and the
+    # button that joins it has only heard "received" from its gateway.
+    report: tuple[Action, datetime, str] | None = None
+
+    @classmethod
+    def existing(cls, r: aiosqlite.Row) -> _Target:
+        state = IncidentState(r["state"])
+        report = None
+        if state is IncidentState.ACKNOWLEDGED:
+            report = (Action.ACKNOWLEDGE, parse_rfc3339(r["acknowledged_at"]), r["acknowledged_by"])
+        elif state is IncidentState.DISPATCHED:
+            report = (Action.DISPATCH, parse_rfc3339(r["dispatched_at"]), r["dispatched_by"])
+        return cls(number=r["id"], first=None, test=bool(r["test"]), report=report)
+
+
+class _IntakePlan:
+    """The rows one intake transaction writes, decided event by event in the order given."""
+
+    def __init__(
+        self,
+        *,
+        now: datetime,
+        next_number: int,
+        known: dict[str, tuple[int, str]],
+        open_by_key: dict[str, _Target],
+    ) -> None:
+        self._now = now
+        self._at = rfc3339(now)
+        self._next_number = next_number
+        self._known = known  # event_id -> (incident, fingerprint), grows with the events added
+        self._open_by_key = open_by_key  # grows with the incidents opened
+        self._targets: dict[int, _Target] = {}
+        self._alarms: list[tuple[Any, ...]] = []
+        self._sources: dict[tuple[int, str], None] = {}  # ordered set
+        self._reports: list[tuple[Any, ...]] = []
+        self.outcomes: list[IntakeOutcome] = []
+
+    def add(self, alarm: NewAlarm) -> None:
+        seen = self._known.get(alarm.event_id)
+        if seen is not None:
+            self.outcomes.append(
+                IntakeOutcome(
+                    created=False,
+                    event_id=alarm.event_id,
+                    incident=seen[0],
+                    same_body=seen[1] == alarm.fingerprint,
+                )
+            )
+            return
+        key = alarm.incident_key
+        target = None if key is None else self._open_by_key.get(key)
+        opened = target is None
+        if target is None:
+            target = _Target(number=self._next_number, first=alarm, test=alarm.test)
+            self._next_number += 1
+            if key is not None:
+                self._open_by_key[key] = target
+        elif target.test and not alarm.test:
+            target.test = False
+        self._targets[target.number] = target
+        self._known[alarm.event_id] = (target.number, alarm.fingerprint)
+        self._alarms.append(
+            (
+                alarm.event_id,
+                alarm.gateway_id,
+                alarm.device_id,
+                alarm.seq,
+                alarm.kind,
+                int(alarm.test),
+                alarm.lat,
+                alarm.lon,
+                alarm.address,
+                alarm.area,
+                rfc3339(alarm.raised_at) if alarm.raised_at else None,
+                rfc3339(alarm.received_at),
+                self._at,
+                alarm.fingerprint,
+                target.number,
+                key,
+                alarm.press_count,
+                None if alarm.sources is None else json.dumps(list(alarm.sources)),
+            )
+        )
+        # The gateway lists the group's devices in order of their first alarm; the sender itself
+        # is added in case a sender leaves it out.
+        for device in (*(alarm.sources or ()), alarm.device_id):
+            self._sources[(target.number, device)] = None
+        if target.report is not None:
+            action, at, by = target.report
+            body = callback_body(
+                event_id=alarm.event_id,
+                device_id=alarm.device_id,
+                seq=alarm.seq,
+                state=action,
+                incident=incident_ref(target.number),
+                at=at,
+                by=by,
+            )
+            self._reports.append(
+                (alarm.event_id, alarm.gateway_id, action.value, body, self._at, self._now.timestamp())
+            )
+        self.outcomes.append(
+            IntakeOutcome(
+                created=True,
+                event_id=alarm.event_id,
+                incident=target.number,
+                same_body=True,
+                opened=opened,
+                reported=target.report is not None,
+            )
+        )
+
+    async def write(self, db: aiosqlite.Connection) -> None:
+        # Targets were added in order of first use, so new incident numbers are inserted ascending.
+        opened = [(t.number, t.test, t.first) for t in self._targets.values() if t.first is not None]
+        attached = [t for t in self._targets.values() if t.first is None]
+        if opened:
+            await db.executemany(
+                """INSERT INTO incidents (id, state, device_id, kind, test, lat, lon, address, area,
+                       created_at, updated_at, incident_key)
+                   VALUES (?, 'new', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    (
+                        n,
+                        a.device_id,
+                        a.kind,
+                        int(test),
+                        a.lat,
+                        a.lon,
+                        a.address,
+                        a.area,
+                        self._at,
+                        self._at,
+                        a.incident_key,
+                    )
+                    for n, test, a in opened
+                ],
+            )
+            await db.executemany(
+                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
+                   VALUES (?, ?, ?, NULL, 'new', ?)""",
+                [(n, self._at, f"gateway:{a.gateway_id}", json.dumps({"event_id": a.event_id})) for n, _, a in opened],
+            )
+        if attached:
+            # An attached event is an update of its incident, not a state change: no history entry.
+            await db.executemany(
+                "UPDATE incidents SET updated_at = ?, test = ? WHERE id = ?",
+                [(self._at, int(t.test), t.number) for t in attached],
+            )
+        if self._alarms:
+            await db.executemany(
+                """INSERT INTO alarms (event_id, gateway_id, device_id, seq, kind, test, lat, lon,
+                       address, area, raised_at, received_at, intake_at, fingerprint, incident_id,
+                       incident_key, press_count, sources)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                self._alarms,
+            )
+        if self._sources:
+            await db.executemany(
+                "INSERT OR IGNORE INTO incident_sources (incident_id, device_id) VALUES (?, ?)",
+                list(self._sources),
+            )
+        if self._reports:
+            await db.executemany(
+                """INSERT INTO callback_outbox (event_id, gateway_id, state, body, created_at, next_attempt_at)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                self._reports,
+            )
 
 
 class Store:
@@ -286,68 +571,146 @@ class Store:
 
     async def record_alarm(self, alarm: NewAlarm, *, now: datetime) -> IntakeOutcome:
         """Store an alarm event once; a known event_id returns what the first call created."""
+        [outcome] = await self.record_alarms([alarm], now=now)
+        return outcome
+
+    async def record_alarms(self, alarms: Sequence[NewAlarm], *, now: datetime) -> list[IntakeOutcome]:
+        """Store alarm events in the order given, in one transaction; one outcome per event.
+
+        A known event_id (also one earlier in `alarms`) creates nothing and returns the incident of
+        its first arrival. A new event whose `incident_key` names an open incident (also one opened
+        earlier in `alarms`) attaches to it; any other new event opens an incident.
+
+        The plan is made in Python from three lookups and then written with one executemany per
+        table: every statement is a round trip to aiosqlite's thread, and a batch of 500 events must
+        not cost thousands of them.
+        """
+        if not alarms:
+            return []
         async with self._tx(write=True) as db:
-            row = await _one(db, "SELECT incident_id, fingerprint FROM alarms WHERE event_id = ?", (alarm.event_id,))
-            if row is not None:
-                return IntakeOutcome(
-                    created=False,
-                    event_id=alarm.event_id,
-                    incident=row["incident_id"],
-                    same_body=row["fingerprint"] == alarm.fingerprint,
+            known = await db.execute_fetchall(
+                """SELECT event_id, incident_id, fingerprint FROM alarms
+                   WHERE event_id IN (SELECT value FROM json_each(?))""",
+                (json.dumps([a.event_id for a in alarms]),),
+            )
+            keys = sorted({a.incident_key for a in alarms if a.incident_key is not None})
+            # CROSS JOIN: SQLite keeps this loop order, so each key is one lookup in the partial index
+            # incidents_open_by_key (whose condition the WHERE repeats), however many are open.
+            open_rows = (
+                await db.execute_fetchall(
+                    """SELECT i.id, i.incident_key, i.state, i.test, i.acknowledged_at, i.acknowledged_by,
+                              i.dispatched_at, i.dispatched_by
+                       FROM json_each(?) AS k CROSS JOIN incidents AS i ON i.incident_key = k.value
+                       WHERE i.incident_key IS NOT NULL AND i.state IN ('new', 'acknowledged', 'dispatched')""",
+                    (json.dumps(keys),),
                 )
-            number = await self._incident_for(db, alarm, now)
+                if keys
+                else []
+            )
+            plan = _IntakePlan(
+                now=now,
+                next_number=await _next_incident_number(db),
+                known={r["event_id"]: (r["incident_id"], r["fingerprint"]) for r in known},
+                open_by_key={r["incident_key"]: _Target.existing(r) for r in open_rows},
+            )
+            for alarm in alarms:
+                plan.add(alarm)
+            await plan.write(db)
+            return plan.outcomes
+
+    # ---- device faults ------------------------------------------------------------------------
+
+    async def record_fault(self, fault: NewFault, *, now: datetime) -> FaultOutcome:
+        """Store a fault report once and update the device's current state of that fault. A fault
+        never opens an incident (protocol §7): it is a matter for supervisors, not dispatchers."""
+        async with self._tx(write=True) as db:
+            row = await _one(db, "SELECT fingerprint FROM device_faults WHERE event_id = ?", (fault.event_id,))
+            if row is not None:
+                return FaultOutcome(
+                    created=False, event_id=fault.event_id, same_body=row["fingerprint"] == fault.fingerprint
+                )
+            lat, lon, address, area = fault.location or (None, None, None, None)
+            at = rfc3339(fault.at)
+            detail = json.dumps(fault.detail, sort_keys=True, ensure_ascii=False)
+            intake_at = rfc3339(now)
             await db.execute(
-                """INSERT INTO alarms (event_id, gateway_id, device_id, seq, kind, test, lat, lon,
-                       address, area, raised_at, received_at, intake_at, fingerprint, incident_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                """INSERT INTO device_faults (event_id, gateway_id, device_id, fault, active, at, detail,
+                       lat, lon, address, area, intake_at, fingerprint)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
-                    alarm.event_id,
-                    alarm.gateway_id,
-                    alarm.device_id,
-                    alarm.seq,
-                    alarm.kind,
-                    int(alarm.test),
-                    alarm.lat,
-                    alarm.lon,
-                    alarm.address,
-                    alarm.area,
-                    rfc3339(alarm.raised_at) if alarm.raised_at else None,
-                    rfc3339(alarm.received_at),
-                    rfc3339(now),
-                    alarm.fingerprint,
-                    number,
+                    fault.event_id,
+                    fault.gateway_id,
+                    fault.device_id,
+                    fault.fault,
+                    int(fault.active),
+                    at,
+                    detail,
+                    lat,
+                    lon,
+                    address,
+                    area,
+                    intake_at,
+                    fault.fingerprint,
                 ),
             )
-            return IntakeOutcome(created=True, event_id=alarm.event_id, incident=number, same_body=True)
+            # Only a report at least as new as the stored one changes the current state: the gateway
+            # retries, so an old "active" may arrive after the "cleared" that followed it. In the SET
+            # clause the unqualified table name is the row as it was, `excluded` the new report.
+            await db.execute(
+                """INSERT INTO device_fault_state (device_id, fault, active, since, at, event_id,
+                       gateway_id, detail, lat, lon, address, area, intake_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (device_id, fault) DO UPDATE SET
+                       since = CASE WHEN device_fault_state.active = excluded.active
+                                    THEN device_fault_state.since ELSE excluded.since END,
+                       active = excluded.active, at = excluded.at, event_id = excluded.event_id,
+                       gateway_id = excluded.gateway_id, detail = excluded.detail,
+                       lat = COALESCE(excluded.lat, device_fault_state.lat),
+                       lon = COALESCE(excluded.lon, device_fault_state.lon),
+                       address = COALESCE(excluded.address, device_fault_state.address),
+                       area = COALESCE(excluded.area, device_fault_state.area),
+                       intake_at = excluded.intake_at
+                   WHERE excluded.at >= device_fault_state.at""",
+                (
+                    fault.device_id,
+                    fault.fault,
+                    int(fault.active),
+                    at,
+                    at,
+                    fault.event_id,
+                    fault.gateway_id,
+                    detail,
+                    lat,
+                    lon,
+                    address,
+                    area,
+                    intake_at,
+                ),
+            )
+            return FaultOutcome(created=True, event_id=fault.event_id, same_body=True)
 
-    async def _incident_for(self, db: aiosqlite.Connection, alarm: NewAlarm, now: datetime) -> int:
-        """The incident a new alarm belongs to. For now each alarm opens its own incident; this is
-        where grouping repeated presses of one button (DESIGN.md, incident layer) will go."""
-        at = rfc3339(now)
-        cur = await db.execute(
-            """INSERT INTO incidents (state, device_id, kind, test, lat, lon, address, area,
-                   created_at, updated_at)
-               VALUES ('new', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                alarm.device_id,
-                alarm.kind,
-                int(alarm.test),
-                alarm.lat,
-                alarm.lon,
-                alarm.address,
-                alarm.area,
-                at,
-                at,
-            ),
-        )
-        number = cur.lastrowid
-        assert number is not None
-        await db.execute(
-            """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
-               VALUES (?, ?, ?, NULL, 'new', ?)""",
-            (number, at, f"gateway:{alarm.gateway_id}", json.dumps({"event_id": alarm.event_id})),
-        )
-        return number
+    async def active_faults(self, *, limit: int = 1000) -> list[DeviceFault]:
+        """Faults whose latest report says active, the most recently started first."""
+        async with self._tx(write=False) as db:
+            rows = await db.execute_fetchall(
+                """SELECT * FROM device_fault_state WHERE active = 1
+                   ORDER BY since DESC, device_id, fault LIMIT ?""",
+                (limit,),
+            )
+        return [
+            DeviceFault(
+                device_id=r["device_id"],
+                fault=r["fault"],
+                active=bool(r["active"]),
+                since=parse_rfc3339(r["since"]),
+                at=parse_rfc3339(r["at"]),
+                event_id=r["event_id"],
+                gateway_id=r["gateway_id"],
+                detail=json.loads(r["detail"]),
+                location=None if r["lat"] is None else (r["lat"], r["lon"], r["address"], r["area"]),
+            )
+            for r in rows
+        ]
 
     # ---- operator actions ---------------------------------------------------------------------
 
@@ -437,7 +800,8 @@ class Store:
             LIMIT ?"""
         async with self._tx(write=False) as db:
             rows = await db.execute_fetchall(sql, (*params, limit))
-        return [_to_incident(r) for r in rows]
+            sources = await _sources_of(db, [r["id"] for r in rows])
+        return [_to_incident(r, sources.get(r["id"], ())) for r in rows]
 
     async def incident_events(self, number: int) -> list[AlarmEvent]:
         async with self._tx(write=False) as db:
@@ -453,6 +817,9 @@ class Store:
                 raised_at=_time(r["raised_at"]),
                 received_at=parse_rfc3339(r["received_at"]),
                 intake_at=parse_rfc3339(r["intake_at"]),
+                incident_key=r["incident_key"],
+                press_count=r["press_count"],
+                sources=None if r["sources"] is None else tuple(json.loads(r["sources"])),
             )
             for r in rows
         ]
@@ -560,14 +927,49 @@ async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> aio
 
 async def _incident(db: aiosqlite.Connection, number: int) -> Incident | None:
     row = await _one(db, f"{_INCIDENT_SELECT} WHERE i.id = ?", (number,))
-    return None if row is None else _to_incident(row)
+    if row is None:
+        return None
+    sources = await _sources_of(db, [number])
+    return _to_incident(row, sources.get(number, ()))
+
+
+async def _sources_of(db: aiosqlite.Connection, numbers: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """The devices of each incident in order of first appearance. A separate query rather than
+    json_group_array in the incident query: the order of an aggregate's input is not guaranteed
+    before SQLite 3.44."""
+    if not numbers:
+        return {}
+    rows = await db.execute_fetchall(
+        """SELECT incident_id, device_id FROM incident_sources
+           WHERE incident_id IN (SELECT value FROM json_each(?)) ORDER BY id""",
+        (json.dumps(list(numbers)),),
+    )
+    found: dict[int, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["incident_id"], []).append(r["device_id"])
+    return {number: tuple(devices) for number, devices in found.items()}
+
+
+async def _next_incident_number(db: aiosqlite.Connection) -> int:
+    """The number the next incident gets. Intake assigns numbers itself instead of leaving them to
+    AUTOINCREMENT, so that a batch can insert all its incidents with one executemany and still know
+    their numbers. It runs inside the write transaction, so nobody else takes a number meanwhile, and
+    an explicit id advances sqlite_sequence, so numbers are still never reused."""
+    row = await _one(
+        db,
+        """SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'incidents'), 0),
+                      COALESCE((SELECT MAX(id) FROM incidents), 0)) + 1""",
+        (),
+    )
+    assert row is not None
+    return int(row[0])
 
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else parse_rfc3339(text)
 
 
-def _to_incident(r: aiosqlite.Row) -> Incident:
+def _to_incident(r: aiosqlite.Row, sources: tuple[str, ...]) -> Incident:
     return Incident(
         number=r["id"],
         state=IncidentState(r["state"]),
@@ -588,4 +990,6 @@ def _to_incident(r: aiosqlite.Row) -> Incident:
         closed_at=_time(r["closed_at"]),
         closed_by=r["closed_by"],
         event_count=r["event_count"],
+        incident_key=r["incident_key"],
+        sources=sources,
     )

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,15 +109,22 @@ def make_config(db_path: Path, **changes: Any) -> CCConfig:
     return CCConfig(**fields)
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    cfg = make_config(tmp_path / "cc.sqlite3")
+@asynccontextmanager
+async def running_api(db_path: Path) -> AsyncIterator[Api]:
+    """The app on `db_path`, in-process (also used by tests/test_commandcenter_grouping.py)."""
+    cfg = make_config(db_path)
     app = create_app(cfg)
     # ASGITransport does not run the lifespan; run it here so the store really opens and closes.
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cc.test") as client:
             yield Api(client, cfg, app)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with running_api(tmp_path / "cc.sqlite3") as running:
+        yield running
 
 
 def db_rows(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -157,6 +164,8 @@ async def test_intake_creates_an_incident(api: Api) -> None:
         "area": "31.71.06.1001",
     }
     assert inc["event_count"] == 1
+    # Without the incident-layer fields (protocol §7) the alarm is an incident of its own.
+    assert (inc["press_count"], inc["sources"], inc["incident_key"]) == (1, ["jkt-menteng-0042"], None)
     [event] = inc["events"]
     assert event["event_id"] == "gw-1:jkt-menteng-0042:4711"
     assert event["seq"] == 4711
@@ -467,6 +476,9 @@ async def test_openapi_documents_the_api(api: Api) -> None:
         "/api/v1/incidents/{incident_id}/dispatch",
         "/api/v1/incidents/{incident_id}/resolve",
         "/api/v1/incidents/{incident_id}/false-alarm",
+        "/api/v1/alarms/batch",
+        "/api/v1/faults",
+        "/api/v1/devices/faults",
     }
     post = paths["/api/v1/alarms"]["post"]
     assert post["summary"]
@@ -476,6 +488,16 @@ async def test_openapi_documents_the_api(api: Api) -> None:
     assert {"AlarmIn", "AlarmAccepted", "IncidentOut", "IncidentDetail", "DispatchRequest"} <= set(
         doc["components"]["schemas"]
     )
+    # The batch validates its entries one by one, but documents them as AlarmIn.
+    batch = paths["/api/v1/alarms/batch"]["post"]
+    assert batch["security"] == [{"intakeToken": []}]
+    schemas = doc["components"]["schemas"]
+    items = schemas["AlarmBatchIn"]["properties"]["alarms"]
+    assert items["items"] == {"$ref": "#/components/schemas/AlarmIn"}
+    assert (items["minItems"], items["maxItems"]) == (1, 500)
+    assert {"incident_key", "press_count", "sources"} <= set(schemas["AlarmIn"]["properties"])
+    assert paths["/api/v1/faults"]["post"]["security"] == [{"intakeToken": []}]
+    assert paths["/api/v1/devices/faults"]["get"]["security"] == [{"operatorToken": []}]
 
 
 # ---- store -------------------------------------------------------------------------------------

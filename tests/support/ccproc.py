@@ -159,6 +159,10 @@ class CommandCenterProcess:
     def intake_headers(self, event_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.intake_token}", "Idempotency-Key": event_id}
 
+    def batch_headers(self) -> dict[str, str]:
+        """For `POST /api/v1/alarms/batch`, which has no Idempotency-Key (each alarm's event_id is one)."""
+        return {"Authorization": f"Bearer {self.intake_token}"}
+
     def operator_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.operator_token}"}
 

@@ -1,0 +1,33 @@
+"""`/api/v1/devices`: the state of the buttons themselves, for supervisors (DESIGN.md, "Supervision")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from .deps import OperatorDep, ServicesDep
+from .models import DeviceFaultOut, ErrorOut
+
+router = APIRouter(
+    prefix="/api/v1/devices",
+    tags=["devices"],
+    responses={401: {"model": ErrorOut, "description": "missing or wrong operator token"}},
+)
+
+
+@router.get(
+    "/faults",
+    summary="Faults that are active now",
+    description=(
+        "The latest report of each (device, fault) whose state is active: a device that went offline "
+        "and came back is not listed. Most recently started first. The full history stays in the database."
+    ),
+    response_model=list[DeviceFaultOut],
+)
+async def active_faults(
+    svc: ServicesDep,
+    operator: OperatorDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[DeviceFaultOut]:
+    return [DeviceFaultOut.of(f) for f in await svc.store.active_faults(limit=limit)]
