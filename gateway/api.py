@@ -46,6 +46,24 @@ class DeviceOut(BaseModel):
     tamper: bool | None
     heartbeat_s: int | None
     faults: list[str] = Field(description="active faults: offline, low_battery, tamper")
+    key_pending: bool = Field(description="a rotated key waits for the device to start using it")
+    decommissioned: bool
+
+
+class RotateIn(BaseModel):
+    secret_hex: str = Field(pattern=r"^[0-9a-f]{64}$", description="the new 32-byte HMAC key, lowercase hex")
+    mode: Literal["immediate", "pending"] = Field(
+        default="immediate",
+        description="immediate: the old key stops working now; pending: both work until the device first "
+                    "signs with the new one (when the board is rewritten later)")
+
+
+class DevicePatch(BaseModel):
+    site: str | None = Field(default=None, max_length=64)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    address: str | None = Field(default=None, max_length=200)
+    area: str | None = Field(default=None, max_length=64)
 
 
 class StateIn(BaseModel):
@@ -100,7 +118,8 @@ def create_app(gw: Gateway) -> FastAPI:
                          lat=None if d.lat_e6 is None else d.lat_e6 / 1e6,
                          lon=None if d.lon_e6 is None else d.lon_e6 / 1e6, address=d.address, area=d.area,
                          last_seen_ms=d.last_seen_ms, battery_mv=d.battery_mv, rssi=d.rssi, firmware=d.firmware,
-                         tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults))
+                         tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults), key_pending=d.key_pending,
+                         decommissioned=d.decommissioned_ms is not None)
 
     @app.post("/api/v1/devices", status_code=201, dependencies=[admin], summary="Register a device")
     async def add_device(dev: DeviceIn) -> DeviceOut:
@@ -127,6 +146,35 @@ def create_app(gw: Gateway) -> FastAPI:
         if device_id not in gw.registry:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
         return {"device_id": device_id, "revoked": True, "changed": await gw.revoke_device(device_id)}
+
+    @app.post("/api/v1/devices/{device_id}/rotate-key", dependencies=[admin], summary="Give a device a new key")
+    async def rotate_key(device_id: str, body: RotateIn) -> DeviceOut:
+        rec = gw.registry.get(device_id)
+        if rec is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+        if rec.revoked:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is revoked")
+        await gw.rotate_key(device_id, bytes.fromhex(body.secret_hex), pending=body.mode == "pending")
+        return await get_device(device_id)
+
+    @app.patch("/api/v1/devices/{device_id}", dependencies=[admin], summary="Change a device's site or location")
+    async def patch_device(device_id: str, body: DevicePatch) -> DeviceOut:
+        if device_id not in gw.registry:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+        given = body.model_dump(exclude_unset=True)
+        fields = {{"lat": "lat_e6", "lon": "lon_e6"}.get(k, k): (_e6(v) if k in ("lat", "lon") else v)
+                  for k, v in given.items()}
+        if not fields:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
+        await gw.update_device(device_id, fields)
+        return await get_device(device_id)
+
+    @app.delete("/api/v1/devices/{device_id}", dependencies=[admin],
+                summary="Decommission a device: revoked for good, its history kept")
+    async def decommission(device_id: str) -> dict[str, object]:
+        if device_id not in gw.registry:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+        return {"device_id": device_id, "decommissioned": True, "changed": await gw.decommission_device(device_id)}
 
     @app.get("/api/v1/alarms", dependencies=[admin], summary="Stored alarms, newest first")
     async def alarms(device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

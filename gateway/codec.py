@@ -98,6 +98,7 @@ class DeviceKey:
 
     secret: bytes
     revoked: bool = False
+    pending: bytes | None = None  # a new secret being rotated in: accepted too, until first used
 
 
 KeyLookup = Callable[[str], DeviceKey | None]
@@ -193,6 +194,8 @@ def decode(topic: str, payload: bytes, lookup: KeyLookup) -> Message | Reject:
     if proto.split_frame(payload) is None:
         return reject(RejectReason.MALFORMED, device_id, "not an SG1 frame")
     raw = verify_frame(key.secret, payload)
+    if raw is None and key.pending is not None:
+        raw = verify_frame(key.pending, payload)
     if raw is None:
         return reject(RejectReason.BAD_SIGNATURE, device_id, "MAC does not match the device secret")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -82,7 +83,7 @@ class Gateway:
 
     def key(self, device_id: str) -> DeviceKey | None:
         rec = self.registry.get(device_id)
-        return None if rec is None else DeviceKey(rec.secret, rec.revoked)
+        return None if rec is None else DeviceKey(rec.secret, rec.revoked, rec.pending)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,6 +177,7 @@ class Gateway:
                 continue
             duplicate = False
             if not isinstance(msg, Reject):
+                await self._promote_pending_key(msg.device_id, item.payload)
                 verdict = await self._check_sequence(msg, in_batch)
                 if verdict is Sequenced.SEEN_HEARTBEAT:
                     continue  # a redelivered heartbeat: acknowledged below, nothing to store
@@ -233,6 +235,15 @@ class Gateway:
                 self._flood_audited[where[0]] = (last, dropped + 1)
             return None
         return codec.decode(item.topic, item.payload, self.key)
+
+    async def _promote_pending_key(self, device_id: str, payload: bytes) -> None:
+        """The first frame a device signs with its rotated-in secret retires the old secret."""
+        rec = self.registry[device_id]
+        if rec.pending is None or codec.verify_frame(rec.pending, payload) is None:
+            return
+        await self.store.set_key(device_id, rec.pending, pending=False)
+        self.registry[device_id] = dataclasses.replace(rec, secret=rec.pending, pending=None)
+        log.info("device %s now uses its new key; the old one is no longer accepted", device_id)
 
     async def _check_sequence(self, msg: codec.Message, in_batch: set[tuple[str, int]]) -> Sequenced | Reject:
         if isinstance(msg, Will):
@@ -414,10 +425,27 @@ class Gateway:
         rec = self.registry.get(device_id)
         if rec is not None:
             # Effective for the very next message, without waiting for any cache to expire.
-            self.registry[device_id] = DeviceRecord(rec.id, rec.secret, True, rec.site, rec.lat_e6, rec.lon_e6,
-                                                    rec.address, rec.area)
+            self.registry[device_id] = dataclasses.replace(rec, revoked=True)
             self.supervisor.forget(device_id)
         return changed
+
+    async def decommission_device(self, device_id: str) -> bool:
+        changed = await self.store.decommission(device_id, self.clock())
+        rec = self.registry.get(device_id)
+        if rec is not None:
+            self.registry[device_id] = dataclasses.replace(rec, revoked=True, pending=None)
+            self.supervisor.forget(device_id)
+        return changed
+
+    async def rotate_key(self, device_id: str, secret: bytes, *, pending: bool) -> None:
+        await self.store.set_key(device_id, secret, pending=pending)
+        rec = self.registry[device_id]
+        self.registry[device_id] = (dataclasses.replace(rec, pending=secret) if pending
+                                    else dataclasses.replace(rec, secret=secret, pending=None))
+
+    async def update_device(self, device_id: str, fields: dict[str, object]) -> None:
+        await self.store.update_device(device_id, fields)
+        self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
 
     def gauges(self) -> dict[str, float]:
         return {"devices_online": self.supervisor.online(), "devices_registered": len(self.registry),

@@ -47,6 +47,7 @@ class DeviceRecord:
     lon_e6: int | None
     address: str
     area: str
+    pending: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,8 @@ class Device:
     tamper: bool | None
     every_s: int | None
     faults: tuple[str, ...]
+    key_pending: bool
+    decommissioned_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,10 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX audit_by_reason ON audit (reason, id)",
     ),
+    (  # 2: key rotation and decommissioning
+        "ALTER TABLE devices ADD COLUMN pending_secret_hex TEXT CHECK (length(pending_secret_hex) = 64)",
+        "ALTER TABLE devices ADD COLUMN decommissioned_ms INTEGER",
+    ),
 )
 
 
@@ -364,10 +371,12 @@ class SQLiteStore:
 
     async def registry(self) -> list[DeviceRecord]:
         def read() -> list[DeviceRecord]:
-            rows = self._conn.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area "
-                                      "FROM devices").fetchall()
+            rows = self._conn.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area, "
+                                      "pending_secret_hex FROM devices").fetchall()
             return [DeviceRecord(r["id"], bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None, r["site"],
-                                 r["lat_e6"], r["lon_e6"], r["address"], r["area"]) for r in rows]
+                                 r["lat_e6"], r["lon_e6"], r["address"], r["area"],
+                                 bytes.fromhex(r["pending_secret_hex"]) if r["pending_secret_hex"] else None)
+                    for r in rows]
         return await self._call(read)
 
     async def devices(self, device_id: str | None = None) -> list[Device]:
@@ -375,13 +384,47 @@ class SQLiteStore:
             where, args = ("WHERE d.id = ?", (device_id,)) if device_id else ("", ())
             rows = self._conn.execute(
                 "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
-                "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, "
+                "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
+                "d.pending_secret_hex IS NOT NULL AS key_pending, "
                 "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
                 f"FROM devices d {where} ORDER BY d.id", args).fetchall()
             return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
+                              "key_pending": bool(r["key_pending"]),
                               "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
                     for r in rows]
         return await self._call(read)
+
+    async def set_key(self, device_id: str, secret: bytes, *, pending: bool) -> bool:
+        """Rotate a device's secret: at once (the old one stops working now), or pending (both work
+        until the device first uses the new one)."""
+        def write(db: sqlite3.Connection) -> bool:
+            if pending:
+                cur = db.execute("UPDATE devices SET pending_secret_hex = ? WHERE id = ?", (secret.hex(), device_id))
+            else:
+                cur = db.execute("UPDATE devices SET secret_hex = ?, pending_secret_hex = NULL WHERE id = ?",
+                                 (secret.hex(), device_id))
+            return cur.rowcount == 1
+        return await self._call(self._tx, write)
+
+    async def decommission(self, device_id: str, now_ms: int) -> bool:
+        """Retire a device for good: revoked, its supervision faults closed; its history is kept."""
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE devices SET decommissioned_ms = ?, revoked_ms = coalesce(revoked_ms, ?), "
+                             "pending_secret_hex = NULL WHERE id = ? AND decommissioned_ms IS NULL",
+                             (now_ms, now_ms, device_id))
+            db.execute("DELETE FROM device_faults WHERE device_id = ?", (device_id,))
+            return cur.rowcount == 1
+        return await self._call(self._tx, write)
+
+    async def update_device(self, device_id: str, fields: dict[str, Any]) -> bool:
+        allowed = {"site", "lat_e6", "lon_e6", "address", "area"}
+        if not fields or set(fields) - allowed:
+            raise StoreError(f"can only update {', '.join(sorted(allowed))}")
+        def write(db: sqlite3.Connection) -> bool:
+            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against `allowed` above
+            cur = db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
+            return cur.rowcount == 1
+        return await self._call(self._tx, write)
 
     async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
         """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
