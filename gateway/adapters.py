@@ -7,6 +7,7 @@ centers' APIs (OASIS CAP 1.2, a signed webhook) are further classes with the sam
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -41,10 +42,16 @@ class Adapter(Protocol):
     async def aclose(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_utc(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds: 2026-11-24T03:12:09.412Z."""
+    """RFC 3339 UTC with milliseconds: 2026-11-24T03:12:09.412Z (the second is cached: a burst
+    formats thousands of times within the same few seconds)."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
 def _permanent(status: int) -> bool:
