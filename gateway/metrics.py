@@ -76,9 +76,9 @@ class Metrics:
             lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
         lines += [f'{name}_bucket{{le="+Inf"}} {self.latency.n}', f"{name}_sum {self.latency.total:.6f}",
                   f"{name}_count {self.latency.n}"]
-        for gauge, value in sorted(gauges.items()):
+        for gauge, level in sorted(gauges.items()):
             full = f"siaga_gateway_{gauge}"
-            lines += [f"# HELP {full} {HELP.get(full, full)}", f"# TYPE {full} gauge", f"{full} {value:g}"]
+            lines += [f"# HELP {full} {HELP.get(full, full)}", f"# TYPE {full} gauge", f"{full} {level:g}"]
         return "\n".join(lines) + "\n"
 
 

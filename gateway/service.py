@@ -34,7 +34,7 @@ from .store import (
     NewAlarm,
     OutboundEvent,
     Retry,
-    SQLiteStore,
+    Store,
     StoredAlarm,
 )
 from .supervision import FaultChange, Supervisor
@@ -59,7 +59,7 @@ def now_ms() -> int:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, store: SQLiteStore, adapter: Adapter,
+    def __init__(self, cfg: GatewayConfig, store: Store, adapter: Adapter,
                  clock: Callable[[], int] = now_ms) -> None:
         self.cfg = cfg
         self.store = store
