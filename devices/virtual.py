@@ -25,7 +25,7 @@ class VirtualHal:
     def __init__(self, device_id: str, listener: Listener) -> None:
         self.device_id = device_id
         self._listener = listener
-        self.pressed = False
+        self.held: set[str] = set()  # inputs held down: "sos", or a type button such as "medical"
         self.tamper_open = False
         self.battery = 4100
         self.link_up = True
@@ -39,8 +39,8 @@ class VirtualHal:
     def time(self) -> int:
         return int(time.time())
 
-    def sos_pressed(self) -> bool:
-        return self.pressed
+    def pressed(self, name: str) -> bool:
+        return name in self.held
 
     def tamper(self) -> bool:
         return self.tamper_open
@@ -54,8 +54,14 @@ class VirtualHal:
     def network_up(self) -> bool:
         return self.link_up
 
+    def gps_read(self) -> bytes | None:
+        return None
+
     def indicate(self, state: str) -> None:
         self._listener(self.device_id, "indicate", state)
+
+    def output(self, led: bool, buzzer: bool, status: bool) -> None:
+        pass  # no pins; the listener hears indicate() instead
 
     def event(self, name: str, detail: str) -> None:
         self._listener(self.device_id, name, detail)
@@ -85,15 +91,12 @@ class VirtualButton:
             with self._lock:
                 self.device.step()
 
-    def hold(self, seconds: float) -> None:
-        """Press for `seconds` without blocking the caller."""
-        self.hal.pressed = True
-        timer = threading.Timer(seconds, self._release)
+    def hold(self, seconds: float, button: str = "sos") -> None:
+        """Press `button` for `seconds` without blocking the caller."""
+        self.hal.held.add(button)
+        timer = threading.Timer(seconds, self.hal.held.discard, (button,))
         timer.daemon = True
         timer.start()
-
-    def _release(self) -> None:
-        self.hal.pressed = False
 
     def test_alarm(self) -> int:
         with self._lock:

@@ -1,11 +1,15 @@
 # Unit tests of the firmware core that run unchanged under CPython (collected by pytest through
 # test_core.py) and under the MicroPython unix port (run by run_core.py). Plain functions and
 # asserts only: MicroPython has no pytest. Each test gets a fresh scratch directory.
+import json
 import os
 
-from siagafw import proto
-from siagafw.button import CANCEL, HELD, TRIGGER, SosButton
+from siagafw import indicator, mqtt, nmea, proto
+from siagafw.app import Device
+from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel, SosButton
+from siagafw.config import load_config
 from siagafw.storage import Outbox, SeqStore
+from siagafw.timing import Backoff, plausible_unix_time
 
 
 def _drive(button, script):
@@ -126,6 +130,424 @@ def test_alarm_frame_verifies_and_carries_location(tmp):
     assert proto.Signer(bytes(32)).open(frame) is None
 
 
+# ---------------------------------------------------------------- type buttons
+
+
+def _panel_drive(panel, script):
+    """script: list of (time ms, tuple of levels per input). Returns (time, action, kind) triples."""
+    out = []
+    for t, levels in script:
+        action = None
+        for i in range(len(levels)):
+            a = panel.update(i, levels[i], t)
+            if a is not None:
+                action = a
+        a = panel.tick(t)
+        if a is not None:
+            action = a
+        if action is not None:
+            out.append((t, action, panel.kind if action == TRIGGER else None))
+    return out
+
+
+def _levels(start, end, levels, step=10):
+    return [(t, levels) for t in range(start, end, step)]
+
+
+def test_type_button_long_press_raises_its_kind(tmp):
+    panel = ButtonPanel(("general", "medical", "fire"), long_ms=1000, cancel_ms=0, debounce_ms=20)
+    script = _levels(0, 1500, (False, True, False)) + _levels(1500, 2000, (False, False, False))
+    assert _panel_drive(panel, script) == [(1020, TRIGGER, "medical")]
+
+
+def test_type_button_short_tap_sends_nothing(tmp):
+    panel = ButtonPanel(("general", "fire"), long_ms=1000, cancel_ms=0, debounce_ms=20)
+    script = _levels(0, 300, (False, True)) + _levels(300, 3000, (False, False))
+    assert _panel_drive(panel, script) == []
+
+
+def test_any_button_cancels_inside_the_window(tmp):
+    panel = ButtonPanel(("general", "crime"), long_ms=1000, cancel_ms=3000, debounce_ms=20)
+    script = _levels(0, 1200, (True, False)) + _levels(1200, 1500, (False, False))
+    script += _levels(1500, 1600, (False, True)) + _levels(1600, 6000, (False, False))
+    assert [a for _, a, _ in _panel_drive(panel, script)] == [HELD, CANCEL]
+
+
+def test_second_button_while_holding_does_not_change_the_kind(tmp):
+    panel = ButtonPanel(("general", "fire"), long_ms=1000, cancel_ms=0, debounce_ms=20)
+    script = _levels(0, 400, (True, False)) + _levels(400, 1500, (True, True)) + _levels(1500, 2000, (False, False))
+    assert _panel_drive(panel, script) == [(1020, TRIGGER, "general")]
+
+
+def test_held_button_triggers_once_until_all_are_released(tmp):
+    panel = ButtonPanel(("general", "fire"), long_ms=500, cancel_ms=0, debounce_ms=20)
+    # A jammed SOS button: one alarm, not one every half second.
+    script = _levels(0, 5000, (True, False))
+    assert [a for _, a, _ in _panel_drive(panel, script)] == [TRIGGER]
+
+
+# ---------------------------------------------------------------- indicator
+
+
+def test_every_state_has_a_pattern_and_the_ack_states_too(tmp):
+    for state in proto.STATES:
+        assert state in indicator.STATES, state
+    for state in indicator.STATES:
+        assert state in indicator.LED or state == indicator.CANCELLED, state   # cancelled: dark
+    # The table in docs/firmware.md gives these in ms.
+    assert indicator.ms(indicator.LED[indicator.IDLE]) == (60, 4940)
+    assert indicator.ms(indicator.LED[indicator.FAULT]) == (100, 160, 100, 160, 100, 2380)
+    assert indicator.ms(indicator.BUZZER[indicator.ACKNOWLEDGED]) == (400, 160, 400, 160, 400)
+
+
+def test_pattern_levels_repeat_or_play_once(tmp):
+    blink = bytes([5, 20])                  # 100 ms on, 400 ms off
+    assert indicator.level(blink, 0) and indicator.level(blink, 99)
+    assert not indicator.level(blink, 100) and not indicator.level(blink, 499)
+    assert indicator.level(blink, 500) and indicator.level(blink, 10050)   # repeats
+    beep = bytes([10])                      # 200 ms, once
+    assert indicator.level(beep, 0) and indicator.level(beep, 199)
+    assert not indicator.level(beep, 200) and not indicator.level(beep, 100000)
+    assert indicator.level(indicator.STEADY, 0) and indicator.level(indicator.STEADY, 123456)
+    assert not indicator.level(None, 0)
+
+
+def test_patterns_of_distinct_states_look_different(tmp):
+    # A technician must tell the states apart by the LED alone (docs/firmware.md table).
+    seen = {}
+    for state in indicator.STATES:
+        if state in (indicator.DISPATCHED, indicator.FALSE_ALARM, indicator.CANCELLED):
+            continue  # deliberately as acknowledged / resolved (the buzzer differs); cancelled is dark
+        led = indicator.LED[state]
+        assert led not in seen, (state, seen.get(led))
+        seen[led] = state
+
+
+def test_indicator_plays_the_buzzer_once_and_silent_mode_keeps_it_off(tmp):
+    for silent in (False, True):
+        ind = indicator.Indicator(silent)
+        assert ind.show(indicator.ACKNOWLEDGED, 1000)
+        assert not ind.show(indicator.ACKNOWLEDGED, 1001)
+        buzz = []
+        for t in range(1000, 5000, 10):
+            ind.update(t)
+            buzz.append(ind.buzzer)
+            assert ind.led  # steady
+        on = len([b for b in buzz if b])
+        assert on == (0 if silent else 120), on   # three 400 ms beeps at 10 ms steps
+
+
+# ---------------------------------------------------------------- NMEA
+
+# The first two are the textbook examples of NMEA 0183 (a fix near Munich); the others are what a
+# u-blox receiver prints in Jakarta. Checksums are the sentences' own.
+GGA_MUNICH = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
+RMC_MUNICH = "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A"
+RMC_JAKARTA = "$GNRMC,031209.00,A,0610.52352,S,10649.62918,E,0.012,,241126,,,A*71"
+GGA_JAKARTA = "$GNGGA,031209.00,0610.52352,S,10649.62918,E,1,09,0.98,12.3,M,-1.2,M,,*7A"
+RMC_VOID = "$GPRMC,031210.00,V,,,,,,,241126,,,N*7E"
+GGA_NO_FIX = "$GPGGA,031210.00,,,,,0,00,99.99,,,,,,*67"
+GSV = "$GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00*74"
+RMC_MODE_NOT_VALID = "$GNRMC,031211.00,A,0610.52352,S,10649.62918,E,0.012,,241126,,,N*77"
+
+
+def test_nmea_parses_real_sentences_to_millionths_of_a_degree(tmp):
+    assert nmea.parse(GGA_MUNICH) == (48117300, 11516667)
+    assert nmea.parse(RMC_MUNICH) == (48117300, 11516667)
+    # South and east: the same point as the provisioned test location, to the digit.
+    assert nmea.parse(RMC_JAKARTA) == (-6175392, 106827153)
+    assert nmea.parse(GGA_JAKARTA) == (-6175392, 106827153)
+
+
+def test_nmea_rejects_checksum_errors_and_reports_no_fix(tmp):
+    assert nmea.parse(GGA_JAKARTA.replace("0610.52352", "0610.52353")) == nmea.CHECKSUM  # one digit flipped
+    assert nmea.parse(RMC_JAKARTA[:-2] + "00") == nmea.CHECKSUM
+    assert nmea.parse(RMC_JAKARTA[:-3]) == nmea.CHECKSUM          # no checksum at all
+    assert nmea.parse(RMC_JAKARTA[:-2] + "ZZ") == nmea.CHECKSUM
+    assert nmea.parse(RMC_VOID) == nmea.NO_FIX
+    assert nmea.parse(GGA_NO_FIX) == nmea.NO_FIX
+    assert nmea.parse(RMC_MODE_NOT_VALID) == nmea.NO_FIX
+    assert nmea.parse(GSV) == nmea.IGNORED
+    assert nmea.parse("GPGGA,no dollar*00") == nmea.MALFORMED
+
+
+def test_gps_reader_assembles_split_and_noisy_input(tmp):
+    gps = nmea.GpsReader(max_age_ms=5000)
+    stream = ("\xff\x00garbage" + RMC_VOID + "\r\n" + GSV + "\r\n" + RMC_JAKARTA + "\r\n").encode()
+    for i in range(0, len(stream), 7):  # UART reads arrive in arbitrary pieces
+        gps.feed(stream[i:i + 7], 1000)
+    assert gps.fix(1000) == (-6175392, 106827153)
+    assert gps.fix(6001) is None          # stale: fall back to the provisioned place
+    gps.feed(("$" + "1" * 200 + "\r\n" + GGA_JAKARTA.replace("*7A", "*7B") + "\r\n").encode(), 7000)
+    assert gps.errors == 2                # one overlong line, one bad checksum
+    assert gps.fix(7000) is None
+    gps.feed(b"$GPRMC,1$" + GGA_MUNICH.encode()[1:] + b"\n", 8000)   # resynchronises on "$"
+    assert gps.fix(8000) == (48117300, 11516667)
+
+
+# ---------------------------------------------------------------- timing, MQTT framing
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap(tmp):
+    b = Backoff(1000, 5000)
+    for expected in (1000, 2000, 4000, 5000, 5000):
+        d = b.next_ms()
+        assert expected // 2 <= d <= expected, (expected, d)
+    b.reset()
+    assert 500 <= b.next_ms() <= 1000
+    spread = [Backoff(4000, 4000).next_ms() for _ in range(50)]
+    assert max(spread) > min(spread)  # jittered: buttons after a power cut do not retry in step
+
+
+def test_clock_before_2024_counts_as_unset(tmp):
+    assert plausible_unix_time(None) is None
+    assert plausible_unix_time(3600) is None                # a board counting from its epoch
+    assert plausible_unix_time(1795000000) == 1795000000
+
+
+def test_mqtt_remaining_length_encoding(tmp):
+    # The examples of MQTT 3.1.1 section 2.2.3.
+    assert mqtt._header(0x30, 0) == b"\x30\x00"
+    assert mqtt._header(0x30, 127) == b"\x30\x7f"
+    assert mqtt._header(0x30, 128) == b"\x30\x80\x01"
+    assert mqtt._header(0x30, 16383) == b"\x30\xff\x7f"
+    assert mqtt._header(0x30, 16384) == b"\x30\x80\x80\x01"
+    assert mqtt._header(0x30, 268435455) == b"\x30\xff\xff\xff\x7f"
+
+
+def test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails(tmp):
+    box = Outbox(tmp)
+    os.rmdir(tmp + "/outbox")   # the file system is gone from under it
+    box.put(4, b"frame")
+    assert box.fault
+    assert box.seqs() == [4] and box.get(4) == b"frame"
+    box.remove(4)
+    assert len(box) == 0
+
+
+# ---------------------------------------------------------------- the application, offline
+
+SECRET_HEX = "00" * 31 + "2a"
+DEV = "jkt-test-0001"
+
+
+class ClockHal:
+    """A HAL for the core tests: a clock the test advances, inputs it sets, and no network, so the
+    Device never opens a socket. Records what it is told."""
+
+    ssl_wrap = None
+
+    def __init__(self):
+        self.now = 1000
+        self.held = {}
+        self.lid_open = False
+        self.battery = 4000
+        self.nmea = b""
+        self.shown = []
+        self.events = []
+        self.buzzer_on = 0
+
+    def ticks_ms(self):
+        return self.now
+
+    def sleep_ms(self, ms):
+        self.now += ms
+
+    def time(self):
+        return None
+
+    def pressed(self, name):
+        return self.held.get(name, False)
+
+    def tamper(self):
+        return self.lid_open
+
+    def battery_mv(self):
+        return self.battery
+
+    def rssi(self):
+        return None
+
+    def network_up(self):
+        return False
+
+    def gps_read(self):
+        data = self.nmea
+        self.nmea = b""
+        return data or None
+
+    def indicate(self, state):
+        self.shown.append(state)
+
+    def output(self, led, buzzer, status):
+        if buzzer:
+            self.buzzer_on += 1
+
+    def event(self, name, detail):
+        self.events.append((name, detail))
+
+    def feed_watchdog(self):
+        pass
+
+    def named(self, name):
+        return [d for n, d in self.events if n == name]
+
+
+def _config(**extra):
+    cfg = {"dev": DEV, "secret": SECRET_HEX, "mqtt": {"host": "127.0.0.1", "port": 1},
+           "loc": proto.location(-6175392, 106827153, "Jl. Medan Merdeka Barat 12", "31.71.01.1001"),
+           "button": {"long_ms": 500, "cancel_ms": 0, "debounce_ms": 20}, "types": ["medical"]}
+    cfg.update(extra)
+    return load_config(json.dumps(cfg))
+
+
+def _run(dev, hal, ms):
+    end = hal.now + ms
+    while hal.now < end:
+        dev.step()   # offline: each step sleeps LOOP_MS on the fake clock
+
+
+def _hold_input(dev, hal, name, ms):
+    hal.held[name] = True
+    _run(dev, hal, ms)
+    hal.held[name] = False
+    _run(dev, hal, 100)
+
+
+def _ack(seq, state, secret_hex=SECRET_HEX, dev=DEV):
+    body = proto.encode(proto.ack_body(dev, seq, state, "inc-1", 0))
+    return proto.Signer(proto.secret_from_hex(secret_hex)).seal(body)
+
+
+def _alarm_body(dev, seq):
+    return json.loads(dev.signer.open(dev.outbox.get(seq)))
+
+
+def test_device_long_press_stores_a_signed_alarm_and_shows_sending(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    assert hal.shown == [indicator.NO_NETWORK]
+    _hold_input(dev, hal, "sos", 300)
+    assert hal.named("alarm") == []           # a tap
+    _hold_input(dev, hal, "medical", 800)
+    assert hal.named("alarm") == ["seq=0 kind=medical test=0"]
+    body = _alarm_body(dev, 0)
+    assert body["kind"] == "medical" and body["test"] is False and body["ts"] is None
+    assert body["loc"]["lat_e6"] == -6175392
+    assert hal.shown[-1] == indicator.SENDING
+    again = Device(ClockHal(), _config(), tmp)  # a reboot before delivery keeps it and shows it
+    assert again.outbox.seqs() == [0] and again.hal.shown == [indicator.SENDING]
+
+
+def test_device_signed_ack_clears_the_outbox_and_states_only_move_forward(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    seq = dev.raise_alarm()
+    topic = proto.topic(DEV, "ack")
+    dev.mqtt.on_message(topic, _ack(seq, "received"), False)
+    assert hal.named("delivered") == ["seq=%d" % seq] and dev.outbox.seqs() == []
+    assert hal.shown[-1] == indicator.RECEIVED
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged"), False)
+    assert hal.shown[-1] == indicator.ACKNOWLEDGED
+    dev.mqtt.on_message(topic, _ack(seq, "received"), True)   # late or replayed: ignored
+    assert hal.shown[-1] == indicator.ACKNOWLEDGED
+    dev.mqtt.on_message(topic, _ack(seq, "resolved"), False)
+    assert hal.shown[-1] == indicator.RESOLVED
+    _run(dev, hal, 31000)                     # shown for a while, then ready again
+    assert hal.shown[-1] == indicator.NO_NETWORK
+
+
+def test_device_forged_or_foreign_acks_change_nothing(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    seq = dev.raise_alarm()
+    topic = proto.topic(DEV, "ack")
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged", secret_hex="11" * 32), False)
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged", dev="jkt-other-0002"), False)
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged")[:-5] + b"xxxxx", False)   # tampered body
+    assert hal.named("ack_rejected") == ["bad signature", "malformed", "bad signature"]
+    assert dev.outbox.seqs() == [seq]
+    assert indicator.ACKNOWLEDGED not in hal.shown and hal.shown[-1] == indicator.SENDING
+
+
+def test_device_lid_open_long_press_sends_a_test_alarm_for_a_limited_time(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(test_mode_max_s=60), tmp)
+    hal.lid_open = True
+    _run(dev, hal, 100)
+    assert hal.shown[-1] == indicator.TEST_MODE and hal.named("tamper") == ["1"]
+    _hold_input(dev, hal, "sos", 800)
+    assert hal.named("alarm")[-1].endswith("test=1")
+    dev.mqtt.on_message(proto.topic(DEV, "ack"), _ack(0, "resolved"), False)
+    _run(dev, hal, 61000)                      # lid still open, but for too long
+    assert hal.shown[-1] == indicator.NO_NETWORK
+    _hold_input(dev, hal, "sos", 800)
+    assert hal.named("alarm")[-1].endswith("test=0")
+
+
+def test_device_uses_a_fresh_gps_fix_and_falls_back_to_the_fixed_place(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(gps={"max_age_s": 10}), tmp)
+    hal.nmea = (GGA_MUNICH + "\r\n").encode()
+    _run(dev, hal, 50)
+    seq = dev.raise_alarm()
+    loc = _alarm_body(dev, seq)["loc"]
+    assert (loc["lat_e6"], loc["lon_e6"]) == (48117300, 11516667)
+    assert loc["addr"] == "Jl. Medan Merdeka Barat 12"   # the unit's label stays
+    _run(dev, hal, 11000)
+    loc = _alarm_body(dev, dev.raise_alarm())["loc"]
+    assert (loc["lat_e6"], loc["lon_e6"]) == (-6175392, 106827153)
+
+
+def test_device_low_battery_is_a_fault_until_it_recovers(tmp):
+    hal = ClockHal()
+    hal.battery = 3300
+    dev = Device(hal, _config(), tmp)
+    _run(dev, hal, 50)
+    assert hal.named("fault") == ["battery"] and hal.shown[-1] == indicator.FAULT
+    hal.battery = 4000
+    _run(dev, hal, 10100)
+    assert hal.named("fault_cleared") == ["battery"] and hal.shown[-1] == indicator.NO_NETWORK
+
+
+def test_device_silent_mode_never_sounds_the_buzzer(tmp):
+    for silent, expect_sound in ((False, True), (True, False)):
+        hal = ClockHal()
+        state = tmp + ("/s%d" % silent)
+        os.mkdir(state)
+        dev = Device(hal, _config(silent=silent, button={"long_ms": 500, "cancel_ms": 2000}), state)
+        _hold_input(dev, hal, "sos", 800)     # armed (beeping), then sending (a chirp)
+        _run(dev, hal, 2500)
+        assert hal.named("alarm"), hal.events
+        assert (hal.buzzer_on > 0) == expect_sound, (silent, hal.buzzer_on)
+
+
+def test_device_full_outbox_drops_the_oldest_press_and_says_so(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(outbox_capacity=2), tmp)
+    seqs = [dev.raise_alarm() for _ in range(3)]
+    assert dev.outbox.seqs() == seqs[1:]
+    assert hal.named("outbox_full") == ["dropped seq=%d" % seqs[0]]
+    assert dev.outbox.dropped == 1
+
+
+def test_config_errors_say_what_to_write(tmp):
+    good = json.loads(json.dumps(_config()))
+    for key, value, words in (("dev", "Bad_Id", "a-z"), ("secret", "abc", "64 hex"),
+                              ("kind", "flood", "medical"), ("types", ["sos"], "medical"),
+                              ("loc", {"lat_e6": "-6.1", "lon_e6": 1, "addr": "", "area": ""}, "integers"),
+                              ("button", {"long_ms": 10}, "at least 100")):
+        cfg = json.loads(json.dumps(good))
+        cfg[key] = value
+        try:
+            load_config(json.dumps(cfg))
+        except ValueError as exc:  # no pytest.raises: this file runs under MicroPython too
+            assert key in str(exc) and words in str(exc), str(exc)  # noqa: PT017
+        else:
+            raise AssertionError("accepted a bad " + key)
+
+
+
 TESTS = [
     test_seq_numbers_increase_and_survive_a_restart,
     test_seq_block_writes_are_rare,
@@ -139,4 +561,29 @@ TESTS = [
     test_cancel_window_takes_the_alarm_back,
     test_cancel_window_expires_into_an_alarm,
     test_alarm_frame_verifies_and_carries_location,
+    test_type_button_long_press_raises_its_kind,
+    test_type_button_short_tap_sends_nothing,
+    test_any_button_cancels_inside_the_window,
+    test_second_button_while_holding_does_not_change_the_kind,
+    test_held_button_triggers_once_until_all_are_released,
+    test_every_state_has_a_pattern_and_the_ack_states_too,
+    test_pattern_levels_repeat_or_play_once,
+    test_patterns_of_distinct_states_look_different,
+    test_indicator_plays_the_buzzer_once_and_silent_mode_keeps_it_off,
+    test_nmea_parses_real_sentences_to_millionths_of_a_degree,
+    test_nmea_rejects_checksum_errors_and_reports_no_fix,
+    test_gps_reader_assembles_split_and_noisy_input,
+    test_backoff_doubles_with_jitter_up_to_the_cap,
+    test_clock_before_2024_counts_as_unset,
+    test_mqtt_remaining_length_encoding,
+    test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails,
+    test_device_long_press_stores_a_signed_alarm_and_shows_sending,
+    test_device_signed_ack_clears_the_outbox_and_states_only_move_forward,
+    test_device_forged_or_foreign_acks_change_nothing,
+    test_device_lid_open_long_press_sends_a_test_alarm_for_a_limited_time,
+    test_device_uses_a_fresh_gps_fix_and_falls_back_to_the_fixed_place,
+    test_device_low_battery_is_a_fault_until_it_recovers,
+    test_device_silent_mode_never_sounds_the_buzzer,
+    test_device_full_outbox_drops_the_oldest_press_and_says_so,
+    test_config_errors_say_what_to_write,
 ]

@@ -29,7 +29,8 @@ def micropython_binary() -> str:
 
 
 def micropython_env() -> dict[str, str]:
-    return {**os.environ, "MICROPYPATH": f"{FIRMWARE_LIB}:{UNIX_BOARD}"}
+    # ".frozen" keeps the modules frozen into the interpreter (ssl among them) importable.
+    return {**os.environ, "MICROPYPATH": f".frozen:{FIRMWARE_LIB}:{UNIX_BOARD}"}
 
 
 def device_config(device_id: str, secret_hex: str, mqtt_port: int, mqtt_password: str, **extra: object) -> dict:
@@ -47,10 +48,20 @@ def device_config(device_id: str, secret_hex: str, mqtt_port: int, mqtt_password
     return cfg
 
 
-class FirmwareProcess:
-    """One virtual button: a MicroPython process with its own flash directory."""
+def seq_of(line: str) -> int:
+    """The sequence number in an event line such as "EVT alarm seq=7 kind=general test=0"."""
+    return int(line.split("seq=", 1)[1].split(maxsplit=1)[0])
 
-    def __init__(self, workdir: Path, config: dict) -> None:
+
+class FirmwareProcess:
+    """One virtual button: a MicroPython process with its own flash directory.
+
+    With outputs=True the fake HAL also prints the LED and buzzer levels ("OUT <led> <buzzer>
+    <status>"). start() after kill() is a reboot: same flash, same config.
+    """
+
+    def __init__(self, workdir: Path, config: dict, *, outputs: bool = False) -> None:
+        self.outputs = outputs
         self.workdir = workdir
         self.flash = workdir / "flash"
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -63,7 +74,8 @@ class FirmwareProcess:
 
     def start(self) -> FirmwareProcess:
         self.proc = subprocess.Popen(
-            [micropython_binary(), str(UNIX_BOARD / "main.py"), str(self.config_path), str(self.flash)],
+            [micropython_binary(), str(UNIX_BOARD / "main.py"), str(self.config_path), str(self.flash),
+             *(["outputs"] if self.outputs else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=micropython_env(), bufsize=1)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
@@ -80,13 +92,19 @@ class FirmwareProcess:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
-    def hold(self, ms: int) -> None:
-        self.send("press")
+    def hold(self, ms: int, button: str = "sos") -> None:
+        self.send(f"press {button}")
         time.sleep(ms / 1000)
-        self.send("release")
+        self.send(f"release {button}")
+
+    @staticmethod
+    def matches(line: str, prefix: str) -> bool:
+        """`prefix` is whole words at the start of `line`: "EVT delivered seq=5" does not match
+        "EVT delivered seq=50"."""
+        return line == prefix or line.startswith(prefix + " ")
 
     def expect(self, prefix: str, timeout_s: float = 10.0) -> str:
-        """Wait for a line starting with `prefix`, keeping every line seen in `history`."""
+        """Wait for a line that starts with the words `prefix`, keeping every line seen in `history`."""
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -98,8 +116,17 @@ class FirmwareProcess:
             except queue.Empty:
                 continue
             self.history.append(line)
-            if line.startswith(prefix):
+            if self.matches(line, prefix):
                 return line
+
+    def seen(self, prefix: str) -> list[str]:
+        """Lines seen so far (by expect or drain) that start with the words `prefix`."""
+        return [line for line in self.history if self.matches(line, prefix)]
+
+    def outbox(self) -> list[int]:
+        """Sequence numbers waiting in the flash outbox, read from the flash directory."""
+        box = self.flash / "outbox"
+        return sorted(int(p.stem) for p in box.glob("*.msg")) if box.exists() else []
 
     def drain(self, wait_s: float = 0.0) -> list[str]:
         """Lines that arrive within wait_s (all of them, without waiting for a particular one)."""

@@ -1,22 +1,32 @@
-# Entry point under the MicroPython unix port (tests, demo):
-#   MICROPYPATH=<firmware/lib>:<firmware/boards/unix> micropython main.py <config.json> <state dir>
+# Entry point under the MicroPython unix port (tests, benchmarks):
+#   MICROPYPATH=<firmware/lib>:<firmware/boards/unix> micropython main.py <config.json> <state dir> [outputs]
+# With "outputs" the fake HAL also prints the LED/buzzer levels. mqtt.tls.ca in the config turns on
+# TLS exactly as on the boards.
 import sys
 
 from hal import FakeHal
-from siagafw.app import Device, load_config
+from siagafw.app import FIRMWARE_VERSION, Device
+from siagafw.config import load_config
 
 
 def main():
     with open(sys.argv[1]) as f:
         cfg = load_config(f.read())
-    hal = FakeHal()
+    tls = cfg["mqtt"].get("tls")
+    ssl_wrap = None
+    if tls:
+        from siagafw.tls import make_ssl_wrap
+
+        ssl_wrap = make_ssl_wrap(tls["ca"], tls.get("server_hostname", cfg["mqtt"]["host"]))
+    hal = FakeHal(ssl_wrap, len(sys.argv) > 3 and sys.argv[3] == "outputs")
     dev = Device(hal, cfg, sys.argv[2])
-    hal.event("boot", "dev=%s next_seq=%d" % (cfg["dev"], dev.seqs.peek()))
+    hal.event("boot", "dev=%s next_seq=%d fw=%s" % (cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION))
     while not hal.quit:
-        dev.step()
+        hal.read_commands()
         if hal.test_requested:
             hal.test_requested = False
             dev.raise_alarm(test=True)
+        dev.step()
     dev.mqtt.disconnect()
 
 

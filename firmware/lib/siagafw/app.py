@@ -1,50 +1,63 @@
-# The button application: wires the SOS state machine, the flash outbox, the sequence counter and
-# the MQTT client to a board through its HAL. The board shells (boards/*/main.py) build a HAL and
-# call Device(hal, config, state_dir).run().
+# The button application: wires the button state machine, the flash outbox, the sequence counter,
+# the indicator and the MQTT client to a board through its HAL. The board shells
+# (boards/*/main.py) build a HAL and call Device(hal, config, state_dir).step() in a loop.
 #
-# The HAL is a small object with: ticks_ms(), sleep_ms(ms), time() (Unix s or None), sos_pressed(),
-# tamper(), battery_mv(), rssi(), network_up(), ssl_wrap (None or sock -> sock), indicate(state),
-# event(name, detail), feed_watchdog(). See boards/unix/hal.py for the reference (fake) HAL.
+# The HAL is a small object; boards/unix/hal.py is the reference (fake) one, boards/esp32/hal.py and
+# boards/picow/hal.py drive real pins, and devices/virtual.py drives it from CPython:
+#   ticks_ms(), sleep_ms(ms)          monotonic wrapping milliseconds; a pause
+#   time()                            Unix seconds, or None when the clock was never set
+#   pressed(name)                     raw level of a button input ("sos", "medical", "fire", "crime",
+#                                     "disaster": the key names of boards/*/pins.py), True = pressed
+#   tamper()                          True while the enclosure is open
+#   battery_mv(), rssi()              battery voltage in mV and Wi-Fi signal in dBm, or None
+#   network_up()                      the link layer is up (Wi-Fi associated, address assigned); the
+#                                     board keeps reconnecting by itself while it is not
+#   ssl_wrap                          None, or a function socket -> TLS socket
+#   gps_read()                        bytes from the GPS UART, or None (no module, nothing waiting)
+#   indicate(state)                   what the indicator shows now (indicator.py names; for logs)
+#   output(led, buzzer, status)       switch the ring LED, the buzzer and the status LED
+#   event(name, detail)               something worth a log line ("alarm", "delivered", ...)
+#   feed_watchdog()
+#
+# The config file is checked by siagafw/config.py, which the boards import only at start-up.
 import json
-import random
 
+from siagafw import indicator as ind
 from siagafw import proto
-from siagafw.button import CANCEL, HELD, TRIGGER, SosButton
-from siagafw.mqtt import MQTTClient
+from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel
+from siagafw.mqtt import REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED, MQTTClient
 from siagafw.storage import Outbox, SeqStore
+from siagafw.timing import Backoff, plausible_unix_time, ticks_add, ticks_diff
 
-try:
-    from time import ticks_diff
-except ImportError:  # CPython
+FIRMWARE_VERSION = "0.2.0"
 
-    def ticks_diff(a, b):
-        return a - b
-
-
-FIRMWARE_VERSION = "0.1.0"
-
-# What the LED and buzzer show (docs/firmware.md has the pattern for each).
-IND_IDLE = "idle"
-IND_NO_NETWORK = "no_network"
-IND_ARMED = "armed"            # long press done, cancel window running
-IND_CANCELLED = "cancelled"
-IND_SENDING = "sending"        # in the outbox, no "received" ack yet
-# ...then the ack states of proto.STATES: received, acknowledged, dispatched, resolved, false_alarm
-
-RESEND_FIRST_MS = 3000         # re-send an unacknowledged alarm after this...
+# Defaults; each can be changed in the device's config file (docs/firmware.md lists the keys).
+RESEND_FIRST_MS = 3000         # re-send an alarm the gateway has not acknowledged after this...
 RESEND_MAX_MS = 60000          # ...doubling up to this
-RECONNECT_FIRST_MS = 1000
-RECONNECT_MAX_MS = 60000
-FINAL_SHOW_MS = 30000          # how long "resolved" / "false alarm" stay on before idle
-LOOP_MS = 10                   # button sampling period while idle on the network
+RECONNECT_FIRST_MS = 500
+# The cap decides how soon a button notices that the broker is back after an outage: 5 s keeps it
+# within a few seconds, and a connect attempt is one small TCP handshake, so even thousands of
+# buttons retrying at that pace are a light load for Mosquitto.
+RECONNECT_MAX_MS = 5000
+# A refused login needs a technician (revoked device, wrong password); retrying every few seconds
+# would only hammer the broker, so it waits this long and shows a fault meanwhile.
+LOGIN_RETRY_MS = 300000
+HELP_SHOW_MS = 3600000         # "received" / "help is coming" stay on at most this long...
+FINAL_SHOW_MS = 30000          # ..."resolved" / "false alarm" this long, then back to idle
+CANCEL_SHOW_MS = 3000
+# While the lid is open a long press sends a test alarm, for this long at most: a lid left open
+# (or forced by a vandal) must not turn real alarms into tests for good.
+TEST_MODE_MAX_MS = 900000
+BATTERY_CHECK_MS = 10000
+BATTERY_LOW_MV = 3500          # one Li-ion cell under load is nearly empty here
+LOOP_MS = 10                   # button sampling period (debounce and long press resolution)
 
+_FINAL_RANK = proto.state_rank("resolved")  # this and later ack states close the incident
 
-def load_config(text):
-    cfg = json.loads(text)
-    if not proto.valid_device_id(cfg.get("dev")):
-        raise ValueError("config: bad device id")
-    proto.secret_from_hex(cfg["secret"])
-    return cfg
+# Reasons for the fault indication (also in the "fault" event).
+FAULT_FLASH = "flash"
+FAULT_LOGIN = "login"
+FAULT_BATTERY = "battery"
 
 
 class Device:
@@ -55,58 +68,158 @@ class Device:
         self.signer = proto.Signer(proto.secret_from_hex(cfg["secret"]))
         self.seqs = SeqStore(state_dir, cfg.get("seq_block", 32))
         self.outbox = Outbox(state_dir, cfg.get("outbox_capacity", 16))
-        b = cfg.get("button", {})
-        self.button = SosButton(b.get("long_ms", 1500), b.get("cancel_ms", 3000), b.get("debounce_ms", 30))
         self.kind = cfg.get("kind", "general")
+        types = tuple(cfg.get("types", ()))
+        self.inputs = ("sos",) + types
+        b = cfg.get("button", {})
+        self.buttons = ButtonPanel((self.kind,) + types, b.get("long_ms", 1500), b.get("cancel_ms", 3000),
+                                   b.get("debounce_ms", 30))
         self.loc = cfg["loc"]
-        self.heartbeat_ms = cfg.get("heartbeat_s", 60) * 1000
+        gps = cfg.get("gps")
+        self.gps = None
+        if gps:
+            from siagafw.nmea import GpsReader  # only mobile units pay for the NMEA parser's RAM
+
+            self.gps = GpsReader(gps.get("max_age_s", 120) * 1000)
+        self.heartbeat_s = cfg.get("heartbeat_s", 60)
+        self.battery_low_mv = cfg.get("battery_low_mv", BATTERY_LOW_MV)
+        self.test_mode_max_ms = cfg.get("test_mode_max_s", TEST_MODE_MAX_MS // 1000) * 1000
+        r = cfg.get("retry", {})
+        self.resend_first_ms = r.get("first_ms", RESEND_FIRST_MS)
+        self.resend_max_ms = r.get("max_ms", RESEND_MAX_MS)
+        r = cfg.get("reconnect", {})
+        self._reconnect = Backoff(r.get("first_ms", RECONNECT_FIRST_MS), r.get("max_ms", RECONNECT_MAX_MS))
+        self.login_retry_ms = r.get("login_retry_ms", LOGIN_RETRY_MS)
+        self.indicator = ind.Indicator(cfg.get("silent", False))
         m = cfg["mqtt"]
         self.mqtt = MQTTClient(self.dev, m["host"], m.get("port", 1883), self.dev, m.get("password"),
-                               m.get("keepalive_s", 30), m.get("timeout_ms", 5000), hal.ssl_wrap)
+                               m.get("keepalive_s", 30), m.get("timeout_ms", 5000), hal.ssl_wrap,
+                               hal.feed_watchdog)
         self.mqtt.on_message = self._on_message
+        self.mqtt.on_puback = self._on_puback
         self.ack_topic = proto.topic(self.dev, "ack")
-        self._retry = {}            # seq -> (next send at ticks, current backoff ms)
-        self._reconnect_at = hal.ticks_ms()
-        self._reconnect_ms = RECONNECT_FIRST_MS
-        self._next_heartbeat = hal.ticks_ms()
-        self.current = None         # seq of the alarm whose state the LED shows
+        self.alarm_topic = proto.topic(self.dev, "alarm")
+        self.status_topic = proto.topic(self.dev, "status")
+
+        now = hal.ticks_ms()
+        self._last_ticks = now
+        self.uptime_ms = 0             # ticks wrap (about 12 days on the boards); this does not
+        self._retry = {}               # seq -> (next send at ticks, current backoff ms)
+        self._pids = {}                # MQTT packet id -> seq of an alarm awaiting its PUBACK
+        self._reconnect_at = now
+        self._next_heartbeat = now
+        self._next_battery_check = now
+        self.battery_mv = None
+        self.faults = []
+        self.tamper = bool(hal.tamper())
+        self._tamper_since = now
+        self.current = None            # seq of the alarm whose state the indicator shows
         self.current_rank = -1
-        self._final_at = None
-        self._shown = None
+        self._state_at = now           # when that alarm reached its current state
+        self._transient = None         # ind.ARMED or ind.CANCELLED, shown above everything else
+        self._transient_at = now
+        self._status_led = None
         pending = self.outbox.seqs()
         if pending:
             self.current = pending[-1]  # a reboot with alarms still pending shows "sending"
-        self._show()
+        self._display(now)
 
     # -------------------------------------------------------------- presses
+
+    def test_mode(self, now=None):
+        if not self.tamper:
+            return False
+        if now is None:
+            now = self.hal.ticks_ms()
+        return ticks_diff(now, self._tamper_since) < self.test_mode_max_ms
+
+    def location(self, now):
+        """The alarm's location: a fresh GPS fix if there is one, else the provisioned place."""
+        fix = self.gps.fix(now) if self.gps is not None else None
+        if fix is None:
+            return self.loc
+        return {"lat_e6": fix[0], "lon_e6": fix[1], "addr": self.loc["addr"], "area": self.loc["area"]}
 
     def raise_alarm(self, kind=None, test=False):
         now = self.hal.ticks_ms()
         seq = self.seqs.next()
-        body = proto.alarm_body(self.dev, seq, kind or self.kind, self.loc, test, now, self.hal.time())
+        body = proto.alarm_body(self.dev, seq, kind or self.kind, self.location(now), test, self.uptime_ms,
+                                plausible_unix_time(self.hal.time()))
         frame = self.signer.seal(proto.encode(body))
+        if len(self.outbox) >= self.outbox.capacity:
+            # Bounded outbox (storage.py): the oldest pending press gives way to this one. Logged,
+            # never silent; the gateway groups a button's presses into one incident anyway.
+            self.hal.event("outbox_full", "dropped seq=%d" % self.outbox.pending[0])
         self.outbox.put(seq, frame)  # durable before the first send (protocol.md §6 step 1)
-        self._retry[seq] = (now, RESEND_FIRST_MS)
+        if self.outbox.fault or self.seqs.fault:
+            self._fault(FAULT_FLASH, True)
+        self._retry[seq] = (now, self.resend_first_ms)
         self.current = seq
         self.current_rank = -1
-        self._final_at = None
+        self._state_at = now
+        self._transient = None
         self.hal.event("alarm", "seq=%d kind=%s test=%d" % (seq, body["kind"], 1 if test else 0))
-        self._show()
+        self._display(now)
         return seq
 
-    def _on_button(self, now):
-        action = self.button.update(self.hal.sos_pressed(), now)
+    def _read_buttons(self, now):
+        action = None
+        for i in range(len(self.inputs)):
+            a = self.buttons.update(i, self.hal.pressed(self.inputs[i]), now)
+            if a is not None:
+                action = a
+        a = self.buttons.tick(now)
+        if a is not None:
+            action = a
         if action == HELD:
-            self._shown = IND_ARMED
-            self.hal.indicate(IND_ARMED)
+            self._transient = ind.ARMED
+            self._transient_at = now
         elif action == CANCEL:
             self.hal.event("cancelled", "")
-            self._shown = IND_CANCELLED
-            self.hal.indicate(IND_CANCELLED)
+            self._transient = ind.CANCELLED
+            self._transient_at = now
         elif action == TRIGGER:
-            self.raise_alarm()
+            self.raise_alarm(self.buttons.kind, self.test_mode(now))
+
+    # -------------------------------------------------------------- supervision
+
+    def _fault(self, name, active):
+        if active and name not in self.faults:
+            self.faults.append(name)
+            self.hal.event("fault", name)
+        elif not active and name in self.faults:
+            self.faults.remove(name)
+            self.hal.event("fault_cleared", name)
+
+    def _supervise(self, now):
+        tamper = bool(self.hal.tamper())
+        if tamper != self.tamper:
+            self.tamper = tamper
+            self._tamper_since = now
+            self.hal.event("tamper", "1" if tamper else "0")
+            self._next_heartbeat = now  # tell the gateway at once, not at the next interval
+        if ticks_diff(now, self._next_battery_check) >= 0:
+            self._next_battery_check = ticks_add(now, BATTERY_CHECK_MS)
+            self.battery_mv = self.hal.battery_mv()
+            low = self.battery_mv is not None and self.battery_mv < self.battery_low_mv
+            if low != (FAULT_BATTERY in self.faults):
+                self._fault(FAULT_BATTERY, low)
+                self._next_heartbeat = now
+        if self.current_rank >= 0:
+            final = self.current_rank >= _FINAL_RANK  # resolved or false alarm (no tuple per step)
+            if ticks_diff(now, self._state_at) > (FINAL_SHOW_MS if final else HELP_SHOW_MS):
+                self.current = None
+                self.current_rank = -1
+        if self._transient == ind.CANCELLED and ticks_diff(now, self._transient_at) > CANCEL_SHOW_MS:
+            self._transient = None
 
     # -------------------------------------------------------------- acks
+
+    def _on_puback(self, pid):
+        seq = self._pids.pop(pid, None)
+        if seq is not None:
+            # The broker has it in memory only; the alarm stays in the outbox (protocol.md §6).
+            self.hal.event("puback", "seq=%d" % seq)
 
     def _on_message(self, topic, payload, retained):
         if topic != self.ack_topic:
@@ -120,40 +233,54 @@ class Device:
             ack = json.loads(body)
             seq = ack["seq"]
             state = ack["state"]
-            ok = ack.get("type") == "ack" and ack.get("dev") == self.dev and isinstance(seq, int)
+            ok = (ack.get("v") == proto.VERSION and ack.get("type") == "ack" and ack.get("dev") == self.dev
+                  and isinstance(seq, int) and not isinstance(seq, bool))
         except (ValueError, KeyError, TypeError):
             ok = False
         rank = proto.state_rank(state) if ok else -1
         if rank < 0:
             self.hal.event("ack_rejected", "malformed")
             return
-        if self.outbox.get(seq) is not None:
+        now = self.hal.ticks_ms()
+        if seq in self.outbox:
             self.outbox.remove(seq)  # the gateway has it durably (protocol.md §6 step 3)
             self._retry.pop(seq, None)
             self.hal.event("delivered", "seq=%d" % seq)
         if self.current is None and not retained:
             self.current = seq
+        # States only move forward (protocol.md §4.4): a late or replayed ack cannot undo one.
         if seq == self.current and rank > self.current_rank:
             self.current_rank = rank
+            self._state_at = now
             self.hal.event("ack", "seq=%d state=%s" % (seq, state))
-            if state in ("resolved", "false_alarm"):
-                self._final_at = self.hal.ticks_ms()
-            self._show()
+        self._display(now)
 
     # -------------------------------------------------------------- display
 
-    def _show(self):
-        if self.current is not None and self.current_rank >= 0:
-            ind = proto.STATES[self.current_rank]
-        elif self.current is not None and self.outbox.get(self.current) is not None:
-            ind = IND_SENDING
-        elif not self.mqtt.connected():
-            ind = IND_NO_NETWORK
-        else:
-            ind = IND_IDLE
-        if ind != self._shown:
-            self._shown = ind
-            self.hal.indicate(ind)
+    def _shown_state(self, now):
+        if self._transient is not None:
+            return self._transient
+        if self.current is not None:
+            if self.current_rank >= 0:
+                return proto.STATES[self.current_rank]
+            if self.current in self.outbox:
+                return ind.SENDING
+        if self.faults:
+            return ind.FAULT
+        if self.test_mode(now):
+            return ind.TEST_MODE
+        if not self.mqtt.connected():
+            return ind.NO_NETWORK
+        return ind.IDLE
+
+    def _display(self, now):
+        state = self._shown_state(now)
+        if self.indicator.show(state, now):
+            self.hal.indicate(state)
+        status = self.mqtt.connected()
+        if self.indicator.update(now) or status != self._status_led:
+            self._status_led = status
+            self.hal.output(self.indicator.led, self.indicator.buzzer, status)
 
     # -------------------------------------------------------------- network
 
@@ -168,62 +295,74 @@ class Device:
             self.mqtt.subscribe(self.ack_topic, 1)
         except OSError as exc:
             self.mqtt.close()
-            # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): a district's
-            # buttons coming back after a power cut do not all reconnect in the same second.
-            self._reconnect_at = now + random.randint(self._reconnect_ms // 2, self._reconnect_ms)
-            self._reconnect_ms = min(self._reconnect_ms * 2, RECONNECT_MAX_MS)
-            self.hal.event("connect_failed", str(exc))
-            self._show()
+            if self.mqtt.refused in (REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED):
+                delay = self.login_retry_ms
+                self._fault(FAULT_LOGIN, True)
+            else:
+                delay = self._reconnect.next_ms()
+            self._reconnect_at = ticks_add(now, delay)
+            self.hal.event("connect_failed", "%s; retry in %d ms" % (exc, delay))
             return
-        self._reconnect_ms = RECONNECT_FIRST_MS
+        self._fault(FAULT_LOGIN, False)
+        self._reconnect.reset()
         self.hal.event("connected", "")
         # Oldest first and before anything new (protocol.md §5).
         for seq in self.outbox.seqs():
-            self._retry[seq] = (now, RESEND_FIRST_MS)
+            self._retry[seq] = (now, self.resend_first_ms)
         self._next_heartbeat = now
-        self._show()
+
+    def _drop_link(self, now, why):
+        self.mqtt.close()
+        self._pids = {}
+        self._reconnect_at = now  # try again at once; the backoff starts if that fails
+        self.hal.event("link_lost", why)
 
     def _send_due(self, now):
-        for seq in self.outbox.seqs():
-            due, backoff = self._retry.get(seq, (now, RESEND_FIRST_MS))
+        # Runs every loop: iterate the outbox's own list and allocate nothing unless a send is due.
+        for seq in self.outbox.pending:
+            retry = self._retry.get(seq)
+            due, backoff = (now, self.resend_first_ms) if retry is None else retry
             if ticks_diff(now, due) < 0:
                 continue
+            if not self.mqtt.can_publish():
+                return
             frame = self.outbox.get(seq)
             if frame is None:
                 continue
-            self.mqtt.publish(proto.topic(self.dev, "alarm"), frame, 1)
-            self._retry[seq] = (now + backoff, min(backoff * 2, RESEND_MAX_MS))
+            self._pids[self.mqtt.publish(self.alarm_topic, frame, 1)] = seq
+            self._retry[seq] = (ticks_add(now, backoff), min(backoff * 2, self.resend_max_ms))
             self.hal.event("published", "seq=%d" % seq)
-        if ticks_diff(now, self._next_heartbeat) >= 0:
-            self._next_heartbeat = now + self.heartbeat_ms
-            body = proto.status_body(self.dev, self.seqs.next(), FIRMWARE_VERSION, self.heartbeat_ms // 1000,
-                                     self.hal.battery_mv(), self.hal.rssi(), self.hal.tamper(),
-                                     len(self.outbox), now)
-            self.mqtt.publish(proto.topic(self.dev, "status"), self.signer.seal(proto.encode(body)), 1)
+        if ticks_diff(now, self._next_heartbeat) >= 0 and self.mqtt.can_publish():
+            self._next_heartbeat = ticks_add(now, self.heartbeat_s * 1000)
+            seq = self.seqs.next()
+            body = proto.status_body(self.dev, seq, FIRMWARE_VERSION, self.heartbeat_s, self.battery_mv,
+                                     self.hal.rssi(), self.tamper, len(self.outbox), self.uptime_ms)
+            self.mqtt.publish(self.status_topic, self.signer.seal(proto.encode(body)), 1)
+            self.hal.event("heartbeat", "seq=%d" % seq)
+
+    # -------------------------------------------------------------- main loop
 
     def step(self):
         now = self.hal.ticks_ms()
+        self.uptime_ms += ticks_diff(now, self._last_ticks)
+        self._last_ticks = now
         self.hal.feed_watchdog()
-        self._on_button(now)
-        if self._final_at is not None and ticks_diff(now, self._final_at) > FINAL_SHOW_MS:
-            self.current = None
-            self.current_rank = -1
-            self._final_at = None
-            self._show()
+        self._read_buttons(now)
+        if self.gps is not None:
+            data = self.hal.gps_read()
+            if data:
+                self.gps.feed(data, now)
+        self._supervise(now)
+        if self.mqtt.connected() and not self.hal.network_up():
+            self._drop_link(now, "no network")
         if not self.mqtt.connected():
             self._connect(now)
-            if not self.mqtt.connected():
-                self.hal.sleep_ms(LOOP_MS)
-                return
-        try:
-            self._send_due(now)
-            self.mqtt.poll(LOOP_MS)
-        except OSError as exc:
-            self.mqtt.close()
-            self._reconnect_at = now
-            self.hal.event("link_lost", str(exc))
-            self._show()
-
-    def run(self):
-        while True:
-            self.step()
+        if self.mqtt.connected():
+            try:
+                self._send_due(now)
+                self.mqtt.poll(LOOP_MS)
+            except OSError as exc:
+                self._drop_link(now, str(exc))
+        else:
+            self.hal.sleep_ms(LOOP_MS)
+        self._display(self.hal.ticks_ms())

@@ -55,7 +55,8 @@ class Signer:
 
     def seal(self, body):
         """Frame `body` (bytes): TAG, hex MAC over the body, '.', body."""
-        return TAG + self.hexmac(body) + b"." + body
+        # One join instead of three concatenations: each + copies the growing frame.
+        return b"".join((TAG, self.hexmac(body), b".", body))
 
     def open(self, frame):
         """Return the body of a frame whose MAC matches, else None. Never parses before checking."""
@@ -97,54 +98,71 @@ def secret_from_hex(text):
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
+# The encoder appends to one bytearray. MicroPython's str has the buffer protocol, so a string is
+# copied straight in; CPython needs it encoded first. On the board this halves the garbage of
+# encoding an alarm (1.9 -> 1.1 KiB measured on the unix port), which is made at the moment the
+# heap is fullest (bench/firmware_memory.py).
+try:
+    bytearray().extend("x")
+
+    def _utf8(s):
+        return s
+
+except TypeError:  # CPython
+
+    def _utf8(s):
+        return s.encode()
+
 
 def _str(s, out):
-    out.append('"')
+    out.extend(b'"')
     start = 0
     for i in range(len(s)):
         c = s[i]
         if c in _ESCAPES or ord(c) < 0x20:
             if i > start:
-                out.append(s[start:i])
+                out.extend(_utf8(s[start:i]))
             esc = _ESCAPES.get(c)
-            out.append(esc if esc is not None else "\\u%04x" % ord(c))
+            out.extend(_utf8(esc if esc is not None else "\\u%04x" % ord(c)))
             start = i + 1
-    if start < len(s):
-        out.append(s[start:])
-    out.append('"')
+    if start == 0:
+        out.extend(_utf8(s))  # nothing escaped: the string itself (MicroPython copies even a full slice)
+    elif start < len(s):
+        out.extend(_utf8(s[start:]))
+    out.extend(b'"')
 
 
 def _value(v, out):
     if v is None:
-        out.append("null")
+        out.extend(b"null")
     elif v is True:
-        out.append("true")
+        out.extend(b"true")
     elif v is False:
-        out.append("false")
+        out.extend(b"false")
     elif isinstance(v, int):
-        out.append(str(v))
+        out.extend(_utf8(str(v)))
     elif isinstance(v, str):
         _str(v, out)
     elif isinstance(v, dict):
-        out.append("{")
+        out.extend(b"{")
         first = True
         for k in sorted(v):
             if not isinstance(k, str):
                 raise ValueError("object keys must be strings")
             if not first:
-                out.append(",")
+                out.extend(b",")
             first = False
             _str(k, out)
-            out.append(":")
+            out.extend(b":")
             _value(v[k], out)
-        out.append("}")
+        out.extend(b"}")
     elif isinstance(v, (list, tuple)):
-        out.append("[")
+        out.extend(b"[")
         for i in range(len(v)):
             if i:
-                out.append(",")
+                out.extend(b",")
             _value(v[i], out)
-        out.append("]")
+        out.extend(b"]")
     else:
         # Floats included: see the module comment.
         raise ValueError("cannot encode %s in a Siaga body" % type(v).__name__)
@@ -152,9 +170,9 @@ def _value(v, out):
 
 def encode(obj):
     """Canonical JSON bytes of `obj` (sorted keys, no spaces, raw UTF-8); protocol.md §3."""
-    out = []
+    out = bytearray()
     _value(obj, out)
-    return "".join(out).encode()
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- topics and bodies

@@ -1,0 +1,183 @@
+# The MicroPython half of bench/firmware_memory.py (run that one): measures the heap the firmware
+# core and its MQTT client take, with gc.mem_alloc(), at each stage of a button's life:
+#   micropython firmware_memory_device.py <config.json> <state dir>
+# MICROPYPATH selects the core as source (.py) or precompiled (.mpy); with a third argument, a ROMFS
+# image holding the .mpy files is mounted and the core runs in place from it, as from a board's
+# flash. Prints one "MEM <stage> <bytes>" line per figure and "DONE" at the end.
+import gc
+import sys
+import time
+
+
+class BenchHal:
+    """The smallest HAL: no inputs, network always up, events kept in a list."""
+
+    ssl_wrap = None
+
+    def __init__(self):
+        self.delivered = False
+        self.connected = False
+        self.held = False
+        self.alarms = 0
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def sleep_ms(self, ms):
+        time.sleep_ms(ms)
+
+    def time(self):
+        return None
+
+    def pressed(self, name):
+        return self.held and name == "sos"
+
+    def tamper(self):
+        return False
+
+    def battery_mv(self):
+        return 4100
+
+    def rssi(self):
+        return -55
+
+    def network_up(self):
+        return True
+
+    def gps_read(self):
+        return None
+
+    def indicate(self, state):
+        pass
+
+    def output(self, led, buzzer, status):
+        pass
+
+    def event(self, name, detail):
+        if name == "connected":
+            self.connected = True
+        elif name == "delivered":
+            self.delivered = True
+        elif name == "alarm":
+            self.alarms += 1
+        elif name in ("connect_failed", "link_lost"):
+            print("EVT", name, detail)
+
+    def feed_watchdog(self):
+        pass
+
+
+def report(stage, value):
+    print("MEM", stage, value)
+
+
+def steps_until(dev, flag, limit_ms):
+    start = time.ticks_ms()
+    while not flag():
+        dev.step()
+        if time.ticks_diff(time.ticks_ms(), start) > limit_ms:
+            raise SystemExit("timed out")
+
+
+def load_config(path):
+    from siagafw.config import load_config
+
+    with open(path) as f:
+        return load_config(f.read())
+
+
+def mount_romfs(path):
+    """Mount a ROMFS image at /rom and import from it: bytecode and constants stay in the image
+    (execute in place), as with a frozen or ROMFS build on a board. The image is read before the
+    starting point is taken, so it is not counted, like flash."""
+    import vfs
+
+    with open(path, "rb") as f:
+        image = f.read()
+    vfs.mount(vfs.VfsRom(image), "/rom")
+    sys.path.insert(0, "/rom")
+    return image
+
+
+def main():
+    image = mount_romfs(sys.argv[3]) if len(sys.argv) > 3 else None
+    gc.collect()
+    floor = gc.mem_alloc()  # the interpreter's own heap use before any firmware code
+    # As the boards do (boards/common/shell.py): check the config, then drop the checker.
+    cfg = load_config(sys.argv[1])
+    del sys.modules["siagafw.config"]
+    import siagafw
+
+    delattr(siagafw, "config")
+    gc.collect()
+    report("config_leftover", gc.mem_alloc() - floor)
+    from siagafw.app import Device
+
+    gc.collect()
+    after_import = gc.mem_alloc()
+    report("import", after_import - floor)
+
+    hal = BenchHal()
+    dev = Device(hal, cfg, sys.argv[2])
+    gc.collect()
+    after_device = gc.mem_alloc()
+    report("device", after_device - after_import)
+
+    steps_until(dev, lambda: hal.connected, 10000)
+    for _ in range(50):          # let the first heartbeat and the retained-ack check settle
+        dev.step()
+    gc.collect()
+    connected = gc.mem_alloc()
+    report("connected", connected - after_device)
+    report("resident", connected - floor)
+
+    # One complete send with the collector off: every byte allocated from the press to the
+    # gateway's "received" ack stays counted (garbage included).
+    gc.collect()
+    before = gc.mem_alloc()
+    gc.disable()
+    dev.raise_alarm(test=True)
+    steps_until(dev, lambda: hal.delivered, 10000)
+    report("send_allocated", gc.mem_alloc() - before)
+    gc.enable()
+
+    # The high-water mark of a real press: before each step the heap holds only live data
+    # (collected); the step then runs with the collector off, so its own garbage counts too. The
+    # largest "live before + allocated during" over the steps from the press to the "received"
+    # ack bounds the heap a send needs. The alarm is raised, stored and published in one step.
+    hal.delivered = False
+    hal.alarms = 0
+    gc.collect()
+    base = gc.mem_alloc()
+    peak = base
+    hal.held = True
+    start = time.ticks_ms()
+    while not hal.delivered:
+        if hal.alarms:
+            hal.held = False
+        gc.collect()
+        gc.disable()
+        dev.step()
+        peak = max(peak, gc.mem_alloc())
+        gc.enable()
+        if time.ticks_diff(time.ticks_ms(), start) > 10000:
+            raise SystemExit("timed out")
+    report("send_peak_over_resident", peak - base)
+    report("peak_during_send", peak - floor)
+    gc.collect()
+    report("after_send", gc.mem_alloc() - floor)
+
+    # Steady state: how much garbage the idle loop makes per second (GC pressure).
+    gc.collect()
+    gc.disable()
+    idle_start = gc.mem_alloc()
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < 1000:
+        dev.step()
+    report("idle_garbage_per_s", gc.mem_alloc() - idle_start)
+    gc.enable()
+    dev.mqtt.disconnect()
+    print("DONE", len(image) if image else 0)
+
+
+main()

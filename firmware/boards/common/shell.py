@@ -1,0 +1,244 @@
+# Board code shared by the ESP32 and Pico W shells: pins in and out, Wi-Fi that keeps reconnecting,
+# NTP, the hardware watchdog, and the main loop with its crash handling. Only boards run it (it
+# imports machine and network); the tests compile it with mpy-cross and check every machine and
+# network name it uses against micropython-esp32-stubs. Board quirks live in boards/<board>/hal.py.
+import gc
+import os
+import sys
+import time
+
+import machine
+import network
+from machine import PWM, UART, WDT, Pin
+
+from siagafw.timing import Backoff, ticks_add, ticks_diff
+
+CONFIG_PATH = "/config.json"      # written by provisioning
+STATE_DIR = "/state"              # sequence counter and outbox
+CRASH_LOG = "/crash.txt"          # the last unexpected exception, overwritten each time
+# Before the watchdog starts, Ctrl-C on the USB serial console reaches the REPL (provisioning uses
+# it). The watchdog cannot be stopped once started (MicroPython machine.WDT docs), so after this
+# window an interrupted loop resets the board, which then offers the window again.
+BOOT_GRACE_MS = 3000
+NTP_EVERY_MS = 6 * 3600 * 1000    # the RTC drifts by seconds a day; alarms only carry whole seconds
+NTP_RETRY_MS = 60000
+WIFI_FIRST_MS = 15000             # an association takes a few seconds: do not interrupt one...
+WIFI_MAX_MS = 60000               # ...and retry at least once a minute
+BUZZER_PASSIVE_HZ = 2700          # near the resonance of common 12 mm piezo transducers
+# MicroPython's embedded ports count time either from 1970 or from 2000; gmtime(0) says which
+# (MicroPython time module docs, "Time Epoch").
+EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+
+class WifiLink:
+    """Station mode that reconnects by itself, with backoff; up() never blocks."""
+
+    def __init__(self, ssid, password, power_save=False):
+        self.ssid = ssid
+        self.password = password
+        self.wlan = network.WLAN(network.STA_IF)
+        self.wlan.active(True)
+        self.configure(power_save)
+        self._backoff = Backoff(WIFI_FIRST_MS, WIFI_MAX_MS)
+        self._next_try = time.ticks_ms()
+        self._was_up = False
+
+    def configure(self, power_save):
+        """Board-specific radio settings (overridden per board)."""
+
+    def up(self):
+        if self.wlan.isconnected():
+            if not self._was_up:
+                self._was_up = True
+                self._backoff.reset()
+            return True
+        self._was_up = False
+        now = time.ticks_ms()
+        if ticks_diff(now, self._next_try) >= 0:
+            self._next_try = ticks_add(now, self._backoff.next_ms())
+            try:
+                # A connect() while the station is still connecting fails with "Wifi Internal
+                # Error" on the ESP32 (micropython/micropython#7139, #17661): disconnect first.
+                self.wlan.disconnect()
+                self.wlan.connect(self.ssid, self.password)
+            except OSError:
+                pass  # tried again at the next backoff step
+        return False
+
+    def rssi(self):
+        try:
+            return self.wlan.status("rssi") if self.wlan.isconnected() else None
+        except (OSError, ValueError):
+            return None
+
+
+class BoardHal:
+    """The HAL interface (siagafw/app.py) on real pins; subclasses add the board's quirks."""
+
+    WATCHDOG_MS = 8000
+    GPS_UART_ID = 1
+    wifi_class = WifiLink
+
+    def __init__(self, cfg, pins):
+        self._buttons = {}
+        for name in ("sos",) + tuple(cfg.get("types", ())):
+            # Buttons switch to GND with the internal pull-up (pins.py): pressed reads 0.
+            self._buttons[name] = Pin(pins[name], Pin.IN, Pin.PULL_UP)
+        self._tamper = Pin(pins["tamper"], Pin.IN, Pin.PULL_UP)
+        self._led = Pin(pins["led"], Pin.OUT, value=0)
+        self._status = Pin(pins["status_led"], Pin.OUT, value=0)
+        self._passive = cfg.get("buzzer", "active") == "passive"
+        if self._passive:
+            self._buzzer = PWM(Pin(pins["buzzer"]), freq=BUZZER_PASSIVE_HZ, duty_u16=0)
+        else:
+            self._buzzer = Pin(pins["buzzer"], Pin.OUT, value=0)
+        wifi = cfg.get("wifi", {})
+        self.wifi = self.wifi_class(wifi.get("ssid", ""), wifi.get("password", ""), wifi.get("power_save", False))
+        ntp = cfg.get("ntp", "pool.ntp.org")
+        self._ntp_host = ntp if ntp else None
+        self._ntp_at = time.ticks_ms()
+        self._gps = None
+        gps = cfg.get("gps")
+        if gps:
+            self._gps = UART(self.GPS_UART_ID, baudrate=gps.get("baud", 9600), tx=Pin(pins["gps_tx"]),
+                             rx=Pin(pins["gps_rx"]), rxbuf=512)
+        self.ssl_wrap = None
+        tls = cfg["mqtt"].get("tls")
+        if tls:
+            from siagafw.tls import make_ssl_wrap
+
+            self.ssl_wrap = make_ssl_wrap(tls["ca"], tls.get("server_hostname", cfg["mqtt"]["host"]))
+        self._wdt = None
+
+    def start_watchdog(self, timeout_ms=None):
+        self._wdt = WDT(timeout=timeout_ms or self.WATCHDOG_MS)
+
+    # ---- the HAL interface
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def sleep_ms(self, ms):
+        time.sleep_ms(ms)
+
+    def time(self):
+        return time.time() + EPOCH_OFFSET_S  # the core ignores it until NTP has set the clock
+
+    def pressed(self, name):
+        pin = self._buttons.get(name)
+        return pin is not None and pin.value() == 0
+
+    def tamper(self):
+        return self._tamper.value() == 1  # the switch is closed (0) while the lid is on
+
+    def battery_mv(self):
+        return None  # boards with a divider override this
+
+    def rssi(self):
+        return self.wifi.rssi()
+
+    def network_up(self):
+        up = self.wifi.up()
+        if up and self._ntp_host and ticks_diff(time.ticks_ms(), self._ntp_at) >= 0:
+            self._sync_clock()
+        return up
+
+    def _sync_clock(self):
+        import ntptime
+
+        ntptime.host = self._ntp_host
+        self.feed_watchdog()
+        try:
+            ntptime.settime()  # blocks for at most ntptime.timeout (1 s)
+            self._ntp_at = ticks_add(time.ticks_ms(), NTP_EVERY_MS)
+        except (OSError, OverflowError):
+            self._ntp_at = ticks_add(time.ticks_ms(), NTP_RETRY_MS)
+        self.feed_watchdog()
+
+    def gps_read(self):
+        if self._gps is None or not self._gps.any():
+            return None
+        return self._gps.read(128)
+
+    def indicate(self, state):
+        print("IND", state)
+
+    def output(self, led, buzzer, status):
+        self._led.value(1 if led else 0)
+        self._status.value(1 if status else 0)
+        if self._passive:
+            self._buzzer.duty_u16(32768 if buzzer else 0)  # 50 % duty: loudest square wave
+        else:
+            self._buzzer.value(1 if buzzer else 0)
+
+    def event(self, name, detail):
+        print("EVT", name, detail)  # the USB serial console: technicians and provisioning read it
+
+    def feed_watchdog(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+
+def _fault_blink(led_pin, seconds):
+    """No usable config: blink the fault pattern and wait for a technician (no watchdog yet)."""
+    led = Pin(led_pin, Pin.OUT)
+    for _ in range(seconds * 2):
+        led.value(1)
+        time.sleep_ms(100)
+        led.value(0)
+        time.sleep_ms(400)
+
+
+def _load_config():
+    from siagafw.config import load_config
+
+    with open(CONFIG_PATH) as f:
+        return load_config(f.read())
+
+
+def _forget(package, name):
+    """Drop a module that is needed once (the config checker) so the GC can reclaim its code."""
+    sys.modules.pop(package + "." + name, None)
+    parent = sys.modules.get(package)
+    if parent is not None and name in dir(parent):
+        delattr(parent, name)
+
+
+def run(hal_class, pins):
+    """The board's main loop: load the config, start the watchdog, step the core for ever."""
+    time.sleep_ms(BOOT_GRACE_MS)
+    try:
+        cfg = _load_config()
+    except (OSError, ValueError) as exc:
+        print("EVT fault config", exc)
+        _fault_blink(pins["led"], 60)
+        machine.reset()
+    _forget("siagafw", "config")
+    gc.collect()
+    from siagafw.app import FIRMWARE_VERSION, Device
+
+    gc.collect()
+    try:
+        os.mkdir(STATE_DIR)
+    except OSError:
+        pass  # exists
+    hal = hal_class(cfg, pins)
+    gc.collect()
+    dev = Device(hal, cfg, STATE_DIR)
+    gc.collect()
+    hal.start_watchdog(cfg.get("watchdog_ms"))
+    hal.event("boot", "dev=%s next_seq=%d fw=%s reset_cause=%d free=%d" % (
+        cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION, machine.reset_cause(), gc.mem_free()))
+    try:
+        while True:
+            dev.step()
+    except KeyboardInterrupt:
+        raise  # a technician on the console; the watchdog resets the board if nobody takes over
+    except Exception as exc:  # noqa: BLE001 - anything unexpected: record it, then start afresh
+        try:
+            with open(CRASH_LOG, "w") as f:
+                sys.print_exception(exc, f)
+        except OSError:
+            pass
+        sys.print_exception(exc)
+        # The outbox is on flash, so a reset loses nothing that was pressed.
+        machine.reset()
