@@ -171,6 +171,27 @@ def broker_remove_user(password_file: str, user: str) -> None:
     click.echo(f"removed {user} from {password_file}; reload Mosquitto (SIGHUP) to apply")
 
 
+@main.group()
+def agent() -> None:
+    """The Raspberry Pi agent: a button on a full Raspberry Pi (gpiozero)."""
+
+
+@agent.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="the device config written by provisioning (siaga.json)")
+@click.option("--state", "state_dir", default="/var/lib/siaga-agent", show_default=True,
+              type=click.Path(file_okay=False), help="where the outbox and sequence counter live")
+@_friendly
+def agent_run(config_path: str, state_dir: str) -> None:
+    """Run the agent until SIGINT or SIGTERM."""
+    from .devices import agent as pi_agent
+
+    try:
+        pi_agent.run(config_path, state_dir)
+    except ValueError as exc:  # the config checker's message says which key and what to write
+        raise ConfigError(f"{config_path}: {exc}") from None
+
+
 @main.command()
 @click.option("--buttons", default=3, show_default=True, help="How many virtual buttons.")
 @click.option("--presses", default=1, show_default=True, help="Presses before waiting for Ctrl-C.")
@@ -195,9 +216,111 @@ def _not_yet(name: str, issue: int, what: str) -> None:
         sys.exit(2)
 
 
-_not_yet("provision", 5, "Provision a board over USB serial")
-_not_yet("devices", 5, "Fleet commands: list, show, revoke, rotate-key, decommission")
 _not_yet("simulate", 7, "Run a fleet of virtual buttons")
+
+
+# -- provisioning (docs/technician.md); the work is in siaga.provisioning.commands ---------------------
+
+def _provisioning_config(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--config", "config", type=click.Path(dir_okay=False), envvar="SIAGA_PROVISION_CONFIG",
+                        help="Provisioning TOML file [env SIAGA_PROVISION_CONFIG; default siaga-provision.toml].")(fn)
+
+
+def _run(name: str, opts: dict[str, Any], quiet: bool = False) -> None:
+    from .provisioning.commands import dispatch
+
+    sys.exit(dispatch(name, opts, verbose=_State.verbose, quiet=quiet))
+
+
+@main.command()
+@_provisioning_config
+@click.option("--port", help="Serial port of the board, e.g. /dev/ttyUSB0 (default: the one USB board found).")
+@click.option("--list-ports", is_flag=True, help="List the serial ports and exit.")
+@click.option("--id", "device_id", help="Device id, e.g. jkt-gambir-0001 (or a pre-staged id).")
+@click.option("--id-prefix", help="Number the device after this prefix, e.g. jkt-gambir -> jkt-gambir-0007.")
+@click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".')
+@click.option("--lat", help="Latitude in decimal degrees (south negative).")
+@click.option("--lon", help="Longitude in decimal degrees.")
+@click.option("--address", help="Street address, e.g. \"Jl. Medan Merdeka Barat 12\".")
+@click.option("--area", help="Administrative-area code (kelurahan/kecamatan), e.g. 31.71.01.1001.")
+@click.option("--site", help="Site name: buttons of one site report one incident.")
+@click.option("--notes", help="Install notes (kept in the install log).")
+@click.option("--kind", help="What the SOS button reports: general, medical, fire, crime, disaster.")
+@click.option("--types", help="Fitted emergency-type buttons, e.g. medical,fire.")
+@click.option("--wifi-ssid", help="Wi-Fi network (default: [wifi] of the config).")
+@click.option("--wifi-password-file", type=click.Path(dir_okay=False), help="File holding the Wi-Fi password.")
+@click.option("--wifi-password-env", help="Environment variable holding the Wi-Fi password.")
+@click.option("--board", type=click.Choice(["esp32", "picow", "unix"]), help="Board type (default: detected).")
+@click.option("--no-self-test", is_flag=True, help="Skip the round-trip self-test.")
+@click.option("--no-mpy", is_flag=True, help="Send source files instead of compiled .mpy.")
+@click.option("--force", is_flag=True, help="Provision a board that already has an identity as a new device.")
+@click.option("--label", type=click.Path(dir_okay=False), help="Where to write the label (.png or .pdf).")
+@click.option("--batch", type=click.Path(dir_okay=False), help="Pre-stage the devices of a CSV file (no board).")
+@click.option("--quiet", "-q", is_flag=True, help="Only the result and errors.")
+def provision(quiet: bool, **opts: Any) -> None:
+    """Provision a board over USB serial: identity, registration, firmware, config, self-test, label."""
+    _run("provision", opts, quiet)
+
+
+@main.group()
+def devices() -> None:
+    """Fleet commands: list, show, revoke, rotate-key, decommission, export."""
+
+
+@devices.command("list")
+@_provisioning_config
+@click.option("--format", "format", type=click.Choice(["table", "csv", "geojson", "json"]), default="table",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+def devices_list(**opts: Any) -> None:
+    """Every device: status, last seen, battery, firmware, location."""
+    _run("devices list", opts)
+
+
+@devices.command("show")
+@_provisioning_config
+@click.argument("device_id")
+def devices_show(**opts: Any) -> None:
+    """One device, its latest alarms and its install log."""
+    _run("devices show", opts)
+
+
+@devices.command("revoke")
+@_provisioning_config
+@click.argument("device_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def devices_revoke(**opts: Any) -> None:
+    """Revoke a device at the gateway and the broker, effective at once."""
+    _run("devices revoke", opts)
+
+
+@devices.command("rotate-key")
+@_provisioning_config
+@click.argument("device_id")
+@click.option("--port", help="The board's serial port: write the new key now (else it waits as pending).")
+@click.option("--no-self-test", is_flag=True, help="Skip the self-test after writing the new key.")
+def devices_rotate_key(**opts: Any) -> None:
+    """Give a device a new secret: written to the board now, or pending until it is."""
+    _run("devices rotate-key", opts)
+
+
+@devices.command("decommission")
+@_provisioning_config
+@click.argument("device_id")
+@click.option("--port", help="Also remove the config and state from the board on this port.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def devices_decommission(**opts: Any) -> None:
+    """Retire a device for good (its history stays at the gateway)."""
+    _run("devices decommission", opts)
+
+
+@devices.command("export")
+@_provisioning_config
+@click.option("--format", "format", type=click.Choice(["csv", "geojson"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+def devices_export(**opts: Any) -> None:
+    """Export the fleet as CSV or GeoJSON (a map layer)."""
+    _run("devices export", opts)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ class Device:
 
             self.gps = GpsReader(gps.get("max_age_s", 120) * 1000)
         self.heartbeat_s = cfg.get("heartbeat_s", 60)
+        # How long one step waits for the network. A board's loop paces itself with it; a host
+        # running many devices from one scheduler (the fleet simulator) sets 0 and paces the rounds.
+        self.loop_ms = cfg.get("loop_ms", LOOP_MS)
         self.battery_low_mv = cfg.get("battery_low_mv", BATTERY_LOW_MV)
         self.test_mode_max_ms = cfg.get("test_mode_max_s", TEST_MODE_MAX_MS // 1000) * 1000
         r = cfg.get("retry", {})
@@ -360,9 +363,9 @@ class Device:
         if self.mqtt.connected():
             try:
                 self._send_due(now)
-                self.mqtt.poll(LOOP_MS)
+                self.mqtt.poll(self.loop_ms)
             except OSError as exc:
                 self._drop_link(now, str(exc))
-        else:
-            self.hal.sleep_ms(LOOP_MS)
+        elif self.loop_ms:
+            self.hal.sleep_ms(self.loop_ms)
         self._display(self.hal.ticks_ms())

@@ -1,0 +1,111 @@
+"""The Raspberry Pi agent with gpiozero's mock pins (the only mock: no GPIO here), against real
+Mosquitto, the real gateway and the reference command center: a long press on the SOS pin sends one
+alarm, a short one nothing, and the ring light follows the acknowledgement states."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from siaga.devices.agent import Agent, GpioHal
+from siaga.devices.pins import PINS
+from tests.support.firmware import device_config
+from tests.support.system import System
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
+
+
+def wait(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s} s")
+        time.sleep(0.02)
+    return value
+
+
+def incidents(system: System) -> list[dict]:
+    return httpx.get(f"{system.cc.url}/api/v1/incidents", headers=system.cc.operator_headers(), timeout=5).json()
+
+
+def test_pi_agent_long_press_sends_one_alarm_and_led_follows_the_acks(system: System, tmp_path: Path) -> None:
+    creds = system.new_device("pi-0001")
+    factory = MockFactory()
+    hal = GpioHal(pin_factory=factory, network_up=lambda: True)
+    factory.pin(PINS["tamper"]).drive_low()            # lid closed (after the pull-up is set up)
+    cfg = device_config(creds.device_id, creds.secret_hex, system.broker.port, creds.mqtt_password,
+                        button={"long_ms": 600, "cancel_ms": 0, "debounce_ms": 30})
+    agent = Agent(cfg, tmp_path / "state", hal).start()
+    sos, led = factory.pin(PINS["sos"]), factory.pin(PINS["led"])
+    try:
+        wait(lambda: hal.shown == "idle", what="agent connected")
+
+        sos.drive_low()                                 # a brush against the button
+        time.sleep(0.2)
+        sos.drive_high()
+        time.sleep(1.0)
+        assert incidents(system) == []
+
+        sos.drive_low()                                 # held well past the 600 ms long press
+        time.sleep(1.0)
+        sos.drive_high()
+        wait(lambda: hal.shown == "received", what="received ack")
+        found = wait(lambda: [i for i in incidents(system) if i["device_id"] == "pi-0001"], what="incident")
+        assert len(found) == 1
+        assert found[0]["press_count"] == 1
+
+        resp = httpx.post(f"{system.cc.url}/api/v1/incidents/{found[0]['id']}/acknowledge",
+                          headers=system.cc.operator_headers(), timeout=5)
+        assert resp.status_code == 200, resp.text
+        wait(lambda: hal.shown == "acknowledged", what="acknowledged ack")
+        # "Help is coming" is the ring light steady on (firmware/lib/siagafw/indicator.py).
+        samples = []
+        for _ in range(30):
+            samples.append(led.state)
+            time.sleep(0.05)
+        assert all(s == 1 for s in samples[5:]), samples
+
+        resp = httpx.post(f"{system.cc.url}/api/v1/incidents/{found[0]['id']}/resolve",
+                          headers=system.cc.operator_headers(), timeout=5)
+        assert resp.status_code == 200, resp.text
+        wait(lambda: hal.shown == "resolved", what="resolved ack")
+    finally:
+        agent.stop()
+    assert len(incidents(system)) == 1
+
+
+def test_agent_command_runs_as_a_service_would_and_stops_on_sigterm(system: System, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    creds = system.new_device("pi-0002")
+    config = tmp_path / "siaga.json"
+    config.write_text(json.dumps(device_config(creds.device_id, creds.secret_hex, system.broker.port,
+                                               creds.mqtt_password)))
+    proc = subprocess.Popen([sys.executable, "-m", "siaga.cli", "agent", "run", "--config", str(config),
+                             "--state", str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    try:
+        def seen() -> bool:
+            device = httpx.get(f"{system.gateway.url}/api/v1/devices/pi-0002", headers=system.gateway.admin_headers,
+                               timeout=5).json()
+            return device["last_seen_ms"] is not None and device["firmware"] is not None
+        wait(seen, timeout_s=15, what="first heartbeat from the agent")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode()
+        proc.stdout.close()
+    assert "Traceback" not in output, output
+    assert creds.secret_hex not in output
