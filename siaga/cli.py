@@ -208,15 +208,21 @@ def demo(buttons: int, presses: int, exit_after: bool, broker: str) -> None:
     sys.exit(run_demo(buttons=buttons, presses=presses, exit_after=exit_after, broker=broker))
 
 
-def _not_yet(name: str, issue: int, what: str) -> None:
-    @main.command(name, help=f"{what} (not available yet).", context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def _cmd(args: tuple[str, ...]) -> None:
-        click.echo(f"siaga {name}: not available in this version yet (tracked in issue {issue}).", err=True)
-        sys.exit(2)
+@main.command()
+@click.option("--buttons", default=50, show_default=True, help="How many virtual buttons.")
+@click.option("--scenario", type=click.Choice(["quiet-day", "disaster", "power-cut"]), default="disaster",
+              show_default=True)
+@click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True)
+@click.option("--seed", default=1, show_default=True, help="Random seed of the scenario.")
+@_friendly
+def simulate(buttons: int, scenario: str, broker: str, seed: int) -> None:
+    """Run a fleet of virtual buttons through a scenario on a whole local system and account for
+    every alarm (exit status 0 when each reached the command center exactly once)."""
+    from .simulate import run_simulation
 
-
-_not_yet("simulate", 7, "Run a fleet of virtual buttons")
+    if not _State.verbose:
+        logs.quiet()
+    sys.exit(run_simulation(buttons=buttons, scenario=scenario, broker=broker, seed=seed))
 
 
 # -- provisioning (docs/technician.md); the work is in siaga.provisioning.commands ---------------------
@@ -229,6 +235,8 @@ def _provisioning_config(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run(name: str, opts: dict[str, Any], quiet: bool = False) -> None:
     from .provisioning.commands import dispatch
 
+    if not _State.verbose:
+        logs.quiet()  # the steps are narrated; library INFO lines would only interleave with them
     sys.exit(dispatch(name, opts, verbose=_State.verbose, quiet=quiet))
 
 

@@ -62,7 +62,8 @@ def test_missing_gateway_config_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_commands_of_later_issues_say_so(tmp_path: Path) -> None:
-    done = siaga("provision", "--port", "/dev/ttyUSB0")
-    assert done.returncode == 2
-    assert "not available in this version yet" in done.stderr
+def test_simulate_accounts_for_every_alarm(tmp_path: Path) -> None:
+    done = siaga("simulate", "--buttons", "10", "--scenario", "disaster", "--broker", "embedded")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every alarm accounted for, exactly once" in done.stdout
+    assert "10 buttons connected" in done.stdout

@@ -76,9 +76,9 @@ def test_demo_round_trip_then_clean_exit_on_ctrl_c() -> None:
 def test_demo_without_mosquitto_uses_the_embedded_broker(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """`make demo` on a machine where Mosquitto is not installed: `auto` picks the embedded broker."""
-    from siaga import demo
+    from siaga import demo, stack
 
-    monkeypatch.setattr(demo, "mosquitto_available", lambda: False)
+    monkeypatch.setattr(stack, "mosquitto_available", lambda: False)
     assert demo.run_demo(buttons=1, presses=1, exit_after=True, broker="auto") == 0
     out = capsys.readouterr().out
     assert "embedded demo broker" in out

@@ -1,0 +1,105 @@
+"""The fleet simulator against real Mosquitto, the gateway and the command center: in the disaster
+scenario 500 buttons (each running the firmware core) are pressed within seconds, many of them
+repeatedly, and every press is accounted for at the command center exactly once."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from siaga.devices.fleet import Fleet, disaster, power_cut
+from siaga.devices.sites import fleet_sites
+from tests.support.firmware import device_config
+from tests.support.system import System
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
+
+
+def make_fleet(system: System, n: int, tmp_path: Path, prefix: str = "") -> Fleet:
+    configs = []
+    for site in fleet_sites(n):
+        device_id = prefix + site.device_id
+        creds = system.new_device(device_id, reload=False)
+        configs.append(device_config(device_id, creds.secret_hex, system.broker.port, creds.mqtt_password,
+                                     loc=site.location(), heartbeat_s=60,
+                                     button={"long_ms": 1500, "cancel_ms": 0, "debounce_ms": 30}))
+    system.broker.reload()
+    return Fleet(configs, tmp_path / "fleet")
+
+
+def wait_connected(fleet: Fleet, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while fleet.shown()["idle"] < len(fleet.devices):
+        assert time.monotonic() < deadline, fleet.shown()
+        time.sleep(0.2)
+
+
+def cc_events(system: System) -> list[tuple[str, int]]:
+    db = sqlite3.connect(system.cc.db_path)
+    try:
+        return [(r[0], r[1]) for r in db.execute("SELECT device_id, seq FROM alarms ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_disaster_with_500_buttons_every_press_arrives_exactly_once(system: System, tmp_path: Path) -> None:
+    fleet = make_fleet(system, 500, tmp_path).start()
+    try:
+        wait_connected(fleet)
+        plan = disaster(fleet, random.Random(11))
+        fleet.wait_settled(plan.duration_s + 30)
+        deadline = time.monotonic() + 60
+        while fleet.undelivered() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fleet.undelivered() == {}
+        raised = fleet.raised()
+        presses = sum(entry.presses for entry in fleet.log.values())
+        assert sum(len(v) for v in raised.values()) == presses   # one alarm per long press, none lost
+        assert len(raised) == 400                                # 80 % of the buttons
+        assert presses > 500                                     # many pressed more than once
+
+        want = sorted((d, s) for d, seqs in raised.items() for s in seqs)
+        deadline = time.monotonic() + 60
+        while len(got := cc_events(system)) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(got) == len(set(got)), "an alarm reached the command center twice"
+        assert sorted(got) == want
+        # Repeated presses of one button are updates of one incident, not new incidents.
+        incidents = httpx.get(f"{system.cc.url}/api/v1/incidents?limit=1000", headers=system.cc.operator_headers(),
+                              timeout=10).json()
+        assert len(incidents) == len(raised)
+        assert sum(i["press_count"] for i in incidents) == presses
+    finally:
+        fleet.stop()
+
+
+def test_power_cut_takes_buttons_offline_together_and_back(system: System, tmp_path: Path) -> None:
+    fleet = make_fleet(system, 20, tmp_path, prefix="pc-").start()
+    try:
+        wait_connected(fleet)
+        plan = power_cut(fleet, random.Random(3), share=0.5, out_s=8.0)
+        cut = [d for d, hal in fleet.hals.items()]
+
+        def offline() -> set[str]:
+            devices = httpx.get(f"{system.gateway.url}/api/v1/devices", headers=system.gateway.admin_headers,
+                                timeout=5).json()
+            return {d["id"] for d in devices if "offline" in d["faults"]}
+
+        deadline = time.monotonic() + 8
+        while len(offline()) < 10:
+            assert time.monotonic() < deadline, offline()
+            time.sleep(0.2)
+        assert len(offline()) == 10                    # the last wills arrived: half the fleet is down
+        assert offline() <= set(cut)
+        time.sleep(plan.duration_s - 12)
+        deadline = time.monotonic() + 20
+        while offline():
+            assert time.monotonic() < deadline, offline()
+            time.sleep(0.2)
+    finally:
+        fleet.stop()
