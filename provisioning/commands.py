@@ -1,0 +1,166 @@
+"""The technician's commands as a dispatch table: each entry takes the parsed options and returns
+an exit code. `dispatch` turns every ProvisionError into its message, hint and exit code (see
+errors.py); a traceback is shown only with --verbose. siaga/cli.py maps the click options here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from siaga.settings import ConfigError
+
+from . import batch, fleet, validate
+from .board import list_ports
+from .devconfig import DeviceOptions
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ProvisionError, UsageError
+from .provision import Request, provision
+from .settings import Settings, Wifi, load
+from .ui import Ui
+
+CONFIG_ENV = "SIAGA_PROVISION_CONFIG"
+DEFAULT_CONFIG = "siaga-provision.toml"
+
+
+def _settings(opts: dict[str, Any]) -> Settings:
+    return load(opts.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def _wifi(opts: dict[str, Any], settings: Settings) -> Wifi | None:
+    ssid = opts.get("wifi_ssid")
+    if not ssid:
+        return None
+    if opts.get("wifi_password_file"):
+        try:
+            password = Path(opts["wifi_password_file"]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the Wi-Fi password file: {exc.strerror}") from None
+    elif opts.get("wifi_password_env"):
+        password = os.environ.get(opts["wifi_password_env"], "")
+    elif settings.wifi is not None and settings.wifi.ssid == ssid:
+        password = settings.wifi.password
+    elif sys.stdin.isatty():
+        password = click.prompt(f"Wi-Fi password for {ssid!r} (empty for an open network)", hide_input=True,
+                                default="", show_default=False)
+    else:
+        raise UsageError(f"no password for Wi-Fi {ssid!r}", "give --wifi-password-file or --wifi-password-env "
+                                                             "(a password is never a command-line argument)")
+    power_save = settings.wifi.power_save if settings.wifi is not None else False
+    return Wifi(validate.wifi_ssid(ssid), validate.wifi_password(password), power_save)
+
+
+def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
+    if opts.get("list_ports"):
+        ports = list_ports()
+        for device, desc, known in ports:
+            ui.say(f"{device:20} {desc}{'  <- looks like a board' if known else ''}")
+        if not ports:
+            ui.say("no serial ports found")
+        return EXIT_OK
+    settings = _settings(opts)
+    if opts.get("batch"):
+        staged = batch.stage(settings, Path(opts["batch"]), validate.id_prefix(opts["id_prefix"]) if
+                             opts.get("id_prefix") else None, ui)
+        for dev in staged:
+            ui.say(f"{dev.device_id}  {dev.location.degrees()}  {dev.location.address}  {dev.location.area}")
+        return EXIT_OK
+    device_id = validate.device_id(opts["device_id"]) if opts.get("device_id") else None
+    given_location = any(opts.get(k) for k in ("latlon", "lat", "lon", "address", "area"))
+    location = None
+    if given_location or device_id is None:
+        location = validate.location(lat=opts.get("lat"), lon=opts.get("lon"), latlon_text=opts.get("latlon"),
+                                     address_text=opts.get("address"), area=opts.get("area"))
+    options = None
+    if any(opts.get(k) for k in ("kind", "types", "site", "notes")) or device_id is None or location is not None:
+        options = DeviceOptions(validate.kind(opts.get("kind") or settings.devices.kind),
+                                validate.type_buttons(opts["types"]) if opts.get("types") else settings.devices.types,
+                                validate.site(opts.get("site")), validate.notes(opts.get("notes")))
+    req = Request(port=opts.get("port"), device_id=device_id,
+                  id_prefix=validate.id_prefix(opts["id_prefix"]) if opts.get("id_prefix") else None,
+                  location=location, options=options, wifi=_wifi(opts, settings),
+                  self_test=not opts.get("no_self_test"), force=bool(opts.get("force")),
+                  board_type=opts.get("board"), label_path=Path(opts["label"]) if opts.get("label") else None,
+                  use_mpy=False if opts.get("no_mpy") else None)
+    provision(settings, req, ui)
+    return EXIT_OK
+
+
+def cmd_list(opts: dict[str, Any], ui: Ui) -> int:
+    fmt = fleet.check_format(opts.get("format") or "table", ("table", "csv", "geojson", "json"))
+    return fleet.list_devices(_settings(opts), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
+
+
+def cmd_export(opts: dict[str, Any], ui: Ui) -> int:
+    fmt = fleet.check_format(opts.get("format") or "csv", ("csv", "geojson"))
+    return fleet.list_devices(_settings(opts), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
+
+
+def cmd_show(opts: dict[str, Any], ui: Ui) -> int:
+    return fleet.show(_settings(opts), validate.device_id(opts["device_id"]), ui)
+
+
+def _confirm(opts: dict[str, Any], question: str) -> None:
+    if opts.get("yes") or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False):
+        raise UsageError("cancelled; nothing was changed")
+
+
+def cmd_revoke(opts: dict[str, Any], ui: Ui) -> int:
+    device_id = validate.device_id(opts["device_id"])
+    settings = _settings(opts)
+    _confirm(opts, f"Revoke {device_id}? It stops working at once.")
+    return fleet.revoke(settings, device_id, ui)
+
+
+def cmd_rotate_key(opts: dict[str, Any], ui: Ui) -> int:
+    return fleet.rotate_key(_settings(opts), validate.device_id(opts["device_id"]), opts.get("port"),
+                            not opts.get("no_self_test"), ui)
+
+
+def cmd_decommission(opts: dict[str, Any], ui: Ui) -> int:
+    device_id = validate.device_id(opts["device_id"])
+    settings = _settings(opts)
+    _confirm(opts, f"Decommission {device_id} for good? Its history is kept.")
+    return fleet.decommission(settings, device_id, opts.get("port"), ui)
+
+
+COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
+    "provision": cmd_provision,
+    "devices list": cmd_list,
+    "devices show": cmd_show,
+    "devices revoke": cmd_revoke,
+    "devices rotate-key": cmd_rotate_key,
+    "devices decommission": cmd_decommission,
+    "devices export": cmd_export,
+}
+
+
+def dispatch(name: str, opts: dict[str, Any], *, verbose: bool = False, quiet: bool = False) -> int:
+    ui = Ui(quiet=quiet)
+    try:
+        return COMMANDS[name](opts, ui)
+    except ProvisionError as exc:
+        if verbose:
+            raise
+        click.echo(click.style("error: ", fg="red", bold=True) + exc.message, err=True)
+        if exc.hint:
+            click.echo(f"  {exc.hint}", err=True)
+        return exc.exit_code
+    except ConfigError as exc:
+        if verbose:
+            raise
+        click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if verbose:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc}; run again with --verbose and report it", err=True)
+        return EXIT_INTERNAL

@@ -1,0 +1,105 @@
+"""The gateway's admin API (gateway/api.py), with every HTTP failure turned into a technician's
+message. The API never returns a secret; this client never logs one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from .errors import GatewayError, GatewayUnreachable
+from .validate import Location
+
+log = logging.getLogger(__name__)
+
+
+class GatewayClient:
+    def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise GatewayUnreachable(f"the gateway at {self.url} did not answer in time",
+                                     "check the laptop's network (VPN, hotspot) and the [gateway] url") from None
+        except httpx.HTTPError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise GatewayUnreachable(f"cannot reach the gateway at {self.url} ({reason})",
+                                     "check the laptop's network (VPN, hotspot) and the [gateway] url in the "
+                                     "provisioning config") from None
+        if resp.status_code in ok:
+            return resp
+        detail = _detail(resp)
+        if resp.status_code == 401:
+            raise GatewayError(f"the gateway at {self.url} refused the admin token",
+                               "check [gateway] admin_token_file / admin_token_env in the provisioning config")
+        raise GatewayError(f"the gateway answered {resp.status_code} to {method} {path}: {detail}")
+
+    # ---------------------------------------------------------------- devices
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/devices").json()
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        resp = self._call("GET", f"/api/v1/devices/{device_id}", ok=(200, 404))
+        return None if resp.status_code == 404 else resp.json()
+
+    def require(self, device_id: str) -> dict[str, Any]:
+        found = self.device(device_id)
+        if found is None:
+            raise GatewayError(f"the gateway has no device {device_id}", "`siaga devices list` shows the devices")
+        return found
+
+    def register(self, device_id: str, secret_hex: str, location: Location, site: str | None) -> dict[str, Any]:
+        body = {"id": device_id, "secret_hex": secret_hex, "lat": location.lat, "lon": location.lon,
+                "address": location.address, "area": location.area, "site": site}
+        resp = self._call("POST", "/api/v1/devices", json=body, ok=(201, 409))
+        if resp.status_code == 409:
+            raise GatewayError(f"device {device_id} is already registered at the gateway",
+                               "choose another id, or leave --id out to get the next free number")
+        log.info("registered %s at %s", device_id, self.url)
+        return resp.json()
+
+    def revoke(self, device_id: str) -> bool:
+        return bool(self._call("POST", f"/api/v1/devices/{device_id}/revoke").json().get("changed"))
+
+    def rotate(self, device_id: str, secret_hex: str, mode: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/devices/{device_id}/rotate-key",
+                          json={"secret_hex": secret_hex, "mode": mode}).json()
+
+    def update(self, device_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PATCH", f"/api/v1/devices/{device_id}", json=fields).json()
+
+    def decommission(self, device_id: str) -> bool:
+        return bool(self._call("DELETE", f"/api/v1/devices/{device_id}").json().get("changed"))
+
+    # ---------------------------------------------------------------- alarms and audit
+
+    def alarms(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/alarms", params={"device_id": device_id, "limit": limit}).json()
+
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/audit", params={"limit": limit}).json()
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:300]
+    return str(body)[:200]

@@ -1,0 +1,258 @@
+"""`siaga provision`: a blank board on USB becomes a registered, located, tested button.
+
+Steps, cheapest and read-only first, so that most failures leave nothing to undo:
+
+1. board: open the port, enter the raw REPL, read MicroPython's version, platform and .mpy format;
+2. gateway: reachable with the admin token; pick the device id;
+3. Wi-Fi: the board joins the network with the credentials given (boards with a radio);
+4. firmware: sent to the board, only the files whose sha256 differs, as .mpy where possible;
+5. identity: broker login and gateway registration (or a pre-staged identity);
+6. config: written and verified; the firmware's state folder cleared for the new identity;
+7. reboot and self-test: test alarm stored at the gateway, its ack back on the board;
+8. label and install log.
+
+Steps 5-7 form one transaction (ui.Rollback): if any of them fails, the config is taken off the
+board, the gateway registration is decommissioned and the broker login removed, so no
+half-registered device remains.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import devconfig, label, selftest
+from .board import Board, BoardInfo, find_port
+from .brokerlogins import BrokerLogins
+from .devconfig import DeviceOptions, Identity
+from .errors import BoardError, UsageError
+from .firmware import (
+    CA_PATH,
+    CONFIG_PATH,
+    LIB_DIR,
+    STATE_DIR,
+    BoardProfile,
+    build_bundle,
+    firmware_dir,
+    plan_sync,
+    profile_for,
+)
+from .gateway import GatewayClient
+from .keystore import Keystore, StagedDevice
+from .settings import Settings, Wifi
+from .ui import Rollback, Ui
+from .validate import Location
+
+UNIX = "unix"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    port: str | None
+    device_id: str | None
+    id_prefix: str | None
+    location: Location | None          # None: the staged record's
+    options: DeviceOptions | None      # None: the staged record's, or the config's defaults
+    wifi: Wifi | None
+    self_test: bool = True
+    force: bool = False
+    board_type: str | None = None
+    label_path: Path | None = None
+    use_mpy: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    device_id: str
+    files_sent: int
+    files_total: int
+    bytes_sent: int
+    compiled: bool
+    selftest: selftest.SelfTestResult | None
+    seconds: float
+    label: Path
+
+
+def next_id(prefix: str, taken: set[str]) -> str:
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
+    numbers = [int(m.group(1)) for m in map(pattern.match, taken) if m]
+    return f"{prefix}-{max(numbers, default=0) + 1:04d}"
+
+
+def hold_seconds(settings: Settings) -> float:
+    """What the label tells residents: the long press plus half a second to spare, rounded up."""
+    long_ms = settings.devices.button.get("long_ms", 1500)
+    return float(max(2, -(-(long_ms + 500) // 1000)))
+
+
+def sync_firmware(board: Board, profile: BoardProfile, info: BoardInfo, settings: Settings, ui: Ui,
+                  use_mpy: bool | None = None) -> tuple[int, int, int, bool]:
+    """Send the firmware files that differ; returns (files sent, files in all, bytes sent, compiled)."""
+    fw_dir = settings.firmware_dir or firmware_dir()
+    bundle = build_bundle(profile, fw_dir, info.mpy_version, use_mpy=settings.use_mpy if use_mpy is None else use_mpy)
+    if bundle.note:
+        ui.warn(bundle.note)
+    on_board = board.hashes([f.path for f in bundle.files] + list(bundle.stale))
+    plan = plan_sync(bundle, on_board, board.listdir(LIB_DIR))
+    if info.free_bytes is not None and plan.bytes_to_send > info.free_bytes:
+        raise BoardError(f"the board has {info.free_bytes // 1024} KiB free, the firmware needs "
+                         f"{plan.bytes_to_send // 1024} KiB",
+                         "erase the board's filesystem and flash MicroPython again")
+    kind = ".mpy" if bundle.compiled else "source"
+    if not plan.send and not plan.remove:
+        ui.step(f"firmware {bundle.version}: up to date on the board ({len(bundle.files)} files, {kind})")
+        return 0, len(bundle.files), 0, bundle.compiled
+    board.makedirs(bundle.folders)
+    with ui.bar(plan.bytes_to_send, f"sending {len(plan.send)} files") as advance:
+        for f in plan.send:
+            board.write_file(f.path, f.data, advance)
+    board.remove(plan.remove)
+    ui.step(f"firmware {bundle.version}: sent {len(plan.send)} of {len(bundle.files)} files "
+            f"({plan.bytes_to_send / 1024:.1f} KiB, {kind}), {plan.unchanged} unchanged, {len(plan.remove)} removed")
+    return len(plan.send), len(bundle.files), plan.bytes_to_send, bundle.compiled
+
+
+def write_config(board: Board, cfg: dict, settings: Settings) -> None:
+    if settings.devices.ca_file is not None:
+        try:
+            ca = settings.devices.ca_file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the broker CA {settings.devices.ca_file}: {exc.strerror}") from None
+        board.write_file(CA_PATH, ca)
+    board.write_file(CONFIG_PATH, devconfig.render(cfg))
+
+
+def unconfigure(board: Board) -> None:
+    """Take the identity off the board (after a failed self-test, or at decommissioning)."""
+    if not board.repl.in_raw:
+        board.enter()
+    board.remove([CONFIG_PATH, CONFIG_PATH + ".part", CA_PATH])
+    board.wipe_folder(STATE_DIR)
+
+
+def provision(settings: Settings, req: Request, ui: Ui) -> Result:
+    keystore = Keystore(settings.state_dir)
+    logins = BrokerLogins(settings.broker)
+    if not logins.managed:
+        ui.warn("the provisioning config has no [broker] section: no broker login is made, and the broker "
+                "will not refuse this device after a revoke")
+    staged = keystore.staged(req.device_id) if req.device_id else None
+    location = req.location or (staged.location if staged else None)
+    if location is None:
+        raise UsageError("the location is missing",
+                         'give --latlon "-6.175392, 106.827153" (or --lat/--lon), --address and --area')
+    options = req.options or (DeviceOptions(staged.kind, staged.types, staged.site, staged.notes) if staged else
+                              DeviceOptions(settings.devices.kind, settings.devices.types))
+    wifi = req.wifi or settings.wifi
+
+    port_name = req.port or find_port()
+    ui.step(f"board on {port_name}: connecting")
+    board = Board.connect(port_name, settings.baud)
+    try:
+        info = board.detect()
+        profile = profile_for(info.platform, req.board_type)
+        free = f", {info.free_bytes // 1024} KiB free" if info.free_bytes is not None else ""
+        ui.step(f"board: MicroPython {info.version_text} on {profile.title} ({info.machine or info.platform}), "
+                f".mpy {info.mpy_version or 'unknown'}{free}")
+        if info.device_id and not req.force and info.device_id != (staged.device_id if staged else None):
+            raise UsageError(f"this board is already provisioned as {info.device_id}",
+                             f"to give it a new key: siaga devices rotate-key {info.device_id} --port {port_name}; "
+                             f"to make it a new device: run again with --force (then decommission {info.device_id})")
+        if profile.name != UNIX and wifi is None:
+            raise UsageError("no Wi-Fi network given", "give --wifi-ssid (the password is asked for), or set [wifi] "
+                                                       "in the provisioning config")
+        with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+            taken = {d["id"] for d in gw.devices()}
+            ui.step(f"gateway {settings.gateway_url}: reachable, {len(taken)} devices registered")
+            device_id = _choose_id(req, staged, taken, settings)
+            if wifi is not None and info.has_wifi:
+                joined = board.wifi_check(wifi.ssid, wifi.password, settings.wifi_timeout_s)
+                signal = f", {joined.rssi} dBm" if joined.rssi is not None else ""
+                ui.step(f"Wi-Fi {wifi.ssid!r}: joined in {joined.elapsed_ms / 1000:.1f} s{signal}")
+            elif wifi is not None:
+                ui.step("Wi-Fi: this board has no radio; check skipped")
+            sent, total, sent_bytes, compiled = sync_firmware(board, profile, info, settings, ui, req.use_mpy)
+            result = _register_and_test(board, gw, logins, keystore, settings, req, ui, device_id=device_id,
+                                        staged=staged, location=location, options=options, wifi=wifi,
+                                        profile=profile)
+        seconds = ui.elapsed()
+        label_path = req.label_path or keystore.label_path(device_id)
+        label.save(label_path, device_id, support=settings.support, organisation=settings.organisation,
+                   location=location, hold_s=hold_seconds(settings))
+        keystore.log("install", device_id, port=port_name, board=profile.name, micropython=info.version_text,
+                     board_uid=info.unique_id, location=location.device_loc(), site=options.site, notes=options.notes,
+                     files_sent=sent, selftest=None if result is None else {
+                         "seq": result.seq, "firmware": result.firmware, "total_s": round(result.total_s, 2),
+                         "acked_s": round(result.acked_s, 3)},
+                     seconds=round(seconds, 2))
+        if result is not None:
+            ui.step(f"PASSED: {device_id} works end to end; self-test passed {seconds:.1f} s after the start")
+        else:
+            ui.step(f"DONE without self-test: {device_id} is registered and written to the board")
+        ui.step(f"label: {label_path}")
+        return Result(device_id, sent, total, sent_bytes, compiled, result, seconds, label_path)
+    finally:
+        board.close()
+
+
+def _choose_id(req: Request, staged: StagedDevice | None, taken: set[str], settings: Settings) -> str:
+    if staged is not None:
+        if staged.device_id not in taken:
+            raise UsageError(f"{staged.device_id} is staged on this laptop but not registered at the gateway",
+                             f"stage it again (siaga provision --batch) or delete "
+                             f"{Keystore(settings.state_dir).keys / (staged.device_id + '.json')}")
+        return staged.device_id
+    if req.device_id:
+        if req.device_id in taken:
+            raise UsageError(f"device {req.device_id} is already registered at the gateway",
+                             "choose another id, or leave --id out to get the next free number")
+        return req.device_id
+    prefix = req.id_prefix or settings.devices.id_prefix
+    if not prefix:
+        raise UsageError("no device id given", "give --id jkt-gambir-0001, or --id-prefix jkt-gambir (or set [devices] "
+                                               "id_prefix) to number devices automatically")
+    return next_id(prefix, taken)
+
+
+def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, keystore: Keystore, settings: Settings,
+                       req: Request, ui: Ui, *, device_id: str, staged: StagedDevice | None, location: Location,
+                       options: DeviceOptions, wifi: Wifi | None,
+                       profile: BoardProfile) -> selftest.SelfTestResult | None:
+    identity = (Identity(staged.device_id, staged.secret_hex, staged.mqtt_password) if staged is not None
+                else Identity.new(device_id))
+    ca_path = CA_PATH if profile.name == UNIX else "/" + CA_PATH
+    cfg = devconfig.build(identity, location, settings.devices, options, wifi, ca_path=ca_path)  # checked first
+    with Rollback(ui) as tx:
+        if staged is not None:
+            if req.location is not None and req.location != staged.location:
+                gw.update(device_id, {"lat": location.lat, "lon": location.lon, "address": location.address,
+                                      "area": location.area})
+            ui.step(f"identity: {device_id} (pre-staged)")
+        else:
+            logins.set(device_id, identity.mqtt_password)
+            tx.add("broker login", lambda: (logins.remove(device_id), logins.reload()),
+                   f"siaga broker remove-user --passwd <password file> {device_id}")
+            logins.reload()
+            # Undo first: a registration whose answer is lost (a timeout) may still have happened.
+            tx.add("gateway registration", lambda: gw.device(device_id) is not None and gw.decommission(device_id),
+                   f"siaga devices decommission {device_id}")
+            gw.register(device_id, identity.secret_hex, location, options.site)
+            ui.step(f"identity: {device_id} registered at the gateway" +
+                    (" and the broker" if logins.managed else ""))
+        tx.add("config on the board", lambda: unconfigure(board))
+        write_config(board, cfg, settings)
+        board.wipe_folder(STATE_DIR)
+        board.makedirs([STATE_DIR])
+        ui.step(f"config: written to {CONFIG_PATH} and verified ({len(devconfig.render(cfg))} bytes)")
+        result = None
+        board.reboot()
+        ui.step("board: rebooting into the new firmware")
+        if req.self_test:
+            result = selftest.run(board, gw, device_id, broker=f"{settings.devices.broker_host}:"
+                                  f"{settings.devices.broker_port}", timeout_s=settings.selftest_timeout_s, ui=ui,
+                                  console_trigger=True, ask_technician=profile.name != UNIX)
+        tx.commit()
+    if staged is not None:
+        keystore.forget(device_id)  # the board has the secret now; this copy is no longer needed
+    return result

@@ -1,0 +1,308 @@
+"""The provisioning tool's pure parts: validators, the raw-REPL protocol values and conversation (on
+a scripted port), the firmware sync plan, the device config, CSV parsing, exports and the label."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from siaga.provisioning import batch, devconfig, fleet, label, validate
+from siaga.provisioning.board import BoardInfo
+from siaga.provisioning.errors import Invalid, NoBoardError, NoMicroPythonError, UsageError
+from siaga.provisioning.firmware import PROFILES, Bundle, FirmwareFile, build_bundle, firmware_dir, plan_sync
+from siaga.provisioning.rawrepl import ExecReply, RawPasteReply, RawRepl, find_banner
+from siaga.provisioning.settings import DeviceDefaults, Wifi
+from siagafw.config import load_config
+
+# ------------------------------------------------------------------------------------------ validators
+
+
+@pytest.mark.parametrize(("text", "e6"), [
+    ("-6.175392", -6175392),
+    ("-6,175392", -6175392),          # decimal comma
+    ("6.175392 S", -6175392),
+    ("S 6.175392", -6175392),
+    ("6°10'31.41\"S", -6175392),      # degrees, minutes, seconds
+    ("−6.1753925", -6175392),         # Unicode minus; rounded half to even at 1e-6
+    (-6.175392, -6175392),
+    ("0.0000005", 0),
+])
+def test_latitude_accepts_what_map_apps_show(text: object, e6: int) -> None:
+    assert validate.latitude(text) == e6
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("106.827153", "this looks like a longitude"),
+    ("-91", "between -90 and 90"),
+    ("abc", "decimal degrees as a map app shows them"),
+    ("-6.1 S", "either a minus sign or the letter S"),
+    ("nan", "decimal degrees"),
+    ("", "decimal degrees"),
+])
+def test_latitude_errors_say_what_to_type(text: str, hint: str) -> None:
+    with pytest.raises(Invalid) as info:
+        validate.latitude(text)
+    assert info.value.field == "latitude"
+    assert hint in info.value.hint
+
+
+def test_latlon_pair_as_copied_from_a_map() -> None:
+    assert validate.latlon("-6.175392, 106.827153") == (-6175392, 106827153)
+    assert validate.latlon("-6,175392; 106,827153") == (-6175392, 106827153)
+    assert validate.latlon("6.175392S 106.827153E") == (-6175392, 106827153)
+    with pytest.raises(Invalid, match="location"):
+        validate.latlon("-6.175392")
+
+
+def test_location_refuses_null_island_and_needs_an_address() -> None:
+    with pytest.raises(Invalid, match="0, 0"):
+        validate.location(latlon_text="0, 0", address_text="Jl. X", area="31.71.01.1001")
+    with pytest.raises(Invalid, match="address"):
+        validate.location(latlon_text="-6.1, 106.8", address_text="  ", area="31.71.01.1001")
+    loc = validate.location(lat="-6.1", lon="106.8", address_text="  Jl.  Satu \t 1 ", area="3171011001")
+    assert (loc.address, loc.area, loc.lat, loc.lon) == ("Jl. Satu 1", "31.71.01.1001", -6.1, 106.8)
+
+
+def test_address_is_limited_to_what_fits_a_frame() -> None:
+    validate.address("é" * 100)  # 200 bytes of UTF-8
+    with pytest.raises(Invalid, match="at most 200 bytes"):
+        validate.address("é" * 101)
+
+
+@pytest.mark.parametrize("good", ["jkt-gambir-0001", "JKT-GAMBIR-0001 ", "abc"])
+def test_device_id_normalised(good: str) -> None:
+    assert validate.device_id(good) == good.strip().lower()
+
+
+@pytest.mark.parametrize("bad", ["ab", "-abc", "jkt_gambir", "a" * 33, "siaga-gateway"])
+def test_device_id_refused(bad: str) -> None:
+    with pytest.raises(Invalid):
+        validate.device_id(bad)
+
+
+def test_types_kind_area_site_wifi() -> None:
+    assert validate.type_buttons("medical, fire") == ("medical", "fire")
+    with pytest.raises(Invalid, match="at most once"):
+        validate.type_buttons("fire,fire")
+    with pytest.raises(Invalid, match="medical, fire, crime, disaster"):
+        validate.type_buttons("police")
+    assert validate.kind("Medical") == "medical"
+    assert validate.area_code("317101") == "31.71.01"
+    with pytest.raises(Invalid):
+        validate.area_code("31 71")
+    assert validate.site("") is None
+    assert validate.wifi_password("") == ""
+    with pytest.raises(Invalid) as info:
+        validate.wifi_password("short")
+    assert "short" not in str(info.value)  # a password is never echoed
+
+
+# ------------------------------------------------------------------------------------------ raw REPL values
+
+
+def test_exec_reply_parses_output_and_traceback() -> None:
+    raw = b"2\r\n\x04Traceback (most recent call last):\r\n  File \"<stdin>\"\r\nOSError: 28\r\n\x04>"
+    assert ExecReply.complete_length(raw[:-1]) is None
+    assert ExecReply.complete_length(raw + b"rest") == len(raw)
+    reply = ExecReply.from_bytes(raw)
+    assert (reply.stdout, reply.ok, reply.exception) == ("2\n", False, "OSError: 28")
+    assert ExecReply.from_bytes(ExecReply("a\n", "").to_bytes()) == ExecReply("a\n", "")
+    with pytest.raises(ValueError, match="incomplete"):
+        ExecReply.from_bytes(b"2\x04")
+
+
+def test_raw_paste_reply() -> None:
+    assert RawPasteReply.from_bytes(b"R\x01\x80\x00") == RawPasteReply(True, 128)
+    assert RawPasteReply.from_bytes(b"R\x00") == RawPasteReply(False, 0)
+    assert RawPasteReply(True, 256).to_bytes() == b"R\x01\x00\x01"
+    with pytest.raises(ValueError, match="not a raw-paste reply"):
+        RawPasteReply.from_bytes(b"raw REPL")
+
+
+def test_banner_with_doubled_carriage_returns() -> None:
+    data = b">>> \r\r\nraw REPL; CTRL-B to exit\r\r\n>"
+    assert find_banner(data) == len(data)
+    assert find_banner(b"raw REPL; CTRL-B to exit\r\n") is None
+
+
+class ScriptedPort:
+    """A board that answers each write with prepared bytes (bellows-style: bytes in, bytes out)."""
+
+    def __init__(self, answers: dict[bytes, bytes], *, paste_window: int | None = 32) -> None:
+        self.answers = answers
+        self.paste_window = paste_window
+        self.timeout = 0.0
+        self.written = bytearray()
+        self.inbox = bytearray()
+        self.code = bytearray()
+        self.pasting = False
+        self.pasted_since_ack = 0
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.inbox)
+
+    def read(self, size: int = 1) -> bytes:
+        data = bytes(self.inbox[:size])
+        del self.inbox[:size]
+        return data
+
+    def write(self, data: bytes) -> int:
+        self.written += data
+        if self.pasting:
+            for byte in data:
+                if byte == 4:
+                    self.pasting = False
+                    self.inbox += b"\x04" + self.answers.get(bytes(self.code), b"\x04NameError\x04>")
+                    self.code.clear()
+                else:
+                    self.code.append(byte)
+                    self.pasted_since_ack += 1
+                    if self.paste_window and self.pasted_since_ack == self.paste_window:
+                        self.pasted_since_ack = 0
+                        self.inbox += b"\x01"
+            return len(data)
+        if data == b"\x05A\x01":
+            if self.paste_window:
+                self.pasting = True
+                self.pasted_since_ack = 0
+                self.inbox += b"R\x01" + struct.pack("<H", self.paste_window)
+            else:
+                self.inbox += b"R\x00"
+            return len(data)
+        if data.endswith(b"\x04") and not self.paste_window and self.code + data[:-1]:
+            code = bytes(self.code + data[:-1])
+            self.code.clear()
+            self.inbox += b"OK" + self.answers.get(code, b"\x04NameError\x04>")
+            return len(data)
+        if data in (b"\r\x03\x03", b"\x01", b"\x02") and data in self.answers:
+            self.inbox += self.answers[data]
+        elif not self.paste_window and data not in (b"\r\x03\x03", b"\x01"):
+            self.code += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+BANNER = {b"\x01": b"\r\nraw REPL; CTRL-B to exit\r\n>"}
+
+
+@pytest.mark.parametrize("window", [32, None], ids=["raw-paste", "standard"])
+def test_raw_repl_runs_code_with_flow_control(window: int | None) -> None:
+    code = "print(" + "1+" * 40 + "1)"  # longer than two windows
+    port = ScriptedPort({**BANNER, code.encode(): b"41\r\n\x04\x04>"}, paste_window=window)
+    repl = RawRepl(port)
+    repl.enter()
+    assert repl.run(code) == "41\n"
+    assert repl.run(code) == "41\n"  # the mode found on the first run is kept
+    assert port.written.count(b"\x05A\x01") == (2 if window else 1)
+
+
+def test_raw_repl_tells_silence_from_another_firmware() -> None:
+    with pytest.raises(NoBoardError, match="nothing answers"):
+        RawRepl(ScriptedPort({}), name="/dev/ttyUSB0").enter(attempts=1, timeout_s=0.05)
+    with pytest.raises(NoMicroPythonError, match="it sent: 'ERROR'"):
+        RawRepl(ScriptedPort({b"\x01": b"\r\nERROR\r\n"})).enter(attempts=1, timeout_s=0.05)
+
+
+# ------------------------------------------------------------------------------------------ firmware
+
+
+def test_board_info_names_the_mpy_version() -> None:
+    info = BoardInfo.from_json('{"impl": "micropython", "ver": [1, 29, 0], "platform": "esp32", "mpy": 2822}')
+    assert (info.mpy_version, info.version_text, info.device_id) == ("6.3", "1.29.0", None)
+    old = BoardInfo.from_json('{"impl": "micropython", "ver": [1, 19], "platform": "rp2", "mpy": 6}')
+    assert old.mpy_version == "6"
+
+
+def test_bundle_compiles_modules_but_not_entry_points() -> None:
+    bundle = build_bundle(PROFILES["esp32"], firmware_dir(), "6.3")
+    paths = {f.path for f in bundle.files}
+    assert {"boot.py", "main.py", "hal.mpy", "pins.mpy", "shell.mpy", "lib/siagafw/app.mpy"} <= paths
+    assert not any("manifest" in p for p in paths)  # the frozen-build manifest stays on the computer
+    assert all(f.data[:2] == b"M\x06" for f in bundle.files if f.path.endswith(".mpy"))
+    assert "lib/siagafw/app.py" in bundle.stale  # a stale source would shadow the .mpy
+    again = build_bundle(PROFILES["esp32"], firmware_dir(), "6.3")
+    assert [f.sha256 for f in again.files] == [f.sha256 for f in bundle.files]  # reproducible
+    source = build_bundle(PROFILES["picow"], firmware_dir(), "6.3", use_mpy=False)
+    assert not source.compiled and all(f.path.endswith(".py") for f in source.files)
+    unknown = build_bundle(PROFILES["picow"], firmware_dir(), "9.9")
+    assert not unknown.compiled and "cannot write .mpy version 9.9" in unknown.note
+
+
+def test_sync_plan_sends_only_what_differs_and_removes_shadows() -> None:
+    a, b = FirmwareFile("main.py", b"main", "x"), FirmwareFile("lib/siagafw/app.mpy", b"M\x06app", "y")
+    bundle = Bundle((a, b), ("main.mpy", "lib/siagafw/app.py"), True, "0.2.0")
+    plan = plan_sync(bundle, {"main.py": a.sha256, "lib/siagafw/app.mpy": "0" * 64, "lib/siagafw/app.py": "1" * 64,
+                              "main.mpy": None}, ["app.mpy", "app.py", "old.mpy", "notes.txt"])
+    assert [f.path for f in plan.send] == ["lib/siagafw/app.mpy"]
+    assert plan.remove == ("lib/siagafw/app.py", "lib/siagafw/old.mpy")
+    assert (plan.unchanged, plan.bytes_to_send) == (1, len(b.data))
+
+
+# ------------------------------------------------------------------------------------------ config, CSV, export, label
+
+
+def defaults(**kw: object) -> DeviceDefaults:
+    base: dict = {"broker_host": "mqtt.example", "broker_port": 8883, "ca_file": Path("ca.crt"),
+                  "server_hostname": None, "id_prefix": None, "kind": "general", "types": (), "heartbeat_s": 60,
+                  "button": {"long_ms": 1500}, "extra": {"buzzer": "passive"}}
+    base.update(kw)
+    return DeviceDefaults(**base)
+
+
+def test_device_config_passes_the_firmware_parser_and_hides_secrets() -> None:
+    ident = devconfig.Identity.new("jkt-gambir-0001")
+    loc = validate.location(latlon_text="-6.175392, 106.827153", address_text="Jl. Kebon Sirih 2 — Menteng",
+                            area="31.71.01.1001")
+    cfg = devconfig.build(ident, loc, defaults(), devconfig.DeviceOptions("general", ("fire",)),
+                          Wifi("Kelurahan", "password123"))
+    parsed = load_config(devconfig.render(cfg).decode())
+    assert parsed["mqtt"]["tls"] == {"ca": "ca.crt", "server_hostname": "mqtt.example"}
+    assert parsed["loc"]["addr"] == "Jl. Kebon Sirih 2 — Menteng" and parsed["buzzer"] == "passive"
+    assert devconfig.render(cfg).isascii()
+    assert ident.secret_hex not in repr(ident) and "password123" not in repr(Wifi("K", "password123"))
+    with pytest.raises(UsageError, match="refused by the firmware"):
+        devconfig.build(ident, loc, defaults(heartbeat_s=1), devconfig.DeviceOptions("general", ()), None)
+
+
+def test_csv_rows_without_ids_and_with_lat_lon_columns(tmp_path: Path) -> None:
+    class S:  # the parts of Settings the parser reads
+        devices = defaults(types=("medical",))
+
+    rows = batch.parse("\ufefflat,lon,address,area,types\n-6.1,106.8,Jl. A,31.71.01.1001,\n"
+                       "-6.2,106.9,Jl. B,31.71.01.1002,fire\n", S())  # type: ignore[arg-type]
+    assert [(r.device_id, r.location.lat_e6, r.options.types) for r in rows] == [
+        (None, -6100000, ("medical",)), (None, -6200000, ("fire",))]
+    with pytest.raises(UsageError, match="unknown CSV column"):
+        batch.parse("id,latitude\n", S())  # type: ignore[arg-type]
+
+
+def test_exports_csv_and_geojson() -> None:
+    devices = [{"id": "a-001", "lat": -6.1, "lon": 106.8, "address": "Jl. A, 1", "area": "31.71", "faults": ["tamper"],
+                "last_seen_ms": 1_700_000_000_000, "battery_mv": 3900, "rssi": -60, "firmware": "0.2.0",
+                "revoked": False, "decommissioned": False, "site": None, "key_pending": False, "created_ms": 0},
+               {"id": "b-002", "lat": None, "lon": None, "address": "", "area": "", "faults": [], "last_seen_ms": None,
+                "revoked": True, "decommissioned": False, "created_ms": 0}]
+    geo = json.loads(fleet.to_geojson(devices))
+    assert geo["features"][0]["geometry"]["coordinates"] == [106.8, -6.1]
+    assert geo["features"][1]["geometry"] is None and geo["features"][1]["properties"]["status"] == "revoked"
+    lines = fleet.to_csv(devices).splitlines()
+    assert lines[0].startswith("id,status,faults,last_seen") and '"Jl. A, 1"' in lines[1]
+    assert "online (tamper)" in fleet.to_table(devices)
+
+
+def test_label_is_a_printable_png_with_the_qr_payload(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = label.save(tmp_path / "l.png", "jkt-gambir-0001", support="Call 112",
+                      location=validate.Location(-6175392, 106827153, "Jl. X", "31.71.01.1001"))
+    with Image.open(path) as img:
+        assert img.size == (732, 1181) and img.info["dpi"][0] == pytest.approx(300, abs=0.01)
+    assert label.qr_payload("jkt-gambir-0001", "Call 112") == "Siaga jkt-gambir-0001\nSupport: Call 112"
+    pdf = label.save(tmp_path / "l.pdf", "jkt-gambir-0001", support="Call 112")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
