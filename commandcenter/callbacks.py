@@ -1,9 +1,11 @@
-"""Store-and-forward delivery of state reports to the gateway (protocol §7, command center -> gateway).
+"""Store-and-forward delivery from an outbox table: state reports to the gateway (protocol §7,
+command center -> gateway) and escalation events to the configured webhook.
 
-Operator actions put rows into the `callback_outbox` table in the same transaction as the state
-change. This sender POSTs each row until the gateway answers 2xx. A failed row is rescheduled with
-exponential backoff and full jitter, so one event the gateway keeps refusing does not hold up the
-others; reports of the same event go out in order (see Store.due_callbacks).
+Operator actions put rows into `callback_outbox` in the same transaction as the state change;
+escalations put rows into `webhook_outbox` in the same transaction as the escalation. One
+`OutboxSender` per table POSTs each row until the receiver answers 2xx. A failed row is rescheduled
+with exponential backoff and full jitter, so one row the receiver keeps refusing does not hold up the
+others; rows with the same key (alarm event, or incident) go out in order (see Store.due).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 
 from .config import CallbackSettings
 from .domain import utc_now
-from .store import OutboxRow, Store
+from .store import CALLBACK_OUTBOX, WEBHOOK_OUTBOX, Outbox, OutboxRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +37,25 @@ def backoff_delay(attempts: int, settings: CallbackSettings, rng: random.Random)
     return rng.uniform(0.0, ceiling)
 
 
-class CallbackSender:
+class OutboxSender:
     """Background task; `start()` in the app's lifespan, `notify()` after queueing, `stop()` at the end."""
 
     def __init__(
         self,
         store: Store,
+        outbox: Outbox,
         *,
-        gateway_url: str,
-        gateway_token: str,
+        url: str,
+        token: str | None,
         settings: CallbackSettings,
+        what: str,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
-        self._url = gateway_url.rstrip("/") + STATE_PATH
-        self._token = gateway_token
+        self._outbox = outbox
+        self._url = url
+        self._token = token
+        self._what = what  # for log lines: "state report", "webhook event"
         self._settings = settings
         self._rng = rng or random.SystemRandom()
         self._wake = asyncio.Event()
@@ -62,11 +68,11 @@ class CallbackSender:
             raise RuntimeError("callback sender already started")
         self._client = httpx.AsyncClient(
             timeout=self._settings.request_timeout_s,
-            headers={"Authorization": f"Bearer {self._token}"},
+            headers={"Authorization": f"Bearer {self._token}"} if self._token else {},
             follow_redirects=False,
         )
-        self._task = asyncio.create_task(self._run(), name="siaga-cc-callbacks")
-        log.info("sending state reports to %s", self._url)
+        self._task = asyncio.create_task(self._run(), name=f"siaga-cc-{self._outbox.table}")
+        log.info("sending %ss to %s", self._what, self._url)
 
     def notify(self) -> None:
         """New rows are in the outbox: look now instead of at the next poll."""
@@ -81,9 +87,9 @@ class CallbackSender:
             try:
                 await asyncio.wait_for(self._task, timeout=grace_s)
             except TimeoutError:
-                log.info("state-report sender stopped while requests were in flight")
+                log.info("%s sender stopped while requests were in flight", self._what)
             except Exception:
-                log.exception("state-report sender failed")
+                log.exception("%s sender failed", self._what)
             self._task = None
         if self._client is not None:
             await self._client.aclose()
@@ -95,17 +101,17 @@ class CallbackSender:
             # Clear before looking, so a notify() that arrives while we look is not lost.
             self._wake.clear()
             try:
-                rows = await self._store.due_callbacks(time.time(), self._settings.batch_size)
+                rows = await self._store.due(self._outbox, time.time(), self._settings.batch_size)
                 if rows:
                     await self._send_batch(rows)
                     failures = 0
                     continue
-                next_due = await self._store.next_callback_due()
+                next_due = await self._store.next_due(self._outbox)
                 failures = 0
             except Exception:
                 # A database problem must not end the sender for good; try again a little later.
                 failures += 1
-                log.exception("state-report sender: outbox access failed")
+                log.exception("%s sender: outbox access failed", self._what)
                 await self._sleep(backoff_delay(failures, self._settings, self._rng))
                 continue
             wait = self._settings.idle_poll_s
@@ -146,17 +152,56 @@ class CallbackSender:
             error = None if resp.is_success else f"HTTP {resp.status_code}"
         now = utc_now()
         if error is None:
-            await self._store.mark_delivered(row.id, now=now)
-            log.info("state report %d for %s delivered (attempt %d)", row.id, row.event_id, row.attempts + 1)
+            await self._store.mark_delivered(self._outbox, row.id, now=now)
+            log.info("%s %d for %s delivered (attempt %d)", self._what, row.id, row.key, row.attempts + 1)
             return
         attempts = row.attempts + 1
         delay = backoff_delay(attempts, self._settings, self._rng)
-        await self._store.mark_failed(row.id, now=now, next_attempt_at=time.time() + delay, error=error)
+        await self._store.mark_failed(self._outbox, row.id, now=now, next_attempt_at=time.time() + delay, error=error)
         log.warning(
-            "state report %d for %s failed (attempt %d: %s); next try in %.2f s",
+            "%s %d for %s failed (attempt %d: %s); next try in %.2f s",
+            self._what,
             row.id,
-            row.event_id,
+            row.key,
             attempts,
             error,
             delay,
         )
+
+
+class CallbackSender(OutboxSender):
+    """State reports to `<gateway url>/api/v1/cc/state` (protocol §7)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        gateway_url: str,
+        gateway_token: str,
+        settings: CallbackSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            store,
+            CALLBACK_OUTBOX,
+            url=gateway_url.rstrip("/") + STATE_PATH,
+            token=gateway_token,
+            settings=settings,
+            what="state report",
+            rng=rng,
+        )
+
+
+class WebhookSender(OutboxSender):
+    """Escalation events to the configured webhook URL, as they are queued, until it answers 2xx."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        url: str,
+        token: str | None,
+        settings: CallbackSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(store, WEBHOOK_OUTBOX, url=url, token=token, settings=settings, what="webhook event", rng=rng)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from siaga.settings import ConfigError, load_secret, load_toml
 
@@ -16,6 +20,105 @@ from siaga.settings import ConfigError, load_secret, load_toml
 _TOKEN = re.compile(r"[\x21-\x7e]{16,}")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _OPERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+class Role(StrEnum):
+    """What a person at the command center may see and do (docs/commandcenter.md, "Roles")."""
+
+    OPERATOR = "operator"  # sees every incident, acts on them
+    SUPERVISOR = "supervisor"  # an operator who also sees figures, escalation settings, exports, audit
+    AGENCY = "agency"  # an agency's viewer: only incidents dispatched to that agency, read-only
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    name: str
+    role: Role = Role.OPERATOR
+    agency: str | None = None  # the agency id of an agency viewer; None for the other roles
+
+
+@dataclass(frozen=True, slots=True)
+class Agency:
+    """An agency incidents are dispatched to. `id` is what the API records; `name` is for people."""
+
+    id: str
+    name: str
+
+
+# The agencies an Indonesian 112 center dispatches to; a city lists its own with [[agencies]].
+DEFAULT_AGENCIES: tuple[Agency, ...] = (
+    Agency("fire", "Fire and rescue (Damkar)"),
+    Agency("ambulance", "Health / ambulance"),
+    Agency("police", "Police (Polri)"),
+    Agency("disaster", "Disaster agency (BPBD)"),
+    Agency("public-order", "Public order (Satpol PP)"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationSettings:
+    """Unacknowledged incidents escalate once after `after_s` (docs/commandcenter.md, "Escalation")."""
+
+    after_s: float = 60.0
+    webhook_url: str | None = None
+    webhook_token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.after_s <= 86_400:
+            raise ConfigError("escalation.after_s must be more than 0 and at most 86400 (one day)")
+        if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError(f"escalation.webhook_url {self.webhook_url!r} must start with http:// or https://")
+        if self.webhook_token is not None:
+            if self.webhook_url is None:
+                raise ConfigError("escalation: a webhook token without webhook_url")
+            _check_token("escalation webhook token", self.webhook_token)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The browser console: sessions, the map, and the time zone of per-day figures."""
+
+    session_hours: float = 12.0  # one shift
+    secure_cookie: bool = False  # set true behind an HTTPS reverse proxy
+    timezone: str = "UTC"
+    tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tile_attribution: str = "&copy; OpenStreetMap contributors"
+    map_center: tuple[float, float] = (-6.1754, 106.8272)  # Monas, Central Jakarta
+    map_zoom: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0 < self.session_hours <= 24 * 14:
+            raise ConfigError("console.session_hours must be more than 0 and at most 336 (two weeks)")
+        try:
+            self.zone()
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"console.timezone {self.timezone!r} is not a known IANA zone (e.g. Asia/Jakarta)"
+            ) from None
+        tiles = urlsplit(self.tile_url)
+        if (
+            tiles.scheme not in ("http", "https")
+            or not tiles.netloc
+            or not all(p in self.tile_url for p in ("{z}", "{x}", "{y}"))
+        ):
+            raise ConfigError("console.tile_url must be an http(s) URL with {z}, {x} and {y}")
+        lat, lon = self.map_center
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ConfigError("console.map_center must be [lat, lon] in degrees")
+        if not 1 <= self.map_zoom <= 19:
+            raise ConfigError("console.map_zoom must be 1-19")
+
+    def zone(self) -> tzinfo:
+        # UTC needs no time zone database (a minimal container may have none).
+        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
+
+    @property
+    def tile_origin(self) -> str:
+        """scheme://host[:port] of the tiles, for the page's Content-Security-Policy."""
+        # "{s}" is Leaflet's subdomain placeholder (a., b., c.): allow any subdomain then.
+        parts = urlsplit(self.tile_url.replace("{s}", "*"))
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +164,12 @@ class CCConfig:
     gateway_token: str | None = field(default=None, repr=False)
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     log_level: str = "info"
+    # name -> Operator; an operator not listed here has the role "operator" (so that code which
+    # only knows names and tokens, like the demo, keeps working).
+    operators: Mapping[str, Operator] = field(default_factory=dict)
+    agencies: tuple[Agency, ...] = DEFAULT_AGENCIES
+    escalation: EscalationSettings = field(default_factory=EscalationSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in _LOG_LEVELS:
@@ -86,8 +195,41 @@ class CCConfig:
             raise ConfigError(f"gateway.url {self.gateway_url!r} must start with http:// or https://")
         if self.gateway_token is not None:
             _check_token("gateway token", self.gateway_token)
-        # Freeze the mapping too, so that the whole config really is immutable.
+        if self.escalation.webhook_token is not None and self.escalation.webhook_token in (
+            self.intake_token,
+            *self.operator_tokens,
+        ):
+            raise ConfigError("the escalation webhook token must differ from every other token")
+        agency_ids = [a.id for a in self.agencies]
+        if not agency_ids:
+            raise ConfigError("configure at least one [[agencies]] entry (or leave them all out for the defaults)")
+        for a in self.agencies:
+            if not _AGENCY_ID.fullmatch(a.id):
+                raise ConfigError(f"agency id {a.id!r}: use 1-64 of a-z 0-9 . _ - (it is recorded with dispatches)")
+            if not 1 <= len(a.name) <= 100:
+                raise ConfigError(f"agency {a.id!r}: name must be 1-100 characters")
+        if len(set(agency_ids)) != len(agency_ids):
+            raise ConfigError("an agency id is configured twice")
+        unknown = sorted(set(self.operators) - names)
+        if unknown:
+            raise ConfigError(f"roles given for operators without a token: {', '.join(unknown)}")
+        operators = {name: self.operators.get(name, Operator(name)) for name in sorted(names)}
+        for op in operators.values():
+            if op.role is Role.AGENCY and op.agency not in agency_ids:
+                raise ConfigError(
+                    f"operator {op.name!r} has role 'agency' and needs agency = one of {', '.join(agency_ids)}"
+                )
+            if op.role is not Role.AGENCY and op.agency is not None:
+                raise ConfigError(f"operator {op.name!r}: 'agency' is only for role 'agency'")
+        # Freeze the mappings too, so that the whole config really is immutable.
         object.__setattr__(self, "operator_tokens", MappingProxyType(dict(self.operator_tokens)))
+        object.__setattr__(self, "operators", MappingProxyType(operators))
+
+    def operator(self, name: str) -> Operator:
+        return self.operators[name]
+
+    def agency_name(self, agency_id: str) -> str:
+        return next((a.name for a in self.agencies if a.id == agency_id), agency_id)
 
     @classmethod
     def load(cls, path: str | Path) -> CCConfig:
@@ -101,19 +243,68 @@ class CCConfig:
         intake = _table(doc, "intake")
         gateway = _table(doc, "gateway")
         callbacks = _table(doc, "callbacks")
+        escalation = _table(doc, "escalation")
+        console = _table(doc, "console")
 
         operators = doc.get("operators", [])
         if not isinstance(operators, list):
             raise ConfigError("'operators' must be an array of tables: [[operators]]")
         operator_tokens: dict[str, str] = {}
+        accounts: dict[str, Operator] = {}
         for i, op in enumerate(operators):
             if not isinstance(op, dict) or not isinstance(op.get("name"), str):
                 raise ConfigError(f"operators[{i}]: needs a string 'name'")
             _known(op, _KEYS["operators"], f"operators[{i}]")
-            token = _secret(op, "token", base, f"operators[{i}] ({op['name']})")
+            where = f"operators[{i}] ({op['name']})"
+            token = _secret(op, "token", base, where)
             if token in operator_tokens:
-                raise ConfigError(f"operators[{i}] ({op['name']}): token is already used by another operator")
+                raise ConfigError(f"{where}: token is already used by another operator")
             operator_tokens[token] = op["name"]
+            role = _get(op, "role", str, where, "operator")
+            if role not in tuple(Role):
+                raise ConfigError(f"{where}: role must be one of {', '.join(Role)}")
+            accounts[op["name"]] = Operator(op["name"], Role(role), _get(op, "agency", str, where, None))
+
+        agencies_raw = doc.get("agencies")
+        agencies = DEFAULT_AGENCIES
+        if agencies_raw is not None:
+            if not isinstance(agencies_raw, list):
+                raise ConfigError("'agencies' must be an array of tables: [[agencies]]")
+            found: list[Agency] = []
+            for i, a in enumerate(agencies_raw):
+                if not isinstance(a, dict):
+                    raise ConfigError(f"agencies[{i}] must be a table")
+                _known(a, _KEYS["agencies"], f"agencies[{i}]")
+                if not isinstance(a.get("id"), str) or not isinstance(a.get("name"), str):
+                    raise ConfigError(f"agencies[{i}]: needs string 'id' and 'name'")
+                found.append(Agency(a["id"], a["name"]))
+            agencies = tuple(found)
+
+        webhook_url = _get(escalation, "webhook_url", str, "escalation", None)
+        esc = EscalationSettings(
+            after_s=float(_get(escalation, "after_s", (int, float), "escalation", 60.0)),
+            webhook_url=webhook_url,
+            webhook_token=(
+                _secret(escalation, "webhook_token", base, "escalation")
+                if any(k.startswith("webhook_token") for k in escalation)
+                else None
+            ),
+        )
+        center = _get(console, "map_center", list, "console", None)
+        if center is not None and (len(center) != 2 or not all(
+            isinstance(c, int | float) and not isinstance(c, bool) for c in center
+        )):
+            raise ConfigError("console.map_center must be [lat, lon]")
+        defaults = ConsoleSettings()
+        con = ConsoleSettings(
+            session_hours=float(_get(console, "session_hours", (int, float), "console", defaults.session_hours)),
+            secure_cookie=_get_bool(console, "secure_cookie", "console", defaults.secure_cookie),
+            timezone=_get(console, "timezone", str, "console", defaults.timezone),
+            tile_url=_get(console, "tile_url", str, "console", defaults.tile_url),
+            tile_attribution=_get(console, "tile_attribution", str, "console", defaults.tile_attribution),
+            map_center=(float(center[0]), float(center[1])) if center is not None else defaults.map_center,
+            map_zoom=_get(console, "map_zoom", int, "console", defaults.map_zoom),
+        )
 
         gateway_url = gateway.get("url")
         if gateway_url is not None and not isinstance(gateway_url, str):
@@ -132,6 +323,10 @@ class CCConfig:
             gateway_url=gateway_url.rstrip("/") if gateway_url else None,
             gateway_token=gateway_token,
             callbacks=cb,
+            operators=accounts,
+            agencies=agencies,
+            escalation=esc,
+            console=con,
         )
 
 
@@ -144,13 +339,24 @@ def _check_token(what: str, token: str) -> None:
 # Every key the file may contain; anything else is a typo that would otherwise be silently ignored.
 _SECRET_KEYS = ("token", "token_file", "token_env")  # "token" so that load_secret can explain
 _KEYS: dict[str, tuple[str, ...]] = {
-    "": ("server", "store", "intake", "operators", "gateway", "callbacks"),
+    "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console"),
     "server": ("host", "port", "log_level"),
     "store": ("path",),
     "intake": _SECRET_KEYS,
-    "operators": ("name", *_SECRET_KEYS),
+    "operators": ("name", "role", "agency", *_SECRET_KEYS),
     "gateway": ("url", *_SECRET_KEYS),
     "callbacks": tuple(_CALLBACK_TYPES),
+    "agencies": ("id", "name"),
+    "escalation": ("after_s", "webhook_url", "webhook_token", "webhook_token_file", "webhook_token_env"),
+    "console": (
+        "session_hours",
+        "secure_cookie",
+        "timezone",
+        "tile_url",
+        "tile_attribution",
+        "map_center",
+        "map_zoom",
+    ),
 }
 
 
@@ -175,6 +381,13 @@ def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     # bool is an int in Python, but `port = true` is a mistake, not port 1.
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _get_bool(table: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false")
     return value
 
 

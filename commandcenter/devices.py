@@ -6,13 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from .deps import OperatorDep, ServicesDep
+from .deps import ActorDep, ServicesDep
 from .models import DeviceFaultOut, ErrorOut
 
 router = APIRouter(
     prefix="/api/v1/devices",
     tags=["devices"],
-    responses={401: {"model": ErrorOut, "description": "missing or wrong operator token"}},
+    responses={
+        401: {"model": ErrorOut, "description": "not signed in: no or wrong token or session"},
+        403: {"model": ErrorOut, "description": "agency viewers do not see device faults"},
+    },
 )
 
 
@@ -27,7 +30,7 @@ router = APIRouter(
 )
 async def active_faults(
     svc: ServicesDep,
-    operator: OperatorDep,
+    operator: ActorDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[DeviceFaultOut]:
     return [DeviceFaultOut.of(f) for f in await svc.store.active_faults(limit=limit)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
@@ -45,6 +45,15 @@ ALLOWED_FROM: dict[Action, frozenset[IncidentState]] = {
 }
 
 CLOSED_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FALSE_ALARM})
+OPEN_STATES = frozenset({IncidentState.NEW, IncidentState.ACKNOWLEDGED, IncidentState.DISPATCHED})
+
+
+class HistoryKind(StrEnum):
+    """What an incident history entry records."""
+
+    STATE = "state"  # a state change (or the creation), by an operator or a gateway
+    NOTE = "note"  # an operator's note; the state stays
+    ESCALATION = "escalation"  # still unacknowledged after the configured time; the state stays
 
 
 def can_apply(action: Action, current: IncidentState) -> bool:
@@ -73,6 +82,11 @@ def parse_incident_ref(ref: str) -> int | None:
 def event_id_for(gateway_id: str, device_id: str, seq: int) -> str:
     """The idempotency key of protocol §6 step 4."""
     return f"{gateway_id}:{device_id}:{seq}"
+
+
+def escalation_due_at(created_at: datetime, after_s: float) -> datetime:
+    """When an incident created at `created_at` escalates if nobody has acknowledged it."""
+    return created_at + timedelta(seconds=after_s)
 
 
 def utc_now() -> datetime:

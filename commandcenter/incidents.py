@@ -7,22 +7,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query
 
-from .deps import OperatorDep, Services, ServicesDep
+from .config import Role
+from .deps import ActorDep, Principal, PrincipalDep, Services, ServicesDep
 from .domain import Action, IncidentState, parse_incident_ref, utc_now
-from .models import ActionRequest, DispatchRequest, ErrorOut, IncidentDetail, IncidentOut
-from .store import IncidentNotFoundError, InvalidTransitionError
+from .models import ActionRequest, DispatchRequest, ErrorOut, IncidentDetail, IncidentOut, NoteRequest
+from .store import Incident, IncidentNotFoundError, InvalidTransitionError
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/api/v1/incidents",
     tags=["incidents"],
-    responses={401: {"model": ErrorOut, "description": "missing or wrong operator token"}},
+    responses={401: {"model": ErrorOut, "description": "not signed in: no or wrong token or session"}},
 )
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "no such incident"}}
 _ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_NOT_FOUND,
+    403: {"model": ErrorOut, "description": "agency viewers cannot act; or a session without X-CSRF-Token"},
     409: {"model": ErrorOut, "description": "the incident's state does not allow this action"},
 }
 
@@ -36,19 +38,30 @@ def _number(incident_id: str) -> int:
     return number
 
 
+def _visible(incident: Incident | None, who: Principal) -> bool:
+    """Agency viewers see only incidents dispatched to their agency; to them others do not exist."""
+    if incident is None:
+        return False
+    return who.role is not Role.AGENCY or incident.agency == who.agency
+
+
 @router.get(
     "",
     summary="List incidents",
-    description="Unacknowledged first, then the other open ones, then closed ones; newest first in each.",
+    description=(
+        "Unacknowledged first, then the other open ones, then closed ones; newest first in each. Agency "
+        "viewers get only the incidents dispatched to their agency."
+    ),
     response_model=list[IncidentOut],
 )
 async def list_incidents(
     svc: ServicesDep,
-    operator: OperatorDep,
+    who: PrincipalDep,
     state: Annotated[list[IncidentState] | None, Query(description="only incidents in these states")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[IncidentOut]:
-    incidents = await svc.store.list_incidents(states=state, limit=limit)
+    agency = who.agency if who.role is Role.AGENCY else None
+    incidents = await svc.store.list_incidents(states=state, limit=limit, agency=agency)
     return [IncidentOut.of(i) for i in incidents]
 
 
@@ -58,10 +71,10 @@ async def list_incidents(
     response_model=IncidentDetail,
     responses=_NOT_FOUND,
 )
-async def get_incident(incident_id: str, svc: ServicesDep, operator: OperatorDep) -> IncidentDetail:
+async def get_incident(incident_id: str, svc: ServicesDep, who: PrincipalDep) -> IncidentDetail:
     number = _number(incident_id)
     incident = await svc.store.get_incident(number)
-    if incident is None:
+    if incident is None or not _visible(incident, who):
         raise HTTPException(404, f"no incident {incident_id}")
     events = await svc.store.incident_events(number)
     history = await svc.store.incident_history(number)
@@ -76,7 +89,7 @@ async def get_incident(incident_id: str, svc: ServicesDep, operator: OperatorDep
     responses=_ACTION_RESPONSES,
 )
 async def acknowledge(
-    incident_id: str, svc: ServicesDep, operator: OperatorDep, body: OptionalNote = None
+    incident_id: str, svc: ServicesDep, operator: ActorDep, body: OptionalNote = None
 ) -> IncidentOut:
     return await _act(svc, incident_id, Action.ACKNOWLEDGE, operator, note=body.note if body else None)
 
@@ -88,7 +101,7 @@ async def acknowledge(
     response_model=IncidentOut,
     responses=_ACTION_RESPONSES,
 )
-async def dispatch(incident_id: str, body: DispatchRequest, svc: ServicesDep, operator: OperatorDep) -> IncidentOut:
+async def dispatch(incident_id: str, body: DispatchRequest, svc: ServicesDep, operator: ActorDep) -> IncidentOut:
     return await _act(svc, incident_id, Action.DISPATCH, operator, agency=body.agency, note=body.note)
 
 
@@ -99,7 +112,7 @@ async def dispatch(incident_id: str, body: DispatchRequest, svc: ServicesDep, op
     response_model=IncidentOut,
     responses=_ACTION_RESPONSES,
 )
-async def resolve(incident_id: str, svc: ServicesDep, operator: OperatorDep, body: OptionalNote = None) -> IncidentOut:
+async def resolve(incident_id: str, svc: ServicesDep, operator: ActorDep, body: OptionalNote = None) -> IncidentOut:
     return await _act(svc, incident_id, Action.RESOLVE, operator, note=body.note if body else None)
 
 
@@ -111,27 +124,49 @@ async def resolve(incident_id: str, svc: ServicesDep, operator: OperatorDep, bod
     responses=_ACTION_RESPONSES,
 )
 async def false_alarm(
-    incident_id: str, svc: ServicesDep, operator: OperatorDep, body: OptionalNote = None
+    incident_id: str, svc: ServicesDep, operator: ActorDep, body: OptionalNote = None
 ) -> IncidentOut:
     return await _act(svc, incident_id, Action.FALSE_ALARM, operator, note=body.note if body else None)
+
+
+@router.post(
+    "/{incident_id}/notes",
+    summary="Add a note",
+    description="Recorded in the incident's history with who and when; the state stays. Allowed in every state.",
+    response_model=IncidentOut,
+    status_code=201,
+    responses=_ACTION_RESPONSES,
+)
+async def add_note(incident_id: str, body: NoteRequest, svc: ServicesDep, operator: ActorDep) -> IncidentOut:
+    number = _number(incident_id)
+    try:
+        incident = await svc.store.add_note(number, body.note, actor=operator.name, now=utc_now())
+    except IncidentNotFoundError:
+        raise HTTPException(404, f"no incident {incident_id}") from None
+    log.info("%s: note by %s", incident_id, operator.name)
+    await svc.publish_one(incident)
+    return IncidentOut.of(incident)
 
 
 async def _act(
     svc: Services,
     incident_id: str,
     action: Action,
-    operator: str,
+    operator: Principal,
     *,
     agency: str | None = None,
     note: str | None = None,
 ) -> IncidentOut:
     number = _number(incident_id)
     try:
-        incident = await svc.store.apply_action(number, action, actor=operator, now=utc_now(), agency=agency, note=note)
+        incident = await svc.store.apply_action(
+            number, action, actor=operator.name, now=utc_now(), agency=agency, note=note
+        )
     except IncidentNotFoundError:
         raise HTTPException(404, f"no incident {incident_id}") from None
     except InvalidTransitionError as exc:
         raise HTTPException(409, f"{incident_id} is {exc.current.value}; it cannot become {action.value}") from None
-    log.info("%s %s by %s", incident_id, action.value, operator)
+    log.info("%s %s by %s", incident_id, action.value, operator.name)
     svc.notify_callbacks()
+    await svc.publish_one(incident)
     return IncidentOut.of(incident)

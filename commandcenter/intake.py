@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from .deps import ServicesDep, require_intake
 from .domain import KNOWN_KINDS, incident_ref, utc_now
 from .models import (
-    GROUPING_FIELDS,
+    UNFINGERPRINTED_FIELDS,
     AlarmAccepted,
     AlarmBatchIn,
     AlarmIn,
@@ -76,6 +76,10 @@ async def receive_alarm(alarm: AlarmIn, svc: ServicesDep, idempotency_key: Idemp
         log.info("alarm %s repeated; already in %s", alarm.event_id, answer.incident_id)
     if outcome.reported:
         svc.notify_callbacks()
+    if outcome.opened:
+        svc.notify_escalation()
+    if outcome.created:
+        await svc.publish([outcome.incident])
     # A Response, not the model, because the status code depends on the outcome.
     return Response(
         content=answer.model_dump_json(),
@@ -132,6 +136,9 @@ async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
     )
     if any(o.reported for o in outcomes):
         svc.notify_callbacks()
+    if opened:
+        svc.notify_escalation()
+    await svc.publish(list(dict.fromkeys(o.incident for o in outcomes if o.created)))
     # Serialised here rather than through response_model, which would validate 500 results again.
     return Response(content=BatchOut(results=final).model_dump_json(), media_type="application/json")
 
@@ -163,6 +170,7 @@ async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: Idemp
     if outcome.created:
         state = "active" if fault.active else "cleared"
         log.info("fault %s: %s %s on %s", fault.event_id, fault.fault, state, fault.device_id)
+        svc.live.publish_fault(fault.device_id, fault.fault, fault.active, fault.at)
     else:
         log.info("fault %s repeated", fault.event_id)
     answer = FaultAccepted(event_id=fault.event_id, state="received")
@@ -215,8 +223,8 @@ def _fingerprint(fields: dict[str, Any]) -> str:
 
 def new_alarm(a: AlarmIn) -> NewAlarm:
     # The fingerprint covers the validated fields only, so a gateway that later adds fields (which
-    # are ignored) still matches what it sent before; the grouping fields are left out too (see
-    # models.GROUPING_FIELDS).
+    # are ignored) still matches what it sent before; the grouping fields and the battery are left out
+    # too (see models.UNFINGERPRINTED_FIELDS).
     return NewAlarm(
         event_id=a.event_id,
         gateway_id=a.gateway_id,
@@ -230,10 +238,11 @@ def new_alarm(a: AlarmIn) -> NewAlarm:
         area=a.location.area,
         raised_at=a.raised_at,
         received_at=a.received_at,
-        fingerprint=_fingerprint(a.model_dump(mode="json", exclude=set(GROUPING_FIELDS))),
+        fingerprint=_fingerprint(a.model_dump(mode="json", exclude=set(UNFINGERPRINTED_FIELDS))),
         incident_key=a.incident_key,
         press_count=a.press_count,
         sources=None if a.sources is None else tuple(a.sources),
+        battery_mv=a.battery_mv,
     )
 
 

@@ -16,8 +16,9 @@ from pydantic import (
     model_validator,
 )
 
-from .domain import KNOWN_KINDS, FaultKind, IncidentState, event_id_for, incident_ref, rfc3339
-from .store import AlarmEvent, DeviceFault, HistoryEntry, Incident
+from .config import Role
+from .domain import KNOWN_KINDS, FaultKind, HistoryKind, IncidentState, event_id_for, incident_ref, rfc3339
+from .store import AlarmEvent, AuditEntry, DeviceFault, HistoryEntry, Incident
 
 # Times go out as RFC 3339 UTC with milliseconds and a 'Z', like every other time in the protocol.
 UtcTime = Annotated[
@@ -106,6 +107,13 @@ class AlarmIn(BaseModel):
     sources: list[DeviceId] | None = Field(
         default=None, max_length=1000, description="the group's devices in order of their first alarm"
     )
+    battery_mv: int | None = Field(
+        default=None,
+        ge=0,
+        lt=100_000,
+        strict=True,
+        description="the button's battery voltage in mV from its latest heartbeat, if the gateway knows it",
+    )
 
     @model_validator(mode="after")
     def _event_id_matches(self) -> Self:
@@ -120,6 +128,9 @@ class AlarmIn(BaseModel):
 # recounted after a gateway restart); the alarm itself is the same. Leaving them out also keeps the
 # fingerprints stored by schema version 1 valid.
 GROUPING_FIELDS = frozenset({"incident_key", "press_count", "sources"})
+# Left out of the fingerprint as well: a fact about the device, not the alarm, and a field that
+# versions 1 and 2 did not have (including it would change every fingerprint they stored).
+UNFINGERPRINTED_FIELDS = GROUPING_FIELDS | {"battery_mv"}
 
 
 class AlarmAccepted(BaseModel):
@@ -216,7 +227,17 @@ class ActionRequest(BaseModel):
 
 
 class DispatchRequest(ActionRequest):
-    agency: str = Field(min_length=1, max_length=100, examples=["ambulance-jakpus"])
+    agency: str = Field(
+        min_length=1,
+        max_length=100,
+        examples=["ambulance"],
+        description="an agency id; the console offers the configured agencies (GET /api/v1/console/settings)",
+    )
+
+
+class NoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(min_length=1, max_length=2000)
 
 
 # ---- incidents --------------------------------------------------------------------------------
@@ -249,6 +270,10 @@ class IncidentOut(BaseModel):
     agency: str | None
     closed_at: UtcTime | None = Field(description="when it was resolved or declared a false alarm")
     closed_by: str | None
+    escalated_at: UtcTime | None = Field(
+        default=None, description="when it escalated for being unacknowledged too long; null if it did not"
+    )
+    battery_mv: int | None = Field(default=None, description="latest known battery voltage of `device_id`, mV")
 
     @classmethod
     def of(cls, i: Incident) -> IncidentOut:
@@ -289,14 +314,22 @@ class EventOut(BaseModel):
 
 class HistoryOut(BaseModel):
     at: UtcTime
-    actor: str = Field(description="operator name, or `gateway:<id>` for the creation")
+    actor: str = Field(
+        description="operator name, `gateway:<id>` for the creation, `system:escalation` for the escalation"
+    )
     from_state: IncidentState | None
     to_state: IncidentState
     detail: dict[str, Any] | None
+    kind: HistoryKind = Field(
+        default=HistoryKind.STATE,
+        description="`state`: a state change; `note`: an operator's note; `escalation`: escalated (state unchanged)",
+    )
 
     @classmethod
     def of(cls, h: HistoryEntry) -> HistoryOut:
-        return cls(at=h.at, actor=h.actor, from_state=h.from_state, to_state=h.to_state, detail=h.detail)
+        return cls(
+            at=h.at, actor=h.actor, from_state=h.from_state, to_state=h.to_state, detail=h.detail, kind=h.kind
+        )
 
 
 class IncidentDetail(IncidentOut):
@@ -346,6 +379,68 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+# ---- sessions, console, supervision -----------------------------------------------------------
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, description="operator name as configured")
+    token: str = Field(min_length=1, max_length=512, description="that operator's personal token")
+
+
+class SessionOut(BaseModel):
+    name: str
+    role: Role
+    agency: str | None = Field(description="the agency of an agency viewer; null for other roles")
+    via: Literal["session", "token"] = Field(description="how this request was authenticated")
+    csrf_token: str | None = Field(
+        description="send it as `X-CSRF-Token` with every POST and DELETE made with the session cookie; "
+        "null for bearer tokens, which need none"
+    )
+
+
+class AgencyOut(BaseModel):
+    id: str
+    name: str
+
+
+class ConsoleSettingsOut(BaseModel):
+    """What the console page needs to draw itself; visible to every signed-in role."""
+
+    agencies: list[AgencyOut]
+    kinds: list[str]
+    tile_url: str
+    tile_attribution: str
+    map_center: tuple[float, float]
+    map_zoom: int
+    server_time: UtcTime
+
+
+class SettingsOut(BaseModel):
+    """Supervision settings (supervisors only). Tokens are never shown."""
+
+    escalation_after_s: float
+    escalation_webhook_url: str | None
+    escalation_webhook_pending: int = Field(description="webhook events not yet accepted by the receiver")
+    state_reports_pending: int = Field(description="state reports not yet accepted by the gateway")
+    timezone: str = Field(description="the zone in which per-day figures are counted")
+    session_hours: float
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: UtcTime
+    actor: str
+    action: str = Field(description="login, login_failed, logout, acknowledged, dispatched, resolved, "
+                        "false_alarm, note, export")
+    target: str | None
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, a: AuditEntry) -> AuditOut:
+        return cls(id=a.id, at=a.at, actor=a.actor, action=a.action, target=a.target, detail=a.detail)
+
+
 class ErrorOut(BaseModel):
     detail: Any
 
@@ -371,4 +466,45 @@ def _incident_fields(i: Incident) -> dict[str, Any]:
         "agency": i.agency,
         "closed_at": i.closed_at,
         "closed_by": i.closed_by,
+        "escalated_at": i.escalated_at,
+        "battery_mv": i.battery_mv,
     }
+
+
+class FigureOut(BaseModel):
+    count: int = Field(description="incidents the interval could be measured for")
+    median_s: float | None = Field(description="median in seconds; null when count is 0")
+    p90_s: float | None = Field(description="90th percentile (nearest rank) in seconds; null when count is 0")
+
+
+class GroupFiguresOut(BaseModel):
+    key: str = Field(description="the day (YYYY-MM-DD, in the configured time zone), agency id or area code")
+    incidents: int
+    unacknowledged: int = Field(description="still new now")
+    false_alarms: int
+    acknowledge: FigureOut = Field(description="first press -> acknowledged")
+    dispatch: FigureOut = Field(description="first press -> dispatched")
+    resolve: FigureOut = Field(description="first press -> resolved (not counting false alarms)")
+
+
+class DeviceFalseAlarmsOut(BaseModel):
+    device_id: str
+    address: str
+    area: str
+    incidents: int = Field(description="incidents this device opened in the period")
+    false_alarms: int
+    rate: float = Field(description="false_alarms / incidents")
+
+
+class StatsOut(BaseModel):
+    timezone: str
+    start: UtcTime = Field(description="first instant counted (00:00 of `from` in the time zone)")
+    end: UtcTime = Field(description="first instant no longer counted (00:00 after `to`)")
+    test_incidents_excluded: int = Field(description="technicians' test presses, left out of every figure")
+    truncated: bool = Field(description="true if the period held more incidents than one answer covers")
+    overall: GroupFiguresOut
+    by_day: list[GroupFiguresOut]
+    by_agency: list[GroupFiguresOut] = Field(description="dispatched incidents, per agency")
+    by_area: list[GroupFiguresOut]
+    false_alarms_by_device: list[DeviceFalseAlarmsOut]
+    devices_offline: list[DeviceFaultOut] = Field(description="devices whose offline fault is active now")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
+from fastapi import FastAPI
 
-from .app import create_app
+from .app import close_live_streams, create_app
 from .config import CCConfig
 
 log = logging.getLogger(__name__)
@@ -25,20 +27,35 @@ def run(config_path: str) -> None:
     """
     cfg = CCConfig.load(config_path)
     _setup_logging(cfg.log_level)
-    server = uvicorn.Server(
+    app = create_app(cfg)
+    server = _Server(
+        app,
         uvicorn.Config(
-            create_app(cfg),
+            app,
             host=cfg.host,
             port=cfg.port,
             lifespan="on",  # a failing startup (e.g. a too-new database) must stop the process
             log_config=None,  # keep our logging setup; uvicorn's loggers propagate to it
             timeout_graceful_shutdown=10,
             server_header=False,
-        )
+        ),
     )
     server.run()
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn waits for open connections to finish before it shuts the app down; the console's event
+    streams never finish on their own, so they are ended first."""
+
+    def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        close_live_streams(self._app)
+        await super().shutdown(sockets)
 
 
 def _setup_logging(level: str) -> None:

@@ -1,7 +1,8 @@
-"""Durable state of the command center: alarms, incidents, their history, and the callback outbox.
+"""Durable state of the command center: alarms, incidents, their history, the outboxes (state reports
+to the gateway, webhook events), device faults, browser sessions and the audit log.
 
 One SQLite file (WAL, synchronous=FULL) accessed through aiosqlite. The schema is versioned with
-`PRAGMA user_version`; see MIGRATIONS.
+`PRAGMA user_version`; see schema.MIGRATIONS.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import aiosqlite
 
 from .domain import (
     Action,
+    HistoryKind,
     IncidentState,
     callback_body,
     can_apply,
@@ -27,6 +29,7 @@ from .domain import (
     parse_rfc3339,
     rfc3339,
 )
+from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,148 +53,6 @@ class InvalidTransitionError(StoreError):
         self.action = action
 
 
-# Each entry is one schema version: a tuple of single statements (not a script, because
-# sqlite3's executescript() commits first, which would break the one-transaction guarantee).
-# Never edit a released entry; append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        # AUTOINCREMENT: incident ids are public references and must never be reused.
-        """CREATE TABLE incidents (
-            id              INTEGER PRIMARY KEY AUTOINCREMENT,
-            state           TEXT NOT NULL CHECK (state IN
-                                ('new', 'acknowledged', 'dispatched', 'resolved', 'false_alarm')),
-            device_id       TEXT NOT NULL,
-            kind            TEXT NOT NULL,
-            test            INTEGER NOT NULL CHECK (test IN (0, 1)),
-            lat             REAL NOT NULL,
-            lon             REAL NOT NULL,
-            address         TEXT NOT NULL,
-            area            TEXT NOT NULL,
-            created_at      TEXT NOT NULL,
-            updated_at      TEXT NOT NULL,
-            acknowledged_at TEXT,
-            acknowledged_by TEXT,
-            dispatched_at   TEXT,
-            dispatched_by   TEXT,
-            agency          TEXT,
-            closed_at       TEXT,
-            closed_by       TEXT
-        )""",
-        "CREATE INDEX incidents_by_state ON incidents (state, id)",
-        # One row per alarm event from a gateway. event_id is the idempotency key; incident_id is
-        # the event -> incident mapping, kept per event so that incidents can later be merged.
-        """CREATE TABLE alarms (
-            id          INTEGER PRIMARY KEY,
-            event_id    TEXT NOT NULL UNIQUE,
-            gateway_id  TEXT NOT NULL,
-            device_id   TEXT NOT NULL,
-            seq         INTEGER NOT NULL,
-            kind        TEXT NOT NULL,
-            test        INTEGER NOT NULL CHECK (test IN (0, 1)),
-            lat         REAL NOT NULL,
-            lon         REAL NOT NULL,
-            address     TEXT NOT NULL,
-            area        TEXT NOT NULL,
-            raised_at   TEXT,
-            received_at TEXT NOT NULL,
-            intake_at   TEXT NOT NULL,
-            fingerprint TEXT NOT NULL,
-            incident_id INTEGER NOT NULL REFERENCES incidents (id)
-        )""",
-        "CREATE INDEX alarms_by_incident ON alarms (incident_id, id)",
-        "CREATE INDEX alarms_by_device ON alarms (device_id, seq)",
-        # Audit trail: every state change, including creation (from_state NULL).
-        """CREATE TABLE incident_history (
-            id          INTEGER PRIMARY KEY,
-            incident_id INTEGER NOT NULL REFERENCES incidents (id),
-            at          TEXT NOT NULL,
-            actor       TEXT NOT NULL,
-            from_state  TEXT,
-            to_state    TEXT NOT NULL,
-            detail      TEXT
-        )""",
-        "CREATE INDEX incident_history_by_incident ON incident_history (incident_id, id)",
-        # State reports waiting for (or already given to) the gateway. next_attempt_at is Unix time
-        # in seconds: it is scheduling state, compared with the clock, not a record for people.
-        """CREATE TABLE callback_outbox (
-            id              INTEGER PRIMARY KEY,
-            event_id        TEXT NOT NULL REFERENCES alarms (event_id),
-            gateway_id      TEXT NOT NULL,
-            state           TEXT NOT NULL,
-            body            TEXT NOT NULL,
-            created_at      TEXT NOT NULL,
-            attempts        INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL NOT NULL,
-            last_attempt_at TEXT,
-            last_error      TEXT,
-            delivered_at    TEXT
-        )""",
-        "CREATE INDEX callback_outbox_pending ON callback_outbox (event_id, id) WHERE delivered_at IS NULL",
-        "CREATE INDEX callback_outbox_due ON callback_outbox (next_attempt_at) WHERE delivered_at IS NULL",
-    ),
-    (
-        # Version 2: the gateway's incident layer (protocol §7: incident_key, press_count, sources)
-        # and device faults. Version 1 databases exist, so this only adds; nothing is rewritten.
-        "ALTER TABLE incidents ADD COLUMN incident_key TEXT",
-        # At most one open incident per key: an event with that key attaches to it. Closing an
-        # incident takes it out of this index, so the next event with the key opens a new one.
-        """CREATE UNIQUE INDEX incidents_open_by_key ON incidents (incident_key)
-           WHERE incident_key IS NOT NULL AND state IN ('new', 'acknowledged', 'dispatched')""",
-        # What the gateway said about its grouping when it sent the event, kept as sent.
-        "ALTER TABLE alarms ADD COLUMN incident_key TEXT",
-        "ALTER TABLE alarms ADD COLUMN press_count INTEGER",
-        "ALTER TABLE alarms ADD COLUMN sources TEXT",  # JSON array of device ids, or NULL
-        # The devices of an incident in order of first appearance (rowid order): the union of each
-        # event's device and the `sources` it carried.
-        """CREATE TABLE incident_sources (
-            id          INTEGER PRIMARY KEY,
-            incident_id INTEGER NOT NULL REFERENCES incidents (id),
-            device_id   TEXT NOT NULL,
-            UNIQUE (incident_id, device_id)
-        )""",
-        """INSERT OR IGNORE INTO incident_sources (incident_id, device_id)
-           SELECT incident_id, device_id FROM alarms ORDER BY id""",
-        # Every fault report from a gateway (the history); event_id is the idempotency key.
-        """CREATE TABLE device_faults (
-            id          INTEGER PRIMARY KEY,
-            event_id    TEXT NOT NULL UNIQUE,
-            gateway_id  TEXT NOT NULL,
-            device_id   TEXT NOT NULL,
-            fault       TEXT NOT NULL,
-            active      INTEGER NOT NULL CHECK (active IN (0, 1)),
-            at          TEXT NOT NULL,
-            detail      TEXT NOT NULL,
-            lat         REAL,
-            lon         REAL,
-            address     TEXT,
-            area        TEXT,
-            intake_at   TEXT NOT NULL,
-            fingerprint TEXT NOT NULL
-        )""",
-        "CREATE INDEX device_faults_by_device ON device_faults (device_id, fault, at)",
-        # The latest report per (device, fault), by the gateway's `at`, so a retried old report
-        # that arrives late cannot reopen a fault that has cleared. `since`: when the fault became
-        # active (kept while repeated active reports arrive).
-        """CREATE TABLE device_fault_state (
-            device_id  TEXT NOT NULL,
-            fault      TEXT NOT NULL,
-            active     INTEGER NOT NULL CHECK (active IN (0, 1)),
-            since      TEXT NOT NULL,
-            at         TEXT NOT NULL,
-            event_id   TEXT NOT NULL REFERENCES device_faults (event_id),
-            gateway_id TEXT NOT NULL,
-            detail     TEXT NOT NULL,
-            lat        REAL,
-            lon        REAL,
-            address    TEXT,
-            area       TEXT,
-            intake_at  TEXT NOT NULL,
-            PRIMARY KEY (device_id, fault)
-        )""",
-        "CREATE INDEX device_fault_state_active ON device_fault_state (since) WHERE active = 1",
-    ),
-)
-
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -214,6 +75,7 @@ class NewAlarm:
     incident_key: str | None = None
     press_count: int | None = None
     sources: tuple[str, ...] | None = None
+    battery_mv: int | None = None  # optional (protocol §7); kept per device for the console
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +146,8 @@ class Incident:
     event_count: int
     incident_key: str | None
     sources: tuple[str, ...]  # devices, in order of first appearance
+    escalated_at: datetime | None = None
+    battery_mv: int | None = None  # the latest known battery voltage of `device_id`
 
     @property
     def ref(self) -> str:
@@ -313,15 +177,44 @@ class HistoryEntry:
     from_state: IncidentState | None
     to_state: IncidentState
     detail: dict[str, Any] | None
+    kind: HistoryKind = HistoryKind.STATE
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
-    event_id: str
-    gateway_id: str
+    key: str  # what its order is kept within: the alarm event (reports) or the incident (webhooks)
     body: str
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """One outbox table. Rows with the same `key` go out in the order they were queued."""
+
+    table: str
+    key: str
+
+
+CALLBACK_OUTBOX = Outbox("callback_outbox", "event_id")
+WEBHOOK_OUTBOX = Outbox("webhook_outbox", "incident_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    operator: str
+    csrf_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    detail: dict[str, Any] | None
 
 
 # Columns written by each action besides `state`.
@@ -333,17 +226,27 @@ _ACTION_COLUMNS: dict[Action, tuple[str, str]] = {
 }
 
 _INCIDENT_SELECT = """
-    SELECT i.*, (SELECT COUNT(*) FROM alarms a WHERE a.incident_id = i.id) AS event_count
+    SELECT i.*, (SELECT COUNT(*) FROM alarms a WHERE a.incident_id = i.id) AS event_count,
+           (SELECT b.battery_mv FROM device_battery b WHERE b.device_id = i.device_id) AS battery_mv
     FROM incidents i
 """
 
-# The oldest undelivered report of each event: reports of one event go out in order, so that a
-# late "acknowledged" cannot arrive after "resolved"; different events do not wait for each other.
-_HEAD_OF_EVENT = """
+
+def _head_of_key(outbox: Outbox) -> str:
+    """The oldest undelivered row of each key: reports of one event go out in order, so that a late
+    "acknowledged" cannot arrive after "resolved"; different keys do not wait for each other.
+    (Table and column names come from the two Outbox constants, never from input.)"""
+    return f"""
     o.delivered_at IS NULL AND NOT EXISTS (
-        SELECT 1 FROM callback_outbox p
-        WHERE p.event_id = o.event_id AND p.delivered_at IS NULL AND p.id < o.id)
+        SELECT 1 FROM {outbox.table} p
+        WHERE p.{outbox.key} = o.{outbox.key} AND p.delivered_at IS NULL AND p.id < o.id)
 """
+
+
+_UPSERT_BATTERY = """INSERT INTO device_battery (device_id, battery_mv, at, source) VALUES (?, ?, ?, ?)
+    ON CONFLICT (device_id) DO UPDATE SET battery_mv = excluded.battery_mv, at = excluded.at,
+        source = excluded.source
+    WHERE excluded.at >= device_battery.at"""
 
 
 @dataclass(slots=True)
@@ -389,6 +292,7 @@ class _IntakePlan:
         self._alarms: list[tuple[Any, ...]] = []
         self._sources: dict[tuple[int, str], None] = {}  # ordered set
         self._reports: list[tuple[Any, ...]] = []
+        self._batteries: list[tuple[str, int, str, str]] = []
         self.outcomes: list[IntakeOutcome] = []
 
     def add(self, alarm: NewAlarm) -> None:
@@ -435,8 +339,13 @@ class _IntakePlan:
                 key,
                 alarm.press_count,
                 None if alarm.sources is None else json.dumps(list(alarm.sources)),
+                alarm.battery_mv,
             )
         )
+        if alarm.battery_mv is not None:
+            self._batteries.append(
+                (alarm.device_id, alarm.battery_mv, rfc3339(alarm.received_at), alarm.event_id)
+            )
         # The gateway lists the group's devices in order of their first alarm; the sender itself
         # is added in case a sender leaves it out.
         for device in (*(alarm.sources or ()), alarm.device_id):
@@ -507,10 +416,12 @@ class _IntakePlan:
             await db.executemany(
                 """INSERT INTO alarms (event_id, gateway_id, device_id, seq, kind, test, lat, lon,
                        address, area, raised_at, received_at, intake_at, fingerprint, incident_id,
-                       incident_key, press_count, sources)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       incident_key, press_count, sources, battery_mv)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 self._alarms,
             )
+        if self._batteries:
+            await db.executemany(_UPSERT_BATTERY, self._batteries)
         if self._sources:
             await db.executemany(
                 "INSERT OR IGNORE INTO incident_sources (incident_id, device_id) VALUES (?, ?)",
@@ -687,6 +598,10 @@ class Store:
                     intake_at,
                 ),
             )
+            battery = fault.detail.get("battery_mv")
+            # bool is an int in Python; `true` is not a voltage.
+            if isinstance(battery, int) and not isinstance(battery, bool) and 0 <= battery < 100_000:
+                await db.execute(_UPSERT_BATTERY, (fault.device_id, battery, at, fault.event_id))
             return FaultOutcome(created=True, event_id=fault.event_id, same_body=True)
 
     async def active_faults(self, *, limit: int = 1000) -> list[DeviceFault]:
@@ -742,18 +657,13 @@ class Store:
                 params.append(agency)
             await db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*params, number))
             detail = {k: v for k, v in (("agency", agency), ("note", note)) if v is not None}
+            detail_json = json.dumps(detail, ensure_ascii=False) if detail else None
             await db.execute(
                 """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
                    VALUES (?, ?, ?, ?, ?, ?)""",
-                (
-                    number,
-                    at,
-                    actor,
-                    incident.state.value,
-                    action.target.value,
-                    json.dumps(detail, ensure_ascii=False) if detail else None,
-                ),
+                (number, at, actor, incident.state.value, action.target.value, detail_json),
             )
+            await _audit(db, at, actor, action.value, incident_ref(number), detail or None)
             events = await db.execute_fetchall(
                 "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
                 (number,),
@@ -780,18 +690,115 @@ class Store:
 
     # ---- queries ------------------------------------------------------------------------------
 
+    async def add_note(self, number: int, note: str, *, actor: str, now: datetime) -> Incident:
+        """Record an operator's note in the incident's history; the state stays as it is."""
+        async with self._tx(write=True) as db:
+            incident = await _incident(db, number)
+            if incident is None:
+                raise IncidentNotFoundError(incident_ref(number))
+            at = rfc3339(now)
+            await db.execute("UPDATE incidents SET updated_at = ? WHERE id = ?", (at, number))
+            await db.execute(
+                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail, kind)
+                   VALUES (?, ?, ?, ?, ?, ?, 'note')""",
+                (number, at, actor, incident.state.value, incident.state.value,
+                 json.dumps({"note": note}, ensure_ascii=False)),
+            )
+            await _audit(db, at, actor, "note", incident_ref(number), {"note": note})
+            updated = await _incident(db, number)
+            assert updated is not None
+            return updated
+
+    # ---- escalation ---------------------------------------------------------------------------
+
+    async def escalate_due(
+        self,
+        *,
+        now: datetime,
+        after_s: float,
+        webhook_body: Callable[[Incident, datetime], str] | None = None,
+        limit: int = 500,
+    ) -> list[Incident]:
+        """Escalate every incident still `new` `after_s` after its creation that has not been
+        escalated yet: mark it, record it in its history, and queue a webhook event (when
+        `webhook_body` is given), all in one transaction. Returns the escalated incidents."""
+        cutoff = rfc3339(now - timedelta(seconds=after_s))
+        at = rfc3339(now)
+        async with self._tx(write=True) as db:
+            rows = await db.execute_fetchall(
+                """SELECT id FROM incidents WHERE state = 'new' AND escalated_at IS NULL AND created_at <= ?
+                   ORDER BY created_at, id LIMIT ?""",
+                (cutoff, limit),
+            )
+            numbers = [r["id"] for r in rows]
+            if not numbers:
+                return []
+            await db.executemany(
+                "UPDATE incidents SET escalated_at = ?, updated_at = ? WHERE id = ?",
+                [(at, at, n) for n in numbers],
+            )
+            await db.executemany(
+                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail, kind)
+                   VALUES (?, ?, 'system:escalation', 'new', 'new', ?, 'escalation')""",
+                [(n, at, json.dumps({"after_s": after_s})) for n in numbers],
+            )
+            escalated = await _incidents(db, numbers)
+            if webhook_body is not None:
+                await db.executemany(
+                    """INSERT INTO webhook_outbox (incident_id, kind, body, created_at, next_attempt_at)
+                       VALUES (?, 'incident.escalated', ?, ?, ?)""",
+                    [(i.ref, webhook_body(i, now), at, now.timestamp()) for i in escalated],
+                )
+            return escalated
+
+    async def next_escalation_due(self, *, after_s: float) -> datetime | None:
+        """When the next incident escalates if nobody acknowledges it, or None when none waits."""
+        async with self._tx(write=False) as db:
+            row = await _one(
+                db, "SELECT MIN(created_at) AS t FROM incidents WHERE state = 'new' AND escalated_at IS NULL", ()
+            )
+        if row is None or row["t"] is None:
+            return None
+        return parse_rfc3339(row["t"]) + timedelta(seconds=after_s)
+
+    # ---- queries ------------------------------------------------------------------------------
+
     async def get_incident(self, number: int) -> Incident | None:
         async with self._tx(write=False) as db:
             return await _incident(db, number)
 
+    async def get_incidents(self, numbers: Sequence[int]) -> list[Incident]:
+        """The incidents with these numbers (unknown ones left out), in the order given."""
+        async with self._tx(write=False) as db:
+            return await _incidents(db, numbers)
+
+    async def incidents_created_between(self, start: datetime, end: datetime, *, limit: int) -> list[Incident]:
+        """Incidents whose first press arrived in [start, end), oldest first."""
+        async with self._tx(write=False) as db:
+            rows = await db.execute_fetchall(
+                f"{_INCIDENT_SELECT} WHERE i.created_at >= ? AND i.created_at < ? ORDER BY i.created_at, i.id LIMIT ?",
+                (rfc3339(start), rfc3339(end), limit),
+            )
+            sources = await _sources_of(db, [r["id"] for r in rows])
+        return [_to_incident(r, sources.get(r["id"], ())) for r in rows]
+
     async def list_incidents(
-        self, *, states: Sequence[IncidentState] | None = None, limit: int = 100
+        self,
+        *,
+        states: Sequence[IncidentState] | None = None,
+        limit: int = 100,
+        agency: str | None = None,
     ) -> list[Incident]:
-        """Unacknowledged first, then the other open ones, then closed ones; newest first in each."""
-        where, params = "", []
+        """Unacknowledged first, then the other open ones, then closed ones; newest first in each.
+        `agency`: only incidents dispatched to that agency."""
+        conditions, params = [], []
         if states:
-            where = f"WHERE i.state IN ({', '.join('?' for _ in states)})"
+            conditions.append(f"i.state IN ({', '.join('?' for _ in states)})")
             params = [s.value for s in states]
+        if agency is not None:
+            conditions.append("i.agency = ?")
+            params.append(agency)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         sql = f"""{_INCIDENT_SELECT} {where}
             ORDER BY CASE i.state WHEN 'new' THEN 0
                                   WHEN 'acknowledged' THEN 1 WHEN 'dispatched' THEN 1
@@ -836,53 +843,117 @@ class Store:
                 from_state=IncidentState(r["from_state"]) if r["from_state"] else None,
                 to_state=IncidentState(r["to_state"]),
                 detail=json.loads(r["detail"]) if r["detail"] else None,
+                kind=HistoryKind(r["kind"]),
             )
             for r in rows
         ]
 
-    # ---- callback outbox ----------------------------------------------------------------------
+    # ---- outboxes: state reports to the gateway, webhook events ------------------------------
 
-    async def due_callbacks(self, now: float, limit: int) -> list[OutboxRow]:
-        """Reports whose time has come, at most one per event (the oldest undelivered one)."""
+    async def due(self, outbox: Outbox, now: float, limit: int) -> list[OutboxRow]:
+        """Rows whose time has come, at most one per key (the oldest undelivered one)."""
         async with self._tx(write=False) as db:
             rows = await db.execute_fetchall(
-                f"""SELECT o.id, o.event_id, o.gateway_id, o.body, o.attempts FROM callback_outbox o
-                    WHERE {_HEAD_OF_EVENT} AND o.next_attempt_at <= ?
+                f"""SELECT o.id, o.{outbox.key} AS key, o.body, o.attempts FROM {outbox.table} o
+                    WHERE {_head_of_key(outbox)} AND o.next_attempt_at <= ?
                     ORDER BY o.next_attempt_at, o.id LIMIT ?""",
                 (now, limit),
             )
-        return [OutboxRow(r["id"], r["event_id"], r["gateway_id"], r["body"], r["attempts"]) for r in rows]
+        return [OutboxRow(r["id"], r["key"], r["body"], r["attempts"]) for r in rows]
 
-    async def next_callback_due(self) -> float | None:
-        """When the next report may be sent (Unix time), or None when none is waiting."""
+    async def next_due(self, outbox: Outbox) -> float | None:
+        """When the next row may be sent (Unix time), or None when none is waiting."""
         async with self._tx(write=False) as db:
             row = await _one(
-                db, f"SELECT MIN(o.next_attempt_at) AS t FROM callback_outbox o WHERE {_HEAD_OF_EVENT}", ()
+                db, f"SELECT MIN(o.next_attempt_at) AS t FROM {outbox.table} o WHERE {_head_of_key(outbox)}", ()
             )
         return None if row is None else row["t"]
 
-    async def mark_delivered(self, row_id: int, *, now: datetime) -> None:
+    async def mark_delivered(self, outbox: Outbox, row_id: int, *, now: datetime) -> None:
         async with self._tx(write=True) as db:
             await db.execute(
-                """UPDATE callback_outbox SET attempts = attempts + 1, last_attempt_at = ?,
+                f"""UPDATE {outbox.table} SET attempts = attempts + 1, last_attempt_at = ?,
                        delivered_at = ?, last_error = NULL
                    WHERE id = ?""",
                 (rfc3339(now), rfc3339(now), row_id),
             )
 
-    async def mark_failed(self, row_id: int, *, now: datetime, next_attempt_at: float, error: str) -> None:
+    async def mark_failed(
+        self, outbox: Outbox, row_id: int, *, now: datetime, next_attempt_at: float, error: str
+    ) -> None:
         async with self._tx(write=True) as db:
             await db.execute(
-                """UPDATE callback_outbox SET attempts = attempts + 1, last_attempt_at = ?,
+                f"""UPDATE {outbox.table} SET attempts = attempts + 1, last_attempt_at = ?,
                        next_attempt_at = ?, last_error = ?
                    WHERE id = ?""",
                 (rfc3339(now), next_attempt_at, error[:500], row_id),
             )
 
-    async def pending_callbacks(self) -> int:
+    async def pending(self, outbox: Outbox) -> int:
         async with self._tx(write=False) as db:
-            row = await _one(db, "SELECT COUNT(*) AS n FROM callback_outbox WHERE delivered_at IS NULL", ())
+            row = await _one(db, f"SELECT COUNT(*) AS n FROM {outbox.table} WHERE delivered_at IS NULL", ())
         return 0 if row is None else row["n"]
+
+    async def pending_callbacks(self) -> int:
+        return await self.pending(CALLBACK_OUTBOX)
+
+    # ---- browser sessions ---------------------------------------------------------------------
+
+    async def create_session(
+        self, token_hash: str, *, operator: str, csrf_token: str, now: datetime, ttl: timedelta
+    ) -> Session:
+        expires = now + ttl
+        async with self._tx(write=True) as db:
+            # Expired sessions are dropped here, so the table stays as small as the active staff.
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (rfc3339(now),))
+            await db.execute(
+                """INSERT INTO sessions (token_hash, operator, csrf_token, created_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (token_hash, operator, csrf_token, rfc3339(now), rfc3339(expires)),
+            )
+            await _audit(db, rfc3339(now), operator, "login", None, None)
+        return Session(operator, csrf_token, expires)
+
+    async def get_session(self, token_hash: str, *, now: datetime) -> Session | None:
+        async with self._tx(write=False) as db:
+            row = await _one(
+                db,
+                "SELECT operator, csrf_token, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?",
+                (token_hash, rfc3339(now)),
+            )
+        return None if row is None else Session(row["operator"], row["csrf_token"], parse_rfc3339(row["expires_at"]))
+
+    async def delete_session(self, token_hash: str, *, actor: str, now: datetime) -> None:
+        async with self._tx(write=True) as db:
+            await db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+            await _audit(db, rfc3339(now), actor, "logout", None, None)
+
+    # ---- audit log ----------------------------------------------------------------------------
+
+    async def audit(
+        self, *, actor: str, action: str, now: datetime, target: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        async with self._tx(write=True) as db:
+            await _audit(db, rfc3339(now), actor, action, target, detail)
+
+    async def audit_entries(self, *, limit: int = 200, before_id: int | None = None) -> list[AuditEntry]:
+        """The newest entries first; `before_id` pages back."""
+        async with self._tx(write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (before_id if before_id is not None else 2**63 - 1, limit),
+            )
+        return [
+            AuditEntry(
+                id=r["id"],
+                at=parse_rfc3339(r["at"]),
+                actor=r["actor"],
+                action=r["action"],
+                target=r["target"],
+                detail=json.loads(r["detail"]) if r["detail"] else None,
+            )
+            for r in rows
+        ]
 
 
 async def _configure(db: aiosqlite.Connection) -> None:
@@ -923,6 +994,26 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
     async with db.execute(sql, params) as cur:
         return await cur.fetchone()
+
+
+async def _audit(
+    db: aiosqlite.Connection, at: str, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
+) -> None:
+    await db.execute(
+        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        (at, actor, action, target, json.dumps(detail, ensure_ascii=False) if detail else None),
+    )
+
+
+async def _incidents(db: aiosqlite.Connection, numbers: Sequence[int]) -> list[Incident]:
+    if not numbers:
+        return []
+    rows = await db.execute_fetchall(
+        f"{_INCIDENT_SELECT} WHERE i.id IN (SELECT value FROM json_each(?))", (json.dumps(list(numbers)),)
+    )
+    sources = await _sources_of(db, [r["id"] for r in rows])
+    found = {r["id"]: _to_incident(r, sources.get(r["id"], ())) for r in rows}
+    return [found[n] for n in numbers if n in found]
 
 
 async def _incident(db: aiosqlite.Connection, number: int) -> Incident | None:
@@ -992,4 +1083,6 @@ def _to_incident(r: aiosqlite.Row, sources: tuple[str, ...]) -> Incident:
         event_count=r["event_count"],
         incident_key=r["incident_key"],
         sources=sources,
+        escalated_at=_time(r["escalated_at"]),
+        battery_mv=r["battery_mv"],
     )

@@ -110,9 +110,10 @@ def make_config(db_path: Path, **changes: Any) -> CCConfig:
 
 
 @asynccontextmanager
-async def running_api(db_path: Path) -> AsyncIterator[Api]:
-    """The app on `db_path`, in-process (also used by tests/test_commandcenter_grouping.py)."""
-    cfg = make_config(db_path)
+async def running_api(db_path: Path, **config_changes: Any) -> AsyncIterator[Api]:
+    """The app on `db_path`, in-process (also used by tests/test_commandcenter_grouping.py and
+    tests/test_commandcenter_console.py)."""
+    cfg = make_config(db_path, **config_changes)
     app = create_app(cfg)
     # ASGITransport does not run the lifespan; run it here so the store really opens and closes.
     async with app.router.lifespan_context(app):
@@ -497,7 +498,8 @@ async def test_openapi_documents_the_api(api: Api) -> None:
     assert (items["minItems"], items["maxItems"]) == (1, 500)
     assert {"incident_key", "press_count", "sources"} <= set(schemas["AlarmIn"]["properties"])
     assert paths["/api/v1/faults"]["post"]["security"] == [{"intakeToken": []}]
-    assert paths["/api/v1/devices/faults"]["get"]["security"] == [{"operatorToken": []}]
+    # People sign in with their bearer token (API clients) or the console's session cookie.
+    assert paths["/api/v1/devices/faults"]["get"]["security"] == [{"operatorToken": []}, {"sessionCookie": []}]
 
 
 # ---- store -------------------------------------------------------------------------------------
@@ -681,11 +683,13 @@ def test_the_example_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyP
     example = Path(siaga.commandcenter.__file__).parent / "cc.example.toml"
     (tmp_path / "cc.toml").write_text(example.read_text())
     (tmp_path / "secrets").mkdir()
-    for name in ("intake", "operator-1", "gateway"):
+    for name in ("intake", "operator-1", "supervisor-1", "damkar-jakpus", "gateway"):
         (tmp_path / "secrets" / f"{name}.token").write_text(f"{name}-" + "x" * 30)
     monkeypatch.setenv("SIAGA_CC_OPERATOR2_TOKEN", "operator-2-" + "y" * 30)
     cfg = CCConfig.load(tmp_path / "cc.toml")
-    assert sorted(cfg.operator_tokens.values()) == ["operator-1", "operator-2"]
+    assert sorted(cfg.operator_tokens.values()) == ["damkar-jakpus", "operator-1", "operator-2", "supervisor-1"]
+    assert [op.role.value for _, op in sorted(cfg.operators.items())] == ["agency", "operator", "operator",
+                                                                          "supervisor"]
     assert cfg.gateway_url is not None
     assert cfg.callbacks == CallbackSettings()
 

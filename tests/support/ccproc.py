@@ -25,6 +25,9 @@ import pytest
 from tests.support.net import free_port
 
 OPERATOR_NAME = "operator-1"
+SUPERVISOR_NAME = "supervisor-1"
+AGENCY_VIEWER_NAME = "viewer-fire"
+AGENCY_VIEWER_AGENCY = "fire"
 
 
 class CommandCenterProcess:
@@ -38,6 +41,10 @@ class CommandCenterProcess:
         max_backoff_s: float = 0.5,
         request_timeout_s: float = 2.0,
         idle_poll_s: float = 1.0,
+        escalation_after_s: float | None = None,
+        webhook_url: str | None = None,
+        webhook_token: str | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.dir = Path(tmp_path) / "cc"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +53,10 @@ class CommandCenterProcess:
         self.intake_token = secrets.token_urlsafe(32)
         self.operator_token = secrets.token_urlsafe(32)
         self.operator_name = OPERATOR_NAME
+        self.supervisor_token = secrets.token_urlsafe(32)
+        self.supervisor_name = SUPERVISOR_NAME
+        self.agency_token = secrets.token_urlsafe(32)
+        self.agency_name = AGENCY_VIEWER_NAME
         self.db_path = self.dir / "cc.sqlite3"
         self.config_path = self.dir / "cc.toml"
         self.log_path = self.dir / "cc.log"
@@ -53,6 +64,8 @@ class CommandCenterProcess:
 
         (self.dir / "intake.token").write_text(self.intake_token + "\n", encoding="utf-8")
         (self.dir / "operator.token").write_text(self.operator_token + "\n", encoding="utf-8")
+        (self.dir / "supervisor.token").write_text(self.supervisor_token + "\n", encoding="utf-8")
+        (self.dir / "agency.token").write_text(self.agency_token + "\n", encoding="utf-8")
         lines = [
             "[server]",
             'host = "127.0.0.1"',
@@ -65,6 +78,15 @@ class CommandCenterProcess:
             "[[operators]]",
             f'name = "{OPERATOR_NAME}"',
             'token_file = "operator.token"',
+            "[[operators]]",
+            f'name = "{SUPERVISOR_NAME}"',
+            'role = "supervisor"',
+            'token_file = "supervisor.token"',
+            "[[operators]]",
+            f'name = "{AGENCY_VIEWER_NAME}"',
+            'role = "agency"',
+            f'agency = "{AGENCY_VIEWER_AGENCY}"',
+            'token_file = "agency.token"',
             "[callbacks]",
             f"initial_backoff_s = {initial_backoff_s}",
             f"max_backoff_s = {max_backoff_s}",
@@ -76,7 +98,16 @@ class CommandCenterProcess:
                 raise ValueError("gateway_url needs gateway_token")
             (self.dir / "gateway.token").write_text(gateway_token + "\n", encoding="utf-8")
             lines += ["[gateway]", f'url = "{gateway_url}"', 'token_file = "gateway.token"']
-        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if escalation_after_s is not None or webhook_url is not None:
+            lines.append("[escalation]")
+            if escalation_after_s is not None:
+                lines.append(f"after_s = {escalation_after_s}")
+            if webhook_url is not None:
+                lines.append(f'webhook_url = "{webhook_url}"')
+            if webhook_token is not None:
+                (self.dir / "webhook.token").write_text(webhook_token + "\n", encoding="utf-8")
+                lines.append('webhook_token_file = "webhook.token"')
+        self.config_path.write_text("\n".join(lines) + "\n" + extra_toml, encoding="utf-8")
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -165,6 +196,13 @@ class CommandCenterProcess:
 
     def operator_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.operator_token}"}
+
+    def supervisor_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.supervisor_token}"}
+
+    def agency_headers(self) -> dict[str, str]:
+        """The fire brigade's viewer: sees only incidents dispatched to "fire", cannot act."""
+        return {"Authorization": f"Bearer {self.agency_token}"}
 
     def __enter__(self) -> CommandCenterProcess:
         self.start()

@@ -1,0 +1,216 @@
+"""The command center's database schema: one entry of single statements per version.
+
+`store._migrate` applies the pending entries at startup in one transaction (docs/commandcenter.md,
+"Storage").
+"""
+
+from __future__ import annotations
+
+# Each entry is one schema version: a tuple of single statements (not a script, because
+# sqlite3's executescript() commits first, which would break the one-transaction guarantee).
+# Never edit a released entry; append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # AUTOINCREMENT: incident ids are public references and must never be reused.
+        """CREATE TABLE incidents (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            state           TEXT NOT NULL CHECK (state IN
+                                ('new', 'acknowledged', 'dispatched', 'resolved', 'false_alarm')),
+            device_id       TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            test            INTEGER NOT NULL CHECK (test IN (0, 1)),
+            lat             REAL NOT NULL,
+            lon             REAL NOT NULL,
+            address         TEXT NOT NULL,
+            area            TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL,
+            acknowledged_at TEXT,
+            acknowledged_by TEXT,
+            dispatched_at   TEXT,
+            dispatched_by   TEXT,
+            agency          TEXT,
+            closed_at       TEXT,
+            closed_by       TEXT
+        )""",
+        "CREATE INDEX incidents_by_state ON incidents (state, id)",
+        # One row per alarm event from a gateway. event_id is the idempotency key; incident_id is
+        # the event -> incident mapping, kept per event so that incidents can later be merged.
+        """CREATE TABLE alarms (
+            id          INTEGER PRIMARY KEY,
+            event_id    TEXT NOT NULL UNIQUE,
+            gateway_id  TEXT NOT NULL,
+            device_id   TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            kind        TEXT NOT NULL,
+            test        INTEGER NOT NULL CHECK (test IN (0, 1)),
+            lat         REAL NOT NULL,
+            lon         REAL NOT NULL,
+            address     TEXT NOT NULL,
+            area        TEXT NOT NULL,
+            raised_at   TEXT,
+            received_at TEXT NOT NULL,
+            intake_at   TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id)
+        )""",
+        "CREATE INDEX alarms_by_incident ON alarms (incident_id, id)",
+        "CREATE INDEX alarms_by_device ON alarms (device_id, seq)",
+        # Audit trail: every state change, including creation (from_state NULL).
+        """CREATE TABLE incident_history (
+            id          INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            at          TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            from_state  TEXT,
+            to_state    TEXT NOT NULL,
+            detail      TEXT
+        )""",
+        "CREATE INDEX incident_history_by_incident ON incident_history (incident_id, id)",
+        # State reports waiting for (or already given to) the gateway. next_attempt_at is Unix time
+        # in seconds: it is scheduling state, compared with the clock, not a record for people.
+        """CREATE TABLE callback_outbox (
+            id              INTEGER PRIMARY KEY,
+            event_id        TEXT NOT NULL REFERENCES alarms (event_id),
+            gateway_id      TEXT NOT NULL,
+            state           TEXT NOT NULL,
+            body            TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at TEXT,
+            last_error      TEXT,
+            delivered_at    TEXT
+        )""",
+        "CREATE INDEX callback_outbox_pending ON callback_outbox (event_id, id) WHERE delivered_at IS NULL",
+        "CREATE INDEX callback_outbox_due ON callback_outbox (next_attempt_at) WHERE delivered_at IS NULL",
+    ),
+    (
+        # Version 2: the gateway's incident layer (protocol §7: incident_key, press_count, sources)
+        # and device faults. Version 1 databases exist, so this only adds; nothing is rewritten.
+        "ALTER TABLE incidents ADD COLUMN incident_key TEXT",
+        # At most one open incident per key: an event with that key attaches to it. Closing an
+        # incident takes it out of this index, so the next event with the key opens a new one.
+        """CREATE UNIQUE INDEX incidents_open_by_key ON incidents (incident_key)
+           WHERE incident_key IS NOT NULL AND state IN ('new', 'acknowledged', 'dispatched')""",
+        # What the gateway said about its grouping when it sent the event, kept as sent.
+        "ALTER TABLE alarms ADD COLUMN incident_key TEXT",
+        "ALTER TABLE alarms ADD COLUMN press_count INTEGER",
+        "ALTER TABLE alarms ADD COLUMN sources TEXT",  # JSON array of device ids, or NULL
+        # The devices of an incident in order of first appearance (rowid order): the union of each
+        # event's device and the `sources` it carried.
+        """CREATE TABLE incident_sources (
+            id          INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            device_id   TEXT NOT NULL,
+            UNIQUE (incident_id, device_id)
+        )""",
+        """INSERT OR IGNORE INTO incident_sources (incident_id, device_id)
+           SELECT incident_id, device_id FROM alarms ORDER BY id""",
+        # Every fault report from a gateway (the history); event_id is the idempotency key.
+        """CREATE TABLE device_faults (
+            id          INTEGER PRIMARY KEY,
+            event_id    TEXT NOT NULL UNIQUE,
+            gateway_id  TEXT NOT NULL,
+            device_id   TEXT NOT NULL,
+            fault       TEXT NOT NULL,
+            active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+            at          TEXT NOT NULL,
+            detail      TEXT NOT NULL,
+            lat         REAL,
+            lon         REAL,
+            address     TEXT,
+            area        TEXT,
+            intake_at   TEXT NOT NULL,
+            fingerprint TEXT NOT NULL
+        )""",
+        "CREATE INDEX device_faults_by_device ON device_faults (device_id, fault, at)",
+        # The latest report per (device, fault), by the gateway's `at`, so a retried old report
+        # that arrives late cannot reopen a fault that has cleared. `since`: when the fault became
+        # active (kept while repeated active reports arrive).
+        """CREATE TABLE device_fault_state (
+            device_id  TEXT NOT NULL,
+            fault      TEXT NOT NULL,
+            active     INTEGER NOT NULL CHECK (active IN (0, 1)),
+            since      TEXT NOT NULL,
+            at         TEXT NOT NULL,
+            event_id   TEXT NOT NULL REFERENCES device_faults (event_id),
+            gateway_id TEXT NOT NULL,
+            detail     TEXT NOT NULL,
+            lat        REAL,
+            lon        REAL,
+            address    TEXT,
+            area       TEXT,
+            intake_at  TEXT NOT NULL,
+            PRIMARY KEY (device_id, fault)
+        )""",
+        "CREATE INDEX device_fault_state_active ON device_fault_state (since) WHERE active = 1",
+    ),
+    (
+        # Version 3: the operator console. Only additions, as in version 2.
+        # Escalation (docs/commandcenter.md, "Escalation"): when an incident still `new` after the
+        # configured time was escalated; each incident escalates at most once.
+        "ALTER TABLE incidents ADD COLUMN escalated_at TEXT",
+        """CREATE INDEX incidents_awaiting_escalation ON incidents (created_at)
+           WHERE state = 'new' AND escalated_at IS NULL""",
+        # Response-time figures and exports select incidents by the time of the first press.
+        "CREATE INDEX incidents_by_created ON incidents (created_at)",
+        # History rows are state changes (all rows before version 3), notes, or the escalation.
+        """ALTER TABLE incident_history ADD COLUMN kind TEXT NOT NULL DEFAULT 'state'
+           CHECK (kind IN ('state', 'note', 'escalation'))""",
+        # Battery voltage an alarm may carry (optional, protocol §7), and the latest known voltage
+        # of each device, from alarms and from fault reports whose detail has `battery_mv`.
+        "ALTER TABLE alarms ADD COLUMN battery_mv INTEGER",
+        """CREATE TABLE device_battery (
+            device_id  TEXT PRIMARY KEY,
+            battery_mv INTEGER NOT NULL,
+            at         TEXT NOT NULL,
+            source     TEXT NOT NULL
+        )""",
+        # The WHERE keeps the latest report whatever order the rows come in; "AND 1" resolves the
+        # parsing ambiguity SQLite documents for an upsert fed by a SELECT.
+        """INSERT INTO device_battery (device_id, battery_mv, at, source)
+           SELECT device_id, json_extract(detail, '$.battery_mv'), at, event_id FROM device_faults
+           WHERE json_type(detail, '$.battery_mv') = 'integer' AND 1
+           ON CONFLICT (device_id) DO UPDATE SET battery_mv = excluded.battery_mv, at = excluded.at,
+               source = excluded.source
+           WHERE excluded.at >= device_battery.at""",
+        # Webhook events (escalations), delivered by the same store-and-forward sender as the state
+        # reports to the gateway; events about one incident go out in order.
+        """CREATE TABLE webhook_outbox (
+            id              INTEGER PRIMARY KEY,
+            incident_id     TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            body            TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at TEXT,
+            last_error      TEXT,
+            delivered_at    TEXT
+        )""",
+        "CREATE INDEX webhook_outbox_pending ON webhook_outbox (incident_id, id) WHERE delivered_at IS NULL",
+        "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE delivered_at IS NULL",
+        # Browser sessions. Only a hash of the cookie is stored, so a copy of the database does not
+        # let anyone in.
+        """CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            operator   TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+        # Who did what and when, for everything besides intake: logins (also failed ones), logouts,
+        # incident actions and notes, exports.
+        """CREATE TABLE audit_log (
+            id     INTEGER PRIMARY KEY,
+            at     TEXT NOT NULL,
+            actor  TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_log_by_time ON audit_log (at)",
+    ),
+)

@@ -1,0 +1,138 @@
+"""Response-time figures and false-alarm rates from recorded timestamps. Pure: values in, values out.
+
+Every interval is measured from the first press the command center received (the incident's
+`created_at`): press -> acknowledge, press -> dispatch, press -> resolve. For each group the figures
+are the count, the median and the 90th percentile (nearest-rank) in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from .domain import IncidentState
+from .store import Incident
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    count: int
+    median_s: float | None
+    p90_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFigures:
+    key: str
+    incidents: int
+    unacknowledged: int  # still `new` now
+    false_alarms: int
+    acknowledge: Figure  # press -> acknowledge
+    dispatch: Figure  # press -> dispatch
+    resolve: Figure  # press -> resolve (resolved incidents only, not false alarms)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFalseAlarms:
+    device_id: str
+    address: str
+    area: str
+    incidents: int
+    false_alarms: int
+    rate: float  # false_alarms / incidents
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The middle value; the mean of the two middle values for an even count."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least p % of the values at or below it.
+    Always one of the values, so "90 % of alarms were acknowledged within X s" holds exactly."""
+    if not values:
+        return None
+    if not 0 < p <= 100:
+        raise ValueError("p must be in (0, 100]")
+    ordered = sorted(values)
+    rank = math.ceil(p / 100 * len(ordered))
+    return ordered[rank - 1]
+
+
+def figure(values: Sequence[float]) -> Figure:
+    return Figure(count=len(values), median_s=_ms(median(values)), p90_s=_ms(percentile(values, 90)))
+
+
+def _ms(value: float | None) -> float | None:
+    # Stored times have millisecond precision; the figures do not pretend to more.
+    return None if value is None else round(value, 3)
+
+
+def _since_press(i: Incident, t: datetime | None) -> float | None:
+    return None if t is None else (t - i.created_at).total_seconds()
+
+
+def group_figures(key: str, incidents: Sequence[Incident]) -> GroupFigures:
+    acks = [s for i in incidents if (s := _since_press(i, i.acknowledged_at)) is not None]
+    dispatches = [s for i in incidents if (s := _since_press(i, i.dispatched_at)) is not None]
+    resolves = [
+        s
+        for i in incidents
+        if i.state is IncidentState.RESOLVED and (s := _since_press(i, i.closed_at)) is not None
+    ]
+    return GroupFigures(
+        key=key,
+        incidents=len(incidents),
+        unacknowledged=sum(i.state is IncidentState.NEW for i in incidents),
+        false_alarms=sum(i.state is IncidentState.FALSE_ALARM for i in incidents),
+        acknowledge=figure(acks),
+        dispatch=figure(dispatches),
+        resolve=figure(resolves),
+    )
+
+
+def figures_by(incidents: Iterable[Incident], key: Callable[[Incident], str | None]) -> list[GroupFigures]:
+    """Figures per key, keys in ascending order; incidents whose key is None are left out."""
+    groups: dict[str, list[Incident]] = {}
+    for i in incidents:
+        k = key(i)
+        if k is not None:
+            groups.setdefault(k, []).append(i)
+    return [group_figures(k, groups[k]) for k in sorted(groups)]
+
+
+def local_day(zone: tzinfo) -> Callable[[Incident], str]:
+    """The calendar day of the first press in `zone` (a 112 center counts its days in local time)."""
+    return lambda i: i.created_at.astimezone(zone).date().isoformat()
+
+
+def false_alarm_rates(incidents: Iterable[Incident]) -> list[DeviceFalseAlarms]:
+    """Per device that opened incidents: how many were false alarms. Most false alarms first, so an
+    abused button (to be moved or explained to the neighbourhood) is at the top."""
+    per: dict[str, list[Incident]] = {}
+    for i in incidents:
+        per.setdefault(i.device_id, []).append(i)
+    rows = []
+    for device, found in per.items():
+        false = sum(i.state is IncidentState.FALSE_ALARM for i in found)
+        latest = found[-1]
+        rows.append(
+            DeviceFalseAlarms(
+                device_id=device,
+                address=latest.address,
+                area=latest.area,
+                incidents=len(found),
+                false_alarms=false,
+                rate=round(false / len(found), 4),
+            )
+        )
+    rows.sort(key=lambda r: (-r.false_alarms, -r.rate, r.device_id))
+    return rows
