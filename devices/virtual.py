@@ -29,6 +29,8 @@ class VirtualHal:
         self.tamper_open = False
         self.battery = 4100
         self.link_up = True
+        self.led = False
+        self.buzzer = False
 
     def ticks_ms(self) -> int:
         return int(time.monotonic() * 1000)
@@ -61,7 +63,8 @@ class VirtualHal:
         self._listener(self.device_id, "indicate", state)
 
     def output(self, led: bool, buzzer: bool, status: bool) -> None:
-        pass  # no pins; the listener hears indicate() instead
+        # No pins: the levels are kept for whoever shows them (the demo's simulator page).
+        self.led, self.buzzer = bool(led), bool(buzzer)
 
     def event(self, name: str, detail: str) -> None:
         self._listener(self.device_id, name, detail)

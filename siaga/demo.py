@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from siaga.asgi import EmbeddedServer, embedded_server
+from siaga.demo_web import create_sim_app
 from siaga.devices.sites import OFFICES
 from siaga.devices.virtual import VirtualButton
-from siaga.stack import LocalStack
+from siaga.net import free_port
+from siaga.stack import OPERATOR, LocalStack
 
 HOLD_S = 2.0
 LONG_PRESS_MS = 1500
@@ -96,6 +99,8 @@ async def _run(buttons: int, presses: int, exit_after: bool, broker_kind: str, w
     print("Siaga demo: broker, gateway, command center and virtual buttons, all on this machine.\n", flush=True)
     watch = ButtonWatch(narrator)
     started: list[VirtualButton] = []
+    sim: EmbeddedServer | None = None
+    sim_task: asyncio.Future[None] | None = None
     async with LocalStack(workdir, broker_kind, narrator.say) as stack:
         try:
             narrator.say("command center", f"{stack.cc_url}/docs (API), operator token in this process only")
@@ -108,17 +113,28 @@ async def _run(buttons: int, presses: int, exit_after: bool, broker_kind: str, w
             known: set[str] = set()
             for i in range(presses):
                 await _round_trip(started[i % len(started)], watch, narrator, stack, known)
+            sim_port = free_port()
+            sim = embedded_server(create_sim_app({b.device_id: b for b in started}, {s.device_id: s for s in sites},
+                                                 watch.shown, f"{stack.cc_url}/console"), "127.0.0.1", sim_port)
+            sim_task = asyncio.ensure_future(sim.serve())
             if exit_after:
                 stop.set()
             else:
-                print(f"\nThe system keeps running: open the command center's API at {stack.cc_url}/docs. "
-                      "Press Ctrl-C to stop.", flush=True)
+                print(f"""
+The system keeps running. In a browser:
+  virtual buttons      http://127.0.0.1:{sim_port}/   (hold a red button for 2 s)
+  operator console     {stack.cc_url}/console   (sign in: name {OPERATOR}, token {stack.operator_token})
+  command center API   {stack.cc_url}/docs
+Press Ctrl-C to stop.""", flush=True)
             while not stop.is_set():
                 stack.check_running()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
             narrator.say("demo", "stopping buttons, gateway, command center and broker ...")
+            if sim is not None:
+                sim.should_exit = True
+                await asyncio.gather(sim_task, return_exceptions=True)
             await asyncio.gather(*(asyncio.to_thread(b.stop) for b in started))
     print("Stopped cleanly; nothing is left running.", flush=True)
     return 0

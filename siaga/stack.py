@@ -17,6 +17,7 @@ import httpx
 from siaga.asgi import EmbeddedServer, embedded_server
 from siaga.broker.embedded import EmbeddedBroker, mosquitto_available
 from siaga.broker.process import MosquittoProcess
+from siaga.commandcenter.app import close_live_streams
 from siaga.commandcenter.app import create_app as create_cc_app
 from siaga.commandcenter.config import CallbackSettings, CCConfig
 from siaga.devices.sites import Site
@@ -83,7 +84,8 @@ class LocalStack:
                           gateway_url=self.gw_url, gateway_token=self.callback_token, log_level="warning",
                           callbacks=CallbackSettings(initial_backoff_s=0.2, max_backoff_s=2.0, idle_poll_s=1.0),
                           **self._cc_extra)
-        self._cc_server = embedded_server(create_cc_app(cc_cfg), "127.0.0.1", self.cc_port)
+        self._cc_app = create_cc_app(cc_cfg)
+        self._cc_server = embedded_server(self._cc_app, "127.0.0.1", self.cc_port)
         gw_cfg = GatewayConfig(
             gateway_id="gw-demo", db_path=self.workdir / "gateway.sqlite3",
             mqtt=MqttSettings("127.0.0.1", self.mqtt_port, "siaga-gateway", self._gateway_password,
@@ -107,6 +109,8 @@ class LocalStack:
     async def _stop(self) -> None:
         self._gw_stop.set()
         if self._cc_server is not None:
+            # uvicorn waits for open connections: end the consoles' event streams first.
+            close_live_streams(self._cc_app)
             self._cc_server.should_exit = True
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
