@@ -130,16 +130,6 @@ def open_console(browser: Browser) -> Iterator[Callable[[CommandCenterProcess], 
         ctx.close()
 
 
-def wait_for(fetch: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fetch()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s (last value {value!r})")
-        time.sleep(0.05)
-
 
 def incidents_of(cc: CommandCenterProcess, device_id: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{cc.url}/api/v1/incidents", headers=cc.operator_headers(), timeout=5)

@@ -4,8 +4,6 @@ the reference command center over HTTP; the operator's acknowledgement returns t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +12,10 @@ import pytest
 
 from tests.support.firmware import FirmwareProcess, device_config
 from tests.support.system import System
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
-
-def wait_for(fetch: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fetch()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s (last value {value!r})")
-        time.sleep(0.05)
 
 
 def incidents(system: System) -> list[dict[str, Any]]:

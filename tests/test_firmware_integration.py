@@ -23,21 +23,12 @@ from tests.support.firmware import FirmwareProcess, device_config, seq_of
 from tests.support.mosquitto import MqttClient
 from tests.support.net import free_port
 from tests.support.system import DeviceCredentials, System
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 BROKER_DOWN_S = 30.0
 
-
-def wait_for(fetch: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fetch()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s (last value {value!r})")
-        time.sleep(0.05)
 
 
 def incidents_of(system: System, device_id: str) -> list[dict[str, Any]]:

@@ -15,17 +15,10 @@ from siaga.devices.agent import Agent, GpioHal
 from siaga.devices.pins import PINS
 from tests.support.firmware import device_config
 from tests.support.system import System
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
-
-def wait(predicate, timeout_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s} s")
-        time.sleep(0.02)
-    return value
 
 
 def incidents(system: System) -> list[dict]:
@@ -42,7 +35,7 @@ def test_pi_agent_long_press_sends_one_alarm_and_led_follows_the_acks(system: Sy
     agent = Agent(cfg, tmp_path / "state", hal).start()
     sos, led = factory.pin(PINS["sos"]), factory.pin(PINS["led"])
     try:
-        wait(lambda: hal.shown == "idle", what="agent connected")
+        wait_for(lambda: hal.shown == "idle", what="agent connected")
 
         sos.drive_low()                                 # a brush against the button
         time.sleep(0.2)
@@ -53,15 +46,15 @@ def test_pi_agent_long_press_sends_one_alarm_and_led_follows_the_acks(system: Sy
         sos.drive_low()                                 # held well past the 600 ms long press
         time.sleep(1.0)
         sos.drive_high()
-        wait(lambda: hal.shown == "received", what="received ack")
-        found = wait(lambda: [i for i in incidents(system) if i["device_id"] == "pi-0001"], what="incident")
+        wait_for(lambda: hal.shown == "received", what="received ack")
+        found = wait_for(lambda: [i for i in incidents(system) if i["device_id"] == "pi-0001"], what="incident")
         assert len(found) == 1
         assert found[0]["press_count"] == 1
 
         resp = httpx.post(f"{system.cc.url}/api/v1/incidents/{found[0]['id']}/acknowledge",
                           headers=system.cc.operator_headers(), timeout=5)
         assert resp.status_code == 200, resp.text
-        wait(lambda: hal.shown == "acknowledged", what="acknowledged ack")
+        wait_for(lambda: hal.shown == "acknowledged", what="acknowledged ack")
         # "Help is coming" is the ring light steady on (firmware/lib/siagafw/indicator.py).
         samples = []
         for _ in range(30):
@@ -72,7 +65,7 @@ def test_pi_agent_long_press_sends_one_alarm_and_led_follows_the_acks(system: Sy
         resp = httpx.post(f"{system.cc.url}/api/v1/incidents/{found[0]['id']}/resolve",
                           headers=system.cc.operator_headers(), timeout=5)
         assert resp.status_code == 200, resp.text
-        wait(lambda: hal.shown == "resolved", what="resolved ack")
+        wait_for(lambda: hal.shown == "resolved", what="resolved ack")
     finally:
         agent.stop()
     assert len(incidents(system)) == 1
@@ -97,13 +90,13 @@ def test_agent_command_runs_as_a_service_would_and_stops_on_sigterm(system: Syst
             device = httpx.get(f"{system.gateway.url}/api/v1/devices/pi-0002", headers=system.gateway.admin_headers,
                                timeout=5).json()
             return device["last_seen_ms"] is not None and device["firmware"] is not None
-        wait(seen, timeout_s=15, what="first heartbeat from the agent")
+        wait_for(seen, timeout_s=15, what="first heartbeat from the agent")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert proc.wait_for(15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait_for()
         assert proc.stdout is not None
         output = proc.stdout.read().decode()
         proc.stdout.close()

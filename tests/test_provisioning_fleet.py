@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,13 @@ from siagafw import proto
 from tests.support.board import FakeBoard, siaga
 from tests.support.mosquitto import MqttClient
 from tests.support.system import System
+from tests.support.waiting import wait_for
 from tests.test_provisioning import config_for, device_logins, devices_at_gateway, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 DEV = "jkt-gambir-0001"
 
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def audit(system: System, reason: str) -> list[dict[str, Any]]:
