@@ -92,11 +92,11 @@ def test_agent_command_runs_as_a_service_would_and_stops_on_sigterm(system: Syst
             return device["last_seen_ms"] is not None and device["firmware"] is not None
         wait_for(seen, timeout_s=15, what="first heartbeat from the agent")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait_for(15) == 0
+        assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait_for()
+            proc.wait()
         assert proc.stdout is not None
         output = proc.stdout.read().decode()
         proc.stdout.close()
