@@ -276,6 +276,7 @@ class Gateway:
             "received_at": iso_utc(received_ms),
             "incident_key": f"{self.cfg.gateway_id}:g:{group.group_id}",
             "press_count": group.press_count, "sources": list(group.sources),
+            "battery_mv": self.supervisor.battery_mv(alarm.device_id),
         }
         return NewAlarm(alarm, received_ms, event_id, group.group_id, group.press_count,
                         json.dumps(body, separators=(",", ":"), ensure_ascii=False))

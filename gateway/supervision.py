@@ -115,5 +115,10 @@ class Supervisor:
                     "last_seen_ms": health.last_seen_ms, "battery_mv": health.battery_mv})
         return changes
 
+    def battery_mv(self, device_id: str) -> int | None:
+        """The battery voltage of the device's latest heartbeat, if it reported one."""
+        health = self._devices.get(device_id)
+        return None if health is None else health.battery_mv
+
     def online(self) -> int:
         return sum(1 for h in self._devices.values() if Fault.OFFLINE not in h.active)

@@ -130,3 +130,22 @@ def test_low_battery_and_tamper_start_and_clear(system: System) -> None:
     assert metrics['faults_total{change="start",fault="low_battery"}'] == 1
     assert metrics['faults_total{change="clear",fault="low_battery"}'] == 1
     assert metrics['faults_total{change="start",fault="tamper"}'] == 1
+
+
+def test_alarm_reaches_the_operator_with_the_buttons_last_battery_reading(system: System) -> None:
+    button = SimButton(system.new_device("batt-002"), system.broker.port).connect()
+    try:
+        button.publish("status", button.status_frame(every_s=60, battery_mv=3710))
+        seq, frame = button.alarm_frame()
+        button.publish("alarm", frame)
+        button.wait_ack(seq)
+    finally:
+        button.close()
+    deadline = time.monotonic() + 10
+    while True:
+        found = [i for i in httpx.get(f"{system.cc.url}/api/v1/incidents", headers=system.cc.operator_headers(),
+                                      timeout=5).json() if i["device_id"] == "batt-002"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [i["battery_mv"] for i in found] == [3710]
