@@ -4,12 +4,13 @@
 # network name it uses against micropython-esp32-stubs. Board quirks live in boards/<board>/hal.py.
 import gc
 import os
+import select
 import sys
 import time
 
 import machine
 import network
-from machine import PWM, UART, WDT, Pin
+from machine import PWM, UART, WDT, Pin, Timer
 
 from siagafw.timing import Backoff, ticks_add, ticks_diff
 
@@ -20,6 +21,10 @@ CRASH_LOG = "/crash.txt"          # the last unexpected exception, overwritten e
 # it). The watchdog cannot be stopped once started (MicroPython machine.WDT docs), so after this
 # window an interrupted loop resets the board, which then offers the window again.
 BOOT_GRACE_MS = 3000
+# After a technician stops the loop with Ctrl-C (to re-provision a running button, say), a timer
+# keeps feeding the watchdog for this long, then stops: a board left at the REPL by mistake is
+# reset back into service instead of staying silent.
+TECHNICIAN_HOLD_MS = 10 * 60 * 1000
 NTP_EVERY_MS = 6 * 3600 * 1000    # the RTC drifts by seconds a day; alarms only carry whole seconds
 NTP_RETRY_MS = 60000
 WIFI_FIRST_MS = 15000             # an association takes a few seconds: do not interrupt one...
@@ -110,8 +115,28 @@ class BoardHal:
             self.ssl_wrap = make_ssl_wrap(tls["ca"], tls.get("server_hostname", cfg["mqtt"]["host"]))
         self._wdt = None
 
+    # machine.Timer id: -1 is a software timer on the RP2040 port; the ESP32 port has hardware
+    # timers 0-3 only (MicroPython docs, "machine.Timer" per port). Boards override it.
+    TIMER_ID = -1
+
     def start_watchdog(self, timeout_ms=None):
         self._wdt = WDT(timeout=timeout_ms or self.WATCHDOG_MS)
+
+    def hold_for_technician(self, hold_ms=TECHNICIAN_HOLD_MS):
+        """Keep the watchdog fed from a timer for hold_ms, then let it reset the board."""
+        if self._wdt is None:
+            return
+        wdt = self._wdt
+        until = time.ticks_add(time.ticks_ms(), hold_ms)
+        timer = Timer(self.TIMER_ID)
+
+        def feed(t):
+            if time.ticks_diff(until, time.ticks_ms()) > 0:
+                wdt.feed()
+            else:
+                t.deinit()
+
+        timer.init(mode=Timer.PERIODIC, period=1000, callback=feed)
 
     # ---- the HAL interface
     def ticks_ms(self):
@@ -228,11 +253,25 @@ def run(hal_class, pins):
     hal.start_watchdog(cfg.get("watchdog_ms"))
     hal.event("boot", "dev=%s next_seq=%d fw=%s reset_cause=%d free=%d" % (
         cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION, machine.reset_cause(), gc.mem_free()))
+    console = select.poll()
+    console.register(sys.stdin, select.POLLIN)
+    line = ""
     try:
         while True:
             dev.step()
+            # A line "test" on the USB console raises a technician's test alarm: the provisioning
+            # tool's self-test (the same command as the fake HAL of boards/unix).
+            for _ in console.ipoll(0):
+                c = sys.stdin.read(1)
+                if c in ("\r", "\n"):
+                    if line.strip() == "test":
+                        dev.raise_alarm(test=True)
+                    line = ""
+                elif len(line) < 16:
+                    line += c
     except KeyboardInterrupt:
-        raise  # a technician on the console; the watchdog resets the board if nobody takes over
+        hal.hold_for_technician()
+        raise  # to the REPL: a technician (or the provisioning tool) on the console
     except Exception as exc:  # noqa: BLE001 - anything unexpected: record it, then start afresh
         try:
             with open(CRASH_LOG, "w") as f:

@@ -25,6 +25,7 @@ class Hal(BoardHal):
     WATCHDOG_MS = 20000
     GPS_UART_ID = 2        # UART0 is the USB console, UART1's default pins are the SPI flash's
     wifi_class = Esp32Wifi
+    TIMER_ID = 0  # hardware timer 0; the ESP32 port has no software timers
 
     def __init__(self, cfg, pins):
         BoardHal.__init__(self, cfg, pins)
