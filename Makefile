@@ -12,6 +12,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/system-deps.sh test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy gateway broker devices siaga commandcenter
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

@@ -9,6 +9,7 @@ import logging
 import re
 import secrets
 from datetime import timedelta
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Response
 
@@ -70,7 +71,7 @@ async def login(body: LoginRequest, svc: ServicesDep, response: Response) -> Ses
     responses={401: {"model": ErrorOut, "description": "not signed in"}},
 )
 async def whoami(who: PrincipalDep) -> SessionOut:
-    via = "session" if who.session_hash is not None else "token"
+    via: Literal["session", "token"] = "session" if who.session_hash is not None else "token"
     return SessionOut(name=who.name, role=who.role, agency=who.agency, via=via, csrf_token=who.csrf_token)
 
 

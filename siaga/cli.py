@@ -36,8 +36,8 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ExceptionGroup as group:  # errors out of a TaskGroup arrive grouped
             if _State.verbose:
                 raise
-            for exc in group.exceptions:
-                click.echo(f"siaga: {type(exc).__name__}: {exc}", err=True)
+            for failure in group.exceptions:
+                click.echo(f"siaga: {type(failure).__name__}: {failure}", err=True)
             sys.exit(2)
     return wrapper
 

@@ -132,7 +132,7 @@ Press Ctrl-C to stop.""", flush=True)
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
             narrator.say("demo", "stopping buttons, gateway, command center and broker ...")
-            if sim is not None:
+            if sim is not None and sim_task is not None:
                 sim.should_exit = True
                 await asyncio.gather(sim_task, return_exceptions=True)
             await asyncio.gather(*(asyncio.to_thread(b.stop) for b in started))
