@@ -155,7 +155,8 @@ def test_command_center_down_for_a_minute_then_everything_arrives_once(fast_syst
         time.sleep(60)
         health = system.gateway.health()
         assert health["outbox"] == 100
-        assert health["circuit"] == "open"      # no retry storm against a dead center
+        # The breaker is engaged: open, or half-open for the moment its single probe is in flight.
+        assert health["circuit"] in ("open", "half_open")
         failed_rounds = system.gateway.metrics()['forward_rounds_total{result="failed"}']
         system.cc.start()
         events = wait_for_events(system, 100, 60)
