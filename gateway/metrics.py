@@ -24,6 +24,7 @@ HELP = {
     "siaga_gateway_devices_registered": "Registered devices, revoked ones included",
     "siaga_gateway_circuit_open": "1 while the command-center circuit breaker is open",
     "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
+    "siaga_gateway_acks_dropped": "Acks to buttons dropped: over 100,000 waited for the broker (buttons re-send)",
 }
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

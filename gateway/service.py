@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Literal, cast
 
-from siaga.asgi import embedded_server
+from siaga.asgi import EmbeddedServer, embedded_server
 from siagafw import proto
 
 from . import codec
@@ -116,7 +116,7 @@ class Gateway:
             await self.store.close()
 
     async def _shutdown(self, intake: asyncio.Task[None], forwarder: asyncio.Task[None],
-                        others: list[asyncio.Task[None]], server: object) -> None:
+                        others: list[asyncio.Task[None]], server: EmbeddedServer) -> None:
         """Stop taking messages, finish the batch being committed and the delivery in flight."""
         log.info("gateway %s stopping", self.cfg.gateway_id)
         self._stopping = True
@@ -131,7 +131,7 @@ class Gateway:
                 await asyncio.gather(intake, forwarder, return_exceptions=True)
         for task in (intake, forwarder, *others):
             task.cancel()
-        server.should_exit = True  # type: ignore[attr-defined]
+        server.should_exit = True
 
     async def _load(self) -> None:
         self.registry = {r.id: r for r in await self.store.registry()}
@@ -451,4 +451,5 @@ class Gateway:
     def gauges(self) -> dict[str, float]:
         return {"devices_online": self.supervisor.online(), "devices_registered": len(self.registry),
                 "circuit_open": float(self.breaker.state is BreakerState.OPEN),
-                "mqtt_connected": float(self.link is not None and self.link.connected.is_set())}
+                "mqtt_connected": float(self.link is not None and self.link.connected.is_set()),
+                "acks_dropped": self.link.dropped_publishes if self.link is not None else 0}

@@ -109,6 +109,7 @@ def test_every_kind_of_bad_message_is_rejected_and_audited_while_valid_alarms_ar
         for reason in ("bad_signature", "replay", "unknown_device", "revoked", "oversize"):
             assert metrics[f'rejected_total{{reason="{reason}"}}'] == 1, reason
         assert metrics['rejected_total{reason="malformed"}'] == 2
+        assert metrics["acks_dropped"] == 0   # exported, and nothing dropped with the broker up
         assert metrics['rejected_total{reason="wrong_topic"}'] == 2
         # Every dropped flood message is counted, though only the first is written to the audit log.
         assert metrics['rejected_total{reason="flood"}'] >= 40 - 10 - 2
