@@ -8,7 +8,13 @@
 #   net 0|1                           Wi-Fi association (0: the link layer reports no network)
 #   nmea <sentence>                   one line from the GPS module's UART
 #   test                              raise a technician's test alarm at once
+#   stall <ms>                        the next network_up() call holds the loop for <ms>, as a
+#                                     board's unavoidable blocking call would (a flash erase, a
+#                                     TLS computation); button edges during it are latched
+#   stats                             print "EVT stats steps=<n> loop_max_ms=<ms>" and start afresh
 #   quit                              stop
+# Button edges are latched as a board's Pin.irq latches them: each press or release line read
+# records the ticks it arrived at (edge_at), also while a stall holds the loop.
 # Every indicator change and event is printed as "IND <state>" or "EVT <name> <detail>"; with
 # outputs=True the pin levels too, as "OUT <led> <buzzer> <status led>" (0/1).
 import select
@@ -25,24 +31,43 @@ class FakeHal:
         self._battery = 4100
         self._net = True
         self._gps = b""
+        self._edges = {}
+        self._stall_ms = 0
         self.quit = False
         self.test_requested = False
+        self.stats_requested = False
         self._poll = select.poll()
         self._poll.register(sys.stdin, select.POLLIN)
 
-    def read_commands(self):
-        while self._poll.poll(0):
-            line = sys.stdin.readline()
-            if not line:
-                self.quit = True  # stdin closed: the controlling process is gone
-                return
-            words = line.split()
-            if not words:
+    def read_commands(self, wait_ms=0):
+        """Apply the command lines waiting on stdin; with wait_ms, keep doing so until then."""
+        deadline = time.ticks_add(time.ticks_ms(), wait_ms)
+        while not self.quit:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if not self._poll.poll(max(0, left)):
+                if left <= 0:
+                    return
                 continue
+            line = sys.stdin.readline()
+            try:
+                self._command(line)
+            except ValueError:
+                self.event("bad_command", line.strip())
+
+    def _command(self, line):
+        if not line:
+            self.quit = True  # stdin closed: the controlling process is gone
+            return
+        words = line.split()
+        if words:
             cmd = words[0]
             arg = words[1] if len(words) > 1 else ""
             if cmd == "press" or cmd == "release":
-                self._pressed[arg or "sos"] = cmd == "press"
+                name = arg or "sos"
+                level = cmd == "press"
+                if self._pressed.get(name, False) != level:
+                    self._edges[name] = time.ticks_ms()  # what the Pin.irq handler records
+                self._pressed[name] = level
             elif cmd == "tamper":
                 self._tamper = arg == "1"
             elif cmd == "battery":
@@ -53,6 +78,10 @@ class FakeHal:
                 self._gps += arg.encode() + b"\r\n"
             elif cmd == "test":
                 self.test_requested = True
+            elif cmd == "stall":
+                self._stall_ms = int(arg)
+            elif cmd == "stats":
+                self.stats_requested = True
             elif cmd == "quit":
                 self.quit = True
 
@@ -74,6 +103,9 @@ class FakeHal:
     def pressed(self, name):
         return self._pressed.get(name, False)
 
+    def edge_at(self, name):
+        return self._edges.get(name)
+
     def tamper(self):
         return self._tamper
 
@@ -84,6 +116,11 @@ class FakeHal:
         return -55
 
     def network_up(self):
+        if self._stall_ms:
+            ms = self._stall_ms
+            self._stall_ms = 0
+            self.event("stall", "%d ms" % ms)
+            self.read_commands(ms)  # the loop is held; the "interrupts" still record edges
         return self._net
 
     def gps_read(self):

@@ -26,6 +26,9 @@ def main():
         if hal.test_requested:
             hal.test_requested = False
             dev.raise_alarm(test=True)
+        if hal.stats_requested:
+            hal.stats_requested = False
+            hal.event("stats", dev.stats())
         dev.step()
     dev.mqtt.disconnect()
 

@@ -11,8 +11,16 @@
 #   tamper()                          True while the enclosure is open
 #   battery_mv(), rssi()              battery voltage in mV and Wi-Fi signal in dBm, or None
 #   network_up()                      the link layer is up (Wi-Fi associated, address assigned); the
-#                                     board keeps reconnecting by itself while it is not
-#   ssl_wrap                          None, or a function socket -> TLS socket
+#                                     board keeps reconnecting by itself while it is not. Called
+#                                     every step: it must return at once
+#   ssl_wrap                          None, or a function socket -> TLS socket that leaves the
+#                                     handshake to the first reads and writes (non-blocking)
+# and, where the board has them:
+#   edge_at(name)                     ticks of the input's last level change, latched by Pin.irq,
+#                                     or None: a press that began while the loop was held up is
+#                                     then measured from its true start
+#   dns_server()                      "a.b.c.d" of the network's DNS server (DHCP), or None; without
+#                                     it a broker name is looked up with socket.getaddrinfo
 #   gps_read()                        bytes from the GPS UART, or None (no module, nothing waiting)
 #   indicate(state)                   what the indicator shows now (indicator.py names; for logs)
 #   output(led, buzzer, status)       switch the ring LED, the buzzer and the status LED
@@ -21,9 +29,10 @@
 #
 # The config file is checked by siagafw/config.py, which the boards import only at start-up.
 import json
+import socket
 
 from siagafw import indicator as ind
-from siagafw import proto
+from siagafw import proto, udp
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel
 from siagafw.mqtt import REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED, MQTTClient
 from siagafw.storage import Outbox, SeqStore
@@ -35,6 +44,8 @@ FIRMWARE_VERSION = "0.2.0"
 RESEND_FIRST_MS = 3000         # re-send an alarm the gateway has not acknowledged after this...
 RESEND_MAX_MS = 60000          # ...doubling up to this
 RECONNECT_FIRST_MS = 500
+# The next attempt is scheduled from when the last one ended (failed), not from when it began:
+# an attempt against a broker that accepts TCP and never answers lasts mqtt.timeout_ms.
 # The cap decides how soon a button notices that the broker is back after an outage: 5 s keeps it
 # within a few seconds, and a connect attempt is one small TCP handshake, so even thousands of
 # buttons retrying at that pace are a light load for Mosquitto.
@@ -51,6 +62,13 @@ TEST_MODE_MAX_MS = 900000
 BATTERY_CHECK_MS = 10000
 BATTERY_LOW_MV = 3500          # one Li-ion cell under load is nearly empty here
 LOOP_MS = 10                   # button sampling period (debounce and long press resolution)
+# Wi-Fi counts as up only after it has stayed up this long (as mqtt_as's wifi_connect does): an
+# access point at the edge of range associates and drops again within seconds.
+NET_SETTLE_MS = 2000
+# The broker's name is looked up once and kept; after this many failed attempts in a row it is
+# looked up again (the broker may have moved).
+DNS_REFRESH_AFTER = 3
+DNS_TIMEOUT_MS = 1000          # per DNS query, 3 queries per lookup
 
 _FINAL_RANK = proto.state_rank("resolved")  # this and later ack states close the incident
 
@@ -95,18 +113,30 @@ class Device:
         self.login_retry_ms = r.get("login_retry_ms", LOGIN_RETRY_MS)
         self.indicator = ind.Indicator(cfg.get("silent", False))
         m = cfg["mqtt"]
-        self.mqtt = MQTTClient(self.dev, m["host"], m.get("port", 1883), self.dev, m.get("password"),
-                               m.get("keepalive_s", 30), m.get("timeout_ms", 5000), hal.ssl_wrap,
-                               hal.feed_watchdog)
+        self.host = m["host"]
+        self.port = m.get("port", 1883)
+        self.dns = cfg.get("dns")          # "a.b.c.d[:port]" instead of the board's DHCP DNS server
+        self.net_settle_ms = cfg.get("net_settle_ms", NET_SETTLE_MS)
+        self.mqtt = MQTTClient(self.dev, self.dev, m.get("password"), m.get("keepalive_s", 30),
+                               m.get("timeout_ms", 5000), hal.ssl_wrap)
         self.mqtt.on_message = self._on_message
         self.mqtt.on_puback = self._on_puback
         self.ack_topic = proto.topic(self.dev, "ack")
         self.alarm_topic = proto.topic(self.dev, "alarm")
         self.status_topic = proto.topic(self.dev, "status")
 
+        self._edge_at = getattr(hal, "edge_at", None)
         now = hal.ticks_ms()
         self._last_ticks = now
         self.uptime_ms = 0             # ticks wrap (about 12 days on the boards); this does not
+        self.steps = 0                 # loop steps and the longest gap between two, since stats()
+        self.loop_max_ms = 0
+        self._online = False           # the MQTT link is up and the outbox was scheduled on it
+        self._net_since = None         # when network_up() last turned true; None while it is false
+        self._addr = None              # the broker's socket address, kept between attempts
+        self._lookup = None            # a DNS lookup under way
+        self._failures = 0             # connect attempts failed in a row
+        self._will = None              # the signed will, kept until a connection carries it
         self._retry = {}               # seq -> (next send at ticks, current backoff ms)
         self._pids = {}                # MQTT packet id -> seq of an alarm awaiting its PUBACK
         self._reconnect_at = now
@@ -165,10 +195,19 @@ class Device:
         self._display(now)
         return seq
 
-    def _read_buttons(self, now):
+    def _read_buttons(self, now, prev):
         action = None
         for i in range(len(self.inputs)):
-            a = self.buttons.update(i, self.hal.pressed(self.inputs[i]), now)
+            name = self.inputs[i]
+            level = self.hal.pressed(name)
+            at = None
+            if self._edge_at is not None and bool(level) != self.buttons.raw(i):
+                # The level changed since the last sample, which was at prev: if the board latched
+                # the edge in that interval, the change counts from then.
+                t = self._edge_at(name)
+                if t is not None and ticks_diff(t, prev) >= 0 and ticks_diff(now, t) >= 0:
+                    at = t
+            a = self.buttons.update(i, level, now, at)
             if a is not None:
                 action = a
         a = self.buttons.tick(now)
@@ -287,25 +326,81 @@ class Device:
 
     # -------------------------------------------------------------- network
 
-    def _connect(self, now):
-        if ticks_diff(now, self._reconnect_at) < 0:
+    def _net_ready(self, now):
+        """Whether the link layer is up and has stayed up net_settle_ms."""
+        if not self.hal.network_up():
+            self._net_since = None
+            return False
+        if self._net_since is None:
+            self._net_since = now
+        return ticks_diff(now, self._net_since) >= self.net_settle_ms
+
+    def _broker_address(self):
+        """The broker's socket address; None while a DNS lookup is under way. OSError if none."""
+        if self._addr is not None:
+            return self._addr
+        host = self.host
+        server = self.dns
+        if server is None and not udp.is_ipv4(host) and hasattr(self.hal, "dns_server"):
+            server = self.hal.dns_server()
+        if udp.is_ipv4(host) or server is None:
+            # An address needs no lookup; without a DNS server to ask (a Linux host) the system's
+            # resolver answers.
+            self._addr = socket.getaddrinfo(host, self.port)[0][-1]
+            return self._addr
+        if self._lookup is None:
+            ip, port = udp.server_address(server, udp.DNS_PORT)
+            self._lookup = udp.Lookup(host, ip, port, DNS_TIMEOUT_MS)
+        ip = self._lookup.poll()
+        if ip is None:
+            return None
+        self._lookup = None
+        self.hal.event("resolved", "%s=%s" % (host, ip))
+        self._addr = socket.getaddrinfo(ip, self.port)[0][-1]
+        return self._addr
+
+    def _connect(self, now, net):
+        if self._lookup is None and ticks_diff(now, self._reconnect_at) < 0:
+            return
+        if not net:
+            if self._net_since is None:  # down, not merely settling
+                self._attempt_failed(now, "no network")
             return
         try:
-            if not self.hal.network_up():
-                raise OSError("no network")
-            will = self.signer.seal(proto.encode(proto.will_body(self.dev, self.seqs.next())))
-            self.mqtt.connect(clean=True, will=(proto.topic(self.dev, "will"), will, False))
-            self.mqtt.subscribe(self.ack_topic, 1)
-        except OSError as exc:
-            self.mqtt.close()
-            if self.mqtt.refused in (REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED):
-                delay = self.login_retry_ms
-                self._fault(FAULT_LOGIN, True)
-            else:
-                delay = self._reconnect.next_ms()
-            self._reconnect_at = ticks_add(now, delay)
-            self.hal.event("connect_failed", "%s; retry in %d ms" % (exc, delay))
-            return
+            addr = self._broker_address()
+            if addr is None:
+                return
+            if self._will is None:
+                # One will per connection that comes up: attempts that fail reuse it, so an outage
+                # does not spend sequence numbers (and flash writes) on wills nobody received.
+                self._will = self.signer.seal(proto.encode(proto.will_body(self.dev, self.seqs.next())))
+            self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False), (self.ack_topic, 1))
+        except (OSError, ValueError) as exc:
+            if self._lookup is not None:
+                self._lookup.close()
+                self._lookup = None
+            self._attempt_failed(self.hal.ticks_ms(), str(exc))
+
+    def _attempt_failed(self, end, why):
+        """A connect attempt ended without a link at ticks `end`: schedule the next from then."""
+        self.mqtt.close()
+        self._failures += 1
+        refused = self.mqtt.refused
+        self.mqtt.refused = 0
+        if refused in (REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED):
+            delay = self.login_retry_ms
+            self._fault(FAULT_LOGIN, True)
+        else:
+            delay = self._reconnect.next_ms()
+        if self._failures % DNS_REFRESH_AFTER == 0 and not udp.is_ipv4(self.host):
+            self._addr = None  # look the name up again before the next attempt
+        self._reconnect_at = ticks_add(end, delay)
+        self.hal.event("connect_failed", "%s; retry in %d ms" % (why, delay))
+
+    def _on_connected(self, now):
+        self._online = True
+        self._failures = 0
+        self._will = None
         self._fault(FAULT_LOGIN, False)
         self._reconnect.reset()
         self.hal.event("connected", "")
@@ -314,9 +409,14 @@ class Device:
             self._retry[seq] = (now, self.resend_first_ms)
         self._next_heartbeat = now
 
-    def _drop_link(self, now, why):
+    def _link_down(self, why):
+        now = self.hal.ticks_ms()
         self.mqtt.close()
         self._pids = {}
+        if not self._online:
+            self._attempt_failed(now, why)
+            return
+        self._online = False
         self._reconnect_at = now  # try again at once; the backoff starts if that fails
         self.hal.event("link_lost", why)
 
@@ -345,27 +445,45 @@ class Device:
 
     # -------------------------------------------------------------- main loop
 
+    def stats(self):
+        """Loop steps and the longest gap between two since the last call (then reset)."""
+        out = "steps=%d loop_max_ms=%d" % (self.steps, self.loop_max_ms)
+        self.steps = 0
+        self.loop_max_ms = 0
+        return out
+
     def step(self):
         now = self.hal.ticks_ms()
-        self.uptime_ms += ticks_diff(now, self._last_ticks)
+        prev = self._last_ticks
+        gap = ticks_diff(now, prev)
+        self.uptime_ms += gap
         self._last_ticks = now
+        self.steps += 1
+        if gap > self.loop_max_ms:
+            self.loop_max_ms = gap
         self.hal.feed_watchdog()
-        self._read_buttons(now)
+        self._read_buttons(now, prev)
         if self.gps is not None:
             data = self.hal.gps_read()
             if data:
                 self.gps.feed(data, now)
         self._supervise(now)
-        if self.mqtt.connected() and not self.hal.network_up():
-            self._drop_link(now, "no network")
-        if not self.mqtt.connected():
-            self._connect(now)
-        if self.mqtt.connected():
+        net = self._net_ready(now)
+        if self._online and not self.mqtt.connected():
+            self._link_down("closed")  # by the host (the fleet simulator's power cut)
+        elif self.mqtt.active() and self._net_since is None:
+            self._link_down("no network")
+        if not self.mqtt.active():
+            self._connect(now, net)
+        if self.mqtt.active():
             try:
-                self._send_due(now)
+                if self._online:
+                    self._send_due(now)
                 self.mqtt.poll(self.loop_ms)
+                if not self._online and self.mqtt.connected():
+                    self._on_connected(self.hal.ticks_ms())
             except OSError as exc:
-                self._drop_link(now, str(exc))
+                self._link_down(str(exc))
         elif self.loop_ms:
             self.hal.sleep_ms(self.loop_ms)
         self._display(self.hal.ticks_ms())

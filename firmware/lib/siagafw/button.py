@@ -8,7 +8,7 @@
 # disaster): each is a separate input with the same long press, and they share one cancel window,
 # so there is never more than one alarm waiting to be sent or cancelled. During that window any new
 # press, of any button, cancels.
-from siagafw.timing import ticks_diff
+from siagafw.timing import ticks_add, ticks_diff
 
 IDLE = "idle"
 HOLDING = "holding"            # a button is down, not yet long enough
@@ -27,17 +27,23 @@ class Debouncer:
     def __init__(self, ms):
         self.ms = ms
         self.level = False     # debounced
-        self._raw = False
+        self.raw = False       # as last sampled
+        self.changed_at = 0    # when the debounced level took its value: raw change + ms
         self._since = 0
 
-    def update(self, raw, now_ms):
-        """Feed the raw level; True when the debounced level changed."""
+    def update(self, raw, now_ms, at=None):
+        """Feed the raw level sampled at now_ms; True when the debounced level changed.
+
+        `at` is when the raw level really changed, if the board latched the edge (Pin.irq) while
+        the loop was held up; the level is then counted from that moment, not from now_ms.
+        """
         raw = bool(raw)
-        if raw != self._raw:
-            self._raw = raw
-            self._since = now_ms
+        if raw != self.raw:
+            self.raw = raw
+            self._since = now_ms if at is None else at
         if raw != self.level and ticks_diff(now_ms, self._since) >= self.ms:
             self.level = raw
+            self.changed_at = ticks_add(self._since, self.ms)
             return True
         return False
 
@@ -66,15 +72,26 @@ class ButtonPanel:
                 return True
         return False
 
-    def update(self, i, pressed, now_ms):
-        """Feed input i's raw level (True = pressed); returns CANCEL or None."""
-        if not self._inputs[i].update(pressed, now_ms):
+    def raw(self, i):
+        """Input i's raw level at its last sample."""
+        return self._inputs[i].raw
+
+    def update(self, i, pressed, now_ms, at=None):
+        """Feed input i's raw level (True = pressed) sampled at now_ms; `at` is when it changed,
+        if the board latched the edge (Debouncer.update). Returns HELD, TRIGGER, CANCEL or None."""
+        d = self._inputs[i]
+        if not d.update(pressed, now_ms, at):
             return None
-        down = self._inputs[i].level
+        # Run the timers up to the moment of the change first: a press released while the loop
+        # was held up may have been long enough before it ended.
+        timed = self.tick(d.changed_at)
+        down = d.level
         st = self.state
         if st == IDLE and down:
             self._which = i
-            self._enter(HOLDING, now_ms)
+            # The long press counts from when the press settled, which is before now_ms when the
+            # loop was held up and the board latched the edge.
+            self._enter(HOLDING, d.changed_at)
         elif st == HOLDING and not down and i == self._which:
             self._enter(IDLE, now_ms)  # a short tap: nothing is sent
         elif st == WAIT_RELEASE and not self._any_down():
@@ -84,7 +101,7 @@ class ButtonPanel:
             # armed it can only go down again after it was released, so holding on does not cancel.
             self._enter(WAIT_RELEASE, now_ms)
             return CANCEL
-        return None
+        return timed
 
     def tick(self, now_ms):
         """Advance the timers; returns HELD, TRIGGER or None."""

@@ -37,12 +37,10 @@ def make_ssl_wrap(ca_path, server_hostname):
     ctx.verify_mode = ssl.CERT_REQUIRED
 
     def wrap(sock):
-        try:
-            return ctx.wrap_socket(sock, server_hostname=server_hostname)
-        except ValueError as exc:
-            # MicroPython reports a failed certificate check as ValueError ("The certificate is
-            # not correctly signed by the trusted CA"); the MQTT layer's callers expect OSError
-            # for every link fault (mqtt.py), so that they back off and retry.
-            raise OSError("TLS: " + " ".join(str(a) for a in exc.args).strip())
+        # The socket is non-blocking: the handshake runs a step at a time inside the MQTT
+        # client's reads and writes (mqtt.py), never in one call that would hold the loop. A
+        # failed certificate check surfaces there, as ValueError on MicroPython, which the
+        # client turns into the OSError of any other link fault.
+        return ctx.wrap_socket(sock, server_hostname=server_hostname, do_handshake_on_connect=False)
 
     return wrap
