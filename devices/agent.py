@@ -58,7 +58,8 @@ def tls_wrap(ca_file: str, server_hostname: str) -> Callable[[Any], Any]:
     context = ssl.create_default_context(cafile=ca_file)
 
     def wrap(sock: Any) -> Any:
-        return context.wrap_socket(sock, server_hostname=server_hostname)
+        # The core's MQTT client runs the handshake a step at a time on a non-blocking socket.
+        return context.wrap_socket(sock, server_hostname=server_hostname, do_handshake_on_connect=False)
     return wrap
 
 
@@ -74,6 +75,12 @@ class GpioHal:
         # No gpiozero debounce: the firmware core debounces every input itself, as on the boards.
         self._buttons = {name: Button(pins[name], pull_up=True, pin_factory=pin_factory)
                          for name in ("sos", *types) if name in pins}
+        # gpiozero's edge callbacks (its own thread) latch the time of each button's last edge,
+        # as Pin.irq does on the boards: a press that began while a step was held up counts
+        # from its true start (siagafw/app.py, edge_at).
+        self._edges: dict[str, int] = {}
+        for name, button in self._buttons.items():
+            button.when_pressed = button.when_released = self._latch(name)
         self._tamper = Button(pins["tamper"], pull_up=True, pin_factory=pin_factory)
         self._led = LED(pins["led"], pin_factory=pin_factory)
         self._buzzer = Buzzer(pins["buzzer"], pin_factory=pin_factory)
@@ -92,9 +99,17 @@ class GpioHal:
         now = int(time.time())
         return now if now > 1_600_000_000 else None
 
+    def _latch(self, name: str) -> Callable[[], None]:
+        def edge() -> None:
+            self._edges[name] = self.ticks_ms()
+        return edge
+
     def pressed(self, name: str) -> bool:
         button = self._buttons.get(name)
         return button is not None and button.is_pressed
+
+    def edge_at(self, name: str) -> int | None:
+        return self._edges.get(name)
 
     def tamper(self) -> bool:
         return not self._tamper.is_pressed  # the switch is closed while the lid is on

@@ -36,9 +36,10 @@ class DeviceOptions:
 
 
 def build(identity: Identity, location: Location, defaults: DeviceDefaults, options: DeviceOptions,
-          wifi: Wifi | None, *, ca_path: str = CA_PATH) -> dict[str, Any]:
+          wifi: Wifi | None, *, ca_path: str = CA_PATH, board: str | None = None) -> dict[str, Any]:
     """`ca_path` is where the board's firmware opens the CA: absolute on a board ("/ca.crt"), since
-    the working directory of code on a board is not guaranteed; relative on the unix stand-in."""
+    the working directory of code on a board is not guaranteed; relative on the unix stand-in.
+    `board` (a firmware profile name) adds that board's limits to the check."""
     mqtt: dict[str, Any] = {"host": defaults.broker_host, "port": defaults.broker_port,
                             "password": identity.mqtt_password}
     if defaults.ca_file is not None:
@@ -57,18 +58,17 @@ def build(identity: Identity, location: Location, defaults: DeviceDefaults, opti
     if wifi is not None:
         cfg["wifi"] = {"ssid": wifi.ssid, "password": wifi.password, "power_save": wifi.power_save}
     cfg.update(defaults.extra)
-    check(cfg)
+    check(cfg, board)
     return cfg
 
 
-def check(cfg: dict[str, Any]) -> None:
-    """Run the firmware's own config parser (the same code the board runs) over the config."""
+def check(cfg: dict[str, Any], board: str | None = None) -> None:
+    """Run the firmware's own config parser (the same code the board runs) over the config, with
+    the limits of `board` when it is known."""
+    from siagafw.config import load_config
+
     try:
-        from siagafw.config import load_config
-    except ImportError:  # firmware before the config module was split out of app.py
-        from siagafw.app import load_config  # type: ignore[attr-defined,no-redef]
-    try:
-        load_config(render(cfg).decode("utf-8"))
+        load_config(render(cfg).decode("utf-8"), board)
     except ValueError as exc:
         raise UsageError(f"the device config would be refused by the firmware: {exc}",
                          "check the [devices] section of the provisioning config and the flags") from None

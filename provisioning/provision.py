@@ -222,7 +222,8 @@ def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, ke
     identity = (Identity(staged.device_id, staged.secret_hex, staged.mqtt_password) if staged is not None
                 else Identity.new(device_id))
     ca_path = CA_PATH if profile.name == UNIX else "/" + CA_PATH
-    cfg = devconfig.build(identity, location, settings.devices, options, wifi, ca_path=ca_path)  # checked first
+    cfg = devconfig.build(identity, location, settings.devices, options, wifi, ca_path=ca_path,
+                          board=profile.name)  # checked first, against this board's limits
     with Rollback(ui) as tx:
         if staged is not None:
             if req.location is not None and req.location != staged.location:

@@ -19,43 +19,24 @@ from siaga.broker import certs
 from siaga.broker.config import TlsListener
 from siaga.broker.process import MosquittoProcess
 from siagafw import proto
-from tests.support.firmware import FirmwareProcess, device_config, seq_of
+from tests.support.firmware import (
+    FirmwareProcess,
+    button,
+    device_config,
+    events_at_cc,
+    incidents_of,
+    indicator_states,
+    seq_of,
+)
 from tests.support.mosquitto import MqttClient
 from tests.support.net import free_port
-from tests.support.system import DeviceCredentials, System
+from tests.support.system import System
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 BROKER_DOWN_S = 30.0
 
-
-
-def incidents_of(system: System, device_id: str) -> list[dict[str, Any]]:
-    resp = httpx.get(f"{system.cc.url}/api/v1/incidents", headers=system.cc.operator_headers(), timeout=5)
-    resp.raise_for_status()
-    return [i for i in resp.json() if i["device_id"] == device_id]
-
-
-def events_at_cc(system: System, device_id: str) -> list[dict[str, Any]]:
-    """Every alarm event the command center stored for the device, over all its incidents."""
-    out = []
-    for incident in incidents_of(system, device_id):
-        resp = httpx.get(f"{system.cc.url}/api/v1/incidents/{incident['id']}",
-                         headers=system.cc.operator_headers(), timeout=5)
-        resp.raise_for_status()
-        out.extend(e for e in resp.json()["events"] if e["device_id"] == device_id)
-    return out
-
-
-def button(system: System, tmp_path: Path, device_id: str, **cfg: Any) -> tuple[DeviceCredentials, FirmwareProcess]:
-    creds = system.new_device(device_id)
-    config = device_config(creds.device_id, creds.secret_hex, system.broker.port, creds.mqtt_password, **cfg)
-    return creds, FirmwareProcess(tmp_path / device_id, config, outputs=True)
-
-
-def indicator_states(fw: FirmwareProcess) -> list[str]:
-    return [line.split()[1] for line in fw.seen("IND")]
 
 
 # --------------------------------------------------------------------------------- presses

@@ -3,8 +3,9 @@
 # asserts only: MicroPython has no pytest. Each test gets a fresh scratch directory.
 import json
 import os
+import struct
 
-from siagafw import indicator, mqtt, nmea, proto
+from siagafw import indicator, mqtt, nmea, proto, udp
 from siagafw.app import Device
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel, SosButton
 from siagafw.config import load_config
@@ -315,6 +316,32 @@ def test_mqtt_remaining_length_encoding(tmp):
     assert mqtt._header(0x30, 268435455) == b"\x30\xff\xff\xff\x7f"
 
 
+def test_mqtt_packets_are_split_only_when_whole(tmp):
+    connack = b"\x20\x02\x00\x00"
+    assert mqtt.split_packet(b"") is None
+    assert mqtt.split_packet(connack[:3]) is None                   # body not all there yet
+    assert mqtt.split_packet(connack + b"\xd0") == (0x20, b"\x00\x00", 4)
+    assert mqtt.split_packet(b"\x30\x80") is None                   # the length goes on
+    for bad, why in ((b"\x30\x80\x80\x80\x80\x01", "bad remaining length"),
+                     (b"\x30\x81\x40", "packet too large")):           # 8193 > MAX_PACKET
+        try:
+            mqtt.split_packet(bad)
+        except OSError as exc:
+            assert str(exc) == why, str(exc)
+        else:
+            raise AssertionError("accepted " + why)
+
+
+def test_mqtt_connect_packet_carries_will_and_login(tmp):
+    pkt = mqtt.connect_packet("jkt-1", 30, True, ("siaga/v1/dev/jkt-1/will", b"W", False), "jkt-1", "pw")
+    ptype, body, used = mqtt.split_packet(pkt)
+    assert ptype == 0x10 and used == len(pkt)
+    assert body[:7] == b"\x00\x04MQTT\x04"
+    assert body[7] == 0x02 | 0x04 | 0x08 | 0x80 | 0x40   # clean, will, will QoS 1, user, password
+    assert body[8:10] == b"\x00\x1e"                       # keepalive 30 s
+    assert body.endswith(b"\x00\x05jkt-1\x00\x02pw")
+
+
 def test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails(tmp):
     box = Outbox(tmp)
     os.rmdir(tmp + "/outbox")   # the file system is gone from under it
@@ -323,6 +350,145 @@ def test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails(tmp):
     assert box.seqs() == [4] and box.get(4) == b"frame"
     box.remove(4)
     assert len(box) == 0
+
+
+# ---------------------------------------------------------------- DNS and SNTP messages
+
+
+def _dns_reply(qid, name, rcode=0, records=()):
+    """A reply as a resolver sends it: the question, then each record's name as a pointer to it."""
+    query = udp.dns_query(qid, name)
+    flags = 0x8180 | rcode
+    out = bytearray(struct.pack("!HHHHHH", qid, flags, 1, len(records), 0, 0)) + query[12:]
+    for rtype, rdata in records:
+        out += b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 300, len(rdata)) + rdata
+    return bytes(out)
+
+
+def test_dns_query_is_a_standard_a_query(tmp):
+    q = udp.dns_query(0x1234, "mqtt.siaga.go.id")
+    assert q[:12] == b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"   # RD, one question
+    assert q[12:] == b"\x04mqtt\x05siaga\x02go\x02id\x00\x00\x01\x00\x01"
+    for bad in ("", "a..b", "x" * 64 + ".id", ".".join(["abcdefghi"] * 30)):
+        try:
+            udp.dns_query(1, bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("built a query for " + repr(bad))
+
+
+def test_dns_answer_takes_the_first_address_after_a_cname(tmp):
+    cname = b"\x03cdn\xc0\x0c"
+    reply = _dns_reply(7, "Mqtt.Siaga.go.id", 0, ((5, cname), (1, bytes([10, 20, 30, 40])), (1, b"\x01\x02\x03\x04")))
+    assert udp.dns_answer(reply, 7, "mqtt.siaga.go.id") == "10.20.30.40"   # names compare without case
+
+
+def test_dns_answer_ignores_other_messages_and_reports_failures(tmp):
+    good = _dns_reply(7, "mqtt.siaga.go.id", 0, ((1, b"\x0a\x00\x00\x01"),))
+    assert udp.dns_answer(good, 8, "mqtt.siaga.go.id") is None             # another query's id
+    assert udp.dns_answer(good, 7, "other.siaga.go.id") is None            # another question
+    assert udp.dns_answer(udp.dns_query(7, "mqtt.siaga.go.id"), 7, "mqtt.siaga.go.id") is None  # a query
+    assert udp.dns_answer(good[:11], 7, "mqtt.siaga.go.id") is None
+    looped = bytearray(good)
+    looped[12:14] = b"\xc0\x0c"                                             # a pointer to itself
+    for data, words in ((_dns_reply(7, "mqtt.siaga.go.id", 3), "no such name"),
+                        (_dns_reply(7, "mqtt.siaga.go.id", 2), "server failure"),
+                        (_dns_reply(7, "mqtt.siaga.go.id", 0), "no address"),
+                        (good[:-2], "truncated"), (bytes(looped), "pointer")):
+        try:
+            udp.dns_answer(data, 7, "mqtt.siaga.go.id")
+        except ValueError as exc:
+            assert words in str(exc), (words, str(exc))
+        else:
+            raise AssertionError("accepted a reply with " + words)
+
+
+def test_server_addresses_and_ipv4_literals(tmp):
+    assert udp.is_ipv4("192.168.1.1") and not udp.is_ipv4("192.168.1") and not udp.is_ipv4("256.1.1.1")
+    assert not udp.is_ipv4("mqtt.example.go.id") and not udp.is_ipv4("1.2.3.x")
+    assert udp.server_address("10.0.0.53", 53) == ("10.0.0.53", 53)
+    assert udp.server_address("127.0.0.1:5353", 53) == ("127.0.0.1", 5353)
+    for bad in ("dns.google", "10.0.0.53:0", "10.0.0.53:http", ""):
+        try:
+            udp.server_address(bad, 53)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("accepted " + bad)
+
+
+def test_sntp_reply_gives_unix_time_and_refuses_bad_servers(tmp):
+    origin = b"\x12\x34\x56\x78\x9a\xbc\xde\xf1"
+    unix = 1795000000
+
+    def reply(first=0x24, stratum=2, seconds=unix + udp.NTP_TO_UNIX_S, echo=origin):
+        return bytes([first, stratum]) + bytes(22) + echo + bytes(8) + struct.pack("!II", seconds, 0)
+
+    assert udp.ntp_answer(reply(), origin) == unix
+    assert udp.ntp_answer(reply(echo=bytes(8)), origin) is None           # not the answer to our request
+    assert udp.ntp_answer(reply(first=0x23), origin) is None              # a client's packet (mode 3)
+    assert udp.ntp_answer(reply()[:47], origin) is None
+    # Era 1 (after 2036-02-07): the 32-bit count has wrapped.
+    assert udp.ntp_answer(reply(seconds=1000), origin) == 0x100000000 + 1000 - udp.NTP_TO_UNIX_S
+    for data, words in ((reply(stratum=0), "kiss"), (reply(first=0xE4), "synchronised"), (reply(seconds=0), "no time")):
+        try:
+            udp.ntp_answer(data, origin)
+        except ValueError as exc:
+            assert words in str(exc), str(exc)
+        else:
+            raise AssertionError("accepted a reply with " + words)
+
+
+# ---------------------------------------------------------------- edges latched by the board
+
+
+def test_a_press_latched_during_a_pause_counts_from_its_edge(tmp):
+    b = ButtonPanel(("general",), long_ms=1000, cancel_ms=0, debounce_ms=30)
+    assert b.update(0, False, 0) is None and b.tick(0) is None
+    # The loop was held up from 10 ms to 1500 ms; the press began at 400 ms (latched edge).
+    assert b.update(0, True, 1500, 400) is None
+    assert b.tick(1500) == TRIGGER            # held 1100 ms since it settled at 430 ms
+    # Without the latch the same sample is a press that starts now.
+    c = ButtonPanel(("general",), long_ms=1000, cancel_ms=0, debounce_ms=30)
+    c.update(0, True, 1500)
+    c.tick(1500)
+    assert c.update(0, True, 1540) is None and c.tick(1540) is None
+
+
+def test_a_long_press_released_during_a_pause_still_counts(tmp):
+    b = ButtonPanel(("general",), long_ms=1000, cancel_ms=2000, debounce_ms=30)
+    b.update(0, True, 0)
+    b.update(0, True, 40)
+    assert b.tick(40) is None and b.state == "holding"
+    # The loop stalls from 50 ms to 2000 ms; the person let go at 1600 ms, after the long press.
+    assert b.update(0, False, 2000, 1600) == HELD
+    assert b.state == "armed"
+    assert b.tick(3700) == TRIGGER            # the cancel window ran from the release it saw
+    # A press shorter than the long press, released during a pause, stays a tap.
+    c = ButtonPanel(("general",), long_ms=1000, cancel_ms=0, debounce_ms=30)
+    c.update(0, True, 0)
+    c.update(0, True, 40)
+    assert c.update(0, False, 2000, 500) is None and c.tick(2000) is None
+
+
+def test_device_uses_the_latched_edge_only_if_it_is_newer_than_the_last_sample(tmp):
+    hal = ClockHal()
+    hal.edges = {}
+    hal.edge_at = hal.edges.get
+    dev = Device(hal, _config(button={"long_ms": 500, "cancel_ms": 0, "debounce_ms": 20}), tmp)
+    _run(dev, hal, 100)
+    hal.edges["sos"] = 5                      # an edge long before the last sample: stale
+    hal.held["sos"] = True
+    _run(dev, hal, 300)
+    assert hal.named("alarm") == []           # counted from when the loop saw it, not from 5
+    hal.held["sos"] = False
+    _run(dev, hal, 100)
+    hal.edges["sos"] = hal.now + 5            # an edge during the next pause
+    hal.held["sos"] = True
+    hal.now += 600                            # the loop was held up for 600 ms
+    dev.step()
+    assert len(hal.named("alarm")) == 1
 
 
 # ---------------------------------------------------------------- the application, offline
@@ -531,6 +697,35 @@ def test_device_full_outbox_drops_the_oldest_press_and_says_so(tmp):
     assert dev.outbox.dropped == 1
 
 
+def test_config_refuses_timings_the_board_cannot_honour(tmp):
+    good = json.loads(json.dumps(_config()))
+    load_config(json.dumps(dict(good, watchdog_ms=8000)), "picow")
+    load_config(json.dumps(dict(good, watchdog_ms=20000)), "esp32")
+    for board, key, value, words in (("picow", "watchdog_ms", 9000, "8388"),
+                                     ("esp32", "watchdog_ms", 500, "4000"),
+                                     (None, "loop_ms", 100, "0-50"),
+                                     (None, "mqtt", dict(good["mqtt"], keepalive_s=5), "10-65535"),
+                                     (None, "mqtt", dict(good["mqtt"], keepalive_s=10, timeout_ms=10000),
+                                      "less than keepalive"),
+                                     (None, "reconnect", {"first_ms": 5000, "max_ms": 1000}, "first_ms-"),
+                                     (None, "dns", "dns.google", "IPv4"),
+                                     (None, "outbox_capacity", 0, "1-64")):
+        cfg = dict(good)
+        cfg[key] = value
+        try:
+            load_config(json.dumps(cfg), board)
+        except ValueError as exc:
+            assert key in str(exc) and words in str(exc), str(exc)
+        else:
+            raise AssertionError("accepted %s=%r on %s" % (key, value, board))
+    try:
+        load_config(json.dumps(good), "esp8266")
+    except ValueError as exc:
+        assert "board" in str(exc), str(exc)
+    else:
+        raise AssertionError("accepted an unknown board")
+
+
 def test_config_errors_say_what_to_write(tmp):
     good = json.loads(json.dumps(_config()))
     for key, value, words in (("dev", "Bad_Id", "a-z"), ("secret", "abc", "64 hex"),
@@ -542,7 +737,7 @@ def test_config_errors_say_what_to_write(tmp):
         try:
             load_config(json.dumps(cfg))
         except ValueError as exc:  # no pytest.raises: this file runs under MicroPython too
-            assert key in str(exc) and words in str(exc), str(exc)  # noqa: PT017
+            assert key in str(exc) and words in str(exc), str(exc)
         else:
             raise AssertionError("accepted a bad " + key)
 
@@ -576,6 +771,16 @@ TESTS = [
     test_backoff_doubles_with_jitter_up_to_the_cap,
     test_clock_before_2024_counts_as_unset,
     test_mqtt_remaining_length_encoding,
+    test_mqtt_packets_are_split_only_when_whole,
+    test_mqtt_connect_packet_carries_will_and_login,
+    test_dns_query_is_a_standard_a_query,
+    test_dns_answer_takes_the_first_address_after_a_cname,
+    test_dns_answer_ignores_other_messages_and_reports_failures,
+    test_server_addresses_and_ipv4_literals,
+    test_sntp_reply_gives_unix_time_and_refuses_bad_servers,
+    test_a_press_latched_during_a_pause_counts_from_its_edge,
+    test_a_long_press_released_during_a_pause_still_counts,
+    test_device_uses_the_latched_edge_only_if_it_is_newer_than_the_last_sample,
     test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails,
     test_device_long_press_stores_a_signed_alarm_and_shows_sending,
     test_device_signed_ack_clears_the_outbox_and_states_only_move_forward,
@@ -585,5 +790,6 @@ TESTS = [
     test_device_low_battery_is_a_fault_until_it_recovers,
     test_device_silent_mode_never_sounds_the_buzzer,
     test_device_full_outbox_drops_the_oldest_press_and_says_so,
+    test_config_refuses_timings_the_board_cannot_honour,
     test_config_errors_say_what_to_write,
 ]

@@ -12,6 +12,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.system import DeviceCredentials, System
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_LIB = REPO / "firmware" / "lib"
@@ -175,3 +180,34 @@ class FirmwareProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ against the whole chain
+
+
+def incidents_of(system: System, device_id: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{system.cc.url}/api/v1/incidents", headers=system.cc.operator_headers(), timeout=5)
+    resp.raise_for_status()
+    return [i for i in resp.json() if i["device_id"] == device_id]
+
+
+def events_at_cc(system: System, device_id: str) -> list[dict[str, Any]]:
+    """Every alarm event the command center stored for the device, over all its incidents."""
+    out = []
+    for incident in incidents_of(system, device_id):
+        resp = httpx.get(f"{system.cc.url}/api/v1/incidents/{incident['id']}",
+                         headers=system.cc.operator_headers(), timeout=5)
+        resp.raise_for_status()
+        out.extend(e for e in resp.json()["events"] if e["device_id"] == device_id)
+    return out
+
+
+def button(system: System, tmp_path: Path, device_id: str, **cfg: Any) -> tuple[DeviceCredentials, FirmwareProcess]:
+    """A device registered in the broker and the gateway, and its firmware process (not started)."""
+    creds = system.new_device(device_id)
+    config = device_config(creds.device_id, creds.secret_hex, system.broker.port, creds.mqtt_password, **cfg)
+    return creds, FirmwareProcess(tmp_path / device_id, config, outputs=True)
+
+
+def indicator_states(fw: FirmwareProcess) -> list[str]:
+    return [line.split()[1] for line in fw.seen("IND")]

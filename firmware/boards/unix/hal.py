@@ -12,6 +12,8 @@
 #                                     board's unavoidable blocking call would (a flash erase, a
 #                                     TLS computation); button edges during it are latched
 #   stats                             print "EVT stats steps=<n> loop_max_ms=<ms>" and start afresh
+#   latch 0|1                         without (0) or with (1, the default) the edge latch, to
+#                                     compare with a board that has no Pin.irq on its buttons
 #   quit                              stop
 # Button edges are latched as a board's Pin.irq latches them: each press or release line read
 # records the ticks it arrived at (edge_at), also while a stall holds the loop.
@@ -32,6 +34,7 @@ class FakeHal:
         self._net = True
         self._gps = b""
         self._edges = {}
+        self._latch = True
         self._stall_ms = 0
         self.quit = False
         self.test_requested = False
@@ -65,7 +68,7 @@ class FakeHal:
             if cmd == "press" or cmd == "release":
                 name = arg or "sos"
                 level = cmd == "press"
-                if self._pressed.get(name, False) != level:
+                if self._latch and self._pressed.get(name, False) != level:
                     self._edges[name] = time.ticks_ms()  # what the Pin.irq handler records
                 self._pressed[name] = level
             elif cmd == "tamper":
@@ -82,6 +85,9 @@ class FakeHal:
                 self._stall_ms = int(arg)
             elif cmd == "stats":
                 self.stats_requested = True
+            elif cmd == "latch":
+                self._latch = arg == "1"
+                self._edges = {}
             elif cmd == "quit":
                 self.quit = True
 

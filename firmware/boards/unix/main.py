@@ -11,7 +11,7 @@ from siagafw.config import load_config
 
 def main():
     with open(sys.argv[1]) as f:
-        cfg = load_config(f.read())
+        cfg = load_config(f.read(), "unix")
     tls = cfg["mqtt"].get("tls")
     ssl_wrap = None
     if tls:

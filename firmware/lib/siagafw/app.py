@@ -192,6 +192,7 @@ class Device:
         self._state_at = now
         self._transient = None
         self.hal.event("alarm", "seq=%d kind=%s test=%d" % (seq, body["kind"], 1 if test else 0))
+        self.indicator.restart()
         self._display(now)
         return seq
 

@@ -3,11 +3,26 @@
 # (boards/common/shell.py); docs/firmware.md lists every key.
 import json
 
-from siagafw import proto
+from siagafw import proto, udp
 
 # Optional emergency-type buttons: their input names (pins.py keys) are also their alarm kinds.
 TYPE_INPUTS = ("medical", "fire", "crime", "disaster")
 MAX_ADDR_BYTES = 200           # keeps every alarm frame well under protocol.md's 1024 bytes
+# What each board can honour. The shells pass their board name to load_config, and so does
+# provisioning for the board it writes to, so a config a board cannot keep is refused before it
+# reaches the pole.
+BOARDS = {
+    # The ESP32 port takes any watchdog timeout; a minute is already far past any pause.
+    "esp32": {"watchdog_max_ms": 60000},
+    # The RP2040 watchdog counts at most 8388 ms (MicroPython machine.WDT docs, "On rp2040 devices
+    # the maximum timeout is 8388 ms").
+    "picow": {"watchdog_max_ms": 8388},
+    "unix": {"watchdog_max_ms": 60000},
+}
+# The loop's longest unavoidable pause is far shorter than this (docs/firmware.md, "The loop
+# never waits"); a watchdog below it would reset a healthy button.
+WATCHDOG_MIN_MS = 4000
+MAX_LOOP_MS = 50               # the buttons are sampled at least this often
 
 
 def _need(ok, field, hint):
@@ -19,8 +34,15 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_config(text):
-    """Parse and check the device's config file; a ValueError says which key and what to write."""
+def _int_in(obj, key, default, low, high):
+    v = obj.get(key, default)
+    return _is_int(v) and low <= v <= high
+
+
+def load_config(text, board=None):
+    """Parse and check the device's config file; a ValueError says which key and what to write.
+
+    board ("esp32", "picow", "unix" or None) adds the limits of that board (BOARDS)."""
     try:
         cfg = json.loads(text)
     except ValueError:
@@ -35,6 +57,17 @@ def load_config(text):
     _need(isinstance(m, dict) and isinstance(m.get("host"), str) and m.get("host"), "mqtt.host",
           "the broker's host name or address")
     _need(_is_int(m.get("port", 1883)) and 0 < m.get("port", 1883) < 65536, "mqtt.port", "a TCP port, e.g. 8883")
+    _need(isinstance(m.get("password", ""), str), "mqtt.password", "the broker password as text")
+    tls = m.get("tls")
+    _need(tls is None or (isinstance(tls, dict) and isinstance(tls.get("ca"), str)
+                          and isinstance(tls.get("server_hostname", ""), str)), "mqtt.tls",
+          "{\"ca\": \"/ca.crt\"} and optionally \"server_hostname\"")
+    # keepalive is a 16-bit field [MQTT-3.1.2.10]; below 10 s the pings alone keep the radio busy.
+    _need(_int_in(m, "keepalive_s", 30, 10, 65535), "mqtt.keepalive_s", "seconds, 10-65535 (default 30)")
+    # A PUBACK or PINGRESP missing after timeout_ms drops the link: it must come well before the
+    # broker's own keepalive limit, and each connect stage gets this long.
+    _need(_int_in(m, "timeout_ms", 5000, 1000, 60000) and m.get("timeout_ms", 5000) < m.get("keepalive_s", 30) * 1000,
+          "mqtt.timeout_ms", "1000-60000 ms and less than keepalive_s (default 5000)")
     loc = cfg.get("loc")
     _need(isinstance(loc, dict) and _is_int(loc.get("lat_e6")) and _is_int(loc.get("lon_e6")), "loc",
           "lat_e6 and lon_e6 as integers in millionths of a degree, e.g. -6175392")
@@ -58,4 +91,55 @@ def load_config(text):
           "0-200 ms (default 30)")
     _need(_is_int(cfg.get("heartbeat_s", 60)) and cfg.get("heartbeat_s", 60) >= 5, "heartbeat_s",
           "the heartbeat interval in seconds, at least 5 (default 60)")
+    _timings(cfg, board)
+    _extras(cfg)
     return cfg
+
+
+def _pair(cfg, key, first, first_low, most, high):
+    """A {"first_ms", "max_ms"} backoff: first within [first_low, high], first <= max <= high."""
+    r = cfg.get(key, {})
+    _need(isinstance(r, dict), key, "an object with first_ms and max_ms")
+    f = r.get("first_ms", first)
+    _need(_is_int(f) and first_low <= f <= high, key + ".first_ms", "%d-%d ms (default %d)" % (first_low, high, first))
+    _need(_int_in(r, "max_ms", most, f, high), key + ".max_ms", "first_ms-%d ms (default %d)" % (high, most))
+    return r
+
+
+def _timings(cfg, board):
+    limits = BOARDS.get(board) if board is not None else None
+    _need(board is None or limits is not None, "board", "one of " + ", ".join(BOARDS))
+    wd_max = limits["watchdog_max_ms"] if limits else 60000
+    _need("watchdog_ms" not in cfg or _int_in(cfg, "watchdog_ms", 0, WATCHDOG_MIN_MS, wd_max), "watchdog_ms",
+          "%d-%d ms on this board, or leave it out for the board's default" % (WATCHDOG_MIN_MS, wd_max))
+    _need(_int_in(cfg, "loop_ms", 10, 0, MAX_LOOP_MS), "loop_ms", "0-%d ms (default 10)" % MAX_LOOP_MS)
+    _need(_int_in(cfg, "net_settle_ms", 2000, 0, 30000), "net_settle_ms", "0-30000 ms (default 2000)")
+    _pair(cfg, "retry", 3000, 500, 60000, 3600000)
+    r = _pair(cfg, "reconnect", 500, 100, 5000, 600000)
+    _need(_int_in(r, "login_retry_ms", 300000, 10000, 86400000), "reconnect.login_retry_ms",
+          "10000-86400000 ms (default 300000)")
+    _need(_int_in(cfg, "test_mode_max_s", 900, 10, 86400), "test_mode_max_s", "10-86400 s (default 900)")
+
+
+def _extras(cfg):
+    dns = cfg.get("dns")
+    if dns is not None:
+        try:
+            udp.server_address(dns if isinstance(dns, str) else "", udp.DNS_PORT)
+        except ValueError:
+            _need(False, "dns", "the DNS server as an IPv4 address, e.g. \"192.168.1.1\" (default: from DHCP)")
+    ntp = cfg.get("ntp", "pool.ntp.org")
+    _need(ntp is False or (isinstance(ntp, str) and 0 < len(ntp) < 254), "ntp", "the NTP server's name, or false")
+    _need(_int_in(cfg, "battery_low_mv", 3500, 2500, 5000), "battery_low_mv", "2500-5000 mV (default 3500)")
+    _need(_int_in(cfg, "seq_block", 32, 1, 1000), "seq_block", "1-1000 (default 32)")
+    _need(_int_in(cfg, "outbox_capacity", 16, 1, 64), "outbox_capacity", "1-64 alarms (default 16)")
+    _need(isinstance(cfg.get("silent", False), bool), "silent", "true or false")
+    _need(cfg.get("buzzer", "active") in ("active", "passive"), "buzzer", "active or passive")
+    wifi = cfg.get("wifi", {})
+    _need(isinstance(wifi, dict) and isinstance(wifi.get("ssid", ""), str)
+          and isinstance(wifi.get("password", ""), str) and isinstance(wifi.get("power_save", False), bool),
+          "wifi", "ssid and password as text, power_save true/false")
+    gps = cfg.get("gps")
+    _need(gps is None or gps is False or (isinstance(gps, dict) and _int_in(gps, "baud", 9600, 1200, 921600)
+                                          and _int_in(gps, "max_age_s", 120, 1, 86400)),
+          "gps", "{\"baud\": 9600, \"max_age_s\": 120}")

@@ -105,6 +105,11 @@ class Indicator:
         self._buzzer_pattern = BUZZER.get(state)
         return True
 
+    def restart(self):
+        """Play the next state shown from its start, even if it is the same state (each alarm
+        raised gets its own "taken" chirp, also while an earlier one is still being sent)."""
+        self.state = None
+
     def update(self, now_ms):
         """Recompute the levels; True if the LED or the buzzer must be switched."""
         elapsed = ticks_diff(now_ms, self._since)
