@@ -328,12 +328,16 @@ def run(hal_class, pins):
         while True:
             dev.step()
             # A line "test" on the USB console raises a technician's test alarm: the provisioning
-            # tool's self-test (the same command as the fake HAL of boards/unix).
+            # tool's self-test. "stats" prints the loop's step count and longest step since the
+            # last "stats". Both are commands of the fake HAL of boards/unix too.
             for _ in console.ipoll(0):
                 c = sys.stdin.read(1)
                 if c in ("\r", "\n"):
-                    if line.strip() == "test":
+                    cmd = line.strip()
+                    if cmd == "test":
                         dev.raise_alarm(test=True)
+                    elif cmd == "stats":
+                        hal.event("stats", dev.stats())
                     line = ""
                 elif len(line) < 16:
                     line += c

@@ -8,6 +8,7 @@ from siagafw import proto, udp
 # Optional emergency-type buttons: their input names (pins.py keys) are also their alarm kinds.
 TYPE_INPUTS = ("medical", "fire", "crime", "disaster")
 MAX_ADDR_BYTES = 200           # keeps every alarm frame well under protocol.md's 1024 bytes
+MAX_AREA_BYTES = 64            # the command center's intake takes area codes up to 64 characters
 # What each board can honour. The shells pass their board name to load_config, and so does
 # provisioning for the board it writes to, so a config a board cannot keep is refused before it
 # reaches the pole.
@@ -34,6 +35,17 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _text(v, low, high):
+    """v is text of low..high bytes in UTF-8 (JSON can carry a lone surrogate, which has none)."""
+    if not isinstance(v, str):
+        return False
+    try:
+        n = len(v.encode())
+    except UnicodeError:
+        return False
+    return low <= n <= high
+
+
 def _int_in(obj, key, default, low, high):
     v = obj.get(key, default)
     return _is_int(v) and low <= v <= high
@@ -54,13 +66,12 @@ def load_config(text, board=None):
     except (ValueError, TypeError):
         _need(False, "secret", "the device secret as 64 hex characters")
     m = cfg.get("mqtt")
-    _need(isinstance(m, dict) and isinstance(m.get("host"), str) and m.get("host"), "mqtt.host",
-          "the broker's host name or address")
+    _need(isinstance(m, dict) and _text(m.get("host"), 1, 253), "mqtt.host", "the broker's host name or address")
     _need(_is_int(m.get("port", 1883)) and 0 < m.get("port", 1883) < 65536, "mqtt.port", "a TCP port, e.g. 8883")
-    _need(isinstance(m.get("password", ""), str), "mqtt.password", "the broker password as text")
+    _need(_text(m.get("password", ""), 0, 256), "mqtt.password", "the broker password as text")
     tls = m.get("tls")
-    _need(tls is None or (isinstance(tls, dict) and isinstance(tls.get("ca"), str)
-                          and isinstance(tls.get("server_hostname", ""), str)), "mqtt.tls",
+    _need(tls is None or (isinstance(tls, dict) and _text(tls.get("ca"), 1, 255)
+                          and _text(tls.get("server_hostname", "x"), 1, 253)), "mqtt.tls",
           "{\"ca\": \"/ca.crt\"} and optionally \"server_hostname\"")
     # keepalive is a 16-bit field [MQTT-3.1.2.10]; below 10 s the pings alone keep the radio busy.
     _need(_int_in(m, "keepalive_s", 30, 10, 65535), "mqtt.keepalive_s", "seconds, 10-65535 (default 30)")
@@ -73,9 +84,10 @@ def load_config(text, board=None):
           "lat_e6 and lon_e6 as integers in millionths of a degree, e.g. -6175392")
     _need(-90000000 <= loc["lat_e6"] <= 90000000 and -180000000 <= loc["lon_e6"] <= 180000000, "loc",
           "latitude within +-90 and longitude within +-180 degrees")
-    _need(isinstance(loc.get("addr"), str) and len(loc["addr"].encode()) <= MAX_ADDR_BYTES, "loc.addr",
+    _need(_text(loc.get("addr"), 0, MAX_ADDR_BYTES), "loc.addr",
           "the address as text of at most %d bytes" % MAX_ADDR_BYTES)
-    _need(isinstance(loc.get("area"), str), "loc.area", "the administrative-area code as text")
+    _need(_text(loc.get("area"), 0, MAX_AREA_BYTES), "loc.area",
+          "the administrative-area code as text of at most %d bytes" % MAX_AREA_BYTES)
     _need(cfg.get("kind", "general") in proto.KINDS, "kind", "one of " + ", ".join(proto.KINDS))
     types = cfg.get("types", [])
     _need(isinstance(types, list), "types", "a list of fitted type buttons, e.g. [\"medical\", \"fire\"]")
@@ -129,16 +141,17 @@ def _extras(cfg):
         except ValueError:
             _need(False, "dns", "the DNS server as an IPv4 address, e.g. \"192.168.1.1\" (default: from DHCP)")
     ntp = cfg.get("ntp", "pool.ntp.org")
-    _need(ntp is False or (isinstance(ntp, str) and 0 < len(ntp) < 254), "ntp", "the NTP server's name, or false")
+    _need(ntp is False or _text(ntp, 1, 253), "ntp", "the NTP server's name, or false")
     _need(_int_in(cfg, "battery_low_mv", 3500, 2500, 5000), "battery_low_mv", "2500-5000 mV (default 3500)")
     _need(_int_in(cfg, "seq_block", 32, 1, 1000), "seq_block", "1-1000 (default 32)")
     _need(_int_in(cfg, "outbox_capacity", 16, 1, 64), "outbox_capacity", "1-64 alarms (default 16)")
     _need(isinstance(cfg.get("silent", False), bool), "silent", "true or false")
     _need(cfg.get("buzzer", "active") in ("active", "passive"), "buzzer", "active or passive")
     wifi = cfg.get("wifi", {})
-    _need(isinstance(wifi, dict) and isinstance(wifi.get("ssid", ""), str)
-          and isinstance(wifi.get("password", ""), str) and isinstance(wifi.get("power_save", False), bool),
-          "wifi", "ssid and password as text, power_save true/false")
+    _need(isinstance(wifi, dict) and _text(wifi.get("ssid", ""), 0, 32) and _text(wifi.get("password", ""), 0, 64)
+          and isinstance(wifi.get("power_save", False), bool) and _text(wifi.get("country", "ID"), 2, 2),
+          "wifi", "ssid (at most 32 bytes) and password (at most 64) as text, power_save true/false, "
+          "country as two letters")
     gps = cfg.get("gps")
     _need(gps is None or gps is False or (isinstance(gps, dict) and _int_in(gps, "baud", 9600, 1200, 921600)
                                           and _int_in(gps, "max_age_s", 120, 1, 86400)),
