@@ -32,7 +32,7 @@ from tests.support.gateway import GatewayProcess  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 DEVICE_SCRIPT = Path(__file__).with_name("firmware_memory_device.py")
-HEAP_SIZES_KB = (16, 20, 24, 28, 32, 40, 48, 64, 96)
+HEAP_SIZES_KB = (16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 80, 88, 96, 128)
 TARGET_KB = 30
 
 
@@ -142,10 +142,11 @@ def main() -> int:
                       ("send_allocated", "allocated during one send, GC off"),
                       ("send_peak_over_resident", "send high-water mark above resident"),
                       ("peak_during_send", "= peak during a send"), ("after_send", "resident after the send"),
-                      ("idle_garbage_per_s", "idle loop garbage per second"))
-            print(f"  {'':44}" + "".join(f"{n:>20}" for n in results))
+                      ("idle_garbage_per_s", "idle loop garbage per second"),
+                      ("udp_import", "+ DNS/SNTP module (udp.py), when used"))
+            print(f"  {'':44}" + "".join(f"{n:>24}" for n in results))
             for key, label in stages:
-                print(f"  {label:44}" + "".join(f"{kib(r[key]):>20}" for r in results.values()))
+                print(f"  {label:44}" + "".join(f"{kib(r[key]):>24}" for r in results.values()))
             smallest = {}
             for name, (lib, romfs) in variants.items():
                 smallest[name] = None

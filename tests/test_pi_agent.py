@@ -4,6 +4,7 @@ alarm, a short one nothing, and the ring light follows the acknowledgement state
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 from siaga.devices.agent import Agent, GpioHal
 from siaga.devices.pins import PINS
 from tests.support.firmware import device_config
+from tests.support.net import free_port
 from tests.support.system import System
 from tests.support.waiting import wait_for
 
@@ -102,3 +104,35 @@ def test_agent_command_runs_as_a_service_would_and_stops_on_sigterm(system: Syst
         proc.stdout.close()
     assert "Traceback" not in output, output
     assert creds.secret_hex not in output
+
+
+def test_pi_agent_counts_a_press_from_its_edge_when_a_step_was_held_up(tmp_path: Path) -> None:
+    """gpiozero's edge callbacks latch the press while the agent's loop is busy: held 1.9 s in all,
+    of which the loop sees only the last 0.4 s, the press still makes an alarm."""
+    stall = threading.Event()
+
+    def network_up() -> bool:
+        if stall.is_set():
+            stall.clear()
+            time.sleep(3.0)                     # a step held up, as by a slow system call
+        return True
+
+    factory = MockFactory()
+    hal = GpioHal(pin_factory=factory, network_up=network_up)
+    factory.pin(PINS["tamper"]).drive_low()
+    sos = factory.pin(PINS["sos"])
+    cfg = device_config("pi-latch-01", "ab" * 32, free_port(), "pw",
+                        button={"long_ms": 1000, "cancel_ms": 0, "debounce_ms": 30})
+    agent = Agent(cfg, tmp_path / "state", hal).start()
+    try:
+        time.sleep(0.3)
+        stall.set()
+        began = time.monotonic()
+        time.sleep(1.5)
+        sos.drive_low()
+        time.sleep(max(0.0, began + 3.4 - time.monotonic()))
+        sos.drive_high()
+        alarms = wait_for(agent.device.outbox.seqs, timeout_s=5, what="an alarm in the outbox")
+    finally:
+        agent.stop()
+    assert len(alarms) == 1

@@ -14,7 +14,6 @@ import machine
 import network
 from machine import PWM, UART, WDT, Pin, Timer
 
-from siagafw import udp
 from siagafw.timing import Backoff, plausible_unix_time, ticks_add, ticks_diff
 
 CONFIG_PATH = "/config.json"      # written by provisioning
@@ -99,6 +98,8 @@ class ClockSync:
         if self._query is None:
             if ticks_diff(time.ticks_ms(), self._due) < 0:
                 return
+            from siagafw import udp  # imported when the first sync is due, not at boot
+
             try:
                 if udp.is_ipv4(self.host):
                     self._query = udp.TimeQuery(self.host)
@@ -110,6 +111,8 @@ class ClockSync:
             except (OSError, ValueError):
                 self._again(self._backoff.next_ms())
                 return
+        from siagafw import udp
+
         try:
             result = self._query.poll()
             if result is not None and isinstance(self._query, udp.Lookup):

@@ -32,7 +32,7 @@ import json
 import socket
 
 from siagafw import indicator as ind
-from siagafw import proto, udp
+from siagafw import proto
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel
 from siagafw.mqtt import REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED, MQTTClient
 from siagafw.storage import Outbox, SeqStore
@@ -116,6 +116,10 @@ class Device:
         self.host = m["host"]
         self.port = m.get("port", 1883)
         self.dns = cfg.get("dns")          # "a.b.c.d[:port]" instead of the board's DHCP DNS server
+        # A name needs a lookup; an IPv4 address is digits and dots, an IPv6 one has colons. The
+        # resolver (siagafw.udp) is imported only when a lookup is due: a button provisioned
+        # with the broker's address never pays its RAM.
+        self._named = ":" not in self.host and not self.host.replace(".", "").isdigit()
         self.net_settle_ms = cfg.get("net_settle_ms", NET_SETTLE_MS)
         self.mqtt = MQTTClient(self.dev, self.dev, m.get("password"), m.get("keepalive_s", 30),
                                m.get("timeout_ms", 5000), hal.ssl_wrap)
@@ -342,14 +346,16 @@ class Device:
             return self._addr
         host = self.host
         server = self.dns
-        if server is None and not udp.is_ipv4(host) and hasattr(self.hal, "dns_server"):
+        if server is None and self._named and hasattr(self.hal, "dns_server"):
             server = self.hal.dns_server()
-        if udp.is_ipv4(host) or server is None:
+        if not self._named or server is None:
             # An address needs no lookup; without a DNS server to ask (a Linux host) the system's
             # resolver answers.
             self._addr = socket.getaddrinfo(host, self.port)[0][-1]
             return self._addr
         if self._lookup is None:
+            from siagafw import udp
+
             ip, port = udp.server_address(server, udp.DNS_PORT)
             self._lookup = udp.Lookup(host, ip, port, DNS_TIMEOUT_MS)
         ip = self._lookup.poll()
@@ -393,7 +399,7 @@ class Device:
             self._fault(FAULT_LOGIN, True)
         else:
             delay = self._reconnect.next_ms()
-        if self._failures % DNS_REFRESH_AFTER == 0 and not udp.is_ipv4(self.host):
+        if self._failures % DNS_REFRESH_AFTER == 0 and self._named:
             self._addr = None  # look the name up again before the next attempt
         self._reconnect_at = ticks_add(end, delay)
         self.hal.event("connect_failed", "%s; retry in %d ms" % (why, delay))

@@ -3,7 +3,7 @@
 # (boards/common/shell.py); docs/firmware.md lists every key.
 import json
 
-from siagafw import proto, udp
+from siagafw import proto
 
 # Optional emergency-type buttons: their input names (pins.py keys) are also their alarm kinds.
 TYPE_INPUTS = ("medical", "fire", "crime", "disaster")
@@ -136,6 +136,8 @@ def _timings(cfg, board):
 def _extras(cfg):
     dns = cfg.get("dns")
     if dns is not None:
+        from siagafw import udp  # only for a config that names a DNS server: it costs RAM
+
         try:
             udp.server_address(dns if isinstance(dns, str) else "", udp.DNS_PORT)
         except ValueError:
