@@ -378,8 +378,10 @@ class Device:
             if addr is None:
                 return
             if self._will is None:
-                # One will per connection that comes up: attempts that fail reuse it, so an outage
-                # does not spend sequence numbers (and flash writes) on wills nobody received.
+                # Attempts that fail before their CONNECT goes out (no network, DNS, TCP refused)
+                # reuse the will, so an outage does not spend sequence numbers (and flash writes)
+                # on wills no broker saw. Once a CONNECT went out, a broker may hold its will, and
+                # the gateway would refuse the same sequence number again: the next gets a new one.
                 self._will = self.signer.seal(proto.encode(proto.will_body(self.dev, self.seqs.next())))
             self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False), (self.ack_topic, 1))
         except (OSError, ValueError) as exc:
@@ -392,6 +394,8 @@ class Device:
         """A connect attempt ended without a link at ticks `end`: schedule the next from then."""
         self.mqtt.close()
         self._failures += 1
+        if self.mqtt.sent_connect:
+            self._will = None
         refused = self.mqtt.refused
         self.mqtt.refused = 0
         if refused in (REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED):

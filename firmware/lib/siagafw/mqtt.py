@@ -143,6 +143,7 @@ class MQTTClient:
         self.on_message = None    # f(topic: str, payload: bytes, retained: bool)
         self.on_puback = None     # f(pid: int)
         self.refused = 0          # CONNACK code of the last refused connect, 0 if none
+        self.sent_connect = False  # the last connect got as far as sending its CONNECT
         self.state = DOWN
         self._sock = None
         self._poller = None
@@ -171,6 +172,7 @@ class MQTTClient:
         """
         self.close()
         self.refused = 0
+        self.sent_connect = False
         self._connect = connect_packet(self.client_id, self.keepalive_s, clean, will, self.user, self.password)
         self._sub = subscribe
         sock = socket.socket()
@@ -440,6 +442,7 @@ class MQTTClient:
                 # Over TLS this write is the first step of the handshake; it goes on at each flush.
                 self._queue(self._connect)
                 self._connect = b""
+                self.sent_connect = True
             elif ticks_diff(ticks_ms(), self._deadline) >= 0:
                 self._fail("TCP connect timed out")
             return
