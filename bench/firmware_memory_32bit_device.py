@@ -15,11 +15,13 @@
 # helper functions, whose frames (on the port's Python stack) are gone by then; the generator's own
 # frame keeps only live objects and small ints.
 #
-# Prints one "MEM <stage> <bytes>" line per figure, "INFO <key> <value>" lines about the port, and
-# "DONE" at the end.
+# Prints one "MEM <stage> <bytes>" line per figure, "INFO <key> <value>" lines about the port,
+# "QSTR <stage>" followed by micropython.qstr_info()'s line, and "DONE" at the end.
 import gc
 import random
 import sys
+
+import micropython
 
 
 class ClockHal:
@@ -77,12 +79,42 @@ class ClockHal:
         pass
 
 
+def docstrings(prefix):
+    """An estimate of the heap the class docstrings of the loaded modules named prefix* hold. This
+    port keeps them when it compiles source (MICROPY_ENABLE_DOC_STRING); the ESP32 and RP2040
+    builds do not, nor does mpy-cross's output. Each is a str object: 16 bytes, and its text and a
+    terminating zero in 16-byte blocks."""
+    seen = []
+    total = 0
+    for name in list(sys.modules):
+        if not name.startswith(prefix):
+            continue
+        module = sys.modules[name]
+        for attr in dir(module):
+            obj = getattr(module, attr)
+            if not isinstance(obj, type) or any(obj is other for other in seen):
+                continue
+            seen.append(obj)
+            doc = obj.__dict__.get("__doc__")
+            if isinstance(doc, str):
+                total += 16 + (len(doc.encode()) + 16) // 16 * 16
+    return total
+
+
 def report(stage, value):
     print("MEM", stage, value)
 
 
 def info(key, value):
     print("INFO", key, value)
+
+
+def interned(stage):
+    """The interned strings' heap (qstr pools and text): qstr_info prints it on the next line. A
+    pool is allocated whole, twice the size of the previous one, so the stage that needs a new pool
+    is charged for all of it."""
+    print("QSTR", stage)
+    micropython.qstr_info()
 
 
 def load_config(path):
@@ -115,12 +147,8 @@ def allocated_by(fn, *args):
     return used
 
 
-def raise_once(dev):
-    dev.raise_alarm(test=True)
-
-
 def raise_then_step(dev, n):
-    raise_once(dev)
+    dev.raise_alarm(test=True)
     steps(dev, n)
 
 
@@ -139,6 +167,7 @@ def main():
     gc.collect()
     yield
     floor = gc.mem_alloc()  # the interpreter's own heap use before any firmware code
+    interned("floor")
 
     cfg = load_config(sys.argv[1])
     forget("siagafw", "config")
@@ -152,6 +181,8 @@ def main():
     yield
     after_import = gc.mem_alloc()
     report("import", after_import - floor)
+    interned("import")
+    report("import_doc", docstrings("siagafw."))
     port_info()
 
     hal = ClockHal()
@@ -170,22 +201,12 @@ def main():
     report("idle", idle - after_device)
     report("idle_resident", idle - floor)
 
-    # One alarm and the 100 offline loop steps after it, with the collector off: every byte
-    # allocated while the alarm is signed and stored in the outbox stays counted (garbage
-    # included). The first alarm after boot also reserves a block of sequence numbers (a flash
-    # write once per 32 numbers); a second one alone shows a raise without it.
-    gc.collect()
-    yield
-    report("raise_allocated", allocated_by(raise_then_step, dev, 100))
-    gc.collect()
-    yield
-    report("raise_again", allocated_by(raise_once, dev))
-
     # The high-water mark of a press, as in firmware_memory_device.py: before each step the heap
     # holds only live data (collected); the step then runs with the collector off, so its own
     # garbage counts too. Over the steps from the press to the alarm stored in the outbox (and a
     # few after the release), the largest "live before + allocated during" bounds the heap a press
-    # needs when there is no network to send it on.
+    # needs when there is no network to send it on. This is the first alarm since boot, so it also
+    # reserves a block of sequence numbers (a flash write, once per 32 numbers): the worst case.
     gc.collect()
     yield
     base = gc.mem_alloc()
@@ -209,6 +230,14 @@ def main():
         gc.enable()
     report("raise_peak_over_resident", peak - base)
     report("peak_during_raise", peak - floor)
+
+    # One alarm and the 100 offline loop steps after it, with the collector off: every byte
+    # allocated while the alarm is signed and stored in the outbox stays counted (garbage
+    # included). This is the button's second alarm since boot: its sequence number comes from the
+    # block the first one reserved.
+    gc.collect()
+    yield
+    report("raise_allocated", allocated_by(raise_then_step, dev, 100))
     gc.collect()
     yield
     report("after_raise", gc.mem_alloc() - floor)
@@ -225,11 +254,14 @@ def main():
     gc.collect()
     yield
     before = gc.mem_alloc()
+    interned("before_udp")
     import siagafw.udp  # noqa: F401
 
     gc.collect()
     yield
     report("udp_import", gc.mem_alloc() - before)
+    interned("udp_import")
+    report("udp_doc", docstrings("siagafw.udp"))
     print("DONE")
 
 
