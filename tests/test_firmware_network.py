@@ -231,3 +231,19 @@ def test_a_press_while_offline_shows_and_sounds_the_same_as_online(system: Syste
     assert shown(online) == shown(offline) == ["armed", "sending"], (online, offline)
     assert chirped(online) and chirped(offline)
     assert indicator_states(fw)[-1] == "sending"   # kept until sent
+
+
+def test_wifi_lost_during_a_lookup_ends_it_and_backs_off(tmp_path: Path) -> None:
+    with FakeDns() as dns:
+        dns.mode = "silent"
+        cfg = device_config("jkt-net-dnsdown-01", "ab" * 32, free_port(), "pw", dns=dns.server, net_settle_ms=0)
+        cfg["mqtt"]["host"] = BROKER_NAME
+        with FirmwareProcess(tmp_path / "fw", cfg) as fw:
+            wait_for(lambda: dns.queries, timeout_s=10, what="a lookup under way")
+            fw.send("net 0")
+            lines = fw.drain(3.0)
+            down = [x for x in lines if x.startswith("EVT connect_failed no network")]
+            assert 1 <= len(down) <= 6, down             # backoff 0.5, 1, 2 s..., not every step
+            dns.mode = "answer"
+            fw.send("net 1")
+            assert fw.expect("EVT resolved") == f"EVT resolved {BROKER_NAME}=127.0.0.1"

@@ -367,6 +367,9 @@ class Device:
         return self._addr
 
     def _connect(self, now, net):
+        if not net and self._lookup is not None:
+            self._lookup.close()  # asked over a link that has gone: ask again when it is back
+            self._lookup = None
         if self._lookup is None and ticks_diff(now, self._reconnect_at) < 0:
             return
         if not net:

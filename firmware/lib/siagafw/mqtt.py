@@ -432,7 +432,10 @@ class MQTTClient:
                 self._fail("TCP connect refused or unreachable")
             if ev & _POLLOUT_ERR:
                 if self.ssl_wrap is not None:
-                    self._sock = self.ssl_wrap(self._sock)
+                    try:
+                        self._sock = self.ssl_wrap(self._sock)
+                    except (OSError, ValueError) as exc:
+                        self._fail("TLS: %s" % exc)
                     self._poller = select.poll()
                     self._poller.register(self._sock, select.POLLIN)
                     self._mask = select.POLLIN
