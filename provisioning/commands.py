@@ -4,6 +4,7 @@ errors.py); a traceback is shown only with --verbose. siaga/cli.py maps the clic
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,10 +15,10 @@ import click
 
 from siaga.settings import ConfigError
 
-from . import batch, fleet, validate
+from . import add, batch, fleet, validate
 from .board import list_ports
 from .devconfig import DeviceOptions
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ProvisionError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Invalid, ProvisionError, UsageError
 from .provision import Request, provision
 from .settings import Settings, Wifi, load
 from .ui import Ui
@@ -89,6 +90,56 @@ def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
     return EXIT_OK
 
 
+def _secret_from_file(path: str, what: str, check: Callable[[str], str], ui: Ui) -> str:
+    """A secret read from a file, so that it never lands in the shell history; never echoed."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise UsageError(f"cannot read {p}, the file with the {what}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{p}, the file with the {what}, is not text", f"it holds the {what} alone, on one line") \
+            from None
+    try:
+        value = check(text)
+    except Invalid as exc:
+        raise UsageError(f"the {what} in {p} is not valid", exc.expected) from None
+    if mode & 0o077:
+        ui.warn(f"{p} can be read by other users of this machine: chmod 600 it, and delete it once the button "
+                f"has the {what}")
+    return value
+
+
+def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
+    fmt = fleet.check_format(opts.get("format") or "text", ("text", "json"))
+    if fmt == "json":
+        ui.quiet = True  # standard output carries the JSON document alone
+    # Everything typed is checked before the config is read or anything is registered.
+    req = add.Request(
+        device_id=validate.device_id(opts["device_id"]),
+        location=validate.location(lat=opts.get("lat"), lon=opts.get("lon"), latlon_text=opts.get("latlon"),
+                                   address_text=opts.get("address"), area=opts.get("area")),
+        site=validate.site(opts.get("site")),
+        notes=validate.notes(opts.get("notes")),
+        secret_hex=_secret_from_file(opts["secret_file"], "device secret", validate.secret_hex, ui)
+        if opts.get("secret_file") else None,
+        mqtt_password=_secret_from_file(opts["mqtt_password_file"], "device's broker password",
+                                        validate.mqtt_password, ui)
+        if opts.get("mqtt_password_file") else None,
+        label_path=Path(opts["label"]) if opts.get("label") else None)
+    settings = _settings(opts)
+    added = add.add_device(settings, req, ui)
+    if fmt == "json":
+        ui.say(json.dumps(add.credentials_json(added, settings.devices), indent=1))
+        if added.secret_generated or added.password_generated:
+            ui.warn(f"the credentials of {req.device_id} were shown once, on standard output; they are not shown "
+                    "again")
+    else:
+        ui.say(add.credentials_text(added, settings.devices))
+    return EXIT_OK
+
+
 def cmd_list(opts: dict[str, Any], ui: Ui) -> int:
     fmt = fleet.check_format(opts.get("format") or "table", ("table", "csv", "geojson", "json"))
     return fleet.list_devices(_settings(opts), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
@@ -131,6 +182,7 @@ def cmd_decommission(opts: dict[str, Any], ui: Ui) -> int:
 
 COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "provision": cmd_provision,
+    "devices add": cmd_add,
     "devices list": cmd_list,
     "devices show": cmd_show,
     "devices revoke": cmd_revoke,

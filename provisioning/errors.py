@@ -82,7 +82,12 @@ class GatewayError(ProvisionError):
 
 
 class GatewayUnreachable(GatewayError):
-    """No HTTP answer from the gateway at all."""
+    """No HTTP answer from the gateway at all. `sent` is False when no connection was made, so the
+    request cannot have taken effect; after a timeout or a dropped connection it may have."""
+
+    def __init__(self, message: str, hint: str = "", *, sent: bool = True) -> None:
+        super().__init__(message, hint)
+        self.sent = sent
 
 
 class BrokerError(ProvisionError):

@@ -32,14 +32,15 @@ class GatewayClient:
     def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> httpx.Response:
         try:
             resp = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
             raise GatewayUnreachable(f"the gateway at {self.url} did not answer in time",
-                                     "check the laptop's network (VPN, hotspot) and the [gateway] url") from None
+                                     "check the laptop's network (VPN, hotspot) and the [gateway] url",
+                                     sent=not isinstance(exc, httpx.ConnectTimeout)) from None
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
             raise GatewayUnreachable(f"cannot reach the gateway at {self.url} ({reason})",
                                      "check the laptop's network (VPN, hotspot) and the [gateway] url in the "
-                                     "provisioning config") from None
+                                     "provisioning config", sent=not isinstance(exc, httpx.ConnectError)) from None
         if resp.status_code in ok:
             return resp
         detail = _detail(resp)

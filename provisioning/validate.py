@@ -219,6 +219,28 @@ def wifi_password(value: str) -> str:
     return value
 
 
+def secret_hex(value: str) -> str:
+    """A device secret as docs/protocol.md §1 writes it: 32 bytes as 64 hex digits, stored lowercase.
+    The secret itself is never echoed back."""
+    text = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise Invalid("device secret", "(hidden)", "64 hex digits (32 random bytes) and nothing else, e.g. made "
+                                                   "with `openssl rand -hex 32`")
+    if len(set(text)) == 1:
+        raise Invalid("device secret", "(hidden)", "a random key; one digit repeated 64 times is a placeholder")
+    return text
+
+
+def mqtt_password(value: str) -> str:
+    """A device's broker password: 16-128 printable ASCII characters without spaces (a generated one
+    has 32), so that every MQTT client library and config format carries it unchanged."""
+    text = value.strip()
+    if not 16 <= len(text) <= 128 or not all(33 <= ord(c) < 127 for c in text):
+        raise Invalid("broker password", "(hidden)", "16-128 printable ASCII characters without spaces; or leave "
+                                                     "--mqtt-password-file out to have one generated")
+    return text
+
+
 def host(value: object, field: str = "broker host") -> str:
     text = str(value).strip() if value is not None else ""
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?", text):

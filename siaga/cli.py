@@ -272,7 +272,29 @@ def provision(quiet: bool, **opts: Any) -> None:
 
 @main.group()
 def devices() -> None:
-    """Fleet commands: list, show, revoke, rotate-key, decommission, export."""
+    """Fleet commands: add, list, show, revoke, rotate-key, decommission, export."""
+
+
+@devices.command("add")
+@_provisioning_config
+@click.argument("device_id")
+@click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".')
+@click.option("--lat", help="Latitude in decimal degrees (south negative).")
+@click.option("--lon", help="Longitude in decimal degrees.")
+@click.option("--address", help="Street address, e.g. \"Jl. Medan Merdeka Barat 12\".")
+@click.option("--area", help="Administrative-area code (kelurahan/kecamatan), e.g. 31.71.01.1001.")
+@click.option("--site", help="Site name: buttons of one site report one incident.")
+@click.option("--notes", help="Notes for the install log, e.g. the vendor and batch.")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help="File holding the device secret (64 hex digits); default: a new one is generated and shown.")
+@click.option("--mqtt-password-file", type=click.Path(dir_okay=False),
+              help="File holding the broker password; default: a new one is generated and shown.")
+@click.option("--label", type=click.Path(dir_okay=False), help="Where to write the label (.png or .pdf).")
+@click.option("--format", "format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def devices_add(**opts: Any) -> None:
+    """Register a button made elsewhere (no board on USB) at the gateway and the broker; a generated
+    secret and broker password are shown once."""
+    _run("devices add", opts)
 
 
 @devices.command("list")
