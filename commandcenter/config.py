@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from siaga.settings import ConfigError, load_secret, load_toml
+from siaga.settings import ConfigError, check_keys, load_config, load_secret, wrong_type
 
 # Tokens travel in an HTTP header, so they must be visible ASCII; the length floor keeps
 # hand-typed passwords out (generate them with `secrets.token_urlsafe(32)`).
@@ -175,7 +175,7 @@ class CCConfig:
         if self.log_level.lower() not in _LOG_LEVELS:
             raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}")
         if not 1 <= self.port <= 65535:
-            raise ConfigError(f"server.port {self.port} is not a TCP port")
+            raise ConfigError(f"server.port is {self.port}: it must be from 1 to 65535")
         _check_token("intake token", self.intake_token)
         if not self.operator_tokens:
             raise ConfigError("configure at least one [[operators]] entry")
@@ -234,10 +234,11 @@ class CCConfig:
     @classmethod
     def load(cls, path: str | Path) -> CCConfig:
         """Read a TOML config; relative paths in it are relative to the config file's folder."""
-        path = Path(path)
-        base = path.resolve().parent
-        doc = load_toml(path)
-        _known(doc, _KEYS[""], "the config file")
+        return load_config(path, cls._from_document)
+
+    @classmethod
+    def _from_document(cls, doc: dict[str, Any], base: Path) -> CCConfig:
+        check_keys(doc, _KEYS[""])
         server = _table(doc, "server")
         store = _table(doc, "store")
         intake = _table(doc, "intake")
@@ -254,9 +255,9 @@ class CCConfig:
         for i, op in enumerate(operators):
             if not isinstance(op, dict) or not isinstance(op.get("name"), str):
                 raise ConfigError(f"operators[{i}]: needs a string 'name'")
-            _known(op, _KEYS["operators"], f"operators[{i}]")
+            check_keys(op, _KEYS["operators"], f"operators[{i}]")
             where = f"operators[{i}] ({op['name']})"
-            token = _secret(op, "token", base, where)
+            token = load_secret(op, "token", base=base, where=f"operators[{i}]")
             if token in operator_tokens:
                 raise ConfigError(f"{where}: token is already used by another operator")
             operator_tokens[token] = op["name"]
@@ -274,7 +275,7 @@ class CCConfig:
             for i, a in enumerate(agencies_raw):
                 if not isinstance(a, dict):
                     raise ConfigError(f"agencies[{i}] must be a table")
-                _known(a, _KEYS["agencies"], f"agencies[{i}]")
+                check_keys(a, _KEYS["agencies"], f"agencies[{i}]")
                 if not isinstance(a.get("id"), str) or not isinstance(a.get("name"), str):
                     raise ConfigError(f"agencies[{i}]: needs string 'id' and 'name'")
                 found.append(Agency(a["id"], a["name"]))
@@ -285,7 +286,7 @@ class CCConfig:
             after_s=float(_get(escalation, "after_s", (int, float), "escalation", 60.0)),
             webhook_url=webhook_url,
             webhook_token=(
-                _secret(escalation, "webhook_token", base, "escalation")
+                load_secret(escalation, "webhook_token", base=base, where="escalation")
                 if any(k.startswith("webhook_token") for k in escalation)
                 else None
             ),
@@ -309,7 +310,7 @@ class CCConfig:
         gateway_url = gateway.get("url")
         if gateway_url is not None and not isinstance(gateway_url, str):
             raise ConfigError("gateway.url must be a string")
-        gateway_token = _secret(gateway, "token", base, "gateway") if gateway else None
+        gateway_token = load_secret(gateway, "token", base=base, where="gateway") if gateway else None
 
         db = Path(_get(store, "path", str, "store", "siaga-cc.sqlite3"))
         cb = CallbackSettings(**{k: _get(callbacks, k, _CALLBACK_TYPES[k], "callbacks", None) for k in callbacks})
@@ -318,7 +319,7 @@ class CCConfig:
             port=_get(server, "port", int, "server", 8300),
             log_level=_get(server, "log_level", str, "server", "info"),
             db_path=db if db.is_absolute() else base / db,
-            intake_token=_secret(intake, "token", base, "intake"),
+            intake_token=load_secret(intake, "token", base=base, where="intake"),
             operator_tokens=operator_tokens,
             gateway_url=gateway_url.rstrip("/") if gateway_url else None,
             gateway_token=gateway_token,
@@ -360,17 +361,15 @@ _KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _known(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+# The plain tables, to point a key written under the wrong header to its own table.
+_TABLES = {name: keys for name, keys in _KEYS.items() if name not in ("", "operators", "agencies")}
 
 
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    _known(value, _KEYS[name], f"[{name}]")
+        raise ConfigError(f"{name} must be a table: write [{name}] on a line of its own, with its settings below it")
+    check_keys(value, _KEYS[name], name, _TABLES)
     return value
 
 
@@ -380,19 +379,20 @@ def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     value = table[key]
     # bool is an int in Python, but `port = true` is a mistake, not port 1.
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+        raise ConfigError(wrong_type(f"{where}.{key}", _TYPE_NAMES.get(kind, "something else"), value))
     return value
+
+
+_TYPE_NAMES: dict[type | tuple[type, ...], str] = {
+    int: "an integer",
+    (int, float): "a number",
+    str: "a string in double quotes",
+    list: "an array",
+}
 
 
 def _get_bool(table: dict[str, Any], key: str, where: str, default: bool) -> bool:
     value = table.get(key, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be true or false")
+        raise ConfigError(wrong_type(f"{where}.{key}", "true or false", value))
     return value
-
-
-def _secret(section: dict[str, Any], name: str, base: Path, where: str) -> str:
-    try:
-        return load_secret(section, name, base=base)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

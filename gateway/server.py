@@ -1,12 +1,20 @@
-"""Process entry point: `siaga gateway run --config gateway.toml`."""
+"""Process entry point: `siaga gateway run --config gateway.toml`, or without the `siaga` command
+`python -m siaga.gateway.server --config gateway.toml`.
+
+A configuration error is one line on standard error and exit status 2, with no traceback: the line
+names the setting and says what to write.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 from siaga import logs
+from siaga.settings import ConfigError
 
 from .adapters import ReferenceAdapter
 from .config import GatewayConfig
@@ -14,6 +22,8 @@ from .service import Gateway
 from .store import SQLiteStore
 
 log = logging.getLogger(__name__)
+
+CONFIG_ERROR = 2  # as `siaga` and the command center exit on a configuration error
 
 
 async def serve(cfg: GatewayConfig) -> None:
@@ -35,3 +45,22 @@ def run(config_path: str) -> None:
         asyncio.run(serve(cfg))
     else:
         uvloop.run(serve(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m siaga.gateway.server", description="Siaga gateway")
+    parser.add_argument("--config", required=True, help="path of the TOML config (gateway/gateway.example.toml)")
+    args = parser.parse_args(argv)
+    logs.setup()
+    try:
+        run(args.config)
+    except ConfigError as exc:
+        print(f"siaga gateway: {exc}", file=sys.stderr)
+        return CONFIG_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
