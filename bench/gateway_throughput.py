@@ -1,6 +1,7 @@
 """Gateway throughput, latency and memory, against a bare paho subscriber on the same broker.
 
     .venv/bin/python bench/gateway_throughput.py [--alarms 20000] [--devices 50] [--rate 1000] [--seconds 10]
+                                                 [--links own,paho,paho,own]
 
 Phases, all on one real Mosquitto started from broker/ config. The ceiling is a bare paho
 subscriber (QoS 1, persistent session, counts only, in its own process); the gateway is
@@ -13,7 +14,12 @@ buttons, measured from the first to the last arrival:
    and consumer share the two cores);
 3. latency: alarms published live at a paced --rate for --seconds; the time from handing each one
    to the broker to its arrival at the sink (both processes read the same CLOCK_MONOTONIC).
-It prints the figures and the command that produced them. Nothing here is asserted.
+--links runs the gateway phases once per name, one gateway after another on the same broker and
+publishers: `own` is the gateway as shipped (gateway/mqtt.py), `paho` the same gateway with
+paho-mqtt driven on its event loop instead (bench/paho_loop_link.py). Each gateway has its own
+database and MQTT session, and a consumer's session is ended when it is done, so that no later
+burst is queued for it. It prints the figures and the command that produced them. Nothing here is
+asserted.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+from paho.mqtt import __version__ as mqtt_version
 from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +103,7 @@ class Publishers:
         seq = self.seq[device_id]
         _, signer = self.clients[device_id]
         body = proto.alarm_body(device_id, seq, "general", LOC, False, seq, int(time.time()))
-        return f"bench-gw:{device_id}:{seq}", signer.seal(proto.encode(body))
+        return f"{device_id}:{seq}", signer.seal(proto.encode(body))
 
     def publish(self, device_id: str, frame: bytes) -> mqtt.MQTTMessageInfo:
         client, _ = self.clients[device_id]
@@ -156,9 +163,18 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+GATEWAY_COMMANDS = {
+    "own": ["-m", "siaga.cli", "gateway", "run"],
+    "paho": [str(REPO / "bench" / "paho_loop_link.py")],
+}
+
+
 class GatewayProc:
-    def __init__(self, workdir: Path, broker: MosquittoProcess, sink_port: int) -> None:
+    def __init__(self, workdir: Path, broker: MosquittoProcess, sink_port: int, link: str, gateway_id: str) -> None:
         self.workdir = workdir
+        self.link = link
+        self.gateway_id = gateway_id
+        self.client_id = f"siaga-gateway-{gateway_id}"
         self.port = free_port()
         self.admin = secrets.token_urlsafe(16)
         secrets_dir = workdir / "secrets"
@@ -171,7 +187,7 @@ class GatewayProc:
         # flood limit is lifted; everything else is the production default.
         self.config.write_text(f"""
 [gateway]
-id = "bench-gw"
+id = "{gateway_id}"
 db = "gateway.sqlite3"
 flood_rate_per_s = 1000000.0
 flood_burst = 1000000
@@ -190,7 +206,7 @@ token_file = "secrets/cc"
 
     def start(self) -> None:
         log = (self.workdir / "gateway.log").open("ab")
-        cmd = [sys.executable, "-m", "siaga.cli", "gateway", "run", "--config", str(self.config)]
+        cmd = [sys.executable, *GATEWAY_COMMANDS[self.link], "--config", str(self.config)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()
         deadline = time.monotonic() + 30
@@ -217,29 +233,95 @@ token_file = "secrets/cc"
 
 # ------------------------------------------------------------------ main
 
+def drop_session(port: int, username: str, password: str, client_id: str) -> None:
+    """End a persistent session, so that the broker stops queueing later bursts for a consumer gone."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.disconnect()
+    client.loop_stop()
+
+
+def gateway_phases(gateway: GatewayProc, pubs: Publishers, creds: list[tuple[str, str, str]], sink_port: int,
+                   bare_live: float, bare_drain: float, args: argparse.Namespace) -> None:
+    """Live burst, drain of a queued burst, then latency at a paced rate, for one gateway."""
+    n, name = args.alarms, f"gateway ({gateway.link} link)"
+    before = set(sink_dump(sink_port))
+
+    # live: connected while the burst is published
+    gateway.start()
+    gateway.register(creds)
+    pubs.burst(n)
+    got = wait_sink(sink_port, len(before) + n, 600)
+    times = sorted(t for e, t in got.items() if e not in before)
+    gw_live = (len(times) - 1) / (times[-1] - times[0])
+    print(f"{name} live: {len(times)} alarms stored and forwarded, {gw_live:,.0f} alarms/s "
+          f"= {gw_live / bare_live:.2f} x the bare subscriber live")
+    before = set(got)
+
+    # drain: a burst queued while it was away, stored durably and forwarded to the sink
+    gateway.stop()                       # its persistent session now queues for it
+    pubs.burst(n)
+    gateway.start()
+    assert gateway.proc is not None
+    profiler = None
+    if os.environ.get("SIAGA_BENCH_PROFILE"):  # a file for py-spy's collapsed stacks of the drain
+        profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--duration", "6",
+                                     "--threads", "--pid", str(gateway.proc.pid), "-o",
+                                     f"{os.environ['SIAGA_BENCH_PROFILE']}.{gateway.link}"],
+                                    stdout=subprocess.DEVNULL)
+    got = wait_sink(sink_port, len(before) + n, 600)
+    if profiler is not None:
+        profiler.wait(60)
+    hwm = vm_hwm_mb(gateway.proc.pid)
+    times = sorted(t for e, t in got.items() if e not in before)
+    gw_drain = (len(times) - 1) / (times[-1] - times[0])
+    print(f"{name} drain: {len(times)} alarms stored and forwarded, {gw_drain:,.0f} alarms/s "
+          f"= {gw_drain / bare_drain:.2f} x the bare subscriber draining; peak RSS {hwm:.0f} MB")
+    before = set(got)
+
+    # latency at a paced rate
+    sent = {f"{gateway.gateway_id}:{e}": t for e, t in pubs.paced(args.rate, args.seconds).items()}
+    got = wait_sink(sink_port, len(before) + len(sent), 120)
+    lat_ms = [(got[e] - t) * 1000 for e, t in sent.items() if e in got]
+    missing = len(sent) - len(lat_ms)
+    print(f"{name} latency at {args.rate:,.0f} alarms/s for {args.seconds:g} s ({len(lat_ms)} alarms, "
+          f"{missing} missing): p50 {pct(lat_ms, 50):.1f} ms, p95 {pct(lat_ms, 95):.1f} ms, "
+          f"p99 {pct(lat_ms, 99):.1f} ms, max {max(lat_ms):.1f} ms, mean {statistics.fmean(lat_ms):.1f} ms")
+    print(f"{name} peak RSS over the whole run: {vm_hwm_mb(gateway.proc.pid):.0f} MB")
+    gateway.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--alarms", type=int, default=20000)
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--links", default="own",
+                    help="gateways to measure in turn, comma-separated: own (gateway/mqtt.py), "
+                         "paho (bench/paho_loop_link.py); a name may repeat")
     ap.add_argument("--bare-subscriber", nargs=3, metavar=("PORT", "PASSWORD", "COUNT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_subscriber:
         port, password, count = args.bare_subscriber
         bare_subscriber(int(port), password, int(count))
         return
+    links = args.links.split(",")
+    if not set(links) <= set(GATEWAY_COMMANDS):
+        ap.error(f"--links: choose from {', '.join(GATEWAY_COMMANDS)}")
 
     workdir = Path(tempfile.mkdtemp(prefix="siaga-bench-"))
     creds = [(f"bench-{i:03d}", secrets.token_hex(32), secrets.token_urlsafe(12)) for i in range(args.devices)]
     n = args.alarms
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-          f"{platform.python_version()}, {platform.platform()}")
+          f"{platform.python_version()}, {platform.platform()}, paho-mqtt {mqtt_version}")
     broker = MosquittoProcess(workdir / "broker", devices={c[0]: c[2] for c in creds}).start()
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, str(REPO / "bench" / "sink.py"), str(sink_port)])
-    gateway = GatewayProc(workdir / "gateway", broker, sink_port)
+    gateways: list[GatewayProc] = []
     try:
         pubs = Publishers(broker.port, creds)
 
@@ -256,51 +338,18 @@ def main() -> None:
         bare = json.loads(out)
         bare_live = (bare["n"] - 1) / (bare["last"] - bare["first"])
         print(f"bare paho subscriber: drain {bare_drain:,.0f} alarms/s, live {bare_live:,.0f} alarms/s")
+        drop_session(broker.port, broker.gateway_user, broker.gateway_password, "bench-bare")
 
-        # the gateway, live: connected while the burst is published
-        gateway.start()
-        gateway.register(creds)
-        pubs.burst(n)
-        got = wait_sink(sink_port, n, 600)
-        times = sorted(got.values())
-        gw_live = (len(times) - 1) / (times[-1] - times[0])
-        print(f"gateway live: {len(got)} alarms stored and forwarded, {gw_live:,.0f} alarms/s "
-              f"= {gw_live / bare_live:.2f} x the bare subscriber live")
-        done = set(got)
-
-        # the gateway drains a burst queued while it was away, durably, into the sink
-        gateway.stop()                       # its persistent session now queues for it
-        pubs.burst(n)
-        gateway.start()
-        assert gateway.proc is not None
-        profiler = None
-        if os.environ.get("SIAGA_BENCH_PROFILE"):  # a file for py-spy's collapsed stacks of the drain
-            profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--duration", "6",
-                                         "--threads", "--pid", str(gateway.proc.pid), "-o",
-                                         os.environ["SIAGA_BENCH_PROFILE"]], stdout=subprocess.DEVNULL)
-        got = wait_sink(sink_port, 2 * n, 600)
-        if profiler is not None:
-            profiler.wait(60)
-        hwm = vm_hwm_mb(gateway.proc.pid)
-        times = sorted(t for e, t in got.items() if e not in done)
-        gw_drain = (len(times) - 1) / (times[-1] - times[0])
-        print(f"gateway drain: {len(times)} alarms stored and forwarded, {gw_drain:,.0f} alarms/s "
-              f"= {gw_drain / bare_drain:.2f} x the bare subscriber draining; peak RSS {hwm:.0f} MB")
-
-        # 3. latency at a paced rate
-        before = set(got)
-        sent = pubs.paced(args.rate, args.seconds)
-        got = wait_sink(sink_port, len(before) + len(sent), 120)
-        lat_ms = [(got[e] - t) * 1000 for e, t in sent.items() if e in got]
-        missing = len(sent) - len(lat_ms)
-        print(f"latency at {args.rate:,.0f} alarms/s for {args.seconds:g} s ({len(lat_ms)} alarms, {missing} missing): "
-              f"p50 {pct(lat_ms, 50):.1f} ms, p95 {pct(lat_ms, 95):.1f} ms, p99 {pct(lat_ms, 99):.1f} ms, "
-              f"max {max(lat_ms):.1f} ms, mean {statistics.fmean(lat_ms):.1f} ms")
-        print(f"gateway peak RSS over the whole run: {vm_hwm_mb(gateway.proc.pid):.0f} MB")
+        for i, link in enumerate(links):
+            gateway = GatewayProc(workdir / f"gateway-{i}", broker, sink_port, link, f"bench-{link}-{i}")
+            gateways.append(gateway)
+            gateway_phases(gateway, pubs, creds, sink_port, bare_live, bare_drain, args)
+            drop_session(broker.port, broker.gateway_user, broker.gateway_password, gateway.client_id)
         pubs.close()
     finally:
-        if gateway.proc is not None and gateway.proc.poll() is None:
-            gateway.stop()
+        for gateway in gateways:
+            if gateway.proc is not None and gateway.proc.poll() is None:
+                gateway.stop()
         sink.send_signal(signal.SIGTERM)
         sink.wait(10)
         broker.close()

@@ -5,12 +5,24 @@ database commit, so a crash before the commit makes the broker deliver it again 
 The number of unacknowledged messages, and so the intake queue, is bounded by the broker's
 `max_inflight_messages` (broker/templates/mosquitto.conf).
 
-The link speaks MQTT 3.1.1 itself (packets in mqttwire.py) rather than through paho-mqtt: measured
-on the 2-core machine of docs/performance.md, paho's network thread, which reads each packet in
-several small socket reads and wakes its thread once per acknowledgement, used more of the
-interpreter than the whole gateway pipeline, so the gateway ran at a fifth of the rate of a bare
-paho subscriber. Here a read of many packets is parsed at once and a batch's acknowledgements leave
-in one write, on the event loop's own thread.
+`run()` is the link's one loop, a task of the gateway's TaskGroup: it connects, reconnects with
+backoff and returns after `stop()`; it raises MqttAuthError when the broker refuses the login,
+which ends the gateway instead of hammering the broker. On each connection a keepalive timer
+beside the reader, not the reads, decides when to ping: a PINGREQ goes out when nothing has been
+sent for half the keepalive (or nothing received for a whole one), and the link is dead only if
+nothing at all comes back within a keepalive of a PINGREQ.
+
+Why the link speaks MQTT 3.1.1 itself (packets in mqttwire.py) rather than through paho-mqtt:
+measured, not assumed. paho 2.2 driven on this event loop without its network thread, the way
+Home Assistant drives it (socket readiness calls `loop_read`/`loop_write`, a 1 s timer calls
+`loop_misc`; bench/paho_loop_link.py), drained a queued burst at 0.65x the rate of this link in
+the same run of bench/gateway_throughput.py (6,002 against 9,302 alarms/s, means of two each;
+0.56x in a run on a busier machine; docs/performance.md). paho's `_packet_read` makes at least
+three `recv` calls per packet (type byte, each length byte, body), its `loop_read` hands the loop
+one packet per readiness event while none of its own publishes is in flight, and its
+`_packet_write` sends every PUBACK with its own `send`. Here one read of many packets is parsed at
+once and a batch's acknowledgements leave in one write. paho's network thread was slower still
+(docs/gateway.md).
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import mqttwire as wire
 
@@ -31,8 +45,12 @@ log = logging.getLogger(__name__)
 UPLINK_TOPICS = ("siaga/v1/dev/+/alarm", "siaga/v1/dev/+/status", "siaga/v1/dev/+/will")
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
-CONNECT_TIMEOUT_S = 10.0
-PENDING_MAX = 100_000  # acks to buttons kept while the broker is away; beyond, the oldest go (counted)
+CONNECT_TIMEOUT_S = 10.0   # for TCP and the TLS handshake, then again for the CONNACK
+READ_SIZE = 262_144        # one read takes everything a drain has queued in the socket
+PENDING_MAX = 100_000      # acks to buttons kept while the broker is away; beyond, the oldest go (counted)
+
+# Errors that end one connection (and lead to a reconnect), never the link.
+LINK_ERRORS = (OSError, TimeoutError, wire.ProtocolError, asyncio.IncompleteReadError)
 
 
 class MqttAuthError(Exception):
@@ -58,6 +76,32 @@ class MqttSettings:
     password: str
     client_id: str
     keepalive_s: int = 30
+    tls: bool = False
+    ca_file: Path | None = None          # CA that signed the broker's certificate; None: the system's CAs
+    cert_file: Path | None = None        # client certificate, for a broker that asks for one
+    key_file: Path | None = None         # its key, unless cert_file holds it too
+    server_hostname: str | None = None   # the name the broker's certificate must carry; None: host
+
+    def __post_init__(self) -> None:
+        if not self.tls and any(v is not None for v in (self.ca_file, self.cert_file, self.key_file,
+                                                        self.server_hostname)):
+            # Refused rather than ignored: the gateway would otherwise talk in clear text.
+            raise ValueError("MQTT TLS settings are given but tls is off")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("an MQTT client key needs its certificate (cert_file)")
+        if self.keepalive_s < 1:
+            raise ValueError("MQTT keepalive must be at least 1 s")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Verify the broker's certificate chain and name; present a client certificate if given."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(self.ca_file) if self.ca_file is not None else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2   # what the broker's listener requires anyway
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
 
 
 class MqttLink:
@@ -66,82 +110,91 @@ class MqttLink:
         self.settings = settings
         self._queue = queue
         self._on_connected = on_connected  # called in the event loop after each (re)connect
-        self.connected = asyncio.Event()
+        # Built now so that a missing or bad CA or key file stops the gateway at start-up.
+        self._tls = settings.tls_context()
+        self.connected = asyncio.Event()   # CONNACK received: acks and publishes can go out
+        self.subscribed = asyncio.Event()  # SUBACK received too: new alarms reach the gateway
+        self._sub_pid = 0
         self.auth_failed: MqttAuthError | None = None
-        self._auth_event = asyncio.Event()
+        self.connections = 0               # connections the broker accepted, for tests and metrics
+        self.session_present = False       # the broker kept the gateway's session at the last connect
+        self.dropped_publishes = 0
         self._writer: asyncio.StreamWriter | None = None
-        self._connection = 0
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._next_pid = 0
         self._inflight: dict[int, tuple[str, bytes, bool]] = {}  # our QoS 1 publishes awaiting PUBACK
         self._pending: deque[tuple[str, bytes, bool]] = deque()   # publishes made while disconnected
-        self.dropped_publishes = 0
         self._last_tx = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._last_rx = 0.0
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-link")
+    async def run(self) -> None:
+        """Stay connected until `stop()`; raises MqttAuthError if the broker refuses the login."""
+        backoff = RECONNECT_FIRST_S
+        try:
+            while not self._stopping:
+                try:
+                    reader, buf = await self._connect()
+                except MqttAuthError as exc:
+                    self.auth_failed = exc
+                    raise
+                except LINK_ERRORS as exc:
+                    if self._stopping:
+                        return
+                    # Full jitter, so several gateways (or one flapping) do not reconnect in lockstep.
+                    delay = random.uniform(RECONNECT_FIRST_S, backoff)
+                    # A broker certificate that does not verify will not fix itself: say so louder.
+                    level = logging.ERROR if isinstance(exc, ssl.SSLCertVerificationError) else logging.WARNING
+                    log.log(level, "MQTT connect to %s:%d failed (%s); retrying in %.1f s", self.settings.host,
+                            self.settings.port, _describe(exc), delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), delay)
+                    backoff = min(backoff * 2, RECONNECT_MAX_S)
+                    continue
+                backoff = RECONNECT_FIRST_S
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._keepalive(), name="mqtt-keepalive")
+                        await self._receive(reader, buf)
+                except* LINK_ERRORS as group:
+                    if not self._stopping:
+                        log.warning("MQTT link lost: %s", _describe(group.exceptions[0]))
+                finally:
+                    self._close()
+        finally:
+            self._close()
 
     async def stop(self) -> None:
-        """Leave cleanly. Unacknowledged messages stay in the broker's session for the next start."""
+        """Leave cleanly; `run()` then returns. Unacknowledged messages stay in the broker's
+        session for the next start."""
         if self._stopping:
             return
         self._stopping = True
+        self._stopped.set()
         if self._writer is not None:
             self._flush()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._writer.write(wire.DISCONNECT_PACKET)
                 await self._writer.drain()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._close()
-
-    async def wait_auth_failure(self) -> None:
-        await self._auth_event.wait()
-        assert self.auth_failed is not None
-        raise self.auth_failed
+        self._close()   # the reader sees the end of the stream
 
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         self.connected.clear()
-
-    async def _run(self) -> None:
-        backoff = RECONNECT_FIRST_S
-        while not self._stopping:
-            try:
-                reader, buf = await self._connect()
-            except MqttAuthError as exc:
-                self.auth_failed = exc
-                self._auth_event.set()
-                return
-            except (OSError, TimeoutError, wire.ProtocolError, asyncio.IncompleteReadError) as exc:
-                # Full jitter, so several gateways (or one flapping) do not reconnect in lockstep.
-                delay = random.uniform(RECONNECT_FIRST_S, backoff)
-                log.warning("MQTT connect to %s:%d failed (%s); retrying in %.1f s", self.settings.host,
-                            self.settings.port, exc, delay)
-                await asyncio.sleep(delay)
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
-                continue
-            backoff = RECONNECT_FIRST_S
-            try:
-                await self._read(reader, buf)
-            except (OSError, TimeoutError, wire.ProtocolError) as exc:
-                if not self._stopping:
-                    log.warning("MQTT link lost: %s", exc)
-            finally:
-                self._close()
+        self.subscribed.clear()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, bytearray]:
         s = self.settings
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(
+                s.host, s.port, ssl=self._tls,
+                server_hostname=(s.server_hostname or s.host) if self._tls is not None else None)
         writer.write(wire.connect(s.client_id, s.username, s.password, s.keepalive_s, clean=False))
         buf = bytearray()
         try:
@@ -154,30 +207,32 @@ class MqttLink:
                     buf += chunk
                     packets, used = wire.parse(buf)
                     del buf[:used]
+            ack, early = packets[0], packets[1:]
+            if not isinstance(ack, wire.Control) or ack.kind != wire.CONNACK or len(ack.body) != 2:
+                raise wire.ProtocolError("expected CONNACK")
+            if ack.body[1]:
+                reason = wire.CONNACK_REASONS.get(ack.body[1], str(ack.body[1]))
+                if ack.body[1] in wire.AUTH_FAILURES:
+                    raise MqttAuthError(f"broker {s.host}:{s.port} refused user {s.username!r}: {reason}")
+                raise ConnectionRefusedError(reason)
+            if self._stopping:
+                raise ConnectionAbortedError("stopping")
         except BaseException:
             writer.close()
             raise
-        ack, early = packets[0], packets[1:]
-        if not isinstance(ack, wire.Control) or ack.kind != wire.CONNACK or len(ack.body) != 2:
-            writer.close()
-            raise wire.ProtocolError("expected CONNACK")
-        if ack.body[1]:
-            writer.close()
-            reason = wire.CONNACK_REASONS.get(ack.body[1], str(ack.body[1]))
-            if ack.body[1] in wire.AUTH_FAILURES:
-                raise MqttAuthError(f"broker {s.host}:{s.port} refused user {s.username!r}: {reason}")
-            raise ConnectionRefusedError(reason)
         session_present = bool(ack.body[0] & 1)
+        self.session_present = session_present
         self._writer = writer
-        self._connection += 1
+        self.connections += 1
         # Subscribe on every connect: cheap, and right even if the broker lost the session.
-        writer.write(wire.subscribe(self._pid(), [(t, 1) for t in UPLINK_TOPICS]))
+        self._sub_pid = self._pid()
+        writer.write(wire.subscribe(self._sub_pid, [(t, 1) for t in UPLINK_TOPICS]))
         # Unacknowledged publishes go again (§4.4), then those made while away.
         resend = [wire.publish(t, p, 1, r, pid, dup=True) for pid, (t, p, r) in self._inflight.items()]
         writer.write(b"".join(resend))
         while self._pending:
             self._send_publish(*self._pending.popleft())
-        self._last_tx = time.monotonic()
+        self._last_tx = self._last_rx = time.monotonic()
         log.info("MQTT connected to %s:%d (session present: %s)", s.host, s.port, session_present)
         self.connected.set()
         # A resumed session's queued alarms may arrive in the same read as the CONNACK.
@@ -186,21 +241,38 @@ class MqttLink:
             self._on_connected()
         return reader, buf
 
-    async def _read(self, reader: asyncio.StreamReader, buf: bytearray) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, buf: bytearray) -> None:
         self._dispatch(buf)
-        keepalive = self.settings.keepalive_s
         while True:
-            if time.monotonic() - self._last_tx > keepalive / 2:
-                self._write(wire.PINGREQ_PACKET)
-            try:
-                # Anything from the broker, including PINGRESP, proves the link is alive.
-                chunk = await asyncio.wait_for(reader.read(262_144), keepalive * 1.5)
-            except TimeoutError:
-                raise TimeoutError(f"nothing from the broker for {keepalive * 1.5:.0f} s") from None
+            chunk = await reader.read(READ_SIZE)
             if not chunk:
                 raise ConnectionResetError("broker closed the connection")
+            self._last_rx = time.monotonic()   # anything from the broker proves the link alive
             buf += chunk
             self._dispatch(buf)
+
+    async def _keepalive(self) -> None:
+        """PINGREQ when nothing has been sent for keepalive/2 or nothing received for a keepalive
+        (§3.1.2.10: the broker drops a client silent for 1.5 x keepalive); the link is dead when
+        nothing at all arrives within a keepalive of a PINGREQ."""
+        keepalive = float(self.settings.keepalive_s)
+        ping_sent: float | None = None
+        while True:
+            now = time.monotonic()
+            if ping_sent is not None and self._last_rx >= ping_sent:
+                ping_sent = None                     # answered, or other traffic arrived
+            if ping_sent is not None and now - ping_sent >= keepalive:
+                raise TimeoutError(f"no answer from the broker within {keepalive:g} s of a PINGREQ")
+            due = min(self._last_tx + keepalive / 2, self._last_rx + keepalive)
+            if ping_sent is None and now >= due:
+                self._write(wire.PINGREQ_PACKET)
+                self._flush()   # now, so that the next ping is due keepalive/2 from this one
+                ping_sent = now
+                continue
+            wake = due if ping_sent is None else ping_sent + keepalive
+            if ping_sent is not None and due > now:
+                wake = min(wake, due)   # look again then: the PINGRESP will likely be in
+            await asyncio.sleep(wake - now)
 
     def _dispatch(self, buf: bytearray) -> None:
         packets, used = wire.parse(buf)
@@ -211,12 +283,15 @@ class MqttLink:
         now_ms = int(time.time() * 1000)
         for p in packets:
             if isinstance(p, wire.Publish):
-                self._queue.put_nowait(Inbound(p.topic, p.payload, p.pid, p.qos, p.dup, now_ms, self._connection))
+                self._queue.put_nowait(Inbound(p.topic, p.payload, p.pid, p.qos, p.dup, now_ms, self.connections))
             elif p.kind == wire.PUBACK:
                 self._inflight.pop(int.from_bytes(p.body[:2], "big"), None)
-            elif p.kind == wire.SUBACK and b"\x80" in p.body[2:]:
-                log.error("broker refused a subscription of the gateway: check the ACL for %s",
-                          self.settings.username)
+            elif p.kind == wire.SUBACK and p.body[:2] == self._sub_pid.to_bytes(2, "big"):
+                if b"\x80" in p.body[2:]:
+                    log.error("broker refused a subscription of the gateway: check the ACL for %s",
+                              self.settings.username)
+                else:
+                    self.subscribed.set()
 
     # ------------------------------------------------------------ output
 
@@ -243,7 +318,7 @@ class MqttLink:
     def ack(self, item: Inbound) -> None:
         """PUBACK a message once it is durable. An ack for a message of an earlier connection is
         dropped: the broker redelivers that message on the current one, and it is acked then."""
-        if item.qos and item.connection == self._connection and self._writer is not None:
+        if item.qos and item.connection == self.connections and self._writer is not None:
             self._write(wire.puback(item.mid))
 
     def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
@@ -260,3 +335,7 @@ class MqttLink:
         pid = self._pid()
         self._inflight[pid] = (topic, payload, retain)
         self._write(wire.publish(topic, payload, 1, retain, pid))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__   # a bare TimeoutError has no message

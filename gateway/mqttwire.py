@@ -86,10 +86,16 @@ class Control:
 Packet = Publish | Control
 
 MAX_PACKET = 1 << 20  # larger than anything the broker may send us (its max_packet_size is 16 KiB)
+_RESERVED = frozenset({0x00, 0xF0})  # packet types 0 and 15 are reserved (§2.2.1)
 
 
 def parse(buf: bytearray) -> tuple[list[Packet], int]:
-    """Parse every complete packet at the start of buf; return them and the bytes consumed."""
+    """Parse every complete packet at the start of buf; return them and the bytes consumed.
+
+    An incomplete packet at the end is left for the next call. Whatever the bytes, the only
+    exception is ProtocolError: the stream cannot be trusted past it, and the link drops the
+    connection (tests/gateway/test_mqttwire_properties.py feeds it arbitrary bytes).
+    """
     out: list[Packet] = []
     pos, end = 0, len(buf)
     while pos + 2 <= end:
@@ -109,20 +115,34 @@ def parse(buf: bytearray) -> tuple[list[Packet], int]:
                 raise ProtocolError("remaining length longer than 4 bytes")
         if n > MAX_PACKET:
             raise ProtocolError(f"packet of {n} bytes")
+        kind = first & 0xF0
+        if kind in _RESERVED:
+            raise ProtocolError(f"reserved packet type {kind >> 4}")
         if i + n > end:
             return out, pos
-        kind = first & 0xF0
         if kind == PUBLISH:
-            qos = (first >> 1) & 3
-            tlen = (buf[i] << 8) | buf[i + 1]
-            topic = bytes(buf[i + 2:i + 2 + tlen]).decode("utf-8", "replace")
-            j = i + 2 + tlen
-            pid = 0
-            if qos:
-                pid = (buf[j] << 8) | buf[j + 1]
-                j += 2
-            out.append(Publish(topic, bytes(buf[j:i + n]), qos, pid, bool(first & 0x08), bool(first & 1)))
+            out.append(_publish(first, buf, i, i + n))
         else:
             out.append(Control(kind, bytes(buf[i:i + n])))
         pos = i + n
     return out, pos
+
+
+def _publish(first: int, buf: bytearray, i: int, end: int) -> Publish:
+    """The PUBLISH whose variable header starts at buf[i] and whose payload ends at buf[end] (§3.3)."""
+    qos = (first >> 1) & 3
+    if qos == 3:
+        raise ProtocolError("PUBLISH with QoS 3")  # §3.3.1.2
+    if end - i < 2:
+        raise ProtocolError("PUBLISH without a topic length")
+    j = i + 2 + ((buf[i] << 8) | buf[i + 1])
+    if j + (2 if qos else 0) > end:
+        raise ProtocolError("PUBLISH topic longer than the packet")
+    # An invalid UTF-8 topic is the broker's fault (§1.5.3); decoded with U+FFFD it matches no
+    # device topic, so the codec rejects the message (audited) instead of the link failing.
+    topic = bytes(buf[i + 2:j]).decode("utf-8", "replace")
+    pid = 0
+    if qos:
+        pid = (buf[j] << 8) | buf[j + 1]
+        j += 2
+    return Publish(topic, bytes(buf[j:end]), qos, pid, bool(first & 0x08), bool(first & 1))
