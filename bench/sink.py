@@ -23,10 +23,10 @@ def _reply(status: str, body: bytes) -> bytes:
 
 def _handle(method: str, path: str, body: bytes) -> bytes:
     now = time.monotonic()
-    if method == "POST" and path == "/api/v1/alarms/batch":
+    if method == "POST" and path in ("/api/v1/alarms/batch", "/api/v1/faults/batch"):
         results = []
-        for alarm in json.loads(body)["alarms"]:
-            eid = alarm["event_id"]
+        for event in json.loads(body)["alarms" if path.startswith("/api/v1/alarms") else "faults"]:
+            eid = event["event_id"]
             status = "duplicate" if eid in received else "created"
             received.setdefault(eid, now)
             results.append({"event_id": eid, "status": status, "incident_id": "inc-1", "state": "received",

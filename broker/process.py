@@ -26,7 +26,7 @@ from types import TracebackType
 from siaga.net import free_port
 
 from .config import DEFAULT_GATEWAY_USER, TlsListener, render_config, validate_device_id, write_acl
-from .passwd import remove_user, set_password
+from .passwd import remove_user, set_password, set_passwords
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,15 @@ class MosquittoProcess:
         self._set_device(device_id, password)
         if reload:
             self.reload()
+
+    def add_devices(self, logins: Mapping[str, str]) -> None:
+        """Create or update many device logins (device id -> password) at once, then reload."""
+        for device_id in logins:
+            validate_device_id(device_id)
+            if device_id == self.gateway_user:
+                raise ValueError(f"device id {device_id!r} is reserved for the gateway")
+        set_passwords(self.password_file, logins)
+        self.reload()
 
     def remove_device(self, device_id: str, *, reload: bool = True) -> bool:
         """Revoke a device login and reload the broker; returns False if it did not exist."""

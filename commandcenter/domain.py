@@ -64,7 +64,10 @@ def can_apply(action: Action, current: IncidentState) -> bool:
 KNOWN_KINDS = ("general", "medical", "fire", "crime", "disaster")
 
 # Device faults of protocol §7: reported by gateways, shown to supervisors, never an incident.
-FaultKind = Literal["offline", "low_battery", "tamper"]
+# offline, low_battery, tamper: the button itself; bad_message: it sent something the gateway could
+# not take (refused as malformed, or quarantined); undelivered: an alarm of it that this command
+# center refused (the detail says which and why).
+FaultKind = Literal["offline", "low_battery", "tamper", "bad_message", "undelivered"]
 
 _INCIDENT_REF = re.compile(r"inc-(\d{6,})")
 

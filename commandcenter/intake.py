@@ -21,6 +21,9 @@ from .models import (
     BatchResult,
     ErrorOut,
     FaultAccepted,
+    FaultBatchIn,
+    FaultBatchOut,
+    FaultBatchResult,
     FaultIn,
 )
 from .store import IntakeOutcome, NewAlarm, NewFault
@@ -179,6 +182,50 @@ async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: Idemp
         status_code=201 if outcome.created else 200,
         media_type="application/json",
     )
+
+
+@router.post(
+    "/faults/batch",
+    summary="Receive up to 500 device faults from a gateway in one transaction",
+    description=(
+        "Each report's `event_id` is its idempotency key (there is no header). Stored in the order "
+        "given, in one transaction, as if sent one by one. One result per report, in the same order: "
+        "`created`, `duplicate` (received before) or `rejected` (invalid, or a key reused with a "
+        "different body); a rejected report does not stop the others. A wave of last wills (a power "
+        "cut) is thousands of reports: one request per 500 instead of one each."
+    ),
+    response_model=FaultBatchOut,
+    responses=_INTAKE_ERRORS,
+)
+async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response:
+    results: list[FaultBatchResult | None] = [None] * len(batch.faults)
+    valid: list[tuple[int, FaultIn]] = []
+    for i, raw in enumerate(batch.faults):
+        try:
+            valid.append((i, FaultIn.model_validate(raw)))
+        except ValidationError as exc:
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
+            event_id = event_id if isinstance(event_id, str) else None
+            error = _explain(exc)
+            results[i] = FaultBatchResult(event_id=event_id, status="rejected", error=error)
+            log.warning("batch fault %d (%.100r) is invalid; rejected: %s", i, event_id, error)
+    outcomes = await svc.store.record_faults([new_fault(f) for _, f in valid], now=utc_now())
+    for (i, fault), outcome in zip(valid, outcomes, strict=True):
+        if not outcome.same_body:
+            log.warning("fault %s was sent again with a different body; rejected", fault.event_id)
+            results[i] = FaultBatchResult(event_id=fault.event_id, status="rejected",
+                                          error="this event_id was already used with a different body")
+            continue
+        results[i] = FaultBatchResult(event_id=fault.event_id, status="created" if outcome.created else "duplicate",
+                                      error=None)
+        if outcome.created:
+            svc.live.publish_fault(fault.device_id, fault.fault, fault.active, fault.at)
+    final = [r for r in results if r is not None]
+    assert len(final) == len(results)
+    log.info("batch of %d faults: %d created, %d duplicate, %d rejected", len(final),
+             sum(r.status == "created" for r in final), sum(r.status == "duplicate" for r in final),
+             sum(r.status == "rejected" for r in final))
+    return Response(content=FaultBatchOut(results=final).model_dump_json(), media_type="application/json")
 
 
 def _warn_unknown_kind(alarm: AlarmIn) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -15,6 +16,8 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
+from siaga import contract
 
 from .config import Role
 from .domain import KNOWN_KINDS, FaultKind, HistoryKind, IncidentState, event_id_for, incident_ref, rfc3339
@@ -38,11 +41,18 @@ DeviceId = Annotated[str, Field(pattern=DEVICE_ID)]
 MAX_BATCH = 500
 
 
+# Text as siaga/contract.py allows it in a frame: the gateway's codec checks the same at its door.
+Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES))]
+Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES))]
+
+
 class AlarmLocation(BaseModel):
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False, description="latitude, decimal degrees")
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False, description="longitude, decimal degrees")
-    address: str = Field(max_length=512, description="street address as configured on the button")
-    area: str = Field(max_length=64, description="administrative-area code")
+    address: Address = Field(
+        description=f"street address as configured on the button, at most {contract.ADDRESS_MAX_BYTES} bytes of UTF-8")
+    area: Area = Field(
+        description=f"administrative-area code, at most {contract.AREA_MAX_BYTES} bytes of UTF-8")
 
 
 class AlarmIn(BaseModel):
@@ -82,11 +92,11 @@ class AlarmIn(BaseModel):
     gateway_id: str = Field(pattern=GATEWAY_ID)
     device_id: str = Field(pattern=DEVICE_ID, description="protocol §1")
     # strict: "4711" or 4711.0 from a gateway is a bug worth seeing, not something to coerce.
-    seq: int = Field(ge=0, lt=2**31, strict=True)
+    seq: int = Field(ge=0, le=contract.SEQ_MAX, strict=True)
     # Any well-formed kind is accepted: a button with newer firmware must still be heard. Unknown
     # kinds are shown as they are.
     kind: str = Field(
-        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        pattern=f"^{contract.KIND_RE.pattern}$",
         description=f"known kinds: {', '.join(KNOWN_KINDS)}; others are accepted and shown as sent",
     )
     test: bool = Field(strict=True, description="a technician's test press")
@@ -110,7 +120,7 @@ class AlarmIn(BaseModel):
     battery_mv: int | None = Field(
         default=None,
         ge=0,
-        lt=100_000,
+        le=contract.BATTERY_MV_MAX,
         strict=True,
         description="the button's battery voltage in mV from its latest heartbeat, if the gateway knows it",
     )
@@ -155,6 +165,33 @@ class AlarmBatchIn(BaseModel):
             }
         ),
     ]
+
+
+class FaultBatchIn(BaseModel):
+    """Up to 500 fault reports; entries are validated one by one, like an alarm batch's."""
+
+    faults: Annotated[
+        list[Any],
+        Field(min_length=1, max_length=MAX_BATCH),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/FaultIn"},
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+            }
+        ),
+    ]
+
+
+class FaultBatchResult(BaseModel):
+    event_id: str | None = Field(description="null only for an entry without a string event_id")
+    status: Literal["created", "duplicate", "rejected"]
+    error: str | None = Field(description="why it was rejected; null otherwise")
+
+
+class FaultBatchOut(BaseModel):
+    results: list[FaultBatchResult] = Field(description="one per fault report, in the order sent")
 
 
 class BatchResult(BaseModel):

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import httpx
@@ -59,24 +60,29 @@ def _permanent(status: int) -> bool:
     return 400 <= status < 500 and status not in (408, 429)
 
 
+# kind -> (batch path, the batch body's list key) of the reference command center
+_BATCH = MappingProxyType({"alarm": ("/api/v1/alarms/batch", "alarms"), "fault": ("/api/v1/faults/batch", "faults")})
+
+
 class ReferenceAdapter:
-    """The reference command center: single and batch alarm intake, fault intake."""
+    """The reference command center: single and batch intake of alarms and of faults."""
 
     def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
         self._client = httpx.AsyncClient(
             base_url=url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {token}"},
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
-        self._batch_supported = True
+        self._batch_supported = {"alarm": True, "fault": True}
 
     async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         i = 0
         while i < len(events):
-            # Runs of alarms go in batches; faults one by one. Order is kept either way.
+            # Runs of one kind go in batches; the order is kept.
+            kind = events[i].kind
             j = i
-            while j < len(events) and events[j].kind == "alarm" and j - i < BATCH_MAX:
+            while j < len(events) and events[j].kind == kind and j - i < BATCH_MAX:
                 j += 1
-            if j - i > 1 and self._batch_supported:
+            if j - i > 1 and self._batch_supported.get(kind, False):
                 outcomes += await self._batch(events[i:j])
                 i = j
             else:
@@ -96,17 +102,19 @@ class ReferenceAdapter:
         return Failed(f"HTTP {resp.status_code}: {resp.text[:200]}", retry=not _permanent(resp.status_code))
 
     async def _batch(self, events: list[OutboundEvent]) -> list[Outcome]:
+        kind = events[0].kind
+        path, key = _BATCH[kind]
         # The bodies are already JSON; splice them rather than parse and re-serialise each one.
-        payload = '{"alarms":[' + ",".join(e.body for e in events) + "]}"
+        payload = '{"' + key + '":[' + ",".join(e.body for e in events) + "]}"
         try:
-            resp = await self._client.post("/api/v1/alarms/batch", content=payload,
-                                           headers={"Content-Type": "application/json"})
+            resp = await self._client.post(path, content=payload, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             failed = Failed(f"{type(exc).__name__}: {exc}")
             return [failed] * len(events)
         if resp.status_code in (404, 405):
-            log.warning("command center has no batch intake (HTTP %d); sending alarms one by one", resp.status_code)
-            self._batch_supported = False
+            log.warning("command center has no %s batch intake (HTTP %d); sending them one by one", kind,
+                        resp.status_code)
+            self._batch_supported[kind] = False
             return [await self._single(e) for e in events]
         if resp.status_code != 200:
             failed = Failed(f"HTTP {resp.status_code}: {resp.text[:200]}", retry=not _permanent(resp.status_code))
@@ -114,7 +122,7 @@ class ReferenceAdapter:
         try:
             results = resp.json()["results"]
             if len(results) != len(events):
-                raise ValueError(f"{len(results)} results for {len(events)} alarms")
+                raise ValueError(f"{len(results)} results for {len(events)} {kind}s")
         except (ValueError, KeyError, TypeError) as exc:
             failed = Failed(f"unreadable batch answer: {exc}")
             return [failed] * len(events)
@@ -123,7 +131,7 @@ class ReferenceAdapter:
             if result.get("event_id") != event.event_id:
                 outcomes.append(Failed(f"batch answer out of order at {event.event_id}"))
             elif result.get("status") in ("created", "duplicate"):
-                outcomes.append(Accepted(result.get("incident_id")))
+                outcomes.append(Accepted(result.get("incident_id") if kind == "alarm" else None))
             else:
                 outcomes.append(Failed(f"refused: {json.dumps(result.get('error'))[:200]}", retry=False))
         return outcomes

@@ -3,13 +3,15 @@ center, health for monitoring. Tokens are compared in constant time; no response
 
 from __future__ import annotations
 
+import base64
 import hmac
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from siaga import contract
 from siagafw import proto
 
 from .store import Device, StoreError
@@ -18,16 +20,21 @@ if TYPE_CHECKING:
     from .service import Gateway
 
 DEVICE_ID = r"^[a-z0-9][a-z0-9-]{2,31}$"
+# The registry's address and area travel in fault reports to the command center: the same text
+# rule as in a button's frame (siaga/contract.py).
+Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES))]
+Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES))]
+Site = Annotated[str, AfterValidator(contract.text_checker(4 * contract.SITE_MAX_CHARS)), Field(max_length=64)]
 
 
 class DeviceIn(BaseModel):
     id: str = Field(pattern=DEVICE_ID)
     secret_hex: str = Field(pattern=r"^[0-9a-f]{64}$", description="32-byte HMAC key, lowercase hex")
-    site: str | None = Field(default=None, max_length=64, description="buttons of one site form one incident")
+    site: Site | None = Field(default=None, description="buttons of one site form one incident")
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
-    address: str = Field(default="", max_length=200)
-    area: str = Field(default="", max_length=64)
+    address: Address = ""
+    area: Area = ""
 
 
 class DeviceOut(BaseModel):
@@ -59,11 +66,11 @@ class RotateIn(BaseModel):
 
 
 class DevicePatch(BaseModel):
-    site: str | None = Field(default=None, max_length=64)
+    site: Site | None = None
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
-    address: str | None = Field(default=None, max_length=200)
-    area: str | None = Field(default=None, max_length=64)
+    address: Address | None = None
+    area: Area | None = None
 
 
 class StateIn(BaseModel):
@@ -187,6 +194,26 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/api/v1/audit", dependencies=[admin], summary="Rejected messages, newest first")
     async def audit(limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
         return await gw.store.audit(max(1, min(limit, 1000)), reason)
+
+    @app.get("/api/v1/quarantine", dependencies=[admin],
+             summary="Messages the gateway could not process, newest first (raw bytes in base64)")
+    async def quarantine(limit: int = 100) -> list[dict[str, Any]]:
+        rows = await gw.store.quarantined(max(1, min(limit, 1000)))
+        return [{**{k: v for k, v in r.items() if k != "payload"},
+                 "payload_base64": base64.b64encode(r["payload"]).decode(),
+                 "payload_preview": r["payload"][:200].decode("utf-8", "replace")} for r in rows]
+
+    @app.get("/api/v1/outbox/refused", dependencies=[admin],
+             summary="Events the command center refused for good, newest first")
+    async def refused(limit: int = 100) -> list[dict[str, Any]]:
+        return await gw.store.refused(max(1, min(limit, 1000)))
+
+    @app.post("/api/v1/outbox/{outbox_id}/requeue", dependencies=[admin],
+              summary="Send a refused event again, once its cause is fixed")
+    async def requeue(outbox_id: int) -> dict[str, object]:
+        if not 0 < outbox_id < 2**63 or not await gw.requeue(outbox_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no refused event {outbox_id}")
+        return {"id": outbox_id, "requeued": True}
 
     @app.get("/metrics", dependencies=[admin], summary="Prometheus metrics")
     async def metrics() -> Response:

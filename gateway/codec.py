@@ -1,8 +1,10 @@
 """Decode MQTT messages from buttons into typed values, or into a Reject with its reason.
 
 Pure: bytes, a topic and a registry lookup in, a value out. The MAC is checked on the exact bytes
-received before anything is parsed (protocol.md §3). Replay checks need per-device state and live
-in `replay.py`.
+received before anything is parsed (protocol.md §3). The body is strict JSON (no NaN or Infinity,
+no repeated key) and every field must lie inside the bounds of siaga/contract.py, the same ones
+the command center's intake checks, so that whatever this codec accepts can be stored, formatted
+and forwarded. Replay checks need per-device state and live in `replay.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from siaga import contract
 from siagafw import proto
 
 MAX_FRAME = proto.MAX_FRAME
@@ -40,6 +43,7 @@ class Reject:
     device_id: str | None
     topic: str
     detail: str
+    authenticated: bool = False  # its MAC matched the device's key: the device itself sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,34 +128,68 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def _int(body: dict[str, Any], key: str, low: int, high: int, *, nullable: bool = False) -> Any:
+    value = _get(body, key, int, nullable=nullable)
+    if value is not None and not low <= value <= high:
+        raise _Invalid(f"field '{key}' outside {low}..{high}")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, max_bytes: int) -> str:
+    value: str = _get(body, key, str)
+    problem = contract.text_problem(value, max_bytes)
+    if problem is not None:
+        raise _Invalid(f"field '{key}' {problem}")
+    return value
+
+
 def _seq(body: dict[str, Any]) -> int:
-    seq = _get(body, "seq", int)
-    if not 0 <= seq < 2**31:
-        raise _Invalid("seq out of range")
-    return seq
+    return int(_int(body, "seq", 0, contract.SEQ_MAX))
 
 
 def _location(body: dict[str, Any]) -> Location:
     loc = _get(body, "loc", dict)
-    lat, lon = _get(loc, "lat_e6", int), _get(loc, "lon_e6", int)
-    if not (-90_000_000 <= lat <= 90_000_000 and -180_000_000 <= lon <= 180_000_000):
-        raise _Invalid("location out of range")
-    return Location(lat, lon, _get(loc, "addr", str), _get(loc, "area", str))
+    return Location(_int(loc, "lat_e6", -contract.LAT_E6_MAX, contract.LAT_E6_MAX),
+                    _int(loc, "lon_e6", -contract.LON_E6_MAX, contract.LON_E6_MAX),
+                    _text(loc, "addr", contract.ADDRESS_MAX_BYTES), _text(loc, "area", contract.AREA_MAX_BYTES))
 
 
 def _parse(kind: str, device_id: str, raw: bytes, body: dict[str, Any]) -> Message:
     if kind == "alarm":
         emergency = _get(body, "kind", str)
-        if emergency not in proto.KINDS:
-            raise _Invalid(f"unknown emergency kind '{emergency[:20]}'")
+        if not contract.KIND_RE.fullmatch(emergency):
+            raise _Invalid(f"emergency kind {emergency[:20]!r} is not of the form {contract.KIND_RE.pattern}")
+        # A clock that is not set or not sane does not cost the alarm: it travels without a time.
+        ts = _get(body, "ts", int, nullable=True)
         return Alarm(device_id, _seq(body), emergency, _get(body, "test", bool), _location(body),
-                     _get(body, "up", int), _get(body, "ts", int, nullable=True), raw)
+                     _int(body, "up", 0, contract.UPTIME_MS_MAX), contract.known_clock(ts), raw)
     if kind == "status":
-        return Status(device_id, _seq(body), _get(body, "bat", int, nullable=True),
-                      _get(body, "rssi", int, nullable=True), _get(body, "fw", str)[:32],
-                      _get(body, "tamper", bool), _get(body, "outbox", int), _get(body, "up", int),
-                      _get(body, "every", int))
+        fw = _get(body, "fw", str)
+        if len(fw) > contract.FIRMWARE_MAX_CHARS or contract.text_problem(fw, 4 * contract.FIRMWARE_MAX_CHARS):
+            raise _Invalid(f"field 'fw' is not text of at most {contract.FIRMWARE_MAX_CHARS} characters")
+        return Status(device_id, _seq(body), _int(body, "bat", 0, contract.BATTERY_MV_MAX, nullable=True),
+                      _int(body, "rssi", contract.RSSI_MIN, contract.RSSI_MAX, nullable=True), fw,
+                      _get(body, "tamper", bool), _int(body, "outbox", 0, contract.OUTBOX_MAX),
+                      _int(body, "up", 0, contract.UPTIME_MS_MAX),
+                      _int(body, "every", contract.EVERY_S_MIN, contract.EVERY_S_MAX))
     return Will(device_id, _seq(body))
+
+
+def _no_constants(name: str) -> Any:
+    raise _Invalid(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise _Invalid("a key appears twice in one object")
+    return body
+
+
+def strict_json(raw: bytes) -> Any:
+    """RFC 8259 JSON as the protocol wants it: NaN, Infinity and repeated keys are errors, which
+    Python's json module otherwise lets through (the last repeated key would silently win)."""
+    return json.loads(raw, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -177,8 +215,8 @@ def verify_frame(secret: bytes, frame: bytes) -> bytes | None:
 
 
 def decode(topic: str, payload: bytes, lookup: KeyLookup) -> Message | Reject:
-    def reject(reason: RejectReason, device_id: str | None, detail: str) -> Reject:
-        return Reject(reason, device_id, topic[:128], detail)
+    def reject(reason: RejectReason, device_id: str | None, detail: str, authenticated: bool = False) -> Reject:
+        return Reject(reason, device_id, topic[:128], detail, authenticated)
 
     where = split_topic(topic)
     if where is None:
@@ -199,22 +237,23 @@ def decode(topic: str, payload: bytes, lookup: KeyLookup) -> Message | Reject:
     if raw is None:
         return reject(RejectReason.BAD_SIGNATURE, device_id, "MAC does not match the device secret")
     try:
-        body = json.loads(raw)
+        body = strict_json(raw)
         if not isinstance(body, dict):
             raise _Invalid("body is not an object")
-        if body.get("v") != proto.VERSION:
-            raise _Invalid(f"unsupported body version {str(body.get('v'))[:10]}")
+        version = body.get("v")
+        if type(version) is not int or version != proto.VERSION:  # not true, not 1.0
+            raise _Invalid(f"unsupported body version {str(version)[:10]}")
         if body.get("dev") != device_id or body.get("type") != suffix:
             return reject(RejectReason.WRONG_TOPIC, device_id,
                           f"body dev/type {str(body.get('dev'))[:32]}/{str(body.get('type'))[:10]} "
-                          f"on topic {suffix}")
+                          f"on topic {suffix}", True)
         return _parse(suffix, device_id, raw, body)
-    except (ValueError, _Invalid) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return reject(RejectReason.MALFORMED, device_id, str(exc)[:200])
+    except (ValueError, _Invalid, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        return reject(RejectReason.MALFORMED, device_id, str(exc)[:200], True)
 
 
 def encode_ack(secret: bytes, device_id: str, seq: int, state: Literal[
-        "received", "acknowledged", "dispatched", "resolved", "false_alarm"], incident: str | None,
+        "received", "undelivered", "acknowledged", "dispatched", "resolved", "false_alarm"], incident: str | None,
         gts_ms: int) -> bytes:
     # CPython's C encoder with these options writes exactly the canonical form of protocol.md §3
     # (checked against the vectors), several times faster than the firmware's pure encoder.

@@ -16,7 +16,9 @@ HELP = {
     "siaga_gateway_forwarded_total": "Events the command center accepted, by kind",
     "siaga_gateway_forward_failures_total": "Delivery attempts that failed and will be retried, by kind",
     "siaga_gateway_forward_rounds_total": "Delivery rounds (HTTP requests or batches) by result",
-    "siaga_gateway_forward_refused_total": "Events the command center refused permanently (audited)",
+    "siaga_gateway_forward_refused_total": "Events the command center refused for good, by kind (audited, kept)",
+    "siaga_gateway_quarantined_total": "Messages that could not be processed, kept in the quarantine",
+    "siaga_gateway_loop_errors_total": "Unexpected errors a loop survived (logged), by loop",
     "siaga_gateway_faults_total": "Device fault changes, by fault and whether it started or cleared",
     "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to the command center accepting it",
     "siaga_gateway_outbox_depth": "Events waiting to be forwarded",
@@ -24,6 +26,7 @@ HELP = {
     "siaga_gateway_devices_registered": "Registered devices, revoked ones included",
     "siaga_gateway_circuit_open": "1 while the command-center circuit breaker is open",
     "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
+    "siaga_gateway_mqtt_connections": "Connections to the broker since the gateway started (1 on a healthy link)",
     "siaga_gateway_acks_dropped": "Acks to buttons dropped: over 100,000 waited for the broker (buttons re-send)",
 }
 

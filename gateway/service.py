@@ -11,6 +11,7 @@ import enum
 import json
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Literal, cast
@@ -19,9 +20,10 @@ from siaga.asgi import EmbeddedServer, embedded_server
 from siagafw import proto
 
 from . import codec
-from .adapters import Accepted, Adapter, iso_utc
+from .adapters import Accepted, Adapter
 from .codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
 from .config import GatewayConfig
+from .events import alarm_event, fault_event
 from .grouping import Grouper
 from .limits import BreakerState, CircuitBreaker, FloodLimiter
 from .metrics import Metrics
@@ -31,18 +33,23 @@ from .store import (
     Batch,
     Delivery,
     DeviceRecord,
+    Lane,
     NewAlarm,
     OutboundEvent,
+    Quarantined,
     Retry,
     Store,
     StoredAlarm,
 )
-from .supervision import FaultChange, Supervisor
+from .supervision import Fault, FaultChange, Supervisor
 
 log = logging.getLogger(__name__)
 
-AckState = Literal["received", "acknowledged", "dispatched", "resolved", "false_alarm"]
-ACK_REPLAY_HORIZON_MS = 24 * 3600 * 1000   # on (re)connect, re-publish acks of alarms this recent
+AckState = Literal["received", "undelivered", "acknowledged", "dispatched", "resolved", "false_alarm"]
+ACK_REPLAY_HORIZON_MS = 24 * 3600 * 1000   # after a start or a lost session, re-publish acks this recent
+# After a reconnect to a broker that kept the session, only acks that may have missed its last save
+# (autosave_interval 10 s in broker/templates/mosquitto.conf) go again.
+ACK_UNSAVED_MS = 60 * 1000
 FLOOD_AUDIT_EVERY_MS = 60_000              # one audit row per flooding device per minute, with a count
 
 
@@ -70,7 +77,8 @@ class Gateway:
         self._windows: dict[str, ReplayWindow] = {}
         self._latest_alarm: dict[str, int] = {}
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
-        self._wake_forwarder = asyncio.Event()
+        # One forwarding lane per kind, each woken when its kind of event is stored (store.Lane).
+        self._wake: dict[Lane, asyncio.Event] = {"alarm": asyncio.Event(), "fault": asyncio.Event()}
         self._flood = FloodLimiter(cfg.flood_rate_per_s, cfg.flood_burst)
         self._flood_audited: dict[str, tuple[int, int]] = {}  # device -> (last audit ms, drops since)
         self.breaker = CircuitBreaker(cfg.breaker_threshold, cooldown_s=cfg.retry_first_s,
@@ -96,18 +104,17 @@ class Gateway:
             await self._load()
             self.link = MqttLink(self.cfg.mqtt, self._queue, on_connected=self._on_mqtt_connected)
             server = embedded_server(create_app(self), self.cfg.api_host, self.cfg.api_port, lifespan="off")
-            await self.link.start()
             async with asyncio.TaskGroup() as tg:
                 intake = tg.create_task(self._intake(), name="intake")
-                forwarder = tg.create_task(self._forwarder(), name="forwarder")
+                forwarders = [tg.create_task(self._forwarder(lane), name=f"forward-{lane}") for lane in self._wake]
                 others = [tg.create_task(self._supervise(), name="supervision"),
-                          tg.create_task(self.link.wait_auth_failure(), name="mqtt-auth")]
+                          tg.create_task(self.link.run(), name="mqtt-link")]  # raises if the login is refused
                 api = tg.create_task(server.serve(), name="api")
                 self.ready.set()
                 log.info("gateway %s running: API on %s:%d", self.cfg.gateway_id, self.cfg.api_host, self.cfg.api_port)
                 waiter = tg.create_task(stop.wait(), name="stop")
                 await asyncio.wait([waiter, api], return_when=asyncio.FIRST_COMPLETED)
-                await self._shutdown(intake, forwarder, others, server)
+                await self._shutdown(intake, forwarders, others, server)
                 waiter.cancel()
         finally:
             if self.link is not None:
@@ -115,7 +122,7 @@ class Gateway:
             await self.adapter.aclose()
             await self.store.close()
 
-    async def _shutdown(self, intake: asyncio.Task[None], forwarder: asyncio.Task[None],
+    async def _shutdown(self, intake: asyncio.Task[None], forwarders: list[asyncio.Task[None]],
                         others: list[asyncio.Task[None]], server: EmbeddedServer) -> None:
         """Stop taking messages, finish the batch being committed and the delivery in flight."""
         log.info("gateway %s stopping", self.cfg.gateway_id)
@@ -125,11 +132,12 @@ class Gateway:
         # broker's session on the next start: nothing is lost by stopping mid-stream.
         await self.link.stop()
         self._queue.put_nowait(Inbound("", b"", 0, 0, False, 0))  # wakes an idle intake
-        self._wake_forwarder.set()
+        for wake in self._wake.values():
+            wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.cfg.drain_s):
-                await asyncio.gather(intake, forwarder, return_exceptions=True)
-        for task in (intake, forwarder, *others):
+                await asyncio.gather(intake, *forwarders, return_exceptions=True)
+        for task in (intake, *forwarders, *others):
             task.cancel()
         server.should_exit = True
 
@@ -172,42 +180,103 @@ class Gateway:
         now = self.clock()
         for item in items:
             self.metrics.inc("received")
-            msg = self._admit(item, batch)
-            if msg is None:
-                continue
-            duplicate = False
-            if not isinstance(msg, Reject):
-                await self._promote_pending_key(msg.device_id, item.payload)
-                verdict = await self._check_sequence(msg, in_batch)
-                if verdict is Sequenced.SEEN_HEARTBEAT:
-                    continue  # a redelivered heartbeat: acknowledged below, nothing to store
-                if isinstance(verdict, Reject):
-                    msg = verdict
-                duplicate = verdict is Sequenced.DUPLICATE
-            if isinstance(msg, Reject):
-                self.metrics.inc("rejected", reason=msg.reason.value)
-                log.warning("rejected %s from %s on %s: %s", msg.reason.value, msg.device_id, msg.topic, msg.detail)
-                batch.rejects.append((msg, item.received_ms))
-            elif isinstance(msg, Alarm):
-                if duplicate:
-                    batch.duplicates.append((msg.device_id, msg.seq))
-                else:
-                    in_batch.add((msg.device_id, msg.seq))
-                    batch.alarms.append(self._new_alarm(msg, item.received_ms, batch))
-                batch.windows[msg.device_id] = self._windows[msg.device_id]
-                batch.faults += self.supervisor.seen(msg.device_id, now)
-            elif isinstance(msg, Status):
-                self.metrics.inc("heartbeats")
-                batch.statuses.append((msg, item.received_ms))
-                batch.windows[msg.device_id] = self._windows[msg.device_id]
-                batch.faults += self.supervisor.heartbeat(msg.device_id, now, msg.every_s, msg.battery_mv, msg.tamper)
-            elif isinstance(msg, Will):
-                batch.faults += self.supervisor.will(msg.device_id, now)
-        stored = await self.store.commit(batch, self._fault_event)
+            try:
+                await self._take(item, batch, in_batch, now)
+            except Exception as exc:  # one message must never stop the others
+                self._quarantine(item, exc, batch, now)
+        try:
+            stored = await self.store.commit(batch, self._fault_event)
+        except sqlite3.OperationalError:
+            raise  # the disk or the database, not a message: stop unacknowledged, restart, redeliver
+        except Exception as exc:  # a value the store refused that got past the codec
+            log.exception("commit of a batch of %d messages failed; taking them one at a time", len(items))
+            await self._one_at_a_time(items, exc)
+            return
         # Only now is every message of the batch durable: acknowledge to the broker (§6 step 3).
         assert self.link is not None
         for item in items:
             self.link.ack(item)
+        self._after_commit(batch, stored)
+
+    async def _take(self, item: Inbound, batch: Batch, in_batch: set[tuple[str, int]], now: int) -> None:
+        """Add one message's effects to the batch: stored alarm, heartbeat, fault, reject."""
+        msg = self._admit(item, batch)
+        if msg is None:
+            return
+        duplicate = False
+        if not isinstance(msg, Reject):
+            await self._promote_pending_key(msg.device_id, item.payload)
+            verdict = await self._check_sequence(msg, in_batch)
+            if verdict is Sequenced.SEEN_HEARTBEAT:
+                return  # a redelivered heartbeat: acknowledged with the batch, nothing to store
+            if isinstance(verdict, Reject):
+                msg = verdict
+            duplicate = verdict is Sequenced.DUPLICATE
+        if isinstance(msg, Reject):
+            self.metrics.inc("rejected", reason=msg.reason.value)
+            log.warning("rejected %s from %s on %s: %s", msg.reason.value, msg.device_id, msg.topic, msg.detail)
+            batch.rejects.append((msg, item.received_ms))
+            if msg.authenticated and msg.reason is RejectReason.MALFORMED and msg.device_id is not None:
+                # Signed with the device's key, so the device itself sent something the contract
+                # refuses (a bug, or an alarm with an over-long address): the room must know.
+                batch.faults += self.supervisor.occurred(msg.device_id, Fault.BAD_MESSAGE, now, {
+                    "reason": "message refused", "topic": msg.topic.rsplit("/", 1)[-1], "error": msg.detail[:200]})
+        elif isinstance(msg, Alarm):
+            if duplicate:
+                batch.duplicates.append((msg.device_id, msg.seq))
+            else:
+                new = self._new_alarm(msg, item.received_ms, batch)  # may raise: nothing added yet
+                in_batch.add((msg.device_id, msg.seq))
+                batch.alarms.append(new)
+            batch.windows[msg.device_id] = self._windows[msg.device_id]
+            batch.faults += self.supervisor.seen(msg.device_id, now)
+        elif isinstance(msg, Status):
+            self.metrics.inc("heartbeats")
+            batch.statuses.append((msg, item.received_ms))
+            batch.windows[msg.device_id] = self._windows[msg.device_id]
+            batch.faults += self.supervisor.heartbeat(msg.device_id, now, msg.every_s, msg.battery_mv, msg.tamper)
+        elif isinstance(msg, Will):
+            batch.faults += self.supervisor.will(msg.device_id, now)
+
+    def _quarantine(self, item: Inbound, exc: Exception, batch: Batch, now: int) -> None:
+        """Keep a message that could not be processed, with its bytes and the error, and tell the
+        room as a device fault; it is acknowledged with the batch, so it never comes back."""
+        where = codec.split_topic(item.topic)
+        device_id = where[0] if where is not None and where[0] in self.registry else None
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("quarantined a message from %s on %s: %s", device_id or "?", item.topic[:128], error,
+                  exc_info=exc)
+        batch.quarantined.append(Quarantined(device_id, item.topic[:256], item.payload[:codec.MAX_FRAME * 4], error,
+                                             item.received_ms))
+        if device_id is not None:
+            batch.faults += self.supervisor.occurred(device_id, Fault.BAD_MESSAGE, now, {
+                "reason": "message quarantined", "error": error[:200]})
+
+    async def _one_at_a_time(self, items: list[Inbound], first: Exception) -> None:
+        """A batch whose commit failed: the database rolled it back, so reload the state it would
+        have changed, then commit each message alone and quarantine the one that fails."""
+        await self._load()
+        assert self.link is not None
+        for item in items:
+            batch = Batch()
+            now = self.clock()
+            try:
+                await self._take(item, batch, set(), now)
+                stored = await self.store.commit(batch, self._fault_event)
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:  # a value the store refused that got past the codec
+                await self._load()
+                batch = Batch()
+                self._quarantine(item, exc, batch, now)
+                stored = await self.store.commit(batch, self._fault_event)
+            self.link.ack(item)
+            self._after_commit(batch, stored)
+        log.info("the %d messages of the failed batch are stored or quarantined (first error: %s)", len(items), first)
+
+    def _after_commit(self, batch: Batch, stored: list[StoredAlarm]) -> None:
+        if batch.quarantined:  # counted once committed: a batch taken again one at a time counts once
+            self.metrics.inc("quarantined", len(batch.quarantined))
         for alarm in stored:
             if alarm.changed:
                 self.metrics.inc("alarms_stored")
@@ -217,8 +286,11 @@ class Gateway:
             # A duplicate is re-acknowledged too: its sender evidently missed the first ack.
             self._publish_ack(alarm)
         self._count_faults(batch.faults)
-        if batch.alarms or batch.faults:
-            self._wake_forwarder.set()
+        if batch.alarms:
+            self._wake["alarm"].set()
+        if batch.faults:
+            self._wake["fault"].set()
+            self._wake["alarm"].set()  # a device's fault ahead of its alarm goes with the alarm lane
 
     def _admit(self, item: Inbound, batch: Batch) -> codec.Message | Reject | None:
         """Flood check (cheap, before any HMAC work), then decode and verify."""
@@ -266,35 +338,14 @@ class Gateway:
         rec = self.registry[alarm.device_id]
         group = self.grouper.assign(rec.site or alarm.device_id, alarm.device_id, received_ms)
         batch.groups[group.group_id] = group.group
-        event_id = f"{self.cfg.gateway_id}:{alarm.device_id}:{alarm.seq}"
-        loc = alarm.location
-        body = {
-            "event_id": event_id, "gateway_id": self.cfg.gateway_id, "device_id": alarm.device_id,
-            "seq": alarm.seq, "kind": alarm.kind, "test": alarm.test,
-            "location": {"lat": loc.lat_e6 / 1e6, "lon": loc.lon_e6 / 1e6, "address": loc.address, "area": loc.area},
-            "raised_at": iso_utc(alarm.raised_ts * 1000) if alarm.raised_ts is not None else None,
-            "received_at": iso_utc(received_ms),
-            "incident_key": f"{self.cfg.gateway_id}:g:{group.group_id}",
-            "press_count": group.press_count, "sources": list(group.sources),
-            "battery_mv": self.supervisor.battery_mv(alarm.device_id),
-        }
-        return NewAlarm(alarm, received_ms, event_id, group.group_id, group.press_count,
-                        json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+        event_id, body = alarm_event(self.cfg.gateway_id, alarm, received_ms, group.group_id, group.press_count,
+                                     group.sources, self.supervisor.battery_mv(alarm.device_id))
+        return NewAlarm(alarm, received_ms, event_id, group.group_id, group.press_count, body)
 
     # ------------------------------------------------------------ faults
 
     def _fault_event(self, change: FaultChange, number: int) -> tuple[str, str]:
-        event_id = f"{self.cfg.gateway_id}:{change.device_id}:fault:{number}"
-        detail = {k: (iso_utc(v) if k.endswith("_ms") and isinstance(v, int) else v) for k, v in change.detail.items()}
-        detail = {k.removesuffix("_ms") + ("_at" if k.endswith("_ms") else ""): v for k, v in detail.items()}
-        body: dict[str, object] = {"event_id": event_id, "gateway_id": self.cfg.gateway_id,
-                                   "device_id": change.device_id, "fault": change.fault.value,
-                                   "active": change.active, "at": iso_utc(change.at_ms), "detail": detail}
-        rec = self.registry.get(change.device_id)
-        if rec is not None and rec.lat_e6 is not None and rec.lon_e6 is not None:
-            body["location"] = {"lat": rec.lat_e6 / 1e6, "lon": rec.lon_e6 / 1e6, "address": rec.address,
-                                "area": rec.area}
-        return event_id, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        return fault_event(self.cfg.gateway_id, change, number, self.registry.get(change.device_id))
 
     def _count_faults(self, changes: list[FaultChange]) -> None:
         for ch in changes:
@@ -306,12 +357,18 @@ class Gateway:
         while True:
             await asyncio.sleep(0.5)
             now = self.clock()
-            self.grouper.expire(now)
-            changes = self.supervisor.tick(now)
-            if changes:
-                await self.store.record_faults(changes, self._fault_event)
-                self._count_faults(changes)
-                self._wake_forwarder.set()
+            try:
+                self.grouper.expire(now)
+                changes = self.supervisor.tick(now)
+                if changes:
+                    await self.store.record_faults(changes, self._fault_event)
+                    self._count_faults(changes)
+                    self._wake["fault"].set()
+            except sqlite3.OperationalError:
+                raise
+            except Exception:  # a bug here must not stop the alarms: log it, try again next tick
+                log.exception("supervision tick failed")
+                self.metrics.inc("loop_errors", loop="supervision")
 
     # ------------------------------------------------------------ acks to buttons
 
@@ -331,11 +388,23 @@ class Gateway:
         asyncio.get_running_loop().create_task(self._republish_acks())
 
     async def _republish_acks(self) -> None:
-        """After a (re)connect, publish each device's latest ack again: the broker may have lost the
-        retained copy (it saves to disk only every autosave interval), or the gateway may have
-        stopped between storing a state and publishing it."""
-        for alarm in await self.store.current_acks(self.clock() - ACK_REPLAY_HORIZON_MS):
-            self._publish_ack(alarm)
+        """Publish acks again only where a button may need them (issue 12: a quiet night's
+        reconnects used to re-send every device's last day of acks). After the gateway starts,
+        it may have stopped between storing a state and publishing it; after a reconnect to a
+        broker that lost the session, the retained copies may be gone: then each device's latest
+        ack of the last day. After a reconnect to a broker that kept the session, only those that
+        may have missed the broker's last save. Buttons ignore a state they already show."""
+        assert self.link is not None
+        first = self.link.connections <= 1
+        horizon = ACK_REPLAY_HORIZON_MS if first or not self.link.session_present else ACK_UNSAVED_MS
+        try:
+            for alarm in await self.store.current_acks(self.clock() - horizon):
+                self._publish_ack(alarm)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:  # a bug here must not take the gateway down; the acks are a courtesy
+            log.exception("re-publishing acks failed")
+            self.metrics.inc("loop_errors", loop="acks")
 
     async def command_center_state(self, device_id: str, seq: int, state: str, incident_id: str | None,
                                    by: str | None, at_ms: int) -> StoredAlarm | None:
@@ -355,31 +424,46 @@ class Gateway:
         cap = min(self.cfg.retry_max_s, self.cfg.retry_first_s * 2 ** min(attempts, 20))
         return int(random.uniform(self.cfg.retry_first_s / 10, cap) * 1000)
 
-    async def _forwarder(self) -> None:
+    async def _forwarder(self, lane: Lane) -> None:
+        """One lane of forwarding. The alarm lane never waits for fault reports, however many
+        the fault lane has to send (an offline wave of thousands of last wills)."""
+        wake = self._wake[lane]
         while not self._stopping:
-            self._wake_forwarder.clear()
-            now = self.clock()
-            if not self.breaker.allow(now):
-                await self._sleep_until_woken((self.breaker.retry_at_ms - now) / 1000)
-                continue
-            # Half-open: a single event probes whether the command center is back.
-            probing = self.breaker.state is BreakerState.HALF_OPEN
-            events = await self.store.due_events(now, 1 if probing else self.cfg.forward_batch)
-            if not events:
-                await self._sleep_until_woken(1.0)
-                continue
-            await self._deliver(events)
+            wake.clear()
+            try:
+                await self._forward_round(lane)
+            except sqlite3.OperationalError:
+                raise
+            except Exception:  # a bug in a round must not stop forwarding: log, back off, go on
+                log.exception("forwarding round (%s) failed", lane)
+                self.metrics.inc("loop_errors", loop=f"forward-{lane}")
+                await self._sleep_until_woken(wake, self.cfg.retry_first_s)
 
-    async def _sleep_until_woken(self, seconds: float) -> None:
+    async def _forward_round(self, lane: Lane) -> None:
+        wake = self._wake[lane]
+        now = self.clock()
+        if not self.breaker.allow(now):
+            await self._sleep_until_woken(wake, (self.breaker.retry_at_ms - now) / 1000)
+            return
+        # Half-open: a single event probes whether the command center is back.
+        probing = self.breaker.state is BreakerState.HALF_OPEN
+        events = await self.store.due_events(now, 1 if probing else self.cfg.forward_batch, lane)
+        if not events:
+            await self._sleep_until_woken(wake, 1.0)
+            return
+        await self._deliver(events)
+
+    @staticmethod
+    async def _sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake_forwarder.wait(), max(0.01, seconds))
+            await asyncio.wait_for(wake.wait(), max(0.01, seconds))
 
     async def _deliver(self, events: list[OutboundEvent]) -> None:
         outcomes = await self.adapter.deliver(events)
         now = self.clock()
         delivered: list[Delivery] = []
         retries: list[Retry] = []
-        refused: list[tuple[Reject, int]] = []
+        refused: list[tuple[OutboundEvent, str]] = []
         for event, outcome in zip(events, outcomes, strict=True):
             if isinstance(outcome, Accepted):
                 delivered.append(Delivery(event.id, event.alarm_id, outcome.incident_id))
@@ -390,16 +474,10 @@ class Gateway:
                 retries.append(Retry(event.id, now + self._retry_delay_ms(event.attempts), outcome.error))
                 self.metrics.inc("forward_failures", kind=event.kind)
             else:
-                # Kept, never dropped: an operator can see it in the audit log and the outbox, fix the
-                # cause and let it go out again. Retried rarely so it does not hold up the device.
-                retries.append(Retry(event.id, now + int(self.cfg.retry_max_s * 10_000), outcome.error))
-                self.metrics.inc("forward_refused")
-                refused.append((Reject(RejectReason.MALFORMED, event.device_id, "forward:" + event.event_id,
-                                       f"command center refused {event.kind}: {outcome.error}"), now))
-                log.error("command center refused %s %s: %s", event.kind, event.event_id, outcome.error)
+                refused.append((event, outcome.error))
         self.metrics.inc("forward_rounds", result="ok" if delivered else "failed")
-        if delivered:
-            self.breaker.success()
+        if delivered or refused:
+            self.breaker.success()  # the command center answered
         elif retries and len(retries) == len(events):
             was_open = self.breaker.state is not BreakerState.CLOSED
             self.breaker.failure(now)
@@ -410,7 +488,33 @@ class Gateway:
                 retries = [Retry(r.outbox_id, now, r.error, spend_attempt=False) for r in retries]
         await self.store.settle(delivered, retries, now)
         if refused:
-            await self.store.commit(Batch(rejects=refused), self._fault_event)
+            await self._refused(refused, now)
+
+    async def _refused(self, refused: list[tuple[OutboundEvent, str]], now: int) -> None:
+        """The command center refused these for good. They leave the queue (so the device's later
+        events are not held behind them) but are kept, audited, counted and shown: the room sees
+        an `undelivered` fault with the alarm and the place, and the button is told its alarm
+        was not handed on (ack state `undelivered`), so the person can seek help another way."""
+        await self.store.refuse([e.id for e, _ in refused], [why for _, why in refused], now)
+        batch = Batch()
+        for event, why in refused:
+            self.metrics.inc("forward_refused", kind=event.kind)
+            log.error("command center refused %s %s for good: %s", event.kind, event.event_id, why)
+            batch.rejects.append((Reject(RejectReason.MALFORMED, event.device_id, "forward:" + event.event_id,
+                                         f"command center refused {event.kind}: {why}"), now))
+            if event.kind == "alarm" and event.device_id in self.registry:
+                seq = int(event.event_id.rsplit(":", 1)[1])
+                batch.faults += self.supervisor.occurred(event.device_id, Fault.UNDELIVERED, now, {
+                    "reason": "the command center refused an alarm", "event_id": event.event_id, "seq": seq,
+                    "kind": str(json.loads(event.body).get("kind", ""))[:32], "error": why[:200]})
+        await self.store.commit(batch, self._fault_event)
+        self._count_faults(batch.faults)
+        if batch.faults:
+            self._wake["fault"].set()
+        for event, _ in refused:
+            if event.kind == "alarm":
+                seq = int(event.event_id.rsplit(":", 1)[1])
+                await self.command_center_state(event.device_id, seq, "undelivered", None, "gateway", now)
 
     # ------------------------------------------------------------ registry
 
@@ -444,6 +548,14 @@ class Gateway:
         self.registry[device_id] = (dataclasses.replace(rec, pending=secret) if pending
                                     else dataclasses.replace(rec, secret=secret, pending=None))
 
+    async def requeue(self, outbox_id: int) -> bool:
+        """A refused event goes out again (an operator fixed its cause)."""
+        if not await self.store.requeue(outbox_id, self.clock()):
+            return False
+        for wake in self._wake.values():
+            wake.set()
+        return True
+
     async def update_device(self, device_id: str, fields: dict[str, object]) -> None:
         await self.store.update_device(device_id, fields)
         self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
@@ -452,4 +564,5 @@ class Gateway:
         return {"devices_online": self.supervisor.online(), "devices_registered": len(self.registry),
                 "circuit_open": float(self.breaker.state is BreakerState.OPEN),
                 "mqtt_connected": float(self.link is not None and self.link.connected.is_set()),
+                "mqtt_connections": self.link.connections if self.link is not None else 0,
                 "acks_dropped": self.link.dropped_publishes if self.link is not None else 0}

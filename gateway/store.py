@@ -12,6 +12,7 @@ wrappers such as aiosqlite cost). The connection is used by that thread only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sqlite3
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from .codec import Alarm, Reject, Status
 from .grouping import Group
@@ -120,8 +121,23 @@ class Retry:
     spend_attempt: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A message the gateway could not process (an unexpected error, not a reject): kept with its
+    raw bytes for someone to look at, and acknowledged so the broker never delivers it again."""
+
+    device_id: str | None
+    topic: str
+    payload: bytes
+    error: str
+    at_ms: int
+
+
 # (change, fault history id) -> (event id, JSON body) for the outbox
 FaultEventMaker = Callable[[FaultChange, int], tuple[str, str]]
+
+# Which outbox events a forwarding lane takes (gateway/service.py): alarms never wait behind faults.
+Lane = Literal["alarm", "fault"]
 
 
 @dataclass(slots=True)
@@ -135,6 +151,7 @@ class Batch:
     groups: dict[int, Group] = field(default_factory=dict)
     faults: list[FaultChange] = field(default_factory=list)
     rejects: list[tuple[Reject, int]] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -162,9 +179,12 @@ class Store(Protocol):
     async def alarm_exists(self, device_id: str, seq: int) -> bool: ...
     async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]: ...
     async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None: ...
+    async def quarantine(self, entries: Sequence[Quarantined]) -> None: ...
     # forwarding and acks
-    async def due_events(self, now_ms: int, limit: int) -> list[OutboundEvent]: ...
+    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]: ...
     async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None: ...
+    async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None: ...
+    async def requeue(self, outbox_id: int, now_ms: int) -> bool: ...
     async def outbox_depth(self) -> int: ...
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
                         by: str | None, at_ms: int) -> StoredAlarm | None: ...
@@ -173,6 +193,8 @@ class Store(Protocol):
     async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
     async def groups(self, limit: int) -> list[dict[str, Any]]: ...
     async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]: ...
+    async def quarantined(self, limit: int) -> list[dict[str, Any]]: ...
+    async def refused(self, limit: int) -> list[dict[str, Any]]: ...
 
 
 MIGRATIONS: Sequence[Sequence[str]] = (
@@ -278,6 +300,23 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     (  # 2: key rotation and decommissioning
         "ALTER TABLE devices ADD COLUMN pending_secret_hex TEXT CHECK (length(pending_secret_hex) = 64)",
         "ALTER TABLE devices ADD COLUMN decommissioned_ms INTEGER",
+    ),
+    (  # 3: quarantine, refused events, and the ack state "undelivered" after "received"
+        """CREATE TABLE quarantine (
+            id         INTEGER PRIMARY KEY,
+            device_id  TEXT,
+            topic      TEXT NOT NULL,
+            payload    BLOB NOT NULL,             -- the exact bytes received
+            digest     TEXT NOT NULL,             -- sha256 of topic and payload: one row per message
+            error      TEXT NOT NULL,
+            count      INTEGER NOT NULL,          -- how often it came
+            first_ms   INTEGER NOT NULL,
+            last_ms    INTEGER NOT NULL,
+            UNIQUE (digest)
+        )""",
+        "ALTER TABLE outbox ADD COLUMN refused_ms INTEGER",
+        # protocol.md §4.4 gained a state at rank 1; the later states move up one.
+        "UPDATE alarms SET state_rank = state_rank + 1 WHERE state_rank >= 1",
     ),
 )
 
@@ -533,7 +572,20 @@ class SQLiteStore:
         self._write_faults(db, batch.faults, fault_event)
         db.executemany("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
                        [(at, r.device_id, r.topic, r.reason.value, r.detail) for r, at in batch.rejects])
+        self._quarantine(db, batch.quarantined)
         return out
+
+    def _quarantine(self, db: sqlite3.Connection, entries: Sequence[Quarantined]) -> None:
+        db.executemany(
+            "INSERT INTO quarantine (device_id, topic, payload, digest, error, count, first_ms, last_ms) "
+            "VALUES (?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (digest) DO UPDATE SET count = count + 1, "
+            "last_ms = excluded.last_ms, error = excluded.error",
+            [(q.device_id, q.topic, q.payload,
+              hashlib.sha256(q.topic.encode("utf-8", "replace") + b"\0" + q.payload).hexdigest(),
+              q.error[:500], q.at_ms, q.at_ms) for q in entries])
+
+    async def quarantine(self, entries: Sequence[Quarantined]) -> None:
+        await self._call(self._tx, lambda db: self._quarantine(db, entries))
 
     def _write_faults(self, db: sqlite3.Connection, changes: Sequence[FaultChange],
                       fault_event: FaultEventMaker) -> None:
@@ -556,15 +608,26 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ forwarding
 
-    async def due_events(self, now_ms: int, limit: int) -> list[OutboundEvent]:
-        """Due events, oldest first, skipping any device whose earlier event is still waiting for a
-        retry: a device's events reach the command center in the order they were stored."""
+    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]:
+        """Due events of one lane, oldest first, skipping any device whose earlier event is still
+        waiting for a retry: a device's events reach the command center in the order they were
+        stored. Refused events are out of the way (they wait for an operator, not for a retry).
+
+        The alarm lane takes every due alarm and, ahead of each, its device's earlier due faults
+        (so that its order holds); the fault lane takes the faults of devices with no alarm
+        waiting. A fault both lanes take (its device's alarm came while the fault lane was sending
+        it) goes twice: the command center's idempotency key makes that harmless."""
+        blocked = ("NOT EXISTS (SELECT 1 FROM outbox w WHERE w.device_id = o.device_id AND w.id < o.id "
+                   "AND w.refused_ms IS NULL AND w.next_attempt_ms > :now)")
+        alarm_after = ("EXISTS (SELECT 1 FROM outbox a WHERE a.device_id = o.device_id AND a.id > o.id "
+                       "AND a.kind = 'alarm' AND a.refused_ms IS NULL)")
+        which = (f"(o.kind = 'alarm' OR {alarm_after})" if lane == "alarm"
+                 else f"o.kind = 'fault' AND NOT {alarm_after}")
         def read() -> list[OutboundEvent]:
             rows = self._conn.execute(
                 "SELECT o.id, o.kind, o.event_id, o.device_id, o.body, o.attempts, o.alarm_id, o.created_ms "
-                "FROM outbox o WHERE o.next_attempt_ms <= ? AND NOT EXISTS (SELECT 1 FROM outbox w "
-                "WHERE w.device_id = o.device_id AND w.id < o.id AND w.next_attempt_ms > ?) "
-                "ORDER BY o.id LIMIT ?", (now_ms, now_ms, limit)).fetchall()
+                f"FROM outbox o WHERE o.refused_ms IS NULL AND o.next_attempt_ms <= :now AND {which} "
+                f"AND {blocked} ORDER BY o.id LIMIT :limit", {"now": now_ms, "limit": limit}).fetchall()
             return [OutboundEvent(**dict(r)) for r in rows]
         return await self._call(read)
 
@@ -579,9 +642,24 @@ class SQLiteStore:
                                             for r in retries])
         await self._call(self._tx, write)
 
+    async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None:
+        """Events the command center refused for good: kept, out of the forwarding queue."""
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE outbox SET refused_ms = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+                           [(now_ms, e[:300], i) for i, e in zip(outbox_ids, errors, strict=True)])
+        await self._call(self._tx, write)
+
+    async def requeue(self, outbox_id: int, now_ms: int) -> bool:
+        """Send a refused event again (an operator fixed the cause)."""
+        def write(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE outbox SET refused_ms = NULL, next_attempt_ms = ? "
+                             "WHERE id = ? AND refused_ms IS NOT NULL", (now_ms, outbox_id))
+            return cur.rowcount == 1
+        return await self._call(self._tx, write)
+
     async def outbox_depth(self) -> int:
         def read() -> int:
-            return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            return int(self._conn.execute("SELECT count(*) FROM outbox WHERE refused_ms IS NULL").fetchone()[0])
         return await self._call(read)
 
     # ------------------------------------------------------------ state from the command center
@@ -639,5 +717,20 @@ class SQLiteStore:
             where, args = ("WHERE reason = ?", (reason,)) if reason else ("", ())
             rows = self._conn.execute(f"SELECT at_ms, device_id, topic, reason, detail FROM audit {where} "
                                       "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [dict(r) for r in rows]
+        return await self._call(read)
+
+    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            rows = self._conn.execute("SELECT id, device_id, topic, payload, error, count, first_ms, last_ms "
+                                      "FROM quarantine ORDER BY last_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
+            return [{**dict(r), "payload": bytes(r["payload"])} for r in rows]
+        return await self._call(read)
+
+    async def refused(self, limit: int) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            rows = self._conn.execute("SELECT id, kind, event_id, device_id, created_ms, refused_ms, attempts, "
+                                      "last_error FROM outbox WHERE refused_ms IS NOT NULL "
+                                      "ORDER BY refused_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
             return [dict(r) for r in rows]
         return await self._call(read)

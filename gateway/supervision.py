@@ -1,4 +1,8 @@
-"""Supervision of buttons: offline, low battery and tamper faults (DESIGN.md, "Supervision").
+"""Supervision of buttons: offline, low battery and tamper faults (docs/gateway.md, "Supervision"),
+and two faults of what a button sent rather than of the button itself: bad_message (an authenticated
+message the gateway could not take: refused as malformed, or quarantined) and undelivered (an alarm
+the command center refused for good). Those two stay active until an hour has passed without a
+new occurrence, so a button that keeps failing does not make the fault list flicker.
 
 EN 50136-1 treats a transmission path that fails unnoticed as the worst failure of an alarm system;
 so a button that stops reporting is itself reported. Pure: heartbeats, wills and clock ticks in,
@@ -16,6 +20,13 @@ class Fault(enum.StrEnum):
     OFFLINE = "offline"
     LOW_BATTERY = "low_battery"
     TAMPER = "tamper"
+    BAD_MESSAGE = "bad_message"
+    UNDELIVERED = "undelivered"
+
+
+# Faults about messages: active from an occurrence until STICKY_MS pass without another.
+STICKY = (Fault.BAD_MESSAGE, Fault.UNDELIVERED)
+STICKY_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,7 @@ class Health:
     every_s: int
     active: set[Fault] = field(default_factory=set)
     battery_mv: int | None = None
+    last_occurrence_ms: dict[Fault, int] = field(default_factory=dict)  # of the sticky faults
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +64,11 @@ class Supervisor:
 
     def load(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: set[Fault],
              battery_mv: int | None = None) -> None:
-        self._devices[device_id] = Health(max(last_seen_ms or 0, self._started_ms),
-                                          every_s or self.settings.default_every_s, set(active), battery_mv)
+        health = Health(max(last_seen_ms or 0, self._started_ms), every_s or self.settings.default_every_s,
+                        set(active), battery_mv)
+        # A sticky fault active at start-up runs its hour from now: when it last happened is not kept.
+        health.last_occurrence_ms = {f: self._started_ms for f in STICKY if f in active}
+        self._devices[device_id] = health
 
     def forget(self, device_id: str) -> None:
         self._devices.pop(device_id, None)
@@ -105,6 +120,13 @@ class Supervisor:
         return self._set(device_id, health, Fault.OFFLINE, True, now_ms,
                          {"reason": "connection lost (last will)", "last_seen_ms": health.last_seen_ms})
 
+    def occurred(self, device_id: str, fault: Fault, now_ms: int, detail: dict[str, Any]) -> list[FaultChange]:
+        """A bad message or an undelivered alarm: active now, cleared after STICKY_MS of quiet.
+        The report carries the first occurrence's detail; later ones only extend the hour."""
+        health = self._health(device_id, now_ms)
+        health.last_occurrence_ms[fault] = now_ms
+        return self._set(device_id, health, fault, True, now_ms, detail)
+
     def tick(self, now_ms: int) -> list[FaultChange]:
         changes: list[FaultChange] = []
         for device_id, health in self._devices.items():
@@ -113,6 +135,10 @@ class Supervisor:
                 changes += self._set(device_id, health, Fault.OFFLINE, True, now_ms, {
                     "reason": f"{self.settings.missed_heartbeats} heartbeats missed",
                     "last_seen_ms": health.last_seen_ms, "battery_mv": health.battery_mv})
+            for fault, at_ms in health.last_occurrence_ms.items():
+                if fault in health.active and now_ms - at_ms > STICKY_MS:
+                    changes += self._set(device_id, health, fault, False, now_ms,
+                                         {"reason": "none for an hour", "last_ms": at_ms})
         return changes
 
     def battery_mv(self, device_id: str) -> int | None:

@@ -35,7 +35,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
-BROKER_DOWN_S = 30.0
+BROKER_DOWN_S = 12.0
 
 
 

@@ -281,10 +281,34 @@
     if (state.selected === inc.id) showDetail(inc.id);
   }
 
+  // Fault reports can come by the thousand (a power cut: every button's last will). They are
+  // gathered for a moment: a few are toasted one by one, a wave as one line, and the fault list is
+  // fetched once per wave.
+  const FAULT_WHAT = {offline: "offline", low_battery: "battery low", tamper: "tamper switch open",
+                      bad_message: "sent a message the gateway refused", undelivered: "ALARM NOT DELIVERED"};
+  let faultWave = [];
+  let faultTimer = null;
+
   function onFault(f) {
     if (state.me.role === "agency") return;
-    const what = {offline: "offline", low_battery: "battery low", tamper: "tamper switch open"}[f.fault] || f.fault;
-    toast(f.active ? `Device ${f.device_id}: ${what}` : `Device ${f.device_id}: ${what} cleared`, f.active);
+    faultWave.push(f);
+    if (f.fault === "undelivered" && f.active) alarm("new-alarm");  // an alarm that missed the list
+    if (faultTimer === null) faultTimer = setTimeout(showFaultWave, 300);
+  }
+
+  function showFaultWave() {
+    const wave = faultWave;
+    faultWave = [];
+    faultTimer = null;
+    if (wave.length <= 3) {
+      for (const f of wave) {
+        const what = FAULT_WHAT[f.fault] || f.fault;
+        toast(f.active ? `Device ${f.device_id}: ${what}` : `Device ${f.device_id}: ${what} cleared`, f.active);
+      }
+    } else {
+      const active = wave.filter((f) => f.active).length;
+      toast(`${active} device faults reported, ${wave.length - active} cleared`, active > 0);
+    }
     if (!$("view-devices").hidden) loadFaults();
   }
 
@@ -737,7 +761,8 @@
     const faults = await api("GET", "/api/v1/devices/faults");
     const body = $("faults-body");
     body.replaceChildren();
-    const names = {offline: "Offline", low_battery: "Low battery", tamper: "Tamper"};
+    const names = {offline: "Offline", low_battery: "Low battery", tamper: "Tamper", bad_message: "Bad message",
+                   undelivered: "Alarm not delivered"};
     for (const f of faults) {
       const tr = el("tr", `fault-${f.fault}`);
       const loc = f.location ? `${f.location.address} (${f.location.area})` : "–";

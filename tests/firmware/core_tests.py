@@ -623,6 +623,41 @@ def test_device_signed_ack_clears_the_outbox_and_states_only_move_forward(tmp):
     assert hal.shown[-1] == indicator.NO_NETWORK
 
 
+def test_device_does_not_show_again_a_state_it_already_showed(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    seq = dev.raise_alarm()
+    topic = proto.topic(DEV, "ack")
+    dev.mqtt.on_message(topic, _ack(seq, "received"), False)
+    dev.mqtt.on_message(topic, _ack(seq, "resolved"), False)
+    _run(dev, hal, 31000)
+    assert hal.shown[-1] == indicator.NO_NETWORK
+    shown = len(hal.shown)
+    # The gateway reconnects and publishes the latest acks again, live and retained.
+    dev.mqtt.on_message(topic, _ack(seq, "resolved"), False)
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged"), True)
+    _run(dev, hal, 100)
+    assert len(hal.shown) == shown and hal.named("ack") == ["seq=%d state=received" % seq,
+                                                            "seq=%d state=resolved" % seq]
+    # A state further along is news: shown.
+    dev.mqtt.on_message(topic, _ack(seq, "false_alarm"), False)
+    assert hal.shown[-1] == indicator.FALSE_ALARM
+
+
+def test_device_shows_an_undelivered_alarm_until_an_operator_acts(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    seq = dev.raise_alarm()
+    topic = proto.topic(DEV, "ack")
+    dev.mqtt.on_message(topic, _ack(seq, "received"), False)
+    dev.mqtt.on_message(topic, _ack(seq, "undelivered"), False)
+    assert hal.shown[-1] == indicator.UNDELIVERED
+    dev.mqtt.on_message(topic, _ack(seq, "received"), False)   # cannot go back
+    assert hal.shown[-1] == indicator.UNDELIVERED
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged"), False)
+    assert hal.shown[-1] == indicator.ACKNOWLEDGED
+
+
 def test_device_forged_or_foreign_acks_change_nothing(tmp):
     hal = ClockHal()
     dev = Device(hal, _config(), tmp)
@@ -784,6 +819,8 @@ TESTS = [
     test_outbox_keeps_an_alarm_in_ram_when_the_flash_fails,
     test_device_long_press_stores_a_signed_alarm_and_shows_sending,
     test_device_signed_ack_clears_the_outbox_and_states_only_move_forward,
+    test_device_does_not_show_again_a_state_it_already_showed,
+    test_device_shows_an_undelivered_alarm_until_an_operator_acts,
     test_device_forged_or_foreign_acks_change_nothing,
     test_device_lid_open_long_press_sends_a_test_alarm_for_a_limited_time,
     test_device_uses_a_fresh_gps_fix_and_falls_back_to_the_fixed_place,

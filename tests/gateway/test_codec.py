@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from siaga import contract
 from siaga.gateway import codec
 from siaga.gateway.codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
 from siagafw import proto
@@ -82,10 +85,12 @@ def test_every_reject_reason() -> None:
     assert _reason(proto.topic("btn-revoked", "alarm"),
                    frame({**good, "dev": "btn-revoked"})) is RejectReason.REVOKED
     assert _reason(topic, b"hello") is RejectReason.MALFORMED
-    assert _reason(topic, frame({**good, "kind": "alien"})) is RejectReason.MALFORMED
+    assert _reason(topic, frame({**good, "kind": "Alien kind!"})) is RejectReason.MALFORMED
     assert _reason(topic, frame({**good, "v": 2})) is RejectReason.MALFORMED
     assert _reason(topic, frame({**good, "seq": -1})) is RejectReason.MALFORMED
     assert _reason(topic, frame({**good, "test": 1})) is RejectReason.MALFORMED
+    assert _reason(topic, frame({**good, "v": True})) is RejectReason.MALFORMED
+    assert _reason(topic, _raw_frame(json.dumps({**good, "v": 1.0}).encode())) is RejectReason.MALFORMED
     assert _reason(topic, b"SG1." + b"0" * 64 + b"." + b"x" * 2000) is RejectReason.OVERSIZE
     assert _reason(proto.topic(DEV, "status"), frame(good)) is RejectReason.WRONG_TOPIC
     assert _reason(topic, frame({**good, "dev": "btn-other"})) is RejectReason.WRONG_TOPIC
@@ -120,11 +125,12 @@ def test_signed_garbage_bodies_are_rejected_or_well_typed(body: dict) -> None:
     else:
         assert isinstance(msg, Alarm)
         assert isinstance(msg.seq, int) and not isinstance(msg.seq, bool)
-        assert msg.kind in proto.KINDS
+        assert contract.KIND_RE.fullmatch(msg.kind)
 
 
 @given(st.integers(0, 2**31 - 1), st.sampled_from(proto.KINDS), st.booleans(),
-       st.text(max_size=60), st.integers(-90_000_000, 90_000_000), st.integers(-180_000_000, 180_000_000))
+       st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=60),
+       st.integers(-90_000_000, 90_000_000), st.integers(-180_000_000, 180_000_000))
 def test_round_trip_of_valid_alarms(seq: int, kind: str, test: bool, addr: str, lat: int, lon: int) -> None:
     body = proto.alarm_body(DEV, seq, kind, proto.location(lat, lon, addr, "a1"), test)
     payload = frame(body)
@@ -135,3 +141,58 @@ def test_round_trip_of_valid_alarms(seq: int, kind: str, test: bool, addr: str, 
     assert isinstance(msg, Alarm)
     assert (msg.seq, msg.kind, msg.test, msg.location.address) == (seq, kind, test, addr)
     assert json.loads(msg.body) == body
+
+
+def _raw_frame(body: bytes, secret: bytes = SECRET) -> bytes:
+    """A correctly signed frame around body bytes exactly as given (not re-encoded)."""
+    return proto.TAG + hmac.new(secret, body, hashlib.sha256).hexdigest().encode() + b"." + body
+
+
+def test_strict_json_refuses_what_pythons_json_would_let_through() -> None:
+    topic = proto.topic(DEV, "alarm")
+    good = proto.encode(proto.alarm_body(DEV, 1, "general", LOC))
+    assert not isinstance(codec.decode(topic, _raw_frame(good), KEYS.get), Reject)
+    for body, words in (
+            (good.replace(b'"up":0', b'"up":NaN'), "NaN"),
+            (good.replace(b'"up":0', b'"up":Infinity'), "Infinity"),
+            (good.replace(b'"seq":1', b'"seq":1,"seq":2'), "twice"),
+            (good.replace(b'"addr":', b'"addr":"x","addr":'), "twice"),
+            (b"[" * 470 + b"]" * 470, "")):
+        msg = codec.decode(topic, _raw_frame(body), KEYS.get)
+        assert isinstance(msg, Reject) and msg.reason is RejectReason.MALFORMED, (body[:60], msg)
+        assert words in msg.detail, msg.detail
+
+
+def test_out_of_range_content_is_malformed_not_a_crash_later() -> None:
+    """The frames that used to crash the store or the forwarder's formatting (issue 12)."""
+    topic = proto.topic(DEV, "alarm")
+    good = proto.alarm_body(DEV, 1, "general", LOC)
+    loc = dict(LOC)
+    for body, words in (({**good, "up": 2**64}, "'up' outside"),
+                        ({**good, "up": -1}, "'up' outside"),
+                        ({**good, "loc": {**loc, "addr": "Jl. \ud800"}}, "surrogate"),
+                        ({**good, "loc": {**loc, "addr": "x" * 201}}, "more than 200"),
+                        ({**good, "loc": {**loc, "area": "a" * 65}}, "more than 64"),
+                        ({**good, "loc": {**loc, "addr": "Jl.\x00Merdeka"}}, "control character")):
+        msg = codec.decode(topic, _raw_frame(json.dumps(body).encode()), KEYS.get)
+        assert isinstance(msg, Reject) and msg.reason is RejectReason.MALFORMED, (body, msg)
+        assert words in msg.detail, msg.detail
+    status = {"v": 1, "type": "status", "dev": DEV, "seq": 2, "fw": "0.2.0", "every": 60, "bat": 2**70,
+              "rssi": -50, "tamper": False, "outbox": 0, "up": 5}
+    msg = codec.decode(proto.topic(DEV, "status"), frame(status), KEYS.get)
+    assert isinstance(msg, Reject) and "'bat' outside" in msg.detail
+
+
+def test_a_clock_thousands_of_years_off_costs_the_time_not_the_alarm() -> None:
+    topic = proto.topic(DEV, "alarm")
+    for ts in (10**12, -5, 2**80, 1_000):
+        msg = codec.decode(topic, frame({**proto.alarm_body(DEV, 1, "general", LOC), "ts": ts}), KEYS.get)
+        assert isinstance(msg, Alarm) and msg.raised_ts is None, (ts, msg)
+    msg = codec.decode(topic, frame({**proto.alarm_body(DEV, 1, "general", LOC), "ts": 1_795_000_000}), KEYS.get)
+    assert isinstance(msg, Alarm) and msg.raised_ts == 1_795_000_000
+
+
+def test_a_kind_newer_firmware_may_send_is_heard() -> None:
+    body = {**proto.alarm_body(DEV, 1, "general", LOC), "kind": "flood"}
+    msg = codec.decode(proto.topic(DEV, "alarm"), frame(body), KEYS.get)
+    assert isinstance(msg, Alarm) and msg.kind == "flood"

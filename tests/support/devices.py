@@ -5,6 +5,8 @@ process per device, so fifty of them can send a thousand alarms in a test."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from siagafw import mqtt as fwmqtt
 from siagafw import proto
 from tests.support.system import DeviceCredentials
 
@@ -100,3 +103,33 @@ class SimButton:
             ack = found()
             assert ack is not None
             return ack
+
+
+def publish_once(port: int, creds: DeviceCredentials, suffix: str, payload: bytes, timeout_s: float = 10.0) -> None:
+    """Log in as the device, publish one QoS 1 message on its topic, wait for the PUBACK, leave.
+    A plain socket and the firmware's own packet code: about a millisecond each on loopback, so a
+    test can speak for thousands of buttons without a client per button."""
+    dev = creds.device_id
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(fwmqtt.connect_packet(dev, 30, True, None, dev, creds.mqtt_password))
+        connack = _packet(sock)
+        if connack[0] != 0x20 or connack[1][1:2] != b"\x00":
+            raise ConnectionRefusedError(f"{dev}: CONNACK {connack!r}")
+        topic = proto.topic(dev, suffix).encode()
+        variable = struct.pack("!H", len(topic)) + topic + b"\x00\x01"
+        sock.sendall(fwmqtt._header(0x32, len(variable) + len(payload)) + variable + payload)
+        if _packet(sock)[0] != 0x40:
+            raise ConnectionError(f"{dev}: no PUBACK")
+        sock.sendall(b"\xe0\x00")
+
+
+def _packet(sock: socket.socket) -> tuple[int, bytes]:
+    buf = b""
+    while True:
+        whole = fwmqtt.split_packet(buf)
+        if whole is not None:
+            return whole[0], whole[1]
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionResetError("broker closed the connection")
+        buf += chunk

@@ -104,6 +104,9 @@ retry_max_s = 2.0
         return {line.rsplit(" ", 1)[0].removeprefix("siaga_gateway_"): float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

@@ -92,7 +92,7 @@ def main() -> None:
         {"id": "x" * 32, "valid": True}, {"id": "x" * 33, "valid": False}, {"id": "ab c", "valid": False},
     ]
     ranks = [{"state": s, "rank": i} for i, s in
-             enumerate(["received", "acknowledged", "dispatched", "resolved", "false_alarm"])]
+             enumerate(["received", "undelivered", "acknowledged", "dispatched", "resolved", "false_alarm"])]
     ranks += [{"state": "bogus", "rank": -1}, {"state": "", "rank": -1}]
     json.dump({"version": 1, "encode": encode, "frames": frames, "verify": verify, "coordinates": coords,
                "device_ids": device_ids, "state_ranks": ranks}, sys.stdout, indent=1, ensure_ascii=False)

@@ -152,6 +152,8 @@ class Device:
         self._tamper_since = now
         self.current = None            # seq of the alarm whose state the indicator shows
         self.current_rank = -1
+        self._acked_seq = -1           # the newest ack state shown, kept after the display moves on
+        self._acked_rank = -1
         self._state_at = now           # when that alarm reached its current state
         self._transient = None         # ind.ARMED or ind.CANCELLED, shown above everything else
         self._transient_at = now
@@ -293,12 +295,18 @@ class Device:
             self.outbox.remove(seq)  # the gateway has it durably (protocol.md §6 step 3)
             self._retry.pop(seq, None)
             self.hal.event("delivered", "seq=%d" % seq)
+        if seq == self._acked_seq and rank <= self._acked_rank:
+            # A state this button already showed for this alarm, published again (after the
+            # gateway reconnected): an incident resolved hours ago must not light up again.
+            return
         if self.current is None and not retained:
             self.current = seq
         # States only move forward (protocol.md §4.4): a late or replayed ack cannot undo one.
         if seq == self.current and rank > self.current_rank:
             self.current_rank = rank
             self._state_at = now
+            self._acked_seq = seq
+            self._acked_rank = rank
             self.hal.event("ack", "seq=%d state=%s" % (seq, state))
         self._display(now)
 

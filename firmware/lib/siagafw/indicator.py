@@ -17,6 +17,7 @@ ARMED = "armed"                # long press done, cancel window running
 CANCELLED = "cancelled"        # the person took the alarm back
 SENDING = "sending"            # in the flash outbox, no "received" ack yet
 RECEIVED = "received"          # the gateway has it (its signed ack)
+UNDELIVERED = "undelivered"    # the gateway has it, the command center refused it: use another way
 ACKNOWLEDGED = "acknowledged"  # an operator acknowledged it: help is coming
 DISPATCHED = "dispatched"
 RESOLVED = "resolved"
@@ -33,6 +34,7 @@ LED = {
     ARMED: b"\x05\x05",                          # 100, 100: fast flash
     SENDING: b"\x19\x19",                        # 500, 500: 1 Hz flash
     RECEIVED: b"\x4b\x19",                       # 1500, 500: mostly on
+    UNDELIVERED: b"\x32\x0a\x05\x0a\x05\x46",      # 1000, 200, 100, 200, 100, 1400: one long, two short
     ACKNOWLEDGED: STEADY,                        # steady: help is coming
     DISPATCHED: STEADY,
     RESOLVED: b"\x32\x32",                       # 1000, 1000: slow flash
@@ -47,12 +49,13 @@ BUZZER = {
     CANCELLED: b"\x23",                         # 700: one long beep
     SENDING: b"\x04",                           # 80: one chirp
     RECEIVED: b"\x08\x05\x08",                    # 160, 100, 160: two beeps
+    UNDELIVERED: b"\x05\x05\x05\x05\x05\x05\x05\x05\x05",  # 100 x 5 beeps with 100 gaps: unlike any other
     ACKNOWLEDGED: b"\x14\x08\x14\x08\x14",          # 400, 160, 400, 160, 400: three long beeps
     RESOLVED: b"\x28",                          # 800: one long beep
     FALSE_ALARM: b"\x28",
 }
-STATES = (IDLE, NO_NETWORK, ARMED, CANCELLED, SENDING, RECEIVED, ACKNOWLEDGED, DISPATCHED, RESOLVED,
-          FALSE_ALARM, FAULT, TEST_MODE)
+STATES = (IDLE, NO_NETWORK, ARMED, CANCELLED, SENDING, RECEIVED, UNDELIVERED, ACKNOWLEDGED, DISPATCHED,
+          RESOLVED, FALSE_ALARM, FAULT, TEST_MODE)
 
 
 def ms(pattern):

@@ -23,8 +23,10 @@ VERSION = const(1)
 TOPIC_ROOT = "siaga/v1/dev/"
 
 KINDS = ("general", "medical", "fire", "crime", "disaster")
-# Ack states in rank order: a device never moves down this list for one alarm.
-STATES = ("received", "acknowledged", "dispatched", "resolved", "false_alarm")
+# Ack states in rank order: a device never moves down this list for one alarm. "undelivered": the
+# gateway holds the alarm but the command center refused it for good (protocol.md §4.4); an
+# operator acting on it later still moves it on.
+STATES = ("received", "undelivered", "acknowledged", "dispatched", "resolved", "false_alarm")
 
 _BLOCK = const(64)  # SHA-256 block size in bytes
 
