@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -91,6 +92,19 @@ def latencies(sink: int, sent: dict[str, float], timeout_s: float) -> list[float
         time.sleep(0.5)
 
 
+def gateway_shares(sink: int, sent: dict[str, float]) -> list[float]:
+    """For each alarm, ms from the gateway taking it from the broker (its body's received_at) to
+    the command center receiving it: the gateway's own part of the latency."""
+    got = httpx.get(f"http://127.0.0.1:{sink}/dump-gateway-share", timeout=30).json()
+    out = []
+    for event_id in sent:
+        if event_id in got:
+            arrived, received_at = got[event_id]
+            gateway_ms = datetime.fromisoformat(received_at.replace("Z", "+00:00")).timestamp()
+            out.append((arrived - gateway_ms) * 1000)
+    return out
+
+
 def faults_at(sink: int, wave: str) -> int:
     got = httpx.get(f"http://127.0.0.1:{sink}/dump", timeout=30).json()
     return sum(1 for e in got if f":{wave}-" in e and ":fault:" in e)
@@ -101,6 +115,8 @@ def main() -> int:
     parser.add_argument("--waves", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rate", type=float, default=20.0, help="alarms per second from healthy buttons")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--gateway-python", default=sys.executable,
+                        help="the interpreter of another Siaga install, to measure another version's gateway")
     args = parser.parse_args()
     print(f"$ {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"host: {platform.machine()}, {subprocess.getoutput('nproc')} cores, Python {platform.python_version()}")
@@ -114,7 +130,7 @@ def main() -> int:
             with MosquittoProcess(tmp / "broker") as broker:
                 gateway = GatewayProcess(tmp, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
                                          cc_url=f"http://127.0.0.1:{sink_port}", cc_token="bench-token",
-                                         gateway_id="bench-wave",
+                                         gateway_id="bench-wave", python=args.gateway_python,
                                          gateway_settings="flood_rate_per_s = 1000.0\nflood_burst = 1000")
                 gateway.start()
                 try:
@@ -122,8 +138,9 @@ def main() -> int:
                                for i in range(HEALTHY)]
                     register(gateway, broker, healthy)
                     buttons = [SimButton(c, broker.port).connect() for c in healthy]
-                    quiet = latencies(sink_port, paced_alarms(buttons, args.rate, args.seconds), 60)
-                    rows.append(("quiet", 0, quiet, 0.0, 0))
+                    sent = paced_alarms(buttons, args.rate, args.seconds)
+                    quiet = latencies(sink_port, sent, 60)
+                    rows.append(("quiet", 0, quiet, gateway_shares(sink_port, sent), 0))
                     for n in args.waves:
                         wave = f"w{n}"
                         fleet = [DeviceCredentials(f"{wave}-{i:05d}", secrets.token_hex(32),
@@ -142,7 +159,8 @@ def main() -> int:
                         while faults_at(sink_port, wave) < 3 * n and time.monotonic() < deadline:
                             time.sleep(0.5)
                         drained_s = time.monotonic() - started
-                        rows.append((f"wave of {n:,}", n, during, published_s, faults_at(sink_port, wave)))
+                        rows.append((f"wave of {n:,}", n, during, gateway_shares(sink_port, sent),
+                                     faults_at(sink_port, wave)))
                         print(f"  (wave of {n}: published in {published_s:.1f} s, {faults_at(sink_port, wave)} "
                               f"fault reports delivered {drained_s:.1f} s after its start)", flush=True)
                     for button in buttons:
@@ -156,9 +174,13 @@ def main() -> int:
           f"for {args.seconds:g} s:")
     print(f"  {'':16}{'alarms':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}   fault reports delivered")
     quiet_p99 = pct(rows[0][2], 99)
-    for name, n, lat, _published, faults in rows:
+    for name, n, lat, _share, faults in rows:
         print(f"  {name:16}{len(lat):>8}{pct(lat, 50):>8.1f}ms{pct(lat, 95):>8.1f}ms{pct(lat, 99):>8.1f}ms"
               f"{max(lat):>8.1f}ms   {f'{faults} of {3 * n}' if n else '-'}")
+    print("of which the gateway's own part (taken from the broker -> at the command center; wall clocks, 1 ms):")
+    for name, _n, _lat, share, _faults in rows:
+        print(f"  {name:16}{len(share):>8}{pct(share, 50):>8.1f}ms{pct(share, 95):>8.1f}ms{pct(share, 99):>8.1f}ms"
+              f"{max(share):>8.1f}ms")
     for name, _n, lat, _, _ in rows[1:]:
         print(f"  {name}: p99 = {pct(lat, 99) / quiet_p99:.1f} x the quiet p99")
     return 0

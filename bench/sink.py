@@ -14,6 +14,15 @@ import sys
 import time
 
 received: dict[str, float] = {}   # event id -> time.monotonic() at arrival (system-wide clock on Linux)
+# alarm event id -> (time.time() at arrival, the body's received_at): the gateway's own share of the time
+gateway_share: dict[str, tuple[float, str]] = {}
+
+
+def _note(event: dict, now: float) -> None:
+    eid = event["event_id"]
+    received.setdefault(eid, now)
+    if "received_at" in event and eid not in gateway_share:
+        gateway_share[eid] = (time.time(), event["received_at"])
 
 
 def _reply(status: str, body: bytes) -> bytes:
@@ -28,17 +37,20 @@ def _handle(method: str, path: str, body: bytes) -> bytes:
         for event in json.loads(body)["alarms" if path.startswith("/api/v1/alarms") else "faults"]:
             eid = event["event_id"]
             status = "duplicate" if eid in received else "created"
-            received.setdefault(eid, now)
+            _note(event, now)
             results.append({"event_id": eid, "status": status, "incident_id": "inc-1", "state": "received",
                             "error": None})
         return _reply("200 OK", json.dumps({"results": results}).encode())
     if method == "POST" and path in ("/api/v1/alarms", "/api/v1/faults"):
-        eid = json.loads(body)["event_id"]
-        received.setdefault(eid, now)
+        event = json.loads(body)
+        eid = event["event_id"]
+        _note(event, now)
         answer = {"event_id": eid, "incident_id": "inc-1", "state": "received"}
         return _reply("201 Created", json.dumps(answer).encode())
     if method == "GET" and path == "/dump":
         return _reply("200 OK", json.dumps(received).encode())
+    if method == "GET" and path == "/dump-gateway-share":
+        return _reply("200 OK", json.dumps(gateway_share).encode())
     return _reply("404 Not Found", b"{}")
 
 

@@ -12,12 +12,15 @@ wrappers such as aiosqlite cost). The connection is used by that thread only.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import itertools
 import json
 import logging
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -315,24 +318,73 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             UNIQUE (digest)
         )""",
         "ALTER TABLE outbox ADD COLUMN refused_ms INTEGER",
+        # The alarm lane's query: the alarms waiting, in order, without reading the fault backlog.
+        "CREATE INDEX outbox_alarms ON outbox (id) WHERE kind = 'alarm' AND refused_ms IS NULL",
         # protocol.md §4.4 gained a state at rank 1; the later states move up one.
         "UPDATE alarms SET state_rank = state_rank + 1 WHERE state_rank >= 1",
     ),
 )
 
 
+def _event(r: sqlite3.Row) -> OutboundEvent:
+    return OutboundEvent(r["id"], r["kind"], r["event_id"], r["device_id"], r["body"], r["attempts"], r["alarm_id"],
+                         r["created_ms"])
+
+
+class DatabaseThread:
+    """The one thread that uses the SQLite connection, taking urgent work first.
+
+    An executor with one worker runs work in the order it was submitted, so an alarm's commit
+    would wait behind whatever the fault lane queued before it (a round's query, its settlement).
+    Here each piece of work is urgent (an alarm's path: its commit, the alarm lane's queries, the
+    acks' states) or not, and the thread always takes the oldest urgent piece first. A piece
+    already running is not interrupted, so an alarm waits at most for one ordinary transaction.
+    """
+
+    URGENT, ORDINARY, STOP = 0, 1, 2
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, urgent: bool, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((self.URGENT if urgent else self.ORDINARY, next(self._order), (future, fn, args)))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            _, _, work = self._queue.get()
+            if work is None:
+                return
+            future, fn, args = work
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put((self.STOP, next(self._order), None))
+        self._thread.join()
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DatabaseThread | None = None
 
     # ------------------------------------------------------------ plumbing
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         if self._pool is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.wrap_future(self._pool.submit(urgent, fn, *args))
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -351,7 +403,7 @@ class SQLiteStore:
         return result
 
     async def open(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siaga-store")
+        self._pool = DatabaseThread("siaga-store")
         try:
             await self._call(self._open)
         except BaseException:
@@ -517,13 +569,14 @@ class SQLiteStore:
         def read() -> bool:
             row = self._conn.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?", (device_id, seq))
             return row.fetchone() is not None
-        return await self._call(read)
+        return await self._call(read, urgent=True)
 
     # ------------------------------------------------------------ intake
 
     async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
         """Write one batch in one transaction; return the stored state of every alarm in it."""
-        return await self._call(self._tx, lambda db: self._commit(db, batch, fault_event))
+        return await self._call(self._tx, lambda db: self._commit(db, batch, fault_event),
+                                urgent=bool(batch.alarms or batch.duplicates))
 
     def _commit(self, db: sqlite3.Connection, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
         db.executemany(
@@ -613,23 +666,47 @@ class SQLiteStore:
         waiting for a retry: a device's events reach the command center in the order they were
         stored. Refused events are out of the way (they wait for an operator, not for a retry).
 
-        The alarm lane takes every due alarm and, ahead of each, its device's earlier due faults
-        (so that its order holds); the fault lane takes the faults of devices with no alarm
+        The alarm lane takes the waiting alarms and, ahead of each, its device's earlier faults (so
+        that the device's order holds); it reads the alarms through their own index, never the
+        fault backlog of a power cut. The fault lane takes the faults of devices with no alarm
         waiting. A fault both lanes take (its device's alarm came while the fault lane was sending
         it) goes twice: the command center's idempotency key makes that harmless."""
-        blocked = ("NOT EXISTS (SELECT 1 FROM outbox w WHERE w.device_id = o.device_id AND w.id < o.id "
-                   "AND w.refused_ms IS NULL AND w.next_attempt_ms > :now)")
-        alarm_after = ("EXISTS (SELECT 1 FROM outbox a WHERE a.device_id = o.device_id AND a.id > o.id "
-                       "AND a.kind = 'alarm' AND a.refused_ms IS NULL)")
-        which = (f"(o.kind = 'alarm' OR {alarm_after})" if lane == "alarm"
-                 else f"o.kind = 'fault' AND NOT {alarm_after}")
-        def read() -> list[OutboundEvent]:
-            rows = self._conn.execute(
-                "SELECT o.id, o.kind, o.event_id, o.device_id, o.body, o.attempts, o.alarm_id, o.created_ms "
-                f"FROM outbox o WHERE o.refused_ms IS NULL AND o.next_attempt_ms <= :now AND {which} "
-                f"AND {blocked} ORDER BY o.id LIMIT :limit", {"now": now_ms, "limit": limit}).fetchall()
-            return [OutboundEvent(**dict(r)) for r in rows]
-        return await self._call(read)
+        if lane == "alarm":
+            return await self._call(self._due_alarms, now_ms, limit, urgent=True)
+        return await self._call(self._due_faults, now_ms, limit)
+
+    _EVENT = "SELECT id, kind, event_id, device_id, body, attempts, alarm_id, created_ms, next_attempt_ms FROM outbox"
+
+    def _due_alarms(self, now_ms: int, limit: int) -> list[OutboundEvent]:
+        db = self._conn
+        alarms = db.execute(f"{self._EVENT} INDEXED BY outbox_alarms WHERE kind = 'alarm' AND refused_ms IS NULL "
+                            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit)).fetchall()
+        if not alarms:
+            return []
+        last = {}
+        for a in alarms:
+            last[a["device_id"]] = a["id"]
+        out: list[OutboundEvent] = []
+        for device_id, upto in last.items():
+            # The device's pending events up to its last alarm taken, in order; stop at the first
+            # one that waits for a retry (or is not due): nothing of this device may overtake it.
+            for r in db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL ORDER BY id",
+                                (device_id, upto)):
+                if r["next_attempt_ms"] > now_ms:
+                    break
+                out.append(_event(r))
+        out.sort(key=lambda e: e.id)
+        return out[:limit]
+
+    def _due_faults(self, now_ms: int, limit: int) -> list[OutboundEvent]:
+        rows = self._conn.execute(
+            f"{self._EVENT} o WHERE o.kind = 'fault' AND o.refused_ms IS NULL AND o.next_attempt_ms <= ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox a INDEXED BY outbox_device WHERE a.device_id = o.device_id "
+            "AND a.id > o.id AND a.kind = 'alarm' AND a.refused_ms IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM outbox w INDEXED BY outbox_device WHERE w.device_id = o.device_id "
+            "AND w.id < o.id AND w.refused_ms IS NULL AND w.next_attempt_ms > ?) ORDER BY o.id LIMIT ?",
+            (now_ms, now_ms, limit)).fetchall()
+        return [_event(r) for r in rows]
 
     async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None:
         """Record a round of deliveries in one transaction."""
@@ -640,7 +717,9 @@ class SQLiteStore:
             db.executemany("UPDATE outbox SET attempts = attempts + ?, next_attempt_ms = ?, last_error = ? "
                            "WHERE id = ?", [(int(r.spend_attempt), r.next_ms, r.error[:300], r.outbox_id)
                                             for r in retries])
-        await self._call(self._tx, write)
+        # An alarm round's settlement is on the alarm path: until it is written, the alarm lane's
+        # next query would find the same alarms again.
+        await self._call(self._tx, write, urgent=any(d.alarm_id is not None for d in delivered))
 
     async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None:
         """Events the command center refused for good: kept, out of the forwarding queue."""
@@ -681,7 +760,7 @@ class SQLiteStore:
                            (row["id"], state, incident_id, by, at_ms))
             return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
                                incident_id or row["incident_id"], changed)
-        return await self._call(self._tx, write)
+        return await self._call(self._tx, write, urgent=True)  # the button waits for this state
 
     async def current_acks(self, since_ms: int) -> list[StoredAlarm]:
         """Each device's newest alarm, if it was stored or changed state since since_ms."""

@@ -18,8 +18,12 @@ from tests.support.net import free_port
 class GatewayProcess:
     def __init__(self, tmp_path: Path, *, mqtt_port: int, mqtt_password: str, cc_url: str, cc_token: str,
                  gateway_id: str = "gw-test", port: int | None = None, callback_token: str | None = None,
-                 gateway_settings: str = "", extra_toml: str = "") -> None:
-        """gateway_settings: TOML lines for the [gateway] table; extra_toml: further tables."""
+                 gateway_settings: str = "", extra_toml: str = "", mqtt_settings: str = "",
+                 python: str = sys.executable) -> None:
+        """gateway_settings: TOML lines for the [gateway] table; extra_toml: more lines for the
+        [forwarding] table, then further tables; python: the interpreter (another install of
+        Siaga, to compare versions in a benchmark)."""
+        self.python = python
         self.dir = Path(tmp_path) / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -47,6 +51,7 @@ host = "127.0.0.1"
 port = {mqtt_port}
 username = "siaga-gateway"
 password_file = "secrets/mqtt-password"
+{mqtt_settings}
 
 [api]
 host = "127.0.0.1"
@@ -68,7 +73,7 @@ retry_max_s = 2.0
     def start(self, timeout_s: float = 20.0) -> GatewayProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "siaga.cli", "gateway", "run", "--config", str(self.config_path)],
+                [self.python, "-m", "siaga.cli", "gateway", "run", "--config", str(self.config_path)],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

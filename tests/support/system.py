@@ -45,13 +45,13 @@ class System:
 
 
 def start_system(tmp_path: Path, broker: MosquittoProcess, *, gateway_settings: str = "",
-                 extra_toml: str = "") -> Iterator[System]:
+                 extra_toml: str = "", mqtt_settings: str = "") -> Iterator[System]:
     gw_port, callback_token = free_port(), secrets.token_urlsafe(24)
     cc = CommandCenterProcess(tmp_path, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     cc.start()
     gateway = GatewayProcess(tmp_path, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
                              cc_url=cc.url, cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,
-                             gateway_settings=gateway_settings, extra_toml=extra_toml)
+                             gateway_settings=gateway_settings, extra_toml=extra_toml, mqtt_settings=mqtt_settings)
     try:
         gateway.start()
         yield System(broker, cc, gateway)
