@@ -255,6 +255,8 @@ class Gateway:
             self.metrics.inc("received")
             try:
                 await self._take(item, batch, in_batch, now)
+            except sqlite3.OperationalError:
+                raise  # the database, not the message (see below)
             except Exception as exc:  # one message must never stop the others
                 self._quarantine(item, exc, batch, now)
         try:

@@ -44,8 +44,11 @@ def failures(lines: list[str]) -> list[str]:
 def test_presses_during_stalled_connects_are_kept_and_delivered_once(system: System, tmp_path: Path) -> None:
     creds, fw = button(system, tmp_path, "jkt-net-stall-01",
                        button={"long_ms": 1500, "cancel_ms": 0, "debounce_ms": 30})
+    cfg = json.loads(fw.config_path.read_text())
+    cfg["mqtt"]["timeout_ms"] = 1500             # keeps the test short: each attempt 1.5 s of silence
+    fw.config_path.write_text(json.dumps(cfg))
     port = system.broker.port
-    offsets_s = (0.1, 0.7, 1.3, 1.9, 2.5)       # into a connect attempt that lasts TIMEOUT_MS
+    offsets_s = (0.1, 0.4, 0.7, 1.0, 1.3)       # into a connect attempt that lasts 1.5 s
     seqs: list[int] = []
     with fw:
         fw.expect("EVT connected")
