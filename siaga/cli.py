@@ -240,18 +240,26 @@ def _run(name: str, opts: dict[str, Any], quiet: bool = False) -> None:
     sys.exit(dispatch(name, opts, verbose=_State.verbose, quiet=quiet))
 
 
+def _location_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where a button is: the same options for `provision` and `devices add`."""
+    for option in reversed([
+            click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".'),
+            click.option("--lat", help="Latitude in decimal degrees (south negative)."),
+            click.option("--lon", help="Longitude in decimal degrees."),
+            click.option("--address", help="Street address, e.g. \"Jl. Medan Merdeka Barat 12\"."),
+            click.option("--area", help="Administrative-area code (kelurahan/kecamatan), e.g. 31.71.01.1001."),
+            click.option("--site", help="Site name: buttons of one site report one incident.")]):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @_provisioning_config
 @click.option("--port", help="Serial port of the board, e.g. /dev/ttyUSB0 (default: the one USB board found).")
 @click.option("--list-ports", is_flag=True, help="List the serial ports and exit.")
 @click.option("--id", "device_id", help="Device id, e.g. jkt-gambir-0001 (or a pre-staged id).")
 @click.option("--id-prefix", help="Number the device after this prefix, e.g. jkt-gambir -> jkt-gambir-0007.")
-@click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".')
-@click.option("--lat", help="Latitude in decimal degrees (south negative).")
-@click.option("--lon", help="Longitude in decimal degrees.")
-@click.option("--address", help="Street address, e.g. \"Jl. Medan Merdeka Barat 12\".")
-@click.option("--area", help="Administrative-area code (kelurahan/kecamatan), e.g. 31.71.01.1001.")
-@click.option("--site", help="Site name: buttons of one site report one incident.")
+@_location_options
 @click.option("--notes", help="Install notes (kept in the install log).")
 @click.option("--kind", help="What the SOS button reports: general, medical, fire, crime, disaster.")
 @click.option("--types", help="Fitted emergency-type buttons, e.g. medical,fire.")
@@ -278,12 +286,7 @@ def devices() -> None:
 @devices.command("add")
 @_provisioning_config
 @click.argument("device_id")
-@click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".')
-@click.option("--lat", help="Latitude in decimal degrees (south negative).")
-@click.option("--lon", help="Longitude in decimal degrees.")
-@click.option("--address", help="Street address, e.g. \"Jl. Medan Merdeka Barat 12\".")
-@click.option("--area", help="Administrative-area code (kelurahan/kecamatan), e.g. 31.71.01.1001.")
-@click.option("--site", help="Site name: buttons of one site report one incident.")
+@_location_options
 @click.option("--notes", help="Notes for the install log, e.g. the vendor and batch.")
 @click.option("--secret-file", type=click.Path(dir_okay=False),
               help="File holding the device secret (64 hex digits); default: a new one is generated and shown.")
