@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from siaga.broker.process import MosquittoProcess  # noqa: E402
-from siagafw import proto  # noqa: E402
-from tests.support.devices import SimButton, publish_once  # noqa: E402
+from tests.support.devices import SimButton, go_dark, register_fleet  # noqa: E402
 from tests.support.gateway import GatewayProcess  # noqa: E402
 from tests.support.net import free_port, wait_port  # noqa: E402
 from tests.support.system import DeviceCredentials  # noqa: E402
@@ -46,22 +45,6 @@ HEALTHY = 10
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def register(gateway: GatewayProcess, broker: MosquittoProcess, creds: list[DeviceCredentials]) -> None:
-    broker.add_devices({c.device_id: c.mqtt_password for c in creds})
-    place = {"lat": -6.2, "lon": 106.8, "address": "Jl. Gelap", "area": "31.71"}
-    with httpx.Client(base_url=gateway.url, headers=gateway.admin_headers, timeout=30) as http:
-        for c in creds:
-            http.post("/api/v1/devices", json={"id": c.device_id, "secret_hex": c.secret_hex,
-                                               **place}).raise_for_status()
-
-
-def go_dark(port: int, creds: DeviceCredentials) -> None:
-    signer = proto.Signer(bytes.fromhex(creds.secret_hex))
-    status = proto.status_body(creds.device_id, 1, "0.2.0", 60, 3100, -80, True, 0, 1000)
-    publish_once(port, creds, "status", signer.seal(proto.encode(status)))
-    publish_once(port, creds, "will", signer.seal(proto.encode(proto.will_body(creds.device_id, 2))))
 
 
 def go_dark_all(port: int, fleet: list[DeviceCredentials]) -> None:
@@ -136,7 +119,7 @@ def main() -> int:
                 try:
                     healthy = [DeviceCredentials(f"healthy-{i:02d}", secrets.token_hex(32), secrets.token_urlsafe(12))
                                for i in range(HEALTHY)]
-                    register(gateway, broker, healthy)
+                    register_fleet(gateway, broker, healthy)
                     buttons = [SimButton(c, broker.port).connect() for c in healthy]
                     sent = paced_alarms(buttons, args.rate, args.seconds)
                     quiet = latencies(sink_port, sent, 60)
@@ -146,7 +129,7 @@ def main() -> int:
                         fleet = [DeviceCredentials(f"{wave}-{i:05d}", secrets.token_hex(32),
                                                    secrets.token_urlsafe(12)) for i in range(n)]
                         t0 = time.monotonic()
-                        register(gateway, broker, fleet)
+                        register_fleet(gateway, broker, fleet)
                         print(f"  ({n} buttons registered in {time.monotonic() - t0:.1f} s)", flush=True)
                         dark = threading.Thread(target=go_dark_all, args=(broker.port, fleet))
                         started = time.monotonic()

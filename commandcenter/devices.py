@@ -1,4 +1,4 @@
-"""`/api/v1/devices`: the state of the buttons themselves, for supervisors (DESIGN.md, "Supervision")."""
+"""`/api/v1/devices`: the state of the buttons themselves, for supervisors (docs/gateway.md, "Supervision")."""
 
 from __future__ import annotations
 

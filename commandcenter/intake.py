@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .deps import ServicesDep, require_intake
 from .domain import KNOWN_KINDS, incident_ref, utc_now
@@ -29,6 +29,8 @@ from .models import (
 from .store import IntakeOutcome, NewAlarm, NewFault
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(require_intake)])
 
@@ -107,20 +109,11 @@ async def receive_alarm(alarm: AlarmIn, svc: ServicesDep, idempotency_key: Idemp
 )
 async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
     results: list[BatchResult | None] = [None] * len(batch.alarms)
-    valid: list[tuple[int, AlarmIn]] = []
-    for i, raw in enumerate(batch.alarms):
-        try:
-            alarm = AlarmIn.model_validate(raw)
-        except ValidationError as exc:
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
-            event_id = event_id if isinstance(event_id, str) else None
-            error = _explain(exc)
-            results[i] = _rejected(event_id, error)
-            # %r, cut short: the event_id of an invalid entry is unchecked text (newlines, any length).
-            log.warning("batch alarm %d (%.100r) is invalid; rejected: %s", i, event_id, error)
-            continue
+    valid, invalid = _validate_each(batch.alarms, AlarmIn, "alarm")
+    for i, event_id, error in invalid:
+        results[i] = _rejected(event_id, error)
+    for _, alarm in valid:
         _warn_unknown_kind(alarm)
-        valid.append((i, alarm))
     outcomes = await svc.store.record_alarms([new_alarm(a) for _, a in valid], now=utc_now())
     for (i, alarm), outcome in zip(valid, outcomes, strict=True):
         results[i] = _batch_result(alarm, outcome)
@@ -199,16 +192,9 @@ async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: Idemp
 )
 async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response:
     results: list[FaultBatchResult | None] = [None] * len(batch.faults)
-    valid: list[tuple[int, FaultIn]] = []
-    for i, raw in enumerate(batch.faults):
-        try:
-            valid.append((i, FaultIn.model_validate(raw)))
-        except ValidationError as exc:
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
-            event_id = event_id if isinstance(event_id, str) else None
-            error = _explain(exc)
-            results[i] = FaultBatchResult(event_id=event_id, status="rejected", error=error)
-            log.warning("batch fault %d (%.100r) is invalid; rejected: %s", i, event_id, error)
+    valid, invalid = _validate_each(batch.faults, FaultIn, "fault")
+    for i, event_id, error in invalid:
+        results[i] = FaultBatchResult(event_id=event_id, status="rejected", error=error)
     outcomes = await svc.store.record_faults([new_fault(f) for _, f in valid], now=utc_now())
     for (i, fault), outcome in zip(valid, outcomes, strict=True):
         if not outcome.same_body:
@@ -226,6 +212,25 @@ async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response
              sum(r.status == "created" for r in final), sum(r.status == "duplicate" for r in final),
              sum(r.status == "rejected" for r in final))
     return Response(content=FaultBatchOut(results=final).model_dump_json(), media_type="application/json")
+
+
+def _validate_each(entries: list[Any], model: type[M], what: str) -> tuple[list[tuple[int, M]],
+                                                                             list[tuple[int, str | None, str]]]:
+    """A batch's entries one by one: (index, entry) of the valid ones and (index, event id if it
+    has one, why) of the others, so that one invalid entry is rejected alone."""
+    valid: list[tuple[int, M]] = []
+    invalid: list[tuple[int, str | None, str]] = []
+    for i, raw in enumerate(entries):
+        try:
+            valid.append((i, model.model_validate(raw)))
+        except ValidationError as exc:
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
+            event_id = event_id if isinstance(event_id, str) else None
+            error = _explain(exc)
+            invalid.append((i, event_id, error))
+            # %r, cut short: the event_id of an invalid entry is unchecked text (newlines, any length).
+            log.warning("batch %s %d (%.100r) is invalid; rejected: %s", what, i, event_id, error)
+    return valid, invalid
 
 
 def _warn_unknown_kind(alarm: AlarmIn) -> None:

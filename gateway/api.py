@@ -24,7 +24,8 @@ DEVICE_ID = r"^[a-z0-9][a-z0-9-]{2,31}$"
 # rule as in a button's frame (siaga/contract.py).
 Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES))]
 Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES))]
-Site = Annotated[str, AfterValidator(contract.text_checker(4 * contract.SITE_MAX_CHARS)), Field(max_length=64)]
+Site = Annotated[str, AfterValidator(contract.text_checker(4 * contract.SITE_MAX_CHARS)),
+               Field(max_length=contract.SITE_MAX_CHARS)]
 
 
 class DeviceIn(BaseModel):

@@ -1,4 +1,4 @@
-"""The incident layer of deduplication (DESIGN.md): alarms of one site within a window are one
+"""The incident layer of deduplication (docs/gateway.md, step 5): alarms of one site within a window are one
 incident. Pure: the caller supplies times and persists what `assign` returns.
 
 A site is what the registry says a device belongs to (a market with four buttons is one site); a

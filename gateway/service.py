@@ -90,7 +90,7 @@ class Gateway:
         # device, how many of its messages wait among the others; the PUBACK order.
         self._alarms: collections.deque[Inbound] = collections.deque()
         self._bulk: collections.deque[Inbound] = collections.deque()
-        self._bulk_ids: set[int] = set()
+        self._bulk_ids: dict[int, str] = {}   # id() of a message among the others -> its device
         self._bulk_of: dict[str, int] = {}
         self._unacked: collections.deque[Inbound] = collections.deque()
         self._done: set[int] = set()
@@ -224,7 +224,7 @@ class Gateway:
             self._alarms.append(item)
         else:
             self._bulk.append(item)
-            self._bulk_ids.add(id(item))
+            self._bulk_ids[id(item)] = device
             self._bulk_of[device] = self._bulk_of.get(device, 0) + 1
 
     def _committed(self, items: list[Inbound]) -> None:
@@ -233,10 +233,8 @@ class Gateway:
         for item in items:
             key = id(item)
             self._done.add(key)
-            if key in self._bulk_ids:
-                self._bulk_ids.discard(key)
-                where = codec.split_topic(item.topic)
-                device = where[0] if where is not None else ""
+            device = self._bulk_ids.pop(key, None)
+            if device is not None:
                 left = self._bulk_of.get(device, 1) - 1
                 if left > 0:
                     self._bulk_of[device] = left
@@ -579,24 +577,26 @@ class Gateway:
         was not handed on (ack state `undelivered`), so the person can seek help another way."""
         await self.store.refuse([e.id for e, _ in refused], [why for _, why in refused], now)
         batch = Batch()
+        undelivered: list[tuple[str, int]] = []
         for event, why in refused:
             self.metrics.inc("forward_refused", kind=event.kind)
             log.error("command center refused %s %s for good: %s", event.kind, event.event_id, why)
             batch.rejects.append((Reject(RejectReason.MALFORMED, event.device_id, "forward:" + event.event_id,
                                          f"command center refused {event.kind}: {why}"), now))
-            if event.kind == "alarm" and event.device_id in self.registry:
-                seq = int(event.event_id.rsplit(":", 1)[1])
+            if event.kind != "alarm":
+                continue
+            body = json.loads(event.body)  # the gateway's own alarm event (gateway/events.py)
+            undelivered.append((event.device_id, body["seq"]))
+            if event.device_id in self.registry:
                 batch.faults += self.supervisor.occurred(event.device_id, Fault.UNDELIVERED, now, {
-                    "reason": "the command center refused an alarm", "event_id": event.event_id, "seq": seq,
-                    "kind": str(json.loads(event.body).get("kind", ""))[:32], "error": why[:200]})
+                    "reason": "the command center refused an alarm", "event_id": event.event_id,
+                    "seq": body["seq"], "kind": body["kind"], "error": why[:200]})
         await self.store.commit(batch, self._fault_event)
         self._count_faults(batch.faults)
         if batch.faults:
             self._wake["fault"].set()
-        for event, _ in refused:
-            if event.kind == "alarm":
-                seq = int(event.event_id.rsplit(":", 1)[1])
-                await self.command_center_state(event.device_id, seq, "undelivered", None, "gateway", now)
+        for device_id, seq in undelivered:
+            await self.command_center_state(device_id, seq, "undelivered", None, "gateway", now)
 
     # ------------------------------------------------------------ registry
 

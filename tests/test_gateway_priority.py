@@ -10,11 +10,9 @@ from __future__ import annotations
 import secrets
 import sqlite3
 
-import httpx
 import pytest
 
-from siagafw import proto
-from tests.support.devices import SimButton, publish_once
+from tests.support.devices import SimButton, go_dark, register_fleet
 from tests.support.system import DeviceCredentials, System
 from tests.support.waiting import wait_for
 
@@ -25,20 +23,12 @@ FLEET = 1000        # buttons losing power; three fault reports each
 
 def test_an_alarm_overtakes_a_backlog_of_thousands_of_fault_reports(system: System) -> None:
     fleet = [DeviceCredentials(f"wave-{i:04d}", secrets.token_hex(32), secrets.token_urlsafe(12)) for i in range(FLEET)]
-    system.broker.add_devices({c.device_id: c.mqtt_password for c in fleet})
-    with httpx.Client(base_url=system.gateway.url, headers=system.gateway.admin_headers, timeout=10) as http:
-        place = {"lat": -6.2, "lon": 106.8, "address": "Jl. Gelap", "area": "31.71"}
-        for c in fleet:
-            resp = http.post("/api/v1/devices", json={"id": c.device_id, "secret_hex": c.secret_hex, **place})
-            resp.raise_for_status()
+    register_fleet(system.gateway, system.broker, fleet)
     caller = SimButton(system.new_device("wave-caller"), system.broker.port).connect()
 
     system.gateway.stop()                       # the backlog gathers in the gateway's broker session
     for c in fleet:
-        signer = proto.Signer(bytes.fromhex(c.secret_hex))
-        status = proto.status_body(c.device_id, 1, "0.2.0", 60, 3100, -80, True, 0, 1000)   # battery low, lid open
-        publish_once(system.broker.port, c, "status", signer.seal(proto.encode(status)))
-        publish_once(system.broker.port, c, "will", signer.seal(proto.encode(proto.will_body(c.device_id, 2))))
+        go_dark(system.broker.port, c)
     seq, frame = caller.alarm_frame("medical")
     caller.publish("alarm", frame)              # behind all of them
     system.gateway.start()

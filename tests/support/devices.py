@@ -11,11 +11,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from siaga.broker.process import MosquittoProcess
 from siagafw import mqtt as fwmqtt
 from siagafw import proto
+from tests.support.gateway import GatewayProcess
 from tests.support.system import DeviceCredentials
 
 LOC = proto.location(-6175392, 106827153, "Jl. Medan Merdeka Barat 12", "31.71.01.1001")
@@ -133,3 +136,23 @@ def _packet(sock: socket.socket) -> tuple[int, bytes]:
         if not chunk:
             raise ConnectionResetError("broker closed the connection")
         buf += chunk
+
+
+def register_fleet(gateway: GatewayProcess, broker: MosquittoProcess, fleet: list[DeviceCredentials]) -> None:
+    """Thousands of buttons at one place: broker logins in one rewrite of the password file, then
+    one HTTP connection to the gateway's admin API for all of the registrations."""
+    broker.add_devices({c.device_id: c.mqtt_password for c in fleet})
+    place = {"lat": -6.2, "lon": 106.8, "address": "Jl. Gelap", "area": "31.71"}
+    with httpx.Client(base_url=gateway.url, headers=gateway.admin_headers, timeout=30) as http:
+        for c in fleet:
+            http.post("/api/v1/devices", json={"id": c.device_id, "secret_hex": c.secret_hex,
+                                               **place}).raise_for_status()
+
+
+def go_dark(port: int, creds: DeviceCredentials) -> None:
+    """A button losing power: a heartbeat with its battery low and its lid open, then its last
+    will (three fault reports at the gateway: low_battery, tamper, offline)."""
+    signer = proto.Signer(bytes.fromhex(creds.secret_hex))
+    status = proto.status_body(creds.device_id, 1, "0.2.0", 60, 3100, -80, True, 0, 1000)
+    publish_once(port, creds, "status", signer.seal(proto.encode(status)))
+    publish_once(port, creds, "will", signer.seal(proto.encode(proto.will_body(creds.device_id, 2))))

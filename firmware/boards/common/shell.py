@@ -95,11 +95,11 @@ class ClockSync:
         self._due = ticks_add(time.ticks_ms(), ms)
 
     def step(self, dns_server):
-        if self._query is None:
-            if ticks_diff(time.ticks_ms(), self._due) < 0:
-                return
-            from siagafw import udp  # imported when the first sync is due, not at boot
+        if self._query is None and ticks_diff(time.ticks_ms(), self._due) < 0:
+            return
+        from siagafw import udp  # imported when the first sync is due, not at boot
 
+        if self._query is None:
             try:
                 if udp.is_ipv4(self.host):
                     self._query = udp.TimeQuery(self.host)
@@ -111,8 +111,6 @@ class ClockSync:
             except (OSError, ValueError):
                 self._again(self._backoff.next_ms())
                 return
-        from siagafw import udp
-
         try:
             result = self._query.poll()
             if result is not None and isinstance(self._query, udp.Lookup):

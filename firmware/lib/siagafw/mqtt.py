@@ -271,7 +271,6 @@ class MQTTClient:
                 return
             data = data[n:]
         self._out += data
-        self._last_tx = ticks_ms()
 
     def _flush(self):
         if self._out:
