@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+
+from siaga.settings import ConfigError
+from siaga.web import (
+    KIB,
+    AuthGate,
+    FailureLog,
+    Guard,
+    StrictRoute,
+    Throttle,
+    document_entrance,
+    flush_every,
+    install_error_handlers,
+)
 
 from . import console, devices, incidents, intake, live, sessions, supervisor
 from .callbacks import CallbackSender, WebhookSender
 from .config import CCConfig
-from .deps import Services
+from .deps import Principal, Services, authenticate
+from .domain import rfc3339
 from .escalation import Escalator
 from .live import Broadcaster
 from .models import Health
@@ -19,7 +39,11 @@ from .store import Incident, Store
 
 log = logging.getLogger(__name__)
 
-_health = APIRouter(tags=["health"])
+_health = APIRouter(tags=["health"], route_class=StrictRoute)
+
+# Bodies larger than this are refused with 413 while they arrive, before they are parsed; routes
+# that take more (the batch intake) or less (sign-in) say so themselves (docs/security.md).
+BODY_MAX = 64 * KIB
 
 
 @_health.get("/health", summary="Liveness check (no authentication)", response_model=Health)
@@ -27,10 +51,13 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-def create_app(cfg: CCConfig) -> FastAPI:
+def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastAPI:
+    """`config_path`: where `cfg` came from; given, SIGHUP re-reads the people and tokens in it
+    (`reload_people`)."""
     # Made here rather than in the lifespan, so that the server can end the live streams before it
     # waits for open connections at shutdown (see server.py and close_live_streams).
     broadcaster = Broadcaster()
+    guard = Guard(Throttle(cfg.throttle), FailureLog())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +65,7 @@ def create_app(cfg: CCConfig) -> FastAPI:
         sender: CallbackSender | None = None
         webhooks: WebhookSender | None = None
         escalator: Escalator | None = None
+        recorder: asyncio.Task[None] | None = None
         try:
             if cfg.gateway_url is not None and cfg.gateway_token is not None:
                 sender = CallbackSender(
@@ -71,9 +99,21 @@ def create_app(cfg: CCConfig) -> FastAPI:
                 live=broadcaster,
                 notify_escalation=escalator.notify,
             )
+            recorder = asyncio.create_task(
+                flush_every(cfg.throttle.record_every_s, lambda: _record_failures(app)), name="failed-attempts"
+            )
+            if config_path is not None:
+                _reload_on_sighup(app, Path(config_path))
             log.info("command center ready (database %s)", cfg.db_path)
             yield
         finally:
+            if config_path is not None:
+                with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if recorder is not None:
+                recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recorder
             broadcaster.close()
             if escalator is not None:
                 await escalator.stop()
@@ -97,9 +137,14 @@ def create_app(cfg: CCConfig) -> FastAPI:
             "supervisor, agency viewer."
         ),
         lifespan=lifespan,
+        max_body_size=BODY_MAX,
     )
     app.state.config = cfg
     app.state.live = broadcaster
+    app.state.guard = guard
+    install_error_handlers(app)
+    app.add_middleware(AuthGate, authenticate=authenticate)
+    document_entrance(app)
     app.include_router(_health)
     app.include_router(intake.router)
     app.include_router(incidents.router)
@@ -120,3 +165,60 @@ def close_live_streams(app: FastAPI) -> None:
 
 def _nothing() -> None:
     return None
+
+
+async def _record_failures(app: FastAPI) -> None:
+    """Failed credentials since the last call, one audit entry per (what, who, address)."""
+    guard: Guard = app.state.guard
+    taken = guard.failures.take()
+    services: Services | None = getattr(app.state, "services", None)
+    if not taken or services is None:
+        return
+    entries = []
+    for what, who, address, count, first, last in taken:
+        log.warning("%d failed %s as %s from %s", count, what.removesuffix("_failed"), who, address)
+        detail = {"attempts": count, "first": rfc3339(datetime.fromtimestamp(first, UTC)),
+                  "last": rfc3339(datetime.fromtimestamp(last, UTC))}
+        entries.append((rfc3339(datetime.fromtimestamp(last, UTC)), who, what, address, detail))
+    await services.store.audit_many(entries)
+
+
+def reload_people(app: FastAPI, new: CCConfig) -> int:
+    """Take the people, their tokens and the intake token from `new` at once; returns how many live
+    streams were ended. Sessions and streams made with a token that is no longer someone's current one
+    end here (a stream) or at their next request (a session). Other settings need a restart."""
+    old: CCConfig = app.state.config
+    cfg = dataclasses.replace(
+        old, intake_token=new.intake_token, operator_tokens=new.operator_tokens, operators=new.operators
+    )
+    for name in ("host", "port", "db_path", "gateway_url", "callbacks", "agencies", "escalation", "console",
+                 "limits", "throttle", "log_level", "forwarded_allow_ips"):
+        if getattr(new, name) != getattr(old, name):
+            log.warning("configuration: %s changed; it takes effect at the next restart", name)
+    app.state.config = cfg
+    services: Services | None = getattr(app.state, "services", None)
+    if services is not None:
+        app.state.services = dataclasses.replace(services, config=cfg)
+
+    def stale(p: Principal) -> bool:
+        return p.credential is None or cfg.credential(p.name) != p.credential
+
+    ended = app.state.live.end_where(stale)
+    log.info("configuration reloaded: %d people; %d live streams of replaced or removed tokens ended",
+             len(cfg.operators), ended)
+    return ended
+
+
+def _reload_on_sighup(app: FastAPI, path: Path) -> None:
+    def reload() -> None:
+        try:
+            new = CCConfig.load(path)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, the running one stays: %s", exc)
+            return
+        reload_people(app, new)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no SIGHUP here
+        log.info("no SIGHUP here: the configuration is read at start only")

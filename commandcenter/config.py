@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from siaga.settings import ConfigError, check_keys, load_config, load_secret, wrong_type
+from siaga.web import ServerLimits, ThrottleRules, credential_id
 
 # Tokens travel in an HTTP header, so they must be visible ASCII; the length floor keeps
 # hand-typed passwords out (generate them with `secrets.token_urlsafe(32)`).
@@ -170,6 +171,12 @@ class CCConfig:
     agencies: tuple[Agency, ...] = DEFAULT_AGENCIES
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    throttle: ThrottleRules = field(default_factory=ThrottleRules)
+    # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's setting).
+    forwarded_allow_ips: str = "127.0.0.1"
+    # name -> credential_id of that person's token (set from operator_tokens)
+    credentials: Mapping[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in _LOG_LEVELS:
@@ -224,9 +231,17 @@ class CCConfig:
         # Freeze the mappings too, so that the whole config really is immutable.
         object.__setattr__(self, "operator_tokens", MappingProxyType(dict(self.operator_tokens)))
         object.__setattr__(self, "operators", MappingProxyType(operators))
+        object.__setattr__(
+            self, "credentials", MappingProxyType({n: credential_id(t) for t, n in self.operator_tokens.items()})
+        )
 
     def operator(self, name: str) -> Operator:
         return self.operators[name]
+
+    def credential(self, name: str) -> str | None:
+        """What identifies a person's current token without revealing it: a session made with a token
+        that has since been replaced (or a person who was removed) has another, or None."""
+        return self.credentials.get(name)
 
     def agency_name(self, agency_id: str) -> str:
         return next((a.name for a in self.agencies if a.id == agency_id), agency_id)
@@ -246,6 +261,7 @@ class CCConfig:
         callbacks = _table(doc, "callbacks")
         escalation = _table(doc, "escalation")
         console = _table(doc, "console")
+        throttle = _table(doc, "throttle")
 
         operators = doc.get("operators", [])
         if not isinstance(operators, list):
@@ -312,6 +328,18 @@ class CCConfig:
             raise ConfigError("gateway.url must be a string")
         gateway_token = load_secret(gateway, "token", base=base, where="gateway") if gateway else None
 
+        lim = ServerLimits()
+        limits = ServerLimits(
+            header_timeout_s=float(_get(server, "header_timeout_s", (int, float), "server", lim.header_timeout_s)),
+            body_timeout_s=float(_get(server, "body_timeout_s", (int, float), "server", lim.body_timeout_s)),
+            max_connections=_get(server, "max_connections", int, "server", lim.max_connections),
+        )
+        rules = ThrottleRules()
+        rules = ThrottleRules(
+            per_address=_get(throttle, "per_address", str, "throttle", rules.per_address),
+            per_name=_get(throttle, "per_name", str, "throttle", rules.per_name),
+            record_every_s=float(_get(throttle, "record_every_s", (int, float), "throttle", rules.record_every_s)),
+        )
         db = Path(_get(store, "path", str, "store", "siaga-cc.sqlite3"))
         cb = CallbackSettings(**{k: _get(callbacks, k, _CALLBACK_TYPES[k], "callbacks", None) for k in callbacks})
         return cls(
@@ -328,6 +356,9 @@ class CCConfig:
             agencies=agencies,
             escalation=esc,
             console=con,
+            limits=limits,
+            throttle=rules,
+            forwarded_allow_ips=_get(server, "forwarded_allow_ips", str, "server", "127.0.0.1"),
         )
 
 
@@ -340,8 +371,11 @@ def _check_token(what: str, token: str) -> None:
 # Every key the file may contain; anything else is a typo that would otherwise be silently ignored.
 _SECRET_KEYS = ("token", "token_file", "token_env")  # "token" so that load_secret can explain
 _KEYS: dict[str, tuple[str, ...]] = {
-    "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console"),
-    "server": ("host", "port", "log_level"),
+    "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console",
+         "throttle"),
+    "server": ("host", "port", "log_level", "header_timeout_s", "body_timeout_s", "max_connections",
+               "forwarded_allow_ips"),
+    "throttle": ("per_address", "per_name", "record_every_s"),
     "store": ("path",),
     "intake": _SECRET_KEYS,
     "operators": ("name", "role", "agency", *_SECRET_KEYS),

@@ -4,7 +4,6 @@ cookie) with what role."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+
+from siaga.web import Guard, bearer_token, client_address, find_holder, token_matches
 
 from .config import CCConfig, Role
 from .domain import utc_now
@@ -62,6 +63,7 @@ class Principal:
     agency: str | None  # set for agency viewers only
     session_hash: str | None = None  # the stored hash of the session cookie, when signed in by cookie
     csrf_token: str | None = None
+    credential: str | None = None  # credential_id of the token this person signed in with
 
     @property
     def may_act(self) -> bool:
@@ -104,21 +106,9 @@ def forbidden(what: str) -> HTTPException:
     return HTTPException(403, what)
 
 
-def token_matches(presented: str, expected: str) -> bool:
-    # Constant-time. Configured tokens are visible ASCII; a presented non-ASCII one cannot match.
-    try:
-        return hmac.compare_digest(presented.encode("ascii"), expected.encode("ascii"))
-    except UnicodeEncodeError:
-        return False
-
-
 def find_operator(presented: str, tokens: Mapping[str, str]) -> str | None:
-    # Compare with every token instead of a dict lookup, so timing tells nothing about them.
-    found = None
-    for token, name in tokens.items():
-        if token_matches(presented, token):
-            found = name
-    return found
+    """The name of the operator whose token this is (constant time over every token)."""
+    return find_holder(presented, tokens)
 
 
 def session_hash(cookie: str) -> str:
@@ -126,44 +116,82 @@ def session_hash(cookie: str) -> str:
     return hashlib.sha256(cookie.encode("utf-8", "replace")).hexdigest()
 
 
+# Signing in needs no credential (name and token are in its body) but is throttled by address before
+# its body is read. Which operation needs which credential is the OpenAPI document's security
+# requirements, read by siaga.web.AuthGate.
+SIGN_IN_PATH = "/api/v1/session"
+
+
+async def authenticate(request: Request, schemes: frozenset[str]) -> None:
+    """The command center's AuthGate: who is asking, from the headers alone (docs/security.md).
+    `schemes`: the security schemes the operation's OpenAPI entry requires."""
+    guard: Guard = request.app.state.guard
+    address = client_address(request)
+    if not schemes:
+        if request.scope["path"] == SIGN_IN_PATH:
+            guard.check_address(address)
+        return
+    cfg = get_config(request)
+    has_header = "authorization" in request.headers
+    cookie = request.cookies.get(SESSION_COOKIE) if "sessionCookie" in schemes else None
+    if not has_header and not cookie:
+        raise unauthorized()
+    guard.check_address(address)
+    token = bearer_token(request)
+    if "intakeToken" in schemes:
+        if token is None or not token_matches(token, cfg.intake_token):
+            guard.failed("intake_token_failed", "(intake token)", address)
+            raise unauthorized()
+        request.state.intake = True
+        return
+    if has_header:  # a bearer token wins over a cookie (API clients never rely on cookies)
+        name = None if token is None else find_operator(token, cfg.operator_tokens)
+        if name is None:
+            guard.failed("token_failed", "(bearer token)", address)
+            raise unauthorized()
+        op = cfg.operator(name)
+        request.state.principal = Principal(name=name, role=op.role, agency=op.agency, credential=cfg.credential(name))
+        return
+    assert cookie is not None
+    svc = get_services(request)
+    digest = session_hash(cookie)
+    session = await svc.store.get_session(digest, now=utc_now())
+    # A person removed from the configuration, or whose token was replaced since the session was
+    # made, is signed out at once. An unknown or expired cookie is not throttled: it is 256 random
+    # bits, and an open console whose session expired sends it with every request.
+    if session is None or session.credential != cfg.credential(session.operator):
+        raise unauthorized()
+    csrf = request.headers.get(CSRF_HEADER, "")
+    if request.method in _UNSAFE_METHODS and not token_matches(csrf, session.csrf_token):
+        # SameSite=Strict already keeps other sites' requests from carrying the cookie; the
+        # header is the second lock (an HTML form cannot set headers).
+        raise forbidden(f"missing or wrong {CSRF_HEADER} header")
+    op = cfg.operator(session.operator)
+    request.state.principal = Principal(
+        name=op.name, role=op.role, agency=op.agency, session_hash=digest, csrf_token=session.csrf_token,
+        credential=session.credential,
+    )
+
+
 async def require_intake(
-    cfg: Annotated[CCConfig, Depends(get_config)],
-    cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_intake_bearer)],
+    request: Request,
+    _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_intake_bearer)],
 ) -> None:
-    if cred is None or not token_matches(cred.credentials, cfg.intake_token):
+    # Decided by `authenticate` before the body was read; the parameter documents the scheme.
+    if not getattr(request.state, "intake", False):
         raise unauthorized()
 
 
 async def require_principal(
     request: Request,
-    cfg: Annotated[CCConfig, Depends(get_config)],
-    cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_operator_bearer)],
-    cookie: Annotated[str | None, Depends(_session_cookie)],
+    _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_operator_bearer)],
+    _cookie: Annotated[str | None, Depends(_session_cookie)],
 ) -> Principal:
-    """Anyone signed in. A bearer token wins over a cookie (API clients never rely on cookies)."""
-    if cred is not None or request.headers.get("Authorization"):
-        name = None if cred is None else find_operator(cred.credentials, cfg.operator_tokens)
-        if name is None:
-            raise unauthorized()
-        op = cfg.operator(name)
-        return Principal(name=name, role=op.role, agency=op.agency)
-    if cookie:
-        svc = get_services(request)
-        digest = session_hash(cookie)
-        session = await svc.store.get_session(digest, now=utc_now())
-        # An operator removed from the configuration is signed out at once.
-        if session is not None and session.operator in cfg.operators:
-            if request.method in _UNSAFE_METHODS and not token_matches(
-                request.headers.get(CSRF_HEADER, ""), session.csrf_token
-            ):
-                # SameSite=Strict already keeps other sites' requests from carrying the cookie; the
-                # header is the second lock (an HTML form cannot set headers).
-                raise forbidden(f"missing or wrong {CSRF_HEADER} header")
-            op = cfg.operator(session.operator)
-            return Principal(
-                name=op.name, role=op.role, agency=op.agency, session_hash=digest, csrf_token=session.csrf_token
-            )
-    raise unauthorized()
+    """Anyone signed in, as found by `authenticate` before the body was read."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise unauthorized()
+    return principal
 
 
 async def require_actor(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:

@@ -6,10 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from siaga.web import StrictRoute
+
 from .deps import ActorDep, ServicesDep
 from .models import DeviceFaultOut, ErrorOut
 
 router = APIRouter(
+    route_class=StrictRoute,
     prefix="/api/v1/devices",
     tags=["devices"],
     responses={

@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query
 
+from siaga import contract
+from siaga.web import StrictRoute
+
 from .config import Role
 from .deps import ActorDep, Principal, PrincipalDep, Services, ServicesDep
 from .domain import Action, IncidentState, parse_incident_ref, utc_now
@@ -16,6 +19,7 @@ from .store import Incident, IncidentNotFoundError, InvalidTransitionError
 log = logging.getLogger(__name__)
 
 router = APIRouter(
+    route_class=StrictRoute,
     prefix="/api/v1/incidents",
     tags=["incidents"],
     responses={401: {"model": ErrorOut, "description": "not signed in: no or wrong token or session"}},
@@ -31,10 +35,19 @@ _ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
 OptionalNote = Annotated[ActionRequest | None, Body()]
 
 
+# The longest id looked at: `inc-` and the 19 digits of the largest number SQLite holds, with room
+# for leading zeros. A longer one names no incident (and int() refuses more than 4300 digits).
+_ID_MAX_CHARS = 40
+
+
 def _number(incident_id: str) -> int:
-    number = parse_incident_ref(incident_id)
-    if number is None:
-        raise HTTPException(404, f"no incident {incident_id}")
+    """The incident number of an id from the path, or 404: also for digits of other scripts, which
+    the regular expression's \\d would take, and for numbers beyond SQLite's 64-bit integers."""
+    number = None
+    if len(incident_id) <= _ID_MAX_CHARS and incident_id.isascii():
+        number = parse_incident_ref(incident_id)
+    if number is None or number > contract.SQLITE_INT_MAX:
+        raise HTTPException(404, f"no incident {incident_id[:_ID_MAX_CHARS]}")
     return number
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from datetime import UTC
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from pydantic import BaseModel, ValidationError
+
+from siaga import contract
+from siaga.web import MIB, StrictRoute
 
 from .deps import ServicesDep, require_intake
 from .domain import KNOWN_KINDS, incident_ref, utc_now
@@ -31,8 +36,14 @@ from .store import IntakeOutcome, NewAlarm, NewFault
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
-router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(require_intake)])
+# 500 alarms (models.MAX_BATCH) of about 600 bytes each, with room for long group lists: 1 MiB. A
+# gateway splits a batch that is larger (gateway/adapters.py). Refused while it arrives (413).
+BATCH_BODY_MAX = 1 * MIB
+
+router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(require_intake)],
+                   route_class=StrictRoute, max_body_size=BATCH_BODY_MAX)
 
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
@@ -63,7 +74,7 @@ async def receive_alarm(alarm: AlarmIn, svc: ServicesDep, idempotency_key: Idemp
     if idempotency_key != alarm.event_id:
         raise HTTPException(422, "Idempotency-Key header must equal event_id in the body")
     _warn_unknown_kind(alarm)
-    outcome = await svc.store.record_alarm(new_alarm(alarm), now=utc_now())
+    outcome = await svc.store.record_alarm(_storable(new_alarm, alarm), now=utc_now())
     if not outcome.same_body:
         log.warning("event %s was sent again with a different body; refused", alarm.event_id)
         raise HTTPException(422, "this Idempotency-Key was already used with a different body")
@@ -109,13 +120,13 @@ async def receive_alarm(alarm: AlarmIn, svc: ServicesDep, idempotency_key: Idemp
 )
 async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
     results: list[BatchResult | None] = [None] * len(batch.alarms)
-    valid, invalid = _validate_each(batch.alarms, AlarmIn, "alarm")
+    valid, invalid = _validate_each(batch.alarms, AlarmIn, new_alarm, "alarm")
     for i, event_id, error in invalid:
         results[i] = _rejected(event_id, error)
-    for _, alarm in valid:
+    for _, alarm, _ in valid:
         _warn_unknown_kind(alarm)
-    outcomes = await svc.store.record_alarms([new_alarm(a) for _, a in valid], now=utc_now())
-    for (i, alarm), outcome in zip(valid, outcomes, strict=True):
+    outcomes = await svc.store.record_alarms([new for _, _, new in valid], now=utc_now())
+    for (i, alarm, _), outcome in zip(valid, outcomes, strict=True):
         results[i] = _batch_result(alarm, outcome)
     final = [r for r in results if r is not None]
     assert len(final) == len(results)
@@ -159,7 +170,7 @@ async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
 async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: IdempotencyKey) -> Response:
     if idempotency_key != fault.event_id:
         raise HTTPException(422, "Idempotency-Key header must equal event_id in the body")
-    outcome = await svc.store.record_fault(new_fault(fault), now=utc_now())
+    outcome = await svc.store.record_fault(_storable(new_fault, fault), now=utc_now())
     if not outcome.same_body:
         log.warning("fault %s was sent again with a different body; refused", fault.event_id)
         raise HTTPException(422, "this Idempotency-Key was already used with a different body")
@@ -192,11 +203,11 @@ async def receive_fault(fault: FaultIn, svc: ServicesDep, idempotency_key: Idemp
 )
 async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response:
     results: list[FaultBatchResult | None] = [None] * len(batch.faults)
-    valid, invalid = _validate_each(batch.faults, FaultIn, "fault")
+    valid, invalid = _validate_each(batch.faults, FaultIn, new_fault, "fault")
     for i, event_id, error in invalid:
         results[i] = FaultBatchResult(event_id=event_id, status="rejected", error=error)
-    outcomes = await svc.store.record_faults([new_fault(f) for _, f in valid], now=utc_now())
-    for (i, fault), outcome in zip(valid, outcomes, strict=True):
+    outcomes = await svc.store.record_faults([new for _, _, new in valid], now=utc_now())
+    for (i, fault, _), outcome in zip(valid, outcomes, strict=True):
         if not outcome.same_body:
             log.warning("fault %s was sent again with a different body; rejected", fault.event_id)
             results[i] = FaultBatchResult(event_id=fault.event_id, status="rejected",
@@ -214,23 +225,50 @@ async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response
     return Response(content=FaultBatchOut(results=final).model_dump_json(), media_type="application/json")
 
 
-def _validate_each(entries: list[Any], model: type[M], what: str) -> tuple[list[tuple[int, M]],
-                                                                             list[tuple[int, str | None, str]]]:
-    """A batch's entries one by one: (index, entry) of the valid ones and (index, event id if it
-    has one, why) of the others, so that one invalid entry is rejected alone."""
-    valid: list[tuple[int, M]] = []
+# What turning a valid body into the store's record may still raise (a time that cannot be made
+# UTC, text that cannot be encoded): the models refuse all of these first, so this is the second lock.
+_UNSTORABLE = (ValueError, OverflowError)
+
+
+def _validate_each(
+    entries: list[Any], model: type[M], record: Callable[[M], R], what: str
+) -> tuple[list[tuple[int, M, R]], list[tuple[int, str | None, str]]]:
+    """A batch's entries one by one: (index, entry, the store's record of it) of the valid ones and
+    (index, event id if it has a usable one, why) of the others, so that one invalid entry is
+    rejected alone and never costs the batch's valid entries their place in the transaction."""
+    valid: list[tuple[int, M, R]] = []
     invalid: list[tuple[int, str | None, str]] = []
     for i, raw in enumerate(entries):
         try:
-            valid.append((i, model.model_validate(raw)))
+            entry = model.model_validate(raw)
+            valid.append((i, entry, record(entry)))
+            continue
         except ValidationError as exc:
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
-            event_id = event_id if isinstance(event_id, str) else None
             error = _explain(exc)
-            invalid.append((i, event_id, error))
-            # %r, cut short: the event_id of an invalid entry is unchecked text (newlines, any length).
-            log.warning("batch %s %d (%.100r) is invalid; rejected: %s", what, i, event_id, error)
+        except _UNSTORABLE as exc:
+            error = f"{what}: cannot be stored ({type(exc).__name__})"
+        event_id = _echoable_event_id(raw)
+        invalid.append((i, event_id, error))
+        # %r, cut short: the event_id of an invalid entry is unchecked text (newlines, any length).
+        log.warning("batch %s %d (%.100r) is invalid; rejected: %s", what, i, event_id, error)
     return valid, invalid
+
+
+def _echoable_event_id(raw: Any) -> str | None:
+    """The event_id of an invalid entry, to name it in its result: only a string that the JSON
+    answer can carry (not one with a lone surrogate)."""
+    event_id = raw.get("event_id") if isinstance(raw, dict) else None
+    if not isinstance(event_id, str) or contract.utf8_length(event_id) is None:
+        return None
+    return event_id
+
+
+def _storable(record: Callable[[M], R], body: M) -> R:
+    """The store's record of a single valid body, or 422 (see _UNSTORABLE)."""
+    try:
+        return record(body)
+    except _UNSTORABLE as exc:
+        raise HTTPException(422, f"the body cannot be stored ({type(exc).__name__})") from None
 
 
 def _warn_unknown_kind(alarm: AlarmIn) -> None:
@@ -264,7 +302,8 @@ def _batch_result(alarm: AlarmIn, outcome: IntakeOutcome) -> BatchResult:
 def _explain(exc: ValidationError) -> str:
     # Field and message only: the input values are not echoed back.
     parts = [f"{'.'.join(str(p) for p in e['loc']) or 'alarm'}: {e['msg']}" for e in exc.errors()[:5]]
-    return "; ".join(parts)[:500]
+    # Defensive: the batch answer must stay encodable (no lone surrogate) whatever an error names.
+    return "; ".join(parts)[:500].encode("utf-8", "replace").decode("utf-8")
 
 
 def _fingerprint(fields: dict[str, Any]) -> str:
@@ -288,8 +327,9 @@ def new_alarm(a: AlarmIn) -> NewAlarm:
         lon=a.location.lon,
         address=a.location.address,
         area=a.location.area,
-        raised_at=a.raised_at,
-        received_at=a.received_at,
+        # In UTC, as stored: a time that cannot be converted fails here, for this alarm alone.
+        raised_at=None if a.raised_at is None else a.raised_at.astimezone(UTC),
+        received_at=a.received_at.astimezone(UTC),
         fingerprint=_fingerprint(a.model_dump(mode="json", exclude=set(UNFINGERPRINTED_FIELDS))),
         incident_key=a.incident_key,
         press_count=a.press_count,
@@ -306,7 +346,7 @@ def new_fault(f: FaultIn) -> NewFault:
         device_id=f.device_id,
         fault=f.fault,
         active=f.active,
-        at=f.at,
+        at=f.at.astimezone(UTC),
         detail=f.detail,
         location=None if loc is None else (loc.lat, loc.lon, loc.address, loc.area),
         fingerprint=_fingerprint(f.model_dump(mode="json")),

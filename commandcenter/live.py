@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+
+from siaga.web import StrictRoute
 
 from .config import Role
 from .deps import Principal, PrincipalDep, ServicesDep
@@ -105,6 +107,14 @@ class Broadcaster:
         data = {"device_id": device_id, "fault": fault, "active": active, "at": rfc3339(at)}
         self.publish(LiveEvent("fault", json.dumps(data)))
 
+    def end_where(self, ended: Callable[[Principal], bool]) -> int:
+        """End the streams of the people for whom `ended` is true (a replaced token, a removed person);
+        returns how many. Their consoles reconnect and are refused."""
+        found = [sub for sub in self._subscribers if ended(sub.principal)]
+        for sub in found:
+            self._end(sub)
+        return len(found)
+
     def close(self) -> None:
         """End every stream (at shutdown), so that no open console holds the server up."""
         self._closed = True
@@ -148,7 +158,7 @@ async def _stream(live: Broadcaster, who: Principal) -> AsyncIterator[str]:
         live.unsubscribe(sub)
 
 
-router = APIRouter(prefix="/api/v1", tags=["live"])
+router = APIRouter(prefix="/api/v1", tags=["live"], route_class=StrictRoute)
 
 
 @router.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -10,6 +11,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -42,8 +44,49 @@ MAX_BATCH = 500
 
 
 # Text as siaga/contract.py allows it in a frame: the gateway's codec checks the same at its door.
-Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES))]
-Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES))]
+Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES)),
+                    contract.text_schema(contract.ADDRESS_MAX_BYTES)]
+Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES)),
+                 contract.text_schema(contract.AREA_MAX_BYTES)]
+
+
+# ---- accepted values: what a client may send (docs/commandcenter.md, "Accepted values") ---------------
+
+# Times and days a client sends. The rule is siaga/contract.py's (time_problem, day_problem): the years
+# 1970–2999 as written, where converting to UTC or adding a day or an offset cannot overflow; a time
+# is RFC 3339 text with a time zone (pydantic alone would also take a Unix time, "0" included, a
+# space for the T, or no zone). The patterns say the same in the OpenAPI document, so that a
+# schema-valid value is one the command center takes.
+_TIME_OF_DAY = r"[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+TIME_PATTERN = f"^{contract.YEAR_RE}-{_TIME_OF_DAY}$"
+DAY_PATTERN = f"^{contract.YEAR_RE}-[0-9]{{2}}-[0-9]{{2}}$"
+_RFC3339 = re.compile(f"[0-9]{{4}}-{_TIME_OF_DAY}")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # Before pydantic parses it; its year is checked after (contract.time_checker), with its own message.
+    if not isinstance(value, datetime) and not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        raise ValueError("a time is RFC 3339 text with a time zone, e.g. 2026-11-24T03:12:09.412Z")
+    return value
+
+
+# A time a gateway sends. Validated only: the value keeps its offset, because the idempotency
+# fingerprint covers the time as sent; it is stored in UTC.
+EventTime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(contract.time_checker),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIME_PATTERN}),
+]
+
+
+def day_checker(day: Any) -> Any:
+    """For a `YYYY-MM-DD` query parameter (before pydantic parses it): the text, or ValueError."""
+    if day is None:
+        return day
+    if not isinstance(day, str) or not re.fullmatch(DAY_PATTERN, day):
+        raise ValueError(f"a day is YYYY-MM-DD, in the years {contract.YEAR_MIN}–{contract.YEAR_MAX}")
+    return day
 
 
 class AlarmLocation(BaseModel):
@@ -101,8 +144,8 @@ class AlarmIn(BaseModel):
     )
     test: bool = Field(strict=True, description="a technician's test press")
     location: AlarmLocation
-    raised_at: AwareDatetime | None = Field(description="device clock; null if the device has none")
-    received_at: AwareDatetime = Field(description="when the gateway committed the alarm")
+    raised_at: EventTime | None = Field(description="device clock; null if the device has none")
+    received_at: EventTime = Field(description="when the gateway committed the alarm")
     # The gateway's incident layer (protocol §7). Optional: without a key every alarm opens an
     # incident. The bounds are generous on purpose: an alarm must not be refused over grouping data.
     incident_key: str | None = Field(
@@ -151,7 +194,8 @@ class AlarmAccepted(BaseModel):
 
 class AlarmBatchIn(BaseModel):
     """Entries are validated one by one in the handler, so that one malformed alarm is `rejected`
-    alone instead of failing the whole batch; the schema below still documents them as AlarmIn."""
+    alone instead of failing the whole batch; the schema documents them as AlarmIn, or anything else
+    (which is then rejected alone)."""
 
     alarms: Annotated[
         list[Any],
@@ -159,7 +203,10 @@ class AlarmBatchIn(BaseModel):
         WithJsonSchema(
             {
                 "type": "array",
-                "items": {"$ref": "#/components/schemas/AlarmIn"},
+                # Each entry should be an AlarmIn; one that is not is answered `rejected` in its
+                # place while the others are stored, so the document does not refuse it either.
+                "items": {"anyOf": [{"$ref": "#/components/schemas/AlarmIn"}, {}], "description": (
+                    "an AlarmIn as for the single intake; an entry that is not valid is rejected alone")},
                 "minItems": 1,
                 "maxItems": MAX_BATCH,
             }
@@ -176,7 +223,10 @@ class FaultBatchIn(BaseModel):
         WithJsonSchema(
             {
                 "type": "array",
-                "items": {"$ref": "#/components/schemas/FaultIn"},
+                # Each entry should be an FaultIn; one that is not is answered `rejected` in its
+                # place while the others are stored, so the document does not refuse it either.
+                "items": {"anyOf": [{"$ref": "#/components/schemas/FaultIn"}, {}], "description": (
+                    "an FaultIn as for the single intake; an entry that is not valid is rejected alone")},
                 "minItems": 1,
                 "maxItems": MAX_BATCH,
             }
@@ -185,7 +235,8 @@ class FaultBatchIn(BaseModel):
 
 
 class FaultBatchResult(BaseModel):
-    event_id: str | None = Field(description="null only for an entry without a string event_id")
+    event_id: str | None = Field(
+        description="null only for an entry without a string event_id, or with one holding a lone surrogate")
     status: Literal["created", "duplicate", "rejected"]
     error: str | None = Field(description="why it was rejected; null otherwise")
 
@@ -195,7 +246,8 @@ class FaultBatchOut(BaseModel):
 
 
 class BatchResult(BaseModel):
-    event_id: str | None = Field(description="null only for an entry without a string event_id")
+    event_id: str | None = Field(
+        description="null only for an entry without a string event_id, or with one holding a lone surrogate")
     status: Literal["created", "duplicate", "rejected"]
     incident_id: str | None = Field(examples=["inc-000017"], description="null when rejected")
     state: Literal["received"] | None = Field(description="null when rejected")
@@ -237,16 +289,40 @@ class FaultIn(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID)
     fault: FaultKind
     active: bool = Field(strict=True, description="false: the fault has cleared")
-    at: AwareDatetime = Field(description="when the gateway saw the fault start or clear")
+    at: EventTime = Field(description="when the gateway saw the fault start or clear")
     detail: dict[str, Any] = Field(default_factory=dict, description="free-form facts, shown as sent")
     location: AlarmLocation | None = None
 
     @model_validator(mode="after")
     def _detail_is_small(self) -> Self:
+        # Nested deeper, it could be stored but not serialised again (pydantic stops at 255 levels).
+        if _depth(self.detail) > DETAIL_MAX_DEPTH:
+            raise ValueError(f"detail must be nested at most {DETAIL_MAX_DEPTH} levels deep")
         # Stored and shown for every report; a runaway gateway must not fill the database with it.
-        if len(json.dumps(self.detail, ensure_ascii=False)) > 4096:
+        text = json.dumps(self.detail, ensure_ascii=False)
+        if len(text) > 4096:
             raise ValueError("detail must be at most 4096 characters as JSON")
+        # Its strings are not checked as str fields are: JSON's \uD800 escape can name a lone
+        # surrogate, which UTF-8 (and so SQLite's text) cannot hold.
+        if contract.utf8_length(text) is None:
+            raise ValueError("detail holds a lone UTF-16 surrogate")
         return self
+
+
+# A fault's free-form detail: the gateway sends a flat object; this leaves room for structure.
+DETAIL_MAX_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict | list):
+            d += 1
+            deepest = max(deepest, d)
+            todo.extend((x, d) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 class FaultAccepted(BaseModel):

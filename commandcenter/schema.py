@@ -213,4 +213,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_log_by_time ON audit_log (at)",
     ),
+    (
+        # Version 4: a session remembers which token made it (siaga.web.credential_id), so replacing
+        # a person's token ends the sessions made with the old one. Sessions from versions 1-3 have
+        # none and end at the upgrade: everybody signs in once more.
+        "ALTER TABLE sessions ADD COLUMN credential TEXT NOT NULL DEFAULT ''",
+    ),
 )

@@ -8,6 +8,8 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from siaga.web import server_options
+
 from .app import close_live_streams, create_app
 from .config import CCConfig
 
@@ -18,7 +20,8 @@ STARTUP_FAILURE = 3
 
 
 def run(config_path: str) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. SIGHUP re-reads the people and
+    their tokens from the configuration file (app.reload_people).
 
     uvicorn handles both signals: it stops accepting connections, lets requests in flight finish
     (up to the timeout below), then runs the lifespan shutdown, which stops the callback sender and
@@ -27,7 +30,7 @@ def run(config_path: str) -> None:
     """
     cfg = CCConfig.load(config_path)
     _setup_logging(cfg.log_level)
-    app = create_app(cfg)
+    app = create_app(cfg, config_path=config_path)
     server = _Server(
         app,
         uvicorn.Config(
@@ -37,7 +40,9 @@ def run(config_path: str) -> None:
             lifespan="on",  # a failing startup (e.g. a too-new database) must stop the process
             log_config=None,  # keep our logging setup; uvicorn's loggers propagate to it
             timeout_graceful_shutdown=10,
-            server_header=False,
+            forwarded_allow_ips=cfg.forwarded_allow_ips,
+            # no server header, a cap on connections, deadlines for headers and bodies
+            **server_options(cfg.limits),
         ),
     )
     server.run()

@@ -205,6 +205,7 @@ class Session:
     operator: str
     csrf_token: str
     expires_at: datetime
+    credential: str  # credential_id of the token the session was made with
 
 
 @dataclass(frozen=True, slots=True)
@@ -907,28 +908,31 @@ class Store:
     # ---- browser sessions ---------------------------------------------------------------------
 
     async def create_session(
-        self, token_hash: str, *, operator: str, csrf_token: str, now: datetime, ttl: timedelta
+        self, token_hash: str, *, operator: str, csrf_token: str, credential: str, now: datetime, ttl: timedelta
     ) -> Session:
         expires = now + ttl
         async with self._tx(write=True) as db:
             # Expired sessions are dropped here, so the table stays as small as the active staff.
             await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (rfc3339(now),))
             await db.execute(
-                """INSERT INTO sessions (token_hash, operator, csrf_token, created_at, expires_at)
-                   VALUES (?, ?, ?, ?, ?)""",
-                (token_hash, operator, csrf_token, rfc3339(now), rfc3339(expires)),
+                """INSERT INTO sessions (token_hash, operator, csrf_token, created_at, expires_at, credential)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (token_hash, operator, csrf_token, rfc3339(now), rfc3339(expires), credential),
             )
             await _audit(db, rfc3339(now), operator, "login", None, None)
-        return Session(operator, csrf_token, expires)
+        return Session(operator, csrf_token, expires, credential)
 
     async def get_session(self, token_hash: str, *, now: datetime) -> Session | None:
         async with self._tx(write=False) as db:
             row = await _one(
                 db,
-                "SELECT operator, csrf_token, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?",
+                "SELECT operator, csrf_token, expires_at, credential FROM sessions"
+                " WHERE token_hash = ? AND expires_at > ?",
                 (token_hash, rfc3339(now)),
             )
-        return None if row is None else Session(row["operator"], row["csrf_token"], parse_rfc3339(row["expires_at"]))
+        if row is None:
+            return None
+        return Session(row["operator"], row["csrf_token"], parse_rfc3339(row["expires_at"]), row["credential"])
 
     async def delete_session(self, token_hash: str, *, actor: str, now: datetime) -> None:
         async with self._tx(write=True) as db:
@@ -942,6 +946,14 @@ class Store:
     ) -> None:
         async with self._tx(write=True) as db:
             await _audit(db, rfc3339(now), actor, action, target, detail)
+
+    async def audit_many(self, entries: Sequence[tuple[str, str, str, str | None, dict[str, Any] | None]]) -> None:
+        """Several audit entries (at, actor, action, target, detail) in one transaction."""
+        if not entries:
+            return
+        async with self._tx(write=True) as db:
+            for at, actor, action, target, detail in entries:
+                await _audit(db, at, actor, action, target, detail)
 
     async def audit_entries(self, *, limit: int = 200, before_id: int | None = None) -> list[AuditEntry]:
         """The newest entries first; `before_id` pages back."""

@@ -14,11 +14,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
+
+from siaga import contract
+from siaga.web import StrictRoute
 
 from . import stats
 from .deps import ServicesDep, SupervisorDep
 from .domain import rfc3339, utc_now
 from .models import (
+    DAY_PATTERN,
     AuditOut,
     DeviceFalseAlarmsOut,
     DeviceFaultOut,
@@ -27,12 +32,14 @@ from .models import (
     GroupFiguresOut,
     SettingsOut,
     StatsOut,
+    day_checker,
 )
 from .store import CALLBACK_OUTBOX, WEBHOOK_OUTBOX, Incident
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(
+    route_class=StrictRoute,
     prefix="/api/v1",
     tags=["supervision"],
     responses={
@@ -46,8 +53,27 @@ MAX_DAYS = 366
 MAX_INCIDENTS = 200_000
 DEFAULT_DAYS = 7
 
-FromDay = Annotated[date | None, Query(alias="from", description="first day, YYYY-MM-DD (default: 6 days ago)")]
-ToDay = Annotated[date | None, Query(alias="to", description="last day, inclusive (default: today)")]
+# Days of the years 1970–2999 only, written YYYY-MM-DD (models.day_checker): a day near year 1 or
+# 9999 would overflow when made a UTC instant or when the day after `to` is taken, and "0" would be
+# taken as Unix time.
+FromDay = Annotated[
+    date | None,
+    Query(alias="from", description="first day, YYYY-MM-DD (default: 6 days ago)",
+          json_schema_extra={"pattern": DAY_PATTERN}),
+    BeforeValidator(day_checker),
+]
+ToDay = Annotated[
+    date | None,
+    Query(alias="to", description="last day, inclusive (default: today)", json_schema_extra={"pattern": DAY_PATTERN}),
+    BeforeValidator(day_checker),
+]
+
+# Besides pydantic's list of problems, `period` answers 422 with a sentence ('from' after 'to', more
+# than MAX_DAYS): both are {"detail": …}.
+_PERIOD_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": f"a day that is not YYYY-MM-DD in 1970–2999, 'from' after 'to', "
+                                            f"or more than {MAX_DAYS} days"},
+}
 
 
 def period(zone: tzinfo, first: date | None, last: date | None) -> tuple[datetime, datetime]:
@@ -84,9 +110,10 @@ def _group(g: stats.GroupFigures) -> GroupFiguresOut:
         "time zone): press -> acknowledge, press -> dispatch and press -> resolve in seconds (count, "
         "median, 90th percentile by nearest rank), overall and per day, agency and area; the false-alarm "
         "rate of each device that opened incidents; and the devices that are offline now. Test presses "
-        "are left out."
+        f"are left out. `from` may not be after `to`, and the period is at most {MAX_DAYS} days (422)."
     ),
     response_model=StatsOut,
+    responses=_PERIOD_ERRORS,
 )
 async def get_stats(svc: ServicesDep, who: SupervisorDep, first: FromDay = None, last: ToDay = None) -> StatsOut:
     cfg = svc.config
@@ -191,10 +218,11 @@ def csv_row(i: Incident) -> list[Any]:
         "Every incident (test presses included, marked in `test`) whose first press arrived between `from` "
         "and `to`, oldest first, one row each, UTF-8 with a header row. Times are RFC 3339 UTC; the "
         "`seconds_to_*` columns count from the first press. Text cells that a spreadsheet would run as a "
-        "formula start with an apostrophe. The export is recorded in the audit log."
+        "formula start with an apostrophe. The export is recorded in the audit log. `from` may not be "
+        f"after `to`, and the period is at most {MAX_DAYS} days (422)."
     ),
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "the CSV file"}},
+    responses={200: {"content": {"text/csv": {}}, "description": "the CSV file"}, **_PERIOD_ERRORS},
 )
 async def export_incidents(
     svc: ServicesDep, who: SupervisorDep, first: FromDay = None, last: ToDay = None
@@ -241,7 +269,9 @@ async def audit_log(
     svc: ServicesDep,
     who: SupervisorDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    before_id: Annotated[int | None, Query(ge=1, description="page back: entries older than this id")] = None,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=contract.SQLITE_INT_MAX, description="page back: entries older than this id")
+    ] = None,
 ) -> list[AuditOut]:
     return [AuditOut.of(a) for a in await svc.store.audit_entries(limit=limit, before_id=before_id)]
 

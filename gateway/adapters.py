@@ -22,6 +22,9 @@ from .store import OutboundEvent
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500  # protocol.md §7
+# Half the reference command center's batch body limit (1 MiB, docs/security.md): a batch that is
+# still too large for some command center is answered 413 and sent again in halves.
+BATCH_BYTES_MAX = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +82,11 @@ class ReferenceAdapter:
         while i < len(events):
             # Runs of one kind go in batches; the order is kept.
             kind = events[i].kind
-            j = i
+            j, size = i, 0
             while j < len(events) and events[j].kind == kind and j - i < BATCH_MAX:
+                size += len(events[j].body) + 1
+                if j > i and size > BATCH_BYTES_MAX:
+                    break
                 j += 1
             if j - i > 1 and self._batch_supported.get(kind, False):
                 outcomes += await self._batch(events[i:j])
@@ -111,6 +117,11 @@ class ReferenceAdapter:
         except httpx.HTTPError as exc:
             failed = Failed(f"{type(exc).__name__}: {exc}")
             return [failed] * len(events)
+        if resp.status_code == 413 and len(events) > 1:
+            # Larger than that command center takes: the halves go separately (order kept).
+            half = len(events) // 2
+            log.info("command center refused a batch of %d %ss as too large; sending it in two", len(events), kind)
+            return await self._batch_or_single(events[:half]) + await self._batch_or_single(events[half:])
         if resp.status_code in (404, 405):
             log.warning("command center has no %s batch intake (HTTP %d); sending them one by one", kind,
                         resp.status_code)
@@ -135,6 +146,9 @@ class ReferenceAdapter:
             else:
                 outcomes.append(Failed(f"refused: {json.dumps(result.get('error'))[:200]}", retry=False))
         return outcomes
+
+    async def _batch_or_single(self, events: list[OutboundEvent]) -> list[Outcome]:
+        return await self._batch(events) if len(events) > 1 else [await self._single(events[0])]
 
     async def aclose(self) -> None:
         await self._client.aclose()

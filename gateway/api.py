@@ -1,39 +1,82 @@
-"""The gateway's HTTP API: device registry and audit for admins, state callbacks for the command
-center, health for monitoring. Tokens are compared in constant time; no response carries a secret."""
+"""The gateway's HTTP API: device registry and audit for the people of [[api.people]], state
+callbacks for the command center, health for monitoring.
+
+Who is asking is decided from the `Authorization` header alone (`require_person`, `require_admin`,
+`require_cc`), never from the body, and every token is compared in constant time. Each registry
+change is stored with an entry in the fleet change log that names the person. No response carries a
+secret."""
 
 from __future__ import annotations
 
 import base64
-import hmac
-from datetime import datetime
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from siaga import contract
+from siaga.web import (
+    KIB,
+    AuthGate,
+    FailureLog,
+    Guard,
+    StrictRoute,
+    Throttle,
+    bearer_token,
+    client_address,
+    document_entrance,
+    find_holder,
+    install_error_handlers,
+    token_matches,
+)
 from siagafw import proto
 
+from .config import Person, Role
 from .store import Device, StoreError
 
 if TYPE_CHECKING:
     from .service import Gateway
 
+log = logging.getLogger(__name__)
+
 DEVICE_ID = r"^[a-z0-9][a-z0-9-]{2,31}$"
 # The registry's address and area travel in fault reports to the command center: the same text
 # rule as in a button's frame (siaga/contract.py).
-Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES))]
-Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES))]
+Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES)),
+                    contract.text_schema(contract.ADDRESS_MAX_BYTES)]
+Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES)),
+                 contract.text_schema(contract.AREA_MAX_BYTES)]
 Site = Annotated[str, AfterValidator(contract.text_checker(4 * contract.SITE_MAX_CHARS)),
-               Field(max_length=contract.SITE_MAX_CHARS)]
+               Field(max_length=contract.SITE_MAX_CHARS),
+               contract.text_schema(4 * contract.SITE_MAX_CHARS, contract.SITE_MAX_CHARS)]
+# Numbers in degrees: an integer or a decimal number, never a boolean, a string, NaN or infinity.
+Latitude = Annotated[float, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many, 1-1000")]
+# States the command center reports carry the time of the change, in the years every service takes
+# (siaga/contract.py: YEAR_MIN-YEAR_MAX); outside them it is a bug or an attack, and it must not reach
+# a conversion that overflows.
+STATE_YEARS = (contract.YEAR_MIN, contract.YEAR_MAX)
+
+
+def _utc(at: datetime) -> datetime:
+    if not STATE_YEARS[0] <= at.year <= STATE_YEARS[1]:
+        raise ValueError(f"must be a time in the years {STATE_YEARS[0]}-{STATE_YEARS[1]}")
+    # A time without a zone is taken as UTC (protocol.md §7 sends "…Z").
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class DeviceIn(BaseModel):
     id: str = Field(pattern=DEVICE_ID)
     secret_hex: str = Field(pattern=r"^[0-9a-f]{64}$", description="32-byte HMAC key, lowercase hex")
     site: Site | None = Field(default=None, description="buttons of one site form one incident")
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: Latitude | None = None
+    lon: Longitude | None = None
     address: Address = ""
     area: Area = ""
 
@@ -67,11 +110,29 @@ class RotateIn(BaseModel):
 
 
 class DevicePatch(BaseModel):
+    """Only the fields given change. `site: null` removes the site (the device is its own site);
+    address and area are cleared with "" (null is refused: they are never absent)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     site: Site | None = None
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
-    address: Address | None = None
-    area: Area | None = None
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    address: Address = Field(default="", description='street address; "" clears it')
+    area: Area = Field(default="", description='administrative-area code; "" clears it')
+
+    @field_validator("address", "area", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError('must be text, not null; send "" to clear it')
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> DevicePatch:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give at least one of site, lat, lon, address, area")
+        return self
 
 
 class StateIn(BaseModel):
@@ -80,17 +141,248 @@ class StateIn(BaseModel):
     seq: int = Field(ge=0, lt=2**31)
     state: Literal["received", "acknowledged", "dispatched", "resolved", "false_alarm"]
     incident_id: str | None = Field(default=None, max_length=64)
-    at: datetime
+    at: Annotated[datetime, AfterValidator(_utc), WithJsonSchema(
+        {"type": "string", "format": "date-time", "pattern": f"^{contract.YEAR_RE}-"})] = Field(
+        description=f"when the state changed; years {STATE_YEARS[0]}-{STATE_YEARS[1]}, a time without a zone is UTC")
     by: str | None = Field(default=None, max_length=64)
 
 
-def _bearer(expected: str):
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-    return check
+# ---- answers ---------------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """Every error answer, as FastAPI's HTTPException and its validation errors have it."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="what is wrong: a sentence, or a list of validation errors (loc, msg, type)")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    mqtt: bool = Field(description="logged in to the broker")
+    outbox: int = Field(description="events waiting for the command center")
+    circuit: str = Field(description="the forwarding circuit breaker: closed, open or half_open")
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    mqtt: bool
+    store: bool
+
+
+class RevokedOut(BaseModel):
+    device_id: str
+    revoked: Literal[True]
+    changed: bool = Field(description="false: it was revoked already")
+
+
+class DecommissionedOut(BaseModel):
+    device_id: str
+    decommissioned: Literal[True]
+    changed: bool = Field(description="false: it was decommissioned already")
+
+
+class RequeuedOut(BaseModel):
+    id: int
+    requeued: Literal[True]
+
+
+class StateOut(BaseModel):
+    event_id: str
+    state: str
+    changed: bool
+    rank: int
+
+
+class AlarmOut(BaseModel):
+    id: int
+    device_id: str
+    seq: int
+    kind: str
+    test: bool
+    lat_e6: int
+    lon_e6: int
+    address: str
+    area: str
+    raised_ts: int | None
+    received_ms: int
+    group_id: int
+    press_count: int
+    state: str
+    state_ms: int | None
+    incident_id: str | None
+    forwarded_ms: int | None
+
+
+class IncidentGroupOut(BaseModel):
+    id: int
+    site: str
+    opened_ms: int
+    last_ms: int
+    presses: int
+    sources: list[str]
+
+
+class AuditOut(BaseModel):
+    at_ms: int
+    device_id: str | None
+    topic: str
+    reason: str
+    detail: str
+
+
+class QuarantinedOut(BaseModel):
+    id: int
+    device_id: str | None
+    topic: str
+    error: str
+    count: int
+    first_ms: int
+    last_ms: int
+    payload_base64: str
+    payload_preview: str
+
+
+class RefusedOut(BaseModel):
+    id: int
+    kind: str
+    event_id: str
+    device_id: str
+    created_ms: int
+    refused_ms: int
+    attempts: int
+    last_error: str | None
+
+
+class FleetChangeOut(BaseModel):
+    id: int
+    at_ms: int
+    person: str = Field(description='a name of [[api.people]]; "admin" for the shared admin token')
+    role: str
+    action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue"]
+    device_id: str | None
+    detail: dict[str, Any] = Field(
+        description="register: the place given; update: each changed field as [before, after]; rotate-key: the "
+                    "mode; requeue: the event. Never a key.")
+
+
+# ---- who is asking ---------------------------------------------------------------------------------
+
+_person_bearer = HTTPBearer(
+    auto_error=False, scheme_name="personToken",
+    description="the personal token of someone in [[api.people]] (or the shared admin token)")
+_cc_bearer = HTTPBearer(
+    auto_error=False, scheme_name="commandCenterToken",
+    description="the command center's token ([api] cc_token_file)")
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+def find_person(presented: str, credentials: Mapping[str, Person]) -> Person | None:
+    """The person whose token this is (constant time over every token)."""
+    return find_holder(presented, credentials)
+
+
+BODY_MAX = 64 * KIB  # a registration is under 1 KiB (docs/security.md)
+
+
+async def authenticate(request: Request, schemes: frozenset[str]) -> None:
+    """The gateway's AuthGate: who is asking, from the Authorization header alone, for an operation
+    whose OpenAPI entry requires `schemes`. Only `Bearer <token>` counts (the scheme in any case); a
+    bare token is refused. Wrong tokens are throttled per client address (siaga.web.Throttle)."""
+    if not schemes:
+        return
+    if "authorization" not in request.headers:
+        raise _unauthorized()
+    gw: Gateway = request.app.state.gateway
+    guard: Guard = request.app.state.guard
+    address = client_address(request)
+    try:
+        guard.check_address(address)
+    except HTTPException:
+        gw.metrics.inc("http_throttled")
+        raise
+    token = bearer_token(request)
+    if "commandCenterToken" in schemes:
+        if token is None or not token_matches(token, gw.cfg.cc_callback_token):
+            guard.failed("cc_token_failed", "(command center token)", address)
+            gw.metrics.inc("http_auth_failures", kind="cc_token")
+            raise _unauthorized()
+        request.state.cc = True
+        return
+    person = None if token is None else find_person(token, gw.cfg.credentials)
+    if person is None:
+        guard.failed("token_failed", "(bearer token)", address)
+        gw.metrics.inc("http_auth_failures", kind="person_token")
+        raise _unauthorized()
+    request.state.person = person
+
+
+async def record_failures(app: FastAPI) -> None:
+    """Wrong credentials since the last call: one log line per kind and address, with the count
+    (each is also counted in `siaga_gateway_http_auth_failures_total`)."""
+    guard: Guard = app.state.guard
+    for what, _who, address, count, _first, _last in guard.failures.take():
+        log.warning("%d wrong %s from %s", count, what.removesuffix("_failed").replace("_", " "), address)
+
+
+def require_person(request: Request,
+                   cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_person_bearer)]) -> Person:
+    """Anyone in [[api.people]], as found by `authenticate` before the body was read (the parameter
+    documents the scheme)."""
+    del cred
+    person: Person | None = getattr(request.state, "person", None)
+    if person is None:
+        raise _unauthorized()
+    return person
+
+
+def require_admin(person: Annotated[Person, Depends(require_person)]) -> Person:
+    """Someone with role admin."""
+    if person.role is not Role.ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"{person.name} has the role {person.role.value}; this needs an administrator")
+    return person
+
+
+def require_cc(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_cc_bearer)]) -> None:
+    """The command center, with its own token, as found by `authenticate`."""
+    del cred
+    if not getattr(request.state, "cc", False):
+        raise _unauthorized()
+
+
+PersonDep = Annotated[Person, Depends(require_person)]
+AdminDep = Annotated[Person, Depends(require_admin)]
+
+
+def _answers(more: Mapping[int, str] | None = None, *, technician: bool = False,
+             cc: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route for its OpenAPI entry: 401 always, 403 where a technician is
+    refused, and `more` ({404: "why", ...})."""
+    out: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorOut, "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                                   "description": "Bearer"}},
+              "description": "no `Authorization: Bearer <token>` header, or a token the gateway does not know"
+                             + (" (the command center's token)" if cc else "")}}
+    if not technician and not cc:
+        out[403] = {"model": ErrorOut, "description": "the person is a technician; this needs an administrator"}
+    for code, why in (more or {}).items():
+        out[code] = {"model": ErrorOut, "description": why}
+    return out
+
+
+_INVALID = "a parameter or the body is not valid (the list says which and why)"
+
+
+def _json_errors(answers: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route whose success is not JSON (/metrics): they are JSON all the same."""
+    schema = {"$ref": "#/components/schemas/ErrorOut"}
+    return {code: {k: v for k, v in a.items() if k != "model"} | {"content": {"application/json": {"schema": schema}}}
+            for code, a in answers.items()}
 
 
 def _e6(value: float | None) -> int | None:
@@ -98,19 +390,24 @@ def _e6(value: float | None) -> int | None:
 
 
 def create_app(gw: Gateway) -> FastAPI:
-    app = FastAPI(title="Siaga gateway", version="1", summary="Device registry, audit and state relay")
-    admin = Depends(_bearer(gw.cfg.admin_token))
-    cc = Depends(_bearer(gw.cfg.cc_callback_token))
+    app = FastAPI(title="Siaga gateway", version="1", summary="Device registry, audit and state relay",
+                  max_body_size=BODY_MAX)
+    app.router.route_class = StrictRoute  # bodies parsed strictly (siaga/web.py)
+    app.state.gateway = gw
+    app.state.guard = Guard(Throttle(gw.cfg.api_throttle), FailureLog())
+    install_error_handlers(app)
+    app.add_middleware(AuthGate, authenticate=authenticate)
+    document_entrance(app)
 
     @app.get("/health", summary="Liveness: the process answers")
-    async def health() -> dict[str, object]:
+    async def health() -> HealthOut:
         mqtt_up = gw.link is not None and gw.link.connected.is_set()
-        return {"status": "ok" if mqtt_up else "degraded", "mqtt": mqtt_up,
-                "outbox": await gw.store.outbox_depth(), "circuit": gw.breaker.state.value}
+        return HealthOut(status="ok" if mqtt_up else "degraded", mqtt=mqtt_up,
+                         outbox=await gw.store.outbox_depth(), circuit=gw.breaker.state.value)
 
     @app.get("/ready", summary="Readiness: connected to the broker and the store answers",
-             responses={503: {"description": "not ready"}})
-    async def ready(response: Response) -> dict[str, object]:
+             responses={503: {"model": ReadyOut, "description": "not ready"}})
+    async def ready(response: Response) -> ReadyOut:
         mqtt_up = gw.link is not None and gw.link.connected.is_set()
         try:
             depth: int | None = await gw.store.outbox_depth()
@@ -119,7 +416,7 @@ def create_app(gw: Gateway) -> FastAPI:
         ok = mqtt_up and depth is not None
         if not ok:
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return {"ready": ok, "mqtt": mqtt_up, "store": depth is not None}
+        return ReadyOut(ready=ok, mqtt=mqtt_up, store=depth is not None)
 
     def device_out(d: Device) -> DeviceOut:
         return DeviceOut(id=d.id, created_ms=d.created_ms, revoked=d.revoked_ms is not None, site=d.site,
@@ -129,105 +426,146 @@ def create_app(gw: Gateway) -> FastAPI:
                          tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults), key_pending=d.key_pending,
                          decommissioned=d.decommissioned_ms is not None)
 
-    @app.post("/api/v1/devices", status_code=201, dependencies=[admin], summary="Register a device")
-    async def add_device(dev: DeviceIn) -> DeviceOut:
-        try:
-            await gw.register_device(dev.id, bytes.fromhex(dev.secret_hex), site=dev.site, lat_e6=_e6(dev.lat),
-                                     lon_e6=_e6(dev.lon), address=dev.address, area=dev.area)
-        except StoreError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        return await get_device(dev.id)
-
-    @app.get("/api/v1/devices", dependencies=[admin], summary="List devices (never their secrets)")
-    async def list_devices() -> list[DeviceOut]:
-        return [device_out(d) for d in await gw.store.devices()]
-
-    @app.get("/api/v1/devices/{device_id}", dependencies=[admin], summary="One device and its faults")
-    async def get_device(device_id: str) -> DeviceOut:
+    async def one_device(device_id: str) -> DeviceOut:
         found = await gw.store.devices(device_id)
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
         return device_out(found[0])
 
-    @app.post("/api/v1/devices/{device_id}/revoke", dependencies=[admin], summary="Revoke a device now")
-    async def revoke(device_id: str) -> dict[str, object]:
+    def known(device_id: str) -> None:
         if device_id not in gw.registry:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
-        return {"device_id": device_id, "revoked": True, "changed": await gw.revoke_device(device_id)}
 
-    @app.post("/api/v1/devices/{device_id}/rotate-key", dependencies=[admin], summary="Give a device a new key")
-    async def rotate_key(device_id: str, body: RotateIn) -> DeviceOut:
+    @app.post("/api/v1/devices", status_code=201, summary="Register a device (admins and technicians)",
+              responses=_answers({409: "the id is registered already (also a decommissioned one)", 422: _INVALID},
+                                 technician=True))
+    async def add_device(dev: DeviceIn, person: PersonDep) -> DeviceOut:
+        try:
+            await gw.register_device(dev.id, bytes.fromhex(dev.secret_hex), site=dev.site, lat_e6=_e6(dev.lat),
+                                     lon_e6=_e6(dev.lon), address=dev.address, area=dev.area, by=person)
+        except StoreError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return await one_device(dev.id)
+
+    @app.get("/api/v1/devices", dependencies=[Depends(require_person)],
+             summary="List devices, never their secrets (admins and technicians)",
+             responses=_answers(technician=True))
+    async def list_devices() -> list[DeviceOut]:
+        return [device_out(d) for d in await gw.store.devices()]
+
+    @app.get("/api/v1/devices/{device_id}", dependencies=[Depends(require_person)],
+             summary="One device and its faults (admins and technicians)",
+             responses=_answers({404: "no such device", 422: _INVALID}, technician=True))
+    async def get_device(device_id: str) -> DeviceOut:
+        return await one_device(device_id)
+
+    @app.post("/api/v1/devices/{device_id}/revoke", summary="Revoke a device now",
+              responses=_answers({404: "no such device", 422: _INVALID}))
+    async def revoke(device_id: str, person: AdminDep) -> RevokedOut:
+        known(device_id)
+        return RevokedOut(device_id=device_id, revoked=True, changed=await gw.revoke_device(device_id, by=person))
+
+    @app.post("/api/v1/devices/{device_id}/rotate-key", summary="Give a device a new key",
+              responses=_answers({404: "no such device", 409: "the device is revoked", 422: _INVALID}))
+    async def rotate_key(device_id: str, body: RotateIn, person: AdminDep) -> DeviceOut:
         rec = gw.registry.get(device_id)
         if rec is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
         if rec.revoked:
             raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is revoked")
-        await gw.rotate_key(device_id, bytes.fromhex(body.secret_hex), pending=body.mode == "pending")
-        return await get_device(device_id)
+        await gw.rotate_key(device_id, bytes.fromhex(body.secret_hex), pending=body.mode == "pending", by=person)
+        return await one_device(device_id)
 
-    @app.patch("/api/v1/devices/{device_id}", dependencies=[admin], summary="Change a device's site or location")
-    async def patch_device(device_id: str, body: DevicePatch) -> DeviceOut:
-        if device_id not in gw.registry:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+    @app.patch("/api/v1/devices/{device_id}", summary="Correct a device's site or location (admins and technicians)",
+               responses=_answers({404: "no such device", 422: _INVALID}, technician=True))
+    async def patch_device(device_id: str, body: DevicePatch, person: PersonDep) -> DeviceOut:
+        known(device_id)
         given = body.model_dump(exclude_unset=True)
         fields = {{"lat": "lat_e6", "lon": "lon_e6"}.get(k, k): (_e6(v) if k in ("lat", "lon") else v)
                   for k, v in given.items()}
-        if not fields:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "nothing to change")
-        await gw.update_device(device_id, fields)
-        return await get_device(device_id)
+        await gw.update_device(device_id, fields, by=person)
+        return await one_device(device_id)
 
-    @app.delete("/api/v1/devices/{device_id}", dependencies=[admin],
-                summary="Decommission a device: revoked for good, its history kept")
-    async def decommission(device_id: str) -> dict[str, object]:
-        if device_id not in gw.registry:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
-        return {"device_id": device_id, "decommissioned": True, "changed": await gw.decommission_device(device_id)}
+    @app.post("/api/v1/devices/{device_id}/decommission",
+              summary="Decommission a device: revoked for good, its history kept",
+              description="Administrators; a technician only a button they registered themselves that has never "
+                          "been heard from (undoing a registration that failed half-way, e.g. in provisioning).",
+              responses=_answers({404: "no such device", 422: _INVALID}))
+    async def decommission(device_id: str, person: PersonDep) -> DecommissionedOut:
+        known(device_id)
+        if person.role is not Role.ADMIN and not await _own_unheard(device_id, person):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"{person.name} has the role {person.role.value}: a technician may decommission only "
+                                "a button they registered that has never been heard from; this needs an administrator")
+        return DecommissionedOut(device_id=device_id, decommissioned=True,
+                                 changed=await gw.decommission_device(device_id, by=person))
 
-    @app.get("/api/v1/alarms", dependencies=[admin], summary="Stored alarms, newest first")
-    async def alarms(device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return await gw.store.alarms(device_id=device_id, limit=max(1, min(limit, 1000)))
+    async def _own_unheard(device_id: str, person: Person) -> bool:
+        [dev] = await gw.store.devices(device_id)
+        if dev.last_seen_ms is not None:
+            return False
+        changes = await gw.store.fleet_changes(device_id=device_id, limit=1000)
+        return any(c["action"] == "register" and c["person"] == person.name for c in changes)
 
-    @app.get("/api/v1/incidents", dependencies=[admin], summary="Incident groups (the incident layer), newest first")
-    async def incidents(limit: int = 100) -> list[dict[str, Any]]:
-        return await gw.store.groups(max(1, min(limit, 1000)))
+    @app.get("/api/v1/fleet/changes", dependencies=[Depends(require_admin)],
+             summary="Who changed the fleet: registry changes with person, time and what changed, newest first",
+             responses=_answers({422: _INVALID}))
+    async def fleet_changes(device_id: str | None = None, limit: Limit = 100) -> list[FleetChangeOut]:
+        return [FleetChangeOut(**c) for c in await gw.store.fleet_changes(device_id=device_id, limit=limit)]
 
-    @app.get("/api/v1/audit", dependencies=[admin], summary="Rejected messages, newest first")
-    async def audit(limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
-        return await gw.store.audit(max(1, min(limit, 1000)), reason)
+    @app.get("/api/v1/alarms", dependencies=[Depends(require_person)],
+             summary="Stored alarms, newest first (admins and technicians: the self-test reads them)",
+             responses=_answers({422: _INVALID}, technician=True))
+    async def alarms(device_id: str | None = None, limit: Limit = 100) -> list[AlarmOut]:
+        return [AlarmOut(**a) for a in await gw.store.alarms(device_id=device_id, limit=limit)]
 
-    @app.get("/api/v1/quarantine", dependencies=[admin],
-             summary="Messages the gateway could not process, newest first (raw bytes in base64)")
-    async def quarantine(limit: int = 100) -> list[dict[str, Any]]:
-        rows = await gw.store.quarantined(max(1, min(limit, 1000)))
-        return [{**{k: v for k, v in r.items() if k != "payload"},
-                 "payload_base64": base64.b64encode(r["payload"]).decode(),
-                 "payload_preview": r["payload"][:200].decode("utf-8", "replace")} for r in rows]
+    @app.get("/api/v1/incidents", dependencies=[Depends(require_admin)],
+             summary="Incident groups (the incident layer), newest first", responses=_answers({422: _INVALID}))
+    async def incidents(limit: Limit = 100) -> list[IncidentGroupOut]:
+        return [IncidentGroupOut(**g) for g in await gw.store.groups(limit)]
 
-    @app.get("/api/v1/outbox/refused", dependencies=[admin],
-             summary="Events the command center refused for good, newest first")
-    async def refused(limit: int = 100) -> list[dict[str, Any]]:
-        return await gw.store.refused(max(1, min(limit, 1000)))
+    @app.get("/api/v1/audit", dependencies=[Depends(require_admin)], summary="Rejected messages, newest first",
+             responses=_answers({422: _INVALID}))
+    async def audit(limit: Limit = 100, reason: str | None = None) -> list[AuditOut]:
+        return [AuditOut(**a) for a in await gw.store.audit(limit, reason)]
 
-    @app.post("/api/v1/outbox/{outbox_id}/requeue", dependencies=[admin],
-              summary="Send a refused event again, once its cause is fixed")
-    async def requeue(outbox_id: int) -> dict[str, object]:
-        if not 0 < outbox_id < 2**63 or not await gw.requeue(outbox_id):
+    @app.get("/api/v1/quarantine", dependencies=[Depends(require_admin)],
+             summary="Messages the gateway could not process, newest first (raw bytes in base64)",
+             responses=_answers({422: _INVALID}))
+    async def quarantine(limit: Limit = 100) -> list[QuarantinedOut]:
+        rows = await gw.store.quarantined(limit)
+        return [QuarantinedOut(**{k: v for k, v in r.items() if k != "payload"},
+                               payload_base64=base64.b64encode(r["payload"]).decode(),
+                               payload_preview=r["payload"][:200].decode("utf-8", "replace")) for r in rows]
+
+    @app.get("/api/v1/outbox/refused", dependencies=[Depends(require_admin)],
+             summary="Events the command center refused for good, newest first",
+             responses=_answers({422: _INVALID}))
+    async def refused(limit: Limit = 100) -> list[RefusedOut]:
+        return [RefusedOut(**r) for r in await gw.store.refused(limit)]
+
+    @app.post("/api/v1/outbox/{outbox_id}/requeue", summary="Send a refused event again, once its cause is fixed",
+              responses=_answers({404: "no refused event with this id", 422: _INVALID}))
+    async def requeue(outbox_id: Annotated[int, Path(ge=1, le=2**63 - 1)], person: AdminDep) -> RequeuedOut:
+        if not await gw.requeue(outbox_id, by=person):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no refused event {outbox_id}")
-        return {"id": outbox_id, "requeued": True}
+        return RequeuedOut(id=outbox_id, requeued=True)
 
-    @app.get("/metrics", dependencies=[admin], summary="Prometheus metrics")
+    @app.get("/metrics", dependencies=[Depends(require_admin)], summary="Prometheus metrics (text format 0.0.4)",
+             response_class=PlainTextResponse, responses=_json_errors(_answers()))
     async def metrics() -> Response:
         gauges = {**gw.gauges(), "outbox_depth": await gw.store.outbox_depth()}
         return Response(gw.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
-    @app.post("/api/v1/cc/state", dependencies=[cc], summary="A command center reports an alarm's state")
-    async def cc_state(body: StateIn) -> dict[str, object]:
+    @app.post("/api/v1/cc/state", dependencies=[Depends(require_cc)],
+              summary="A command center reports an alarm's state",
+              responses=_answers({404: "no such alarm", 422: _INVALID}, cc=True))
+    async def cc_state(body: StateIn) -> StateOut:
         stored = await gw.command_center_state(body.device_id, body.seq, body.state, body.incident_id, body.by,
                                                int(body.at.timestamp() * 1000))
         if stored is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {body.device_id}:{body.seq}")
-        return {"event_id": body.event_id, "state": stored.state, "changed": stored.changed,
-                "rank": proto.state_rank(stored.state)}
+        return StateOut(event_id=body.event_id, state=stored.state, changed=stored.changed,
+                        rank=proto.state_rank(stored.state))
 
     return app

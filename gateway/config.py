@@ -10,20 +10,56 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from siaga.settings import ConfigError, SettingError, load_config, load_secret, parse, readable_file
+from siaga.settings import (
+    ConfigError,
+    SettingError,
+    check_keys,
+    load_config,
+    load_secret,
+    parse,
+    readable_file,
+    wrong_type,
+)
+from siaga.web import ServerLimits, ThrottleRules
 
 from .mqtt import MqttSettings
 from .supervision import SupervisionSettings
 
 GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # protocol.md §7: no colon
 EXAMPLE = "gateway/gateway.example.toml"
+# A person's name and token follow the command center's rules for its [[operators]]
+# (commandcenter/config.py): tokens travel in an HTTP header, so they are visible ASCII, and the
+# length floor keeps hand-typed passwords out (generate them with `secrets.token_urlsafe(32)`).
+PERSON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_TOKEN = re.compile(r"[\x21-\x7e]{16,}")
+LEGACY_ADMIN = "admin"  # the person that [api] admin_token_file / admin_token_env stands for
+NOBODY = ("api: nobody can use the admin API: add [[api.people]] entries (name, role, token_file), or "
+          "admin_token_file")
+
+
+class Role(StrEnum):
+    """What a person may do with the admin API (docs/gateway.md, "People and roles")."""
+
+    ADMIN = "admin"            # everything
+    TECHNICIAN = "technician"  # see devices and their alarms, register a device, correct its location
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Someone who uses the admin API with a token of their own; recorded with every change."""
+
+    name: str
+    role: Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +69,11 @@ class GatewayConfig:
     mqtt: MqttSettings
     api_host: str
     api_port: int
-    admin_token: str = field(repr=False)
     cc_callback_token: str = field(repr=False)  # what the command center presents when it reports a state
+    # The shared admin token of older setups: the person "admin", role admin. Prefer `people`.
+    admin_token: str | None = field(default=None, repr=False)
+    # token -> person: everyone with a credential of their own for the admin API
+    people: Mapping[str, Person] = field(default_factory=dict, repr=False)
     cc_url: str = ""
     cc_token: str = field(default="", repr=False)  # what the gateway presents to the command center
     batch_max: int = 500            # messages per group commit
@@ -49,12 +88,51 @@ class GatewayConfig:
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     log_format: str = "text"
     drain_s: float = 10.0           # how long a shutdown waits for in-flight work
+    api_limits: ServerLimits = field(default_factory=lambda: ServerLimits(max_connections=200))
+    api_throttle: ThrottleRules = field(default_factory=ThrottleRules)
+    forwarded_allow_ips: str = "127.0.0.1"
+    # token -> person, the admin token's person included: what the admin API checks a token against
+    credentials: Mapping[str, Person] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not GATEWAY_ID.fullmatch(self.gateway_id):
             raise ConfigError(f"gateway id {self.gateway_id!r}: use 1-64 of A-Z a-z 0-9 . _ - (no colon)")
         if self.log_format not in ("text", "json"):
             raise ConfigError("logging.format must be 'text' or 'json'")
+        everyone = dict(self.people)
+        if self.admin_token is not None:
+            if self.admin_token in everyone:
+                raise ConfigError(f"api.admin_token_file: person {everyone[self.admin_token].name!r} has the same "
+                                  "token; every token must differ")
+            everyone[self.admin_token] = Person(LEGACY_ADMIN, Role.ADMIN)
+        if not everyone:
+            raise ConfigError(NOBODY)
+        names: set[str] = set()
+        for token, person in everyone.items():
+            # Never echo a token: the messages name the person only.
+            legacy = token == self.admin_token
+            what = "api.admin_token_file" if legacy else f"api.people ({person.name})"
+            if not legacy and not PERSON_NAME.fullmatch(person.name):
+                raise ConfigError("api.people: a name is not a name: use 1-64 of A-Z a-z 0-9 . _ @ -, starting with "
+                                  "a letter or digit")
+            if person.name in names:
+                raise ConfigError(f"api.people: name {person.name!r} is configured twice"
+                                  + (" (admin_token_file stands for a person of that name)"
+                                     if person.name == LEGACY_ADMIN and self.admin_token is not None else ""))
+            names.add(person.name)
+            if not isinstance(person.role, Role):
+                raise ConfigError(f"{what}: role must be one of {', '.join(Role)}")
+            if not _TOKEN.fullmatch(token):
+                raise ConfigError(f"{what}: the token must be at least 16 visible ASCII characters without spaces")
+            if token in (self.cc_callback_token, self.cc_token):
+                which = "api.cc_token_file" if token == self.cc_callback_token else "commandcenter.token_file"
+                raise ConfigError(f"{what}: the same token as {which}; every token must differ")
+        if not any(p.role is Role.ADMIN for p in everyone.values()):
+            raise ConfigError("api.people: nobody has role \"admin\": without an administrator no one can revoke "
+                              "a stolen button; give someone role = \"admin\"")
+        # Freeze the mappings, so that the whole config really is immutable.
+        object.__setattr__(self, "people", MappingProxyType(dict(self.people)))
+        object.__setattr__(self, "credentials", MappingProxyType(everyone))
 
     @classmethod
     def load(cls, path: str | Path) -> GatewayConfig:
@@ -128,6 +206,14 @@ class ApiTable(_Table):
     admin_token_env: Text | None = None
     cc_token_file: Text | None = None
     cc_token_env: Text | None = None
+    # [[api.people]]: checked by hand in _people, for messages that name the entry (api.people[0].name)
+    people: list[dict[str, Any]] = Field(default_factory=list)
+    # The entrance (docs/security.md): deadlines, a connection cap, throttling of wrong tokens.
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    forwarded_allow_ips: Text = "127.0.0.1"
+    throttle_per_address: Text = "10/minute"
 
 
 class CommandCenterTable(_Table):
@@ -190,12 +276,16 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
             client_id=mq.client_id or f"siaga-gateway-{gw.id}", keepalive_s=mq.keepalive_s, **_tls(mq, base))
     except ValueError as exc:  # its own checks, should the schema above ever let a case through
         raise ConfigError(f"mqtt: {exc}") from None
+    legacy = api.admin_token_file is not None or api.admin_token_env is not None
+    if not legacy and not api.people:
+        raise ConfigError(NOBODY)
     return GatewayConfig(
         gateway_id=gw.id,
         db_path=_path(base, gw.db),
         mqtt=mqtt,
         api_host=api.host, api_port=api.port,
-        admin_token=secret(api, "api", "admin_token"),
+        admin_token=secret(api, "api", "admin_token") if legacy else None,
+        people=_people(api.people, base, reserved=LEGACY_ADMIN if legacy else None),
         cc_callback_token=secret(api, "api", "cc_token"),
         cc_url=cc.url, cc_token=secret(cc, "commandcenter", "token"),
         batch_max=fwd.batch_max, batch_wait_ms=fwd.batch_wait_ms, forward_batch=fwd.forward_batch,
@@ -206,7 +296,50 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
             low_battery_mv=sup.low_battery_mv, battery_hysteresis_mv=sup.battery_hysteresis_mv),
         log_format=f.logging.format,
         drain_s=gw.drain_s,
+        api_limits=ServerLimits(header_timeout_s=api.header_timeout_s, body_timeout_s=api.body_timeout_s,
+                                max_connections=api.max_connections),
+        api_throttle=ThrottleRules(per_address=api.throttle_per_address),
+        forwarded_allow_ips=api.forwarded_allow_ips,
     )
+
+
+_PERSON_KEYS = ("name", "role", "token_file", "token_env")  # "token" inline is explained by check_keys
+
+
+def _people(entries: list[dict[str, Any]], base: Path, reserved: str | None) -> dict[str, Person]:
+    """token -> Person from the [[api.people]] entries; every message names the entry, never a token."""
+    people: dict[str, Person] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"api.people[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table: write [[api.people]] on a line of its own, with name, "
+                              "role and token_file below it")
+        check_keys(entry, _PERSON_KEYS, where)
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f"missing setting {where}.name: add it, e.g. name = \"budi.santoso\""
+                              if name is None else wrong_type(f"{where}.name", "a string in double quotes", name))
+        if not PERSON_NAME.fullmatch(name):
+            # Not echoed: a token pasted into the wrong line must not end up in a log.
+            raise ConfigError(f"{where}.name is not a name: use 1-64 of A-Z a-z 0-9 . _ @ -, starting with a "
+                              "letter or digit, e.g. name = \"budi.santoso\"")
+        if name in names or name == reserved:
+            why = " (admin_token_file stands for a person of that name: remove one of them)" if name == reserved else ""
+            raise ConfigError(f"{where}.name {name!r} is configured twice{why}")
+        names.add(name)
+        role = entry.get("role", Role.TECHNICIAN.value)
+        if not isinstance(role, str) or role not in tuple(Role):
+            raise ConfigError(f"{where}.role ({name}): use \"admin\" or \"technician\"")
+        token = load_secret(entry, "token", base=base, where=where)
+        if not _TOKEN.fullmatch(token):
+            raise ConfigError(f"{where} ({name}): the token must be at least 16 visible ASCII characters without "
+                              "spaces; make one with `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
+        if token in people:
+            raise ConfigError(f"{where} ({name}): the same token as {people[token].name!r}; every person "
+                              "needs a token of their own")
+        people[token] = Person(name, Role(role))
+    return people
 
 
 _TLS_FIELDS = ("tls", "ca_file", "cert_file", "key_file", "server_hostname")

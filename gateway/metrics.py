@@ -21,6 +21,8 @@ HELP = {
     "siaga_gateway_loop_errors_total": "Unexpected errors a loop survived (logged), by loop",
     "siaga_gateway_faults_total": "Device fault changes, by fault and whether it started or cleared",
     "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to the command center accepting it",
+    "siaga_gateway_http_auth_failures_total": "Wrong credentials at the admin API, by kind (docs/security.md)",
+    "siaga_gateway_http_throttled_total": "Admin API requests answered 429 (too many wrong credentials)",
     "siaga_gateway_outbox_depth": "Events waiting to be forwarded",
     "siaga_gateway_devices_online": "Registered devices currently online",
     "siaga_gateway_devices_registered": "Registered devices, revoked ones included",

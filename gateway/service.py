@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import Literal, cast
 
 from siaga.asgi import EmbeddedServer, embedded_server
+from siaga.web import flush_every
 from siagafw import proto
 
 from . import codec
 from .adapters import Accepted, Adapter
 from .codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
-from .config import GatewayConfig
+from .config import GatewayConfig, Person
 from .events import alarm_event, fault_event
 from .grouping import Grouper
 from .limits import BreakerState, CircuitBreaker, FloodLimiter
@@ -31,6 +32,7 @@ from .metrics import Metrics
 from .mqtt import Inbound, MqttLink
 from .replay import ReplayWindow, Verdict
 from .store import (
+    IN_PROCESS,
     Batch,
     Delivery,
     DeviceRecord,
@@ -60,6 +62,7 @@ FAULTS_LOGGED_EACH = 5         # more fault changes at once are logged as one li
 # loop, which the alarms share: a round of 500 held an alarm for tens of milliseconds during an
 # offline wave (bench/offline_wave.py); 100 keep it to a few.
 FAULT_ROUND = 100
+FAILURES_EVERY_S = 60.0       # wrong admin-API credentials are logged once a minute per address
 
 
 class Sequenced(enum.Enum):
@@ -114,18 +117,22 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raises if a loop fails (e.g. the broker refuses our login)."""
-        from .api import create_app  # the API module imports this one
+        from .api import create_app, record_failures  # the API module imports this one
 
         await self.store.open()
         try:
             await self._load()
             self.link = MqttLink(self.cfg.mqtt, self._queue, on_connected=self._on_mqtt_connected)
-            server = embedded_server(create_app(self), self.cfg.api_host, self.cfg.api_port, lifespan="off")
+            app = create_app(self)
+            server = embedded_server(app, self.cfg.api_host, self.cfg.api_port, lifespan="off",
+                                     limits=self.cfg.api_limits, forwarded_allow_ips=self.cfg.forwarded_allow_ips)
             async with asyncio.TaskGroup() as tg:
                 intake = tg.create_task(self._intake(), name="intake")
                 forwarders = [tg.create_task(self._forwarder(lane), name=f"forward-{lane}") for lane in self._wake]
                 others = [tg.create_task(self._supervise(), name="supervision"),
-                          tg.create_task(self.link.run(), name="mqtt-link")]  # raises if the login is refused
+                          tg.create_task(self.link.run(), name="mqtt-link"),  # raises if the login is refused
+                          tg.create_task(flush_every(FAILURES_EVERY_S, lambda: record_failures(app)),
+                                         name="failed-credentials")]
                 api = tg.create_task(server.serve(), name="api")
                 self.ready.set()
                 log.info("gateway %s running: API on %s:%d", self.cfg.gateway_id, self.cfg.api_host, self.cfg.api_port)
@@ -382,7 +389,8 @@ class Gateway:
         rec = self.registry[device_id]
         if rec.pending is None or codec.verify_frame(rec.pending, payload) is None:
             return
-        await self.store.set_key(device_id, rec.pending, pending=False)
+        # Not a person's change (by=None): the end of a pending rotation the change log already holds.
+        await self.store.set_key(device_id, rec.pending, pending=False, now_ms=self.clock(), by=None)
         self.registry[device_id] = dataclasses.replace(rec, secret=rec.pending, pending=None)
         log.info("device %s now uses its new key; the old one is no longer accepted", device_id)
 
@@ -599,16 +607,19 @@ class Gateway:
             await self.command_center_state(device_id, seq, "undelivered", None, "gateway", now)
 
     # ------------------------------------------------------------ registry
+    # Each change is stored with its entry in the fleet change log (who, when, what; never a key), in
+    # one transaction: `by` is the person the admin API authenticated, IN_PROCESS for the gateway's
+    # own process (the demo stack, tests).
 
     async def register_device(self, device_id: str, secret: bytes, *, site: str | None = None,
                               lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                              area: str = "") -> None:
+                              area: str = "", by: Person = IN_PROCESS) -> None:
         await self.store.add_device(device_id, secret, now_ms=self.clock(), site=site, lat_e6=lat_e6, lon_e6=lon_e6,
-                                    address=address, area=area)
+                                    address=address, area=area, by=by)
         self.registry[device_id] = DeviceRecord(device_id, secret, False, site, lat_e6, lon_e6, address, area)
 
-    async def revoke_device(self, device_id: str) -> bool:
-        changed = await self.store.revoke_device(device_id, self.clock())
+    async def revoke_device(self, device_id: str, *, by: Person = IN_PROCESS) -> bool:
+        changed = await self.store.revoke_device(device_id, self.clock(), by=by)
         rec = self.registry.get(device_id)
         if rec is not None:
             # Effective for the very next message, without waiting for any cache to expire.
@@ -616,30 +627,30 @@ class Gateway:
             self.supervisor.forget(device_id)
         return changed
 
-    async def decommission_device(self, device_id: str) -> bool:
-        changed = await self.store.decommission(device_id, self.clock())
+    async def decommission_device(self, device_id: str, *, by: Person = IN_PROCESS) -> bool:
+        changed = await self.store.decommission(device_id, self.clock(), by=by)
         rec = self.registry.get(device_id)
         if rec is not None:
             self.registry[device_id] = dataclasses.replace(rec, revoked=True, pending=None)
             self.supervisor.forget(device_id)
         return changed
 
-    async def rotate_key(self, device_id: str, secret: bytes, *, pending: bool) -> None:
-        await self.store.set_key(device_id, secret, pending=pending)
+    async def rotate_key(self, device_id: str, secret: bytes, *, pending: bool, by: Person = IN_PROCESS) -> None:
+        await self.store.set_key(device_id, secret, pending=pending, now_ms=self.clock(), by=by)
         rec = self.registry[device_id]
         self.registry[device_id] = (dataclasses.replace(rec, pending=secret) if pending
                                     else dataclasses.replace(rec, secret=secret, pending=None))
 
-    async def requeue(self, outbox_id: int) -> bool:
+    async def requeue(self, outbox_id: int, *, by: Person = IN_PROCESS) -> bool:
         """A refused event goes out again (an operator fixed its cause)."""
-        if not await self.store.requeue(outbox_id, self.clock()):
+        if not await self.store.requeue(outbox_id, self.clock(), by=by):
             return False
         for wake in self._wake.values():
             wake.set()
         return True
 
-    async def update_device(self, device_id: str, fields: dict[str, object]) -> None:
-        await self.store.update_device(device_id, fields)
+    async def update_device(self, device_id: str, fields: dict[str, object], *, by: Person = IN_PROCESS) -> None:
+        await self.store.update_device(device_id, fields, now_ms=self.clock(), by=by)
         self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
 
     def gauges(self) -> dict[str, float]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from .codec import Alarm, Reject, Status
+from .config import Person, Role
 from .grouping import Group
 from .replay import ReplayWindow
 from .supervision import Fault, FaultChange
@@ -37,6 +38,15 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     pass
+
+
+# Who a registry change is recorded for when code in the gateway's own process makes it (the demo
+# stack, tests) rather than a person through the admin API. The brackets keep it apart from every
+# configured name (config.PERSON_NAME).
+IN_PROCESS = Person("(in-process)", Role.ADMIN)
+
+# What the fleet change log records (docs/gateway.md, "Who changed the fleet").
+FleetAction = Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,14 +173,17 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    # registry
+    # registry: every change is written with its entry in the fleet change log, in one transaction
     async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
                          lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                         area: str = "") -> None: ...
-    async def revoke_device(self, device_id: str, now_ms: int) -> bool: ...
-    async def set_key(self, device_id: str, secret: bytes, *, pending: bool) -> bool: ...
-    async def decommission(self, device_id: str, now_ms: int) -> bool: ...
-    async def update_device(self, device_id: str, fields: dict[str, Any]) -> bool: ...
+                         area: str = "", by: Person = IN_PROCESS) -> None: ...
+    async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
+    async def set_key(self, device_id: str, secret: bytes, *, pending: bool, now_ms: int,
+                      by: Person | None = IN_PROCESS) -> bool: ...
+    async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
+    async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
+                            by: Person = IN_PROCESS) -> bool: ...
+    async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
     async def registry(self) -> list[DeviceRecord]: ...
     async def devices(self, device_id: str | None = None) -> list[Device]: ...
     # state the service loads at start
@@ -187,7 +200,7 @@ class Store(Protocol):
     async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]: ...
     async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None: ...
     async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None: ...
-    async def requeue(self, outbox_id: int, now_ms: int) -> bool: ...
+    async def requeue(self, outbox_id: int, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
     async def outbox_depth(self) -> int: ...
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
                         by: str | None, at_ms: int) -> StoredAlarm | None: ...
@@ -323,7 +336,34 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         # protocol.md §4.4 gained a state at rank 1; the later states move up one.
         "UPDATE alarms SET state_rank = state_rank + 1 WHERE state_rank >= 1",
     ),
+    (  # 4: the fleet change log: who changed the registry, when, and what (never a secret)
+        """CREATE TABLE fleet_changes (
+            id         INTEGER PRIMARY KEY,
+            at_ms      INTEGER NOT NULL,
+            person     TEXT NOT NULL,            -- the name of [[api.people]] (or "admin", the admin token)
+            role       TEXT NOT NULL,
+            action     TEXT NOT NULL,            -- register, revoke, rotate-key, update, decommission, requeue
+            device_id  TEXT,
+            detail     TEXT NOT NULL             -- JSON: what changed; an update's fields as [before, after]
+        )""",
+        "CREATE INDEX fleet_changes_by_device ON fleet_changes (device_id, id)",
+    ),
 )
+
+_PLACE = ("site", "lat_e6", "lon_e6", "address", "area")
+
+
+def _api_value(column: str, value: Any) -> Any:
+    """A registry column as the admin API shows it: coordinates in degrees."""
+    if column in ("lat_e6", "lon_e6") and value is not None:
+        return value / 1e6
+    return value
+
+
+def _log_change(db: sqlite3.Connection, by: Person, at_ms: int, action: FleetAction, device_id: str | None,
+                detail: dict[str, Any]) -> None:
+    db.execute("INSERT INTO fleet_changes (at_ms, person, role, action, device_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+               (at_ms, by.name, by.role.value, action, device_id, json.dumps(detail, ensure_ascii=False)))
 
 
 def _event(r: sqlite3.Row) -> OutboundEvent:
@@ -457,7 +497,7 @@ class SQLiteStore:
 
     async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
                          lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                         area: str = "") -> None:
+                         area: str = "", by: Person = IN_PROCESS) -> None:
         def add(db: sqlite3.Connection) -> None:
             try:
                 db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area) "
@@ -465,12 +505,17 @@ class SQLiteStore:
                            (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area))
             except sqlite3.IntegrityError:
                 raise StoreError(f"device {device_id} is already registered") from None
+            place = dict(zip(_PLACE, (site, lat_e6, lon_e6, address, area), strict=True))
+            _log_change(db, by, now_ms, "register", device_id,
+                        {k.removesuffix("_e6"): _api_value(k, v) for k, v in place.items()})
         await self._call(self._tx, add)
 
-    async def revoke_device(self, device_id: str, now_ms: int) -> bool:
+    async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
         def revoke(db: sqlite3.Connection) -> bool:
             cur = db.execute("UPDATE devices SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
                              (now_ms, device_id))
+            if cur.rowcount == 1:
+                _log_change(db, by, now_ms, "revoke", device_id, {})
             return cur.rowcount == 1
         return await self._call(self._tx, revoke)
 
@@ -499,37 +544,61 @@ class SQLiteStore:
                     for r in rows]
         return await self._call(read)
 
-    async def set_key(self, device_id: str, secret: bytes, *, pending: bool) -> bool:
+    async def set_key(self, device_id: str, secret: bytes, *, pending: bool, now_ms: int,
+                      by: Person | None = IN_PROCESS) -> bool:
         """Rotate a device's secret: at once (the old one stops working now), or pending (both work
-        until the device first uses the new one)."""
+        until the device first uses the new one). The change log records the mode, not the key;
+        by=None records nothing (a device's first use of its pending key, which ends a rotation)."""
         def write(db: sqlite3.Connection) -> bool:
             if pending:
                 cur = db.execute("UPDATE devices SET pending_secret_hex = ? WHERE id = ?", (secret.hex(), device_id))
             else:
                 cur = db.execute("UPDATE devices SET secret_hex = ?, pending_secret_hex = NULL WHERE id = ?",
                                  (secret.hex(), device_id))
+            if cur.rowcount == 1 and by is not None:
+                _log_change(db, by, now_ms, "rotate-key", device_id, {"mode": "pending" if pending else "immediate"})
             return cur.rowcount == 1
         return await self._call(self._tx, write)
 
-    async def decommission(self, device_id: str, now_ms: int) -> bool:
+    async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
         """Retire a device for good: revoked, its supervision faults closed; its history is kept."""
         def write(db: sqlite3.Connection) -> bool:
             cur = db.execute("UPDATE devices SET decommissioned_ms = ?, revoked_ms = coalesce(revoked_ms, ?), "
                              "pending_secret_hex = NULL WHERE id = ? AND decommissioned_ms IS NULL",
                              (now_ms, now_ms, device_id))
             db.execute("DELETE FROM device_faults WHERE device_id = ?", (device_id,))
+            if cur.rowcount == 1:
+                _log_change(db, by, now_ms, "decommission", device_id, {})
             return cur.rowcount == 1
         return await self._call(self._tx, write)
 
-    async def update_device(self, device_id: str, fields: dict[str, Any]) -> bool:
-        allowed = {"site", "lat_e6", "lon_e6", "address", "area"}
-        if not fields or set(fields) - allowed:
-            raise StoreError(f"can only update {', '.join(sorted(allowed))}")
+    async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
+                            by: Person = IN_PROCESS) -> bool:
+        """Correct a device's site or location. The change log records each field that changed as
+        [before, after]; a correction that changes nothing records nothing."""
+        if not fields or set(fields) - set(_PLACE):
+            raise StoreError(f"can only update {', '.join(sorted(_PLACE))}")
         def write(db: sqlite3.Connection) -> bool:
-            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against `allowed` above
-            cur = db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
-            return cur.rowcount == 1
+            before = db.execute(f"SELECT {', '.join(fields)} FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if before is None:
+                return False
+            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against _PLACE above
+            db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
+            changed = {k.removesuffix("_e6"): [_api_value(k, before[k]), _api_value(k, v)]
+                       for k, v in fields.items() if before[k] != v}
+            if changed:
+                _log_change(db, by, now_ms, "update", device_id, changed)
+            return True
         return await self._call(self._tx, write)
+
+    async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The fleet change log, newest first."""
+        def read() -> list[dict[str, Any]]:
+            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+            rows = self._conn.execute(f"SELECT id, at_ms, person, role, action, device_id, detail FROM fleet_changes "
+                                      f"{where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+        return await self._call(read)
 
     async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
         """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
@@ -728,12 +797,17 @@ class SQLiteStore:
                            [(now_ms, e[:300], i) for i, e in zip(outbox_ids, errors, strict=True)])
         await self._call(self._tx, write)
 
-    async def requeue(self, outbox_id: int, now_ms: int) -> bool:
+    async def requeue(self, outbox_id: int, now_ms: int, by: Person = IN_PROCESS) -> bool:
         """Send a refused event again (an operator fixed the cause)."""
         def write(db: sqlite3.Connection) -> bool:
-            cur = db.execute("UPDATE outbox SET refused_ms = NULL, next_attempt_ms = ? "
-                             "WHERE id = ? AND refused_ms IS NOT NULL", (now_ms, outbox_id))
-            return cur.rowcount == 1
+            row = db.execute("SELECT device_id, event_id, kind FROM outbox WHERE id = ? AND refused_ms IS NOT NULL",
+                             (outbox_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE outbox SET refused_ms = NULL, next_attempt_ms = ? WHERE id = ?", (now_ms, outbox_id))
+            _log_change(db, by, now_ms, "requeue", row["device_id"],
+                        {"outbox_id": outbox_id, "event_id": row["event_id"], "kind": row["kind"]})
+            return True
         return await self._call(self._tx, write)
 
     async def outbox_depth(self) -> int:

@@ -59,7 +59,7 @@ def add_device(settings: Settings, req: Request, ui: Ui) -> Added:
                 "shown below")
     fresh = Identity.new(device_id)
     identity = Identity(device_id, req.secret_hex or fresh.secret_hex, req.mqtt_password or fresh.mqtt_password)
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         _check_free(gw, logins, settings, device_id)
         ui.step(f"gateway {settings.gateway_url}: reachable; {device_id} is free")
         tx = Rollback(ui)

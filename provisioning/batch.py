@@ -97,7 +97,7 @@ def stage(settings: Settings, csv_path: Path, id_prefix: str | None, ui: Ui) -> 
         ui.warn("the provisioning config has no [broker] section: no broker logins are made")
     prefix = id_prefix or settings.devices.id_prefix
     staged: list[StagedDevice] = []
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         taken = {d["id"] for d in gw.devices()}
         ui.step(f"gateway {settings.gateway_url}: reachable, {len(taken)} devices registered")
         clash = sorted(r.device_id for r in rows if r.device_id in taken)

@@ -27,8 +27,21 @@ CONFIG_ENV = "SIAGA_PROVISION_CONFIG"
 DEFAULT_CONFIG = "siaga-provision.toml"
 
 
-def _settings(opts: dict[str, Any]) -> Settings:
-    return load(opts.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+def _settings(opts: dict[str, Any], ui: Ui) -> Settings:
+    """The provisioning config, with the person's own token for the gateway when one is given:
+    `--token-file`, else $SIAGA_TOKEN, else the config's [gateway] admin_token_file / _env."""
+    settings = load(opts.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG,
+                    token_file=opts.get("token_file"))
+    token_file = settings.token_from.file
+    if token_file is not None:
+        try:
+            readable_by_others = bool(token_file.stat().st_mode & 0o077)
+        except OSError:
+            readable_by_others = False
+        if readable_by_others:
+            ui.warn(f"{token_file}, the file with your token, can be read by other users of this machine: "
+                    f"chmod 600 {token_file}")
+    return settings
 
 
 def _wifi(opts: dict[str, Any], settings: Settings) -> Wifi | None:
@@ -62,7 +75,7 @@ def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
         if not ports:
             ui.say("no serial ports found")
         return EXIT_OK
-    settings = _settings(opts)
+    settings = _settings(opts, ui)
     if opts.get("batch"):
         staged = batch.stage(settings, Path(opts["batch"]), validate.id_prefix(opts["id_prefix"]) if
                              opts.get("id_prefix") else None, ui)
@@ -128,7 +141,7 @@ def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
                                         validate.mqtt_password, ui)
         if opts.get("mqtt_password_file") else None,
         label_path=Path(opts["label"]) if opts.get("label") else None)
-    settings = _settings(opts)
+    settings = _settings(opts, ui)
     added = add.add_device(settings, req, ui)
     if fmt == "json":
         ui.say(json.dumps(add.credentials_json(added, settings.devices), indent=1))
@@ -142,16 +155,24 @@ def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
 
 def cmd_list(opts: dict[str, Any], ui: Ui) -> int:
     fmt = fleet.check_format(opts.get("format") or "table", ("table", "csv", "geojson", "json"))
-    return fleet.list_devices(_settings(opts), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
+    return fleet.list_devices(_settings(opts, ui), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
 
 
 def cmd_export(opts: dict[str, Any], ui: Ui) -> int:
     fmt = fleet.check_format(opts.get("format") or "csv", ("csv", "geojson"))
-    return fleet.list_devices(_settings(opts), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
+    return fleet.list_devices(_settings(opts, ui), fmt, Path(opts["out"]) if opts.get("out") else None, ui)
 
 
 def cmd_show(opts: dict[str, Any], ui: Ui) -> int:
-    return fleet.show(_settings(opts), validate.device_id(opts["device_id"]), ui)
+    return fleet.show(_settings(opts, ui), validate.device_id(opts["device_id"]), ui)
+
+
+def cmd_set_location(opts: dict[str, Any], ui: Ui) -> int:
+    # What was typed is checked before the config is read.
+    device_id = validate.device_id(opts["device_id"])
+    fields = fleet.location_fields(latlon=opts.get("latlon"), lat=opts.get("lat"), lon=opts.get("lon"),
+                                   address=opts.get("address"), area=opts.get("area"), site=opts.get("site"))
+    return fleet.set_location(_settings(opts, ui), device_id, fields, ui)
 
 
 def _confirm(opts: dict[str, Any], question: str) -> None:
@@ -163,19 +184,19 @@ def _confirm(opts: dict[str, Any], question: str) -> None:
 
 def cmd_revoke(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
-    settings = _settings(opts)
+    settings = _settings(opts, ui)
     _confirm(opts, f"Revoke {device_id}? It stops working at once.")
     return fleet.revoke(settings, device_id, ui)
 
 
 def cmd_rotate_key(opts: dict[str, Any], ui: Ui) -> int:
-    return fleet.rotate_key(_settings(opts), validate.device_id(opts["device_id"]), opts.get("port"),
+    return fleet.rotate_key(_settings(opts, ui), validate.device_id(opts["device_id"]), opts.get("port"),
                             not opts.get("no_self_test"), ui)
 
 
 def cmd_decommission(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
-    settings = _settings(opts)
+    settings = _settings(opts, ui)
     _confirm(opts, f"Decommission {device_id} for good? Its history is kept.")
     return fleet.decommission(settings, device_id, opts.get("port"), ui)
 
@@ -185,6 +206,7 @@ COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "devices add": cmd_add,
     "devices list": cmd_list,
     "devices show": cmd_show,
+    "devices set-location": cmd_set_location,
     "devices revoke": cmd_revoke,
     "devices rotate-key": cmd_rotate_key,
     "devices decommission": cmd_decommission,

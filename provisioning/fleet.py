@@ -1,10 +1,12 @@
-"""`siaga devices`: the fleet as the gateway sees it, and the commands that change a device's
-standing: revoke, rotate-key, decommission. Each one acts on the gateway and the broker together,
-so that a device the gateway refuses is refused by the broker too."""
+"""`siaga devices`: the fleet as the gateway sees it, the correction of a device's place
+(set-location), and the commands that change a device's standing: revoke, rotate-key,
+decommission. Each of those acts on the gateway and the broker together, so that a device the
+gateway refuses is refused by the broker too."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import secrets
@@ -12,16 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import devconfig, selftest
+from . import devconfig, selftest, validate
 from .board import Board
 from .brokerlogins import BrokerLogins
-from .errors import BoardError, GatewayError, UsageError
+from .errors import BoardError, GatewayError, Invalid, UsageError
 from .firmware import CONFIG_PATH, profile_for
 from .gateway import GatewayClient
 from .keystore import Keystore
 from .provision import UNIX, unconfigure
 from .settings import Settings
 from .ui import Rollback, Ui
+from .validate import Location
 
 CSV_FIELDS = ("id", "status", "faults", "last_seen", "battery_mv", "rssi", "firmware", "lat", "lon", "address",
               "area", "site", "key_pending", "created")
@@ -114,7 +117,7 @@ def to_table(devices: list[dict[str, Any]]) -> str:
 
 
 def list_devices(settings: Settings, fmt: str, out: Path | None, ui: Ui) -> int:
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         devices = gw.devices()
     text = {"table": to_table, "csv": to_csv, "geojson": to_geojson,
             "json": lambda ds: json.dumps(ds, indent=1) + "\n"}[fmt](devices)
@@ -127,7 +130,7 @@ def list_devices(settings: Settings, fmt: str, out: Path | None, ui: Ui) -> int:
 
 
 def show(settings: Settings, device_id: str, ui: Ui) -> int:
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         d = gw.require(device_id)
         alarms = gw.alarms(device_id, limit=5)
     now_ms = int(time.time() * 1000)
@@ -149,9 +152,64 @@ def show(settings: Settings, device_id: str, ui: Ui) -> int:
     return 0
 
 
+def location_fields(*, latlon: object = None, lat: object = None, lon: object = None, address: object = None,
+                    area: object = None, site: object = None) -> dict[str, Any]:
+    """The corrections of `siaga devices set-location`, checked, as the gateway's PATCH takes them:
+    only what is given (None: not given); `site=""` removes the site."""
+    fields: dict[str, Any] = {}
+    latlon, lat, lon = (v if v not in (None, "") else None for v in (latlon, lat, lon))
+    if latlon is not None:
+        if lat is not None or lon is not None:
+            raise Invalid("location", latlon, "either --latlon or --lat and --lon, not both")
+        lat_e6, lon_e6 = validate.latlon(latlon)
+    elif lat is not None or lon is not None:
+        if lat is None or lon is None:
+            raise Invalid("location", lat if lat is not None else lon, "both --lat and --lon (or --latlon)")
+        lat_e6, lon_e6 = validate.latitude(lat), validate.longitude(lon)
+    if latlon is not None or lat is not None:
+        place = Location(lat_e6, lon_e6, "", "")  # refuses "0, 0"
+        fields |= {"lat": place.lat, "lon": place.lon}
+    if address is not None:
+        fields["address"] = validate.address(address)
+    if area is not None:
+        fields["area"] = validate.area_code(area)
+    if site is not None:
+        fields["site"] = validate.site(site)  # "" gives None: the site is removed
+    if not fields:
+        raise UsageError("nothing to change", "give --latlon (or --lat and --lon), --address, --area or --site")
+    return fields
+
+
+def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui: Ui) -> int:
+    """Correct a registered device's place at the gateway (only `fields` change); a device staged on
+    this laptop gets the same correction, so that the board is written with it at the pole."""
+    with GatewayClient.of(settings) as gw:
+        gw.require(device_id)
+        d = gw.update(device_id, fields)
+    where = f"{d.get('address') or '-'} / {d.get('area') or '-'}"
+    if d.get("lat") is not None:
+        where += f" ({d['lat']:.6f}, {d['lon']:.6f})"
+    ui.step(f"gateway: {device_id} is now at {where}" + (f", site {d['site']}" if d.get("site") else ", no site"))
+    keystore = Keystore(settings.state_dir)
+    staged = keystore.staged(device_id)
+    if staged is not None:
+        loc = staged.location
+        lat_e6 = round(fields["lat"] * 1e6) if "lat" in fields else loc.lat_e6
+        lon_e6 = round(fields["lon"] * 1e6) if "lon" in fields else loc.lon_e6
+        keystore.save_staged(dataclasses.replace(
+            staged, location=Location(lat_e6, lon_e6, fields.get("address", loc.address), fields.get("area", loc.area)),
+            site=fields.get("site", staged.site)))
+        ui.step(f"staged {device_id}: corrected on this laptop too; the board gets the new place at the pole")
+    elif fields.keys() & {"lat", "lon", "address", "area"}:
+        ui.detail("the button's own alarms carry the place written into it when it was provisioned; the gateway's "
+                  "registry (list, export, fault reports) has the new one")
+    keystore.log("set-location", device_id, **fields)
+    return 0
+
+
 def revoke(settings: Settings, device_id: str, ui: Ui) -> int:
     logins = BrokerLogins(settings.broker)
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         gw.require(device_id)
         changed = gw.revoke(device_id)
     ui.step(f"gateway: {device_id} {'revoked' if changed else 'was already revoked'}; its messages are refused")
@@ -169,7 +227,7 @@ def revoke(settings: Settings, device_id: str, ui: Ui) -> int:
 
 def decommission(settings: Settings, device_id: str, port: str | None, ui: Ui) -> int:
     logins = BrokerLogins(settings.broker)
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         gw.require(device_id)
         changed = gw.decommission(device_id)
     ui.step(f"gateway: {device_id} {'decommissioned' if changed else 'was already decommissioned'} (history kept)")
@@ -197,7 +255,7 @@ def decommission(settings: Settings, device_id: str, port: str | None, ui: Ui) -
 def rotate_key(settings: Settings, device_id: str, port: str | None, self_test: bool, ui: Ui) -> int:
     keystore = Keystore(settings.state_dir)
     logins = BrokerLogins(settings.broker)
-    with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+    with GatewayClient.of(settings) as gw:
         d = gw.require(device_id)
         if d.get("revoked") or d.get("decommissioned"):
             raise GatewayError(f"{device_id} is {status(d)}; a revoked device gets no new key",

@@ -162,7 +162,7 @@ def provision(settings: Settings, req: Request, ui: Ui) -> Result:
         if profile.name != UNIX and wifi is None:
             raise UsageError("no Wi-Fi network given", "give --wifi-ssid (the password is asked for), or set [wifi] "
                                                        "in the provisioning config")
-        with GatewayClient(settings.gateway_url, settings.admin_token) as gw:
+        with GatewayClient.of(settings) as gw:
             taken = {d["id"] for d in gw.devices()}
             ui.step(f"gateway {settings.gateway_url}: reachable, {len(taken)} devices registered")
             device_id = _choose_id(req, staged, taken, settings)

@@ -3,12 +3,18 @@ broker's logins live, the support contact on the labels, Wi-Fi defaults. Secrets
 the Wi-Fi password) come from a file or an environment variable, never inline
 (siaga.settings.load_secret). Relative paths are relative to the config file.
 
+The token for the gateway's admin API is the person's own when one is given (`--token-file`, else
+$SIAGA_TOKEN), so that the gateway's fleet change log names them; else the config's shared
+`[gateway] admin_token_file` / `admin_token_env`, which is then optional (`load_token`).
+
 See docs/technician.md for an annotated example.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,14 @@ from .errors import UsageError
 
 DEFAULT_SELFTEST_TIMEOUT_S = 60.0
 DEFAULT_WIFI_TIMEOUT_S = 20.0
+
+# The environment variable with the person's own token ([[api.people]] in the gateway's config).
+TOKEN_ENV = "SIAGA_TOKEN"
+# What the gateway accepts as a person's token (gateway/config.py): at least 16 visible ASCII characters.
+_TOKEN = re.compile(r"[\x21-\x7e]{16,}")
+_TOKEN_HINT = "it holds your token alone, on one line, as the gateway's administrator gave it to you"
+NO_TOKEN_HINT = (f"give your personal token with --token-file <file> or in ${TOKEN_ENV}, or name the shared admin "
+                 "token in the provisioning config's [gateway] admin_token_file / admin_token_env")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +67,26 @@ class DeviceDefaults:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenSource:
+    """Where the token for the gateway's admin API came from, for the messages; never the token."""
+
+    personal: bool        # the person's own ([[api.people]]), not the config's shared admin token
+    where: str            # "--token-file <path>", "$SIAGA_TOKEN", "[gateway] admin_token_file of <config>"
+    file: Path | None = None  # the file it was read from, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str = field(repr=False)
+    source: TokenSource
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     gateway_url: str
-    admin_token: str = field(repr=False)
+    admin_token: str = field(repr=False)  # the token for the admin API: the person's own or the shared one
+    token_from: TokenSource
     devices: DeviceDefaults
     broker: BrokerFiles | None
     wifi: Wifi | None
@@ -91,7 +121,54 @@ def _wrap(exc: ConfigError, path: Path) -> UsageError:
     return UsageError(f"provisioning config {path}: {exc}")
 
 
-def load(path: str | Path) -> Settings:
+def personal_token(token_file: str | Path | None = None) -> Token | None:
+    """The person's own token: from `token_file` if given, else from $SIAGA_TOKEN if it is set and
+    not empty, else None. Something that is not a token is a UsageError that does not repeat it."""
+    if token_file:
+        p = Path(token_file).expanduser()
+        try:
+            value = p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read {p}, the file with your token: {exc.strerror}", _TOKEN_HINT) from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{p}, the file with your token, is not text", _TOKEN_HINT) from None
+        source = TokenSource(personal=True, where=f"--token-file {p}", file=p)
+        what = str(p)
+    else:
+        value = os.environ.get(TOKEN_ENV, "").strip()
+        if not value:
+            return None
+        what = f"${TOKEN_ENV}"
+        source = TokenSource(personal=True, where=what)
+    if not _TOKEN.fullmatch(value):
+        raise UsageError(f"{what} does not hold a token (at least 16 visible ASCII characters)", _TOKEN_HINT)
+    return Token(value, source)
+
+
+def load_token(gw: Mapping[str, Any], path: Path, base: Path, token_file: str | Path | None = None) -> Token:
+    """The token for the gateway's admin API: the one in `token_file`, else in $SIAGA_TOKEN, else the
+    one [gateway] admin_token_file / admin_token_env names (`gw`: that table of config `path`)."""
+    if "admin_token" in gw:  # a secret written into the file is a mistake even when another is used
+        raise UsageError(f"provisioning config {path}: [gateway] admin_token must not be written inline",
+                         "put it in a file named by admin_token_file, or in the variable named by admin_token_env")
+    own = personal_token(token_file)
+    if own is not None:
+        return own
+    if "admin_token_file" not in gw and "admin_token_env" not in gw:
+        raise UsageError(f"no token for the gateway's admin API: no --token-file was given, ${TOKEN_ENV} is not set, "
+                         f"and provisioning config {path} names no [gateway] admin_token_file or admin_token_env",
+                         NO_TOKEN_HINT)
+    try:
+        value = load_secret(gw, "admin_token", base=base)
+    except ConfigError as exc:
+        raise UsageError(f"provisioning config {path}: [gateway] {exc}", NO_TOKEN_HINT) from None
+    key = "admin_token_file" if "admin_token_file" in gw else "admin_token_env"
+    return Token(value, TokenSource(personal=False, where=f"[gateway] {key} of {path}"))
+
+
+def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
+    """The provisioning config `path`, with the person's own token (`token_file`, else $SIAGA_TOKEN)
+    for the gateway's admin API when one is given, else the config's shared admin token."""
     p = Path(path)
     try:
         data = load_toml(p)
@@ -105,10 +182,7 @@ def load(path: str | Path) -> Settings:
     broker_t = _table(data, "broker")
     label = _table(data, "label")
     prov = _table(data, "provisioning")
-    try:
-        token = load_secret(gw, "admin_token", base=base)
-    except ConfigError as exc:
-        raise UsageError(f"provisioning config {p}: [gateway] {exc}") from None
+    token = load_token(gw, p, base, token_file)
     if "url" not in gw:
         raise UsageError(f"provisioning config {p}: [gateway] url is missing", "e.g. url = \"https://gw.example\"")
     if "broker_host" not in dev:
@@ -155,7 +229,8 @@ def load(path: str | Path) -> Settings:
     return Settings(
         path=p,
         gateway_url=validate.url(gw["url"]),
-        admin_token=token,
+        admin_token=token.value,
+        token_from=token.source,
         devices=devices,
         broker=broker,
         wifi=wifi,

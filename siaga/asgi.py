@@ -8,6 +8,8 @@ from typing import Any
 
 import uvicorn
 
+from .web import ServerLimits, server_options
+
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves SIGINT and SIGTERM to the program that runs it.
@@ -22,5 +24,9 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def embedded_server(app: Any, host: str, port: int, **config: Any) -> EmbeddedServer:
-    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **config))
+def embedded_server(app: Any, host: str, port: int, *, limits: ServerLimits | None = None,
+                    **config: Any) -> EmbeddedServer:
+    """Served like every Siaga HTTP entrance: no `server` header, a cap on connections, deadlines for
+    requests' headers and bodies (siaga.web.server_options)."""
+    options = {**server_options(limits or ServerLimits()), **config}
+    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **options))

@@ -227,6 +227,11 @@ def simulate(buttons: int, scenario: str, broker: str, seed: int) -> None:
 
 # -- provisioning (docs/technician.md); the work is in siaga.provisioning.commands ---------------------
 
+# The variable with the person's own token: provisioning.settings.TOKEN_ENV (not imported here, so
+# that `siaga --help` does not load the provisioning package).
+TOKEN_ENV = "SIAGA_TOKEN"
+
+
 def _provisioning_config(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", "config", type=click.Path(dir_okay=False), envvar="SIAGA_PROVISION_CONFIG",
                         help="Provisioning TOML file [env SIAGA_PROVISION_CONFIG; default siaga-provision.toml].")(fn)
@@ -240,8 +245,19 @@ def _run(name: str, opts: dict[str, Any], quiet: bool = False) -> None:
     sys.exit(dispatch(name, opts, verbose=_State.verbose, quiet=quiet))
 
 
+def _token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--token-file: the person's own token for the gateway's admin API ([[api.people]] in
+    gateway.toml), so that the gateway's change log names them (docs/gateway.md, "People and roles").
+    The precedence is provisioning.settings.load_token's."""
+    return click.option(
+        "--token-file", type=click.Path(dir_okay=False),
+        help=f"File holding your personal token for the gateway (your [[api.people]] entry in gateway.toml), so "
+             f"that the gateway records the change under your name [default: the token in ${TOKEN_ENV}, else the "
+             "provisioning config's [gateway] admin_token_file / admin_token_env].")(fn)
+
+
 def _location_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Where a button is: the same options for `provision` and `devices add`."""
+    """Where a button is: the same options for `provision`, `devices add` and `devices set-location`."""
     for option in reversed([
             click.option("--latlon", help='Location as a map app copies it: "-6.175392, 106.827153".'),
             click.option("--lat", help="Latitude in decimal degrees (south negative)."),
@@ -255,6 +271,7 @@ def _location_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @_provisioning_config
+@_token_option
 @click.option("--port", help="Serial port of the board, e.g. /dev/ttyUSB0 (default: the one USB board found).")
 @click.option("--list-ports", is_flag=True, help="List the serial ports and exit.")
 @click.option("--id", "device_id", help="Device id, e.g. jkt-gambir-0001 (or a pre-staged id).")
@@ -274,17 +291,27 @@ def _location_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--batch", type=click.Path(dir_okay=False), help="Pre-stage the devices of a CSV file (no board).")
 @click.option("--quiet", "-q", is_flag=True, help="Only the result and errors.")
 def provision(quiet: bool, **opts: Any) -> None:
-    """Provision a board over USB serial: identity, registration, firmware, config, self-test, label."""
+    """Provision a board over USB serial: identity, registration, firmware, config, self-test, label.
+
+    Give your own token for the gateway with --token-file or $SIAGA_TOKEN, so that the gateway's
+    change log names you as the one who registered the button.
+    """
     _run("provision", opts, quiet)
 
 
 @main.group()
 def devices() -> None:
-    """Fleet commands: add, list, show, revoke, rotate-key, decommission, export."""
+    """Fleet commands: add, list, show, set-location, revoke, rotate-key, decommission, export.
+
+    Each one uses the gateway's admin API. Give your own token with --token-file or $SIAGA_TOKEN,
+    so that the gateway's change log names you; technicians may add, list, show, export and
+    set-location, the rest needs an administrator's token.
+    """
 
 
 @devices.command("add")
 @_provisioning_config
+@_token_option
 @click.argument("device_id")
 @_location_options
 @click.option("--notes", help="Notes for the install log, e.g. the vendor and batch.")
@@ -302,6 +329,7 @@ def devices_add(**opts: Any) -> None:
 
 @devices.command("list")
 @_provisioning_config
+@_token_option
 @click.option("--format", "format", type=click.Choice(["table", "csv", "geojson", "json"]), default="table",
               show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
@@ -312,14 +340,27 @@ def devices_list(**opts: Any) -> None:
 
 @devices.command("show")
 @_provisioning_config
+@_token_option
 @click.argument("device_id")
 def devices_show(**opts: Any) -> None:
     """One device, its latest alarms and its install log."""
     _run("devices show", opts)
 
 
+@devices.command("set-location")
+@_provisioning_config
+@_token_option
+@click.argument("device_id")
+@_location_options
+def devices_set_location(**opts: Any) -> None:
+    """Correct a registered button's coordinates, address, area or site at the gateway; only what is
+    given changes (--site "" removes the site)."""
+    _run("devices set-location", opts)
+
+
 @devices.command("revoke")
 @_provisioning_config
+@_token_option
 @click.argument("device_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def devices_revoke(**opts: Any) -> None:
@@ -329,6 +370,7 @@ def devices_revoke(**opts: Any) -> None:
 
 @devices.command("rotate-key")
 @_provisioning_config
+@_token_option
 @click.argument("device_id")
 @click.option("--port", help="The board's serial port: write the new key now (else it waits as pending).")
 @click.option("--no-self-test", is_flag=True, help="Skip the self-test after writing the new key.")
@@ -339,6 +381,7 @@ def devices_rotate_key(**opts: Any) -> None:
 
 @devices.command("decommission")
 @_provisioning_config
+@_token_option
 @click.argument("device_id")
 @click.option("--port", help="Also remove the config and state from the board on this port.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -349,6 +392,7 @@ def devices_decommission(**opts: Any) -> None:
 
 @devices.command("export")
 @_provisioning_config
+@_token_option
 @click.option("--format", "format", type=click.Choice(["csv", "geojson"]), default="csv", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
 def devices_export(**opts: Any) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from datetime import date, datetime
+
+from pydantic import WithJsonSchema
 
 # Sequence numbers: 31 bits (protocol.md §4).
 SEQ_MAX = 2**31 - 1
@@ -39,6 +42,17 @@ BATTERY_MV_MAX = 99_999
 RSSI_MIN, RSSI_MAX = -200, 50
 OUTBOX_MAX = 1_000_000
 EVERY_S_MIN, EVERY_S_MAX = 1, 86_400
+# The largest integer SQLite stores (64-bit, signed): a number a client sends that is compared with a
+# column (an incident number, an audit entry id) must not exceed it, or the driver raises OverflowError.
+SQLITE_INT_MAX = 2**63 - 1
+# Times one service takes from another (an alarm's `raised_at` and `received_at`, a fault's `at`, a
+# state report's `at`) and days a client asks about: RFC 3339 with a time zone, dated (as written) in
+# the years YEAR_MIN to YEAR_MAX. From the Unix epoch, the earliest a gateway's clock can show (one
+# that was never set must not cost an alarm), to the end of 2999. Python's dates end at years 1 and
+# 9999, so inside these years converting to UTC, or adding a day or a time zone offset, never
+# overflows. YEAR_RE is the same rule for a text's first four characters (for OpenAPI patterns).
+YEAR_MIN, YEAR_MAX = 1970, 2999
+YEAR_RE = "(19[7-9][0-9]|2[0-9]{3})"
 
 
 def utf8_length(text: str) -> int | None:
@@ -71,6 +85,43 @@ def text_checker(max_bytes: int) -> Callable[[str], str]:
         return text
 
     return check
+
+
+# The text rule as JSON Schema says it in an OpenAPI document: no control character (Unicode's Cc),
+# and no more characters than bytes (a character is at least one byte). The byte limit itself has no
+# JSON Schema keyword; the field's description states it.
+NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+
+def text_schema(max_bytes: int, max_chars: int | None = None) -> WithJsonSchema:
+    """How a field checked by text_checker(max_bytes) (and at most max_chars characters) is documented:
+    `Annotated[str, AfterValidator(text_checker(n)), text_schema(n)]`."""
+    limit = f"at most {max_chars} characters and " if max_chars is not None else "at most "
+    return WithJsonSchema({"type": "string", "maxLength": min(max_bytes, max_chars or max_bytes),
+                           "pattern": NO_CONTROL_CHARACTERS,
+                           "description": f"{limit}{max_bytes} bytes of UTF-8, no control characters"})
+
+
+def time_problem(t: datetime) -> str | None:
+    """Why t may not be taken as an event time (no time zone, a year outside YEAR_MIN…YEAR_MAX), or None."""
+    if t.utcoffset() is None:
+        return "has no time zone"
+    return day_problem(t.date())
+
+
+def day_problem(day: date) -> str | None:
+    """Why a day may not be asked about or recorded (a year outside YEAR_MIN…YEAR_MAX), or None."""
+    if not YEAR_MIN <= day.year <= YEAR_MAX:
+        return f"is outside the years {YEAR_MIN}–{YEAR_MAX}"
+    return None
+
+
+def time_checker(t: datetime) -> datetime:
+    """A validator for pydantic's AfterValidator: t unchanged, or ValueError saying what is wrong."""
+    problem = time_problem(t)
+    if problem is not None:
+        raise ValueError(f"time {problem}")
+    return t
 
 
 def known_clock(ts: int | None) -> int | None:

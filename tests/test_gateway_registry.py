@@ -80,7 +80,7 @@ def test_decommissioned_device_is_refused_and_keeps_its_history(system: System) 
         seq, frame = button.alarm_frame()
         button.publish("alarm", frame)
         button.wait_ack(seq)
-        out = admin(system, "DELETE", "/api/v1/devices/old-001").json()
+        out = admin(system, "POST", "/api/v1/devices/old-001/decommission").json()
         assert out["changed"] is True
         button.publish("alarm", button.alarm_frame()[1])
         assert wait_reasons(system, 1) == ["revoked"]

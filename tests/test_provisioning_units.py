@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from siaga.provisioning import batch, devconfig, fleet, label, validate
+from siaga.provisioning import batch, commands, devconfig, fleet, label, settings, validate
 from siaga.provisioning.board import BoardInfo
-from siaga.provisioning.errors import Invalid, NoBoardError, NoMicroPythonError, UsageError
+from siaga.provisioning.errors import EXIT_USAGE, GatewayError, Invalid, NoBoardError, NoMicroPythonError, UsageError
 from siaga.provisioning.firmware import PROFILES, Bundle, FirmwareFile, build_bundle, firmware_dir, plan_sync
+from siaga.provisioning.gateway import GatewayClient
+from siaga.provisioning.keystore import Keystore, StagedDevice
 from siaga.provisioning.rawrepl import ExecReply, RawPasteReply, RawRepl, find_banner
-from siaga.provisioning.settings import DeviceDefaults, Wifi
+from siaga.provisioning.settings import DeviceDefaults, TokenSource, Wifi
+from siaga.provisioning.ui import Ui
 from siagafw.config import load_config
 
 # ------------------------------------------------------------------------------------------ validators
@@ -306,3 +314,238 @@ def test_label_is_a_printable_png_with_the_qr_payload(tmp_path: Path) -> None:
     assert label.qr_payload("jkt-gambir-0001", "Call 112") == "Siaga jkt-gambir-0001\nSupport: Call 112"
     pdf = label.save(tmp_path / "l.pdf", "jkt-gambir-0001", support="Call 112")
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+# ------------------------------------------------------------------- the token for the gateway's admin API
+
+CONFIG_TOKEN, FILE_TOKEN, ENV_TOKEN = "config-admin-token-0123456789", "siti-file-token-0123456789", \
+    "siti-env-token-0123456789"
+
+
+def prov_config(folder: Path, gateway: str = 'admin_token_file = "admin-token"') -> Path:
+    """A minimal provisioning config whose [gateway] table has the lines `gateway` besides the url."""
+    (folder / "admin-token").write_text(CONFIG_TOKEN + "\n", encoding="utf-8")
+    path = folder / "siaga-provision.toml"
+    path.write_text(f'[gateway]\nurl = "http://127.0.0.1:8081"\n{gateway}\n\n[devices]\nbroker_host = "127.0.0.1"\n\n'
+                    '[label]\nsupport = "Call 112"\n', encoding="utf-8")
+    return path
+
+
+def token_file(folder: Path, token: str = FILE_TOKEN, mode: int = 0o600) -> Path:
+    path = folder / "my.token"
+    path.write_text(token + "\n", encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_the_token_is_the_files_then_the_environments_then_the_configs(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, own = prov_config(tmp_path), token_file(tmp_path)
+    monkeypatch.setenv("SIAGA_TOKEN", ENV_TOKEN)
+    s = settings.load(cfg, token_file=own)
+    assert (s.admin_token, s.token_from) == (FILE_TOKEN, TokenSource(True, f"--token-file {own}", own))
+    s = settings.load(cfg)
+    assert (s.admin_token, s.token_from) == (ENV_TOKEN, TokenSource(True, "$SIAGA_TOKEN"))
+    for unset in ("", "  \n"):  # empty is not set: the shared admin token of the config
+        monkeypatch.setenv("SIAGA_TOKEN", unset)
+        s = settings.load(cfg)
+        assert (s.admin_token, s.token_from) == (CONFIG_TOKEN,
+                                                 TokenSource(False, f"[gateway] admin_token_file of {cfg}"))
+    monkeypatch.delenv("SIAGA_TOKEN")
+    assert settings.load(cfg).admin_token == CONFIG_TOKEN
+    assert FILE_TOKEN not in repr(settings.load(cfg, token_file=own))
+
+
+def test_a_personal_token_makes_the_configs_admin_token_optional(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIAGA_TOKEN", raising=False)
+    own = token_file(tmp_path)
+    # No admin token at all, or one that names the variable for the personal token.
+    for gateway in ("", 'admin_token_env = "SIAGA_TOKEN"', 'admin_token_file = "missing"'):
+        cfg = prov_config(tmp_path, gateway)
+        assert settings.load(cfg, token_file=own).admin_token == FILE_TOKEN
+        monkeypatch.setenv("SIAGA_TOKEN", ENV_TOKEN)
+        assert settings.load(cfg).admin_token == ENV_TOKEN
+        monkeypatch.delenv("SIAGA_TOKEN")
+    # An admin token written into the config is refused all the same.
+    with pytest.raises(UsageError, match="must not be written inline") as err:
+        settings.load(prov_config(tmp_path, 'admin_token = "inline-token-0123456789"'), token_file=own)
+    assert "inline-token-0123456789" not in str(err.value)
+
+
+def test_no_token_at_all_names_the_three_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SIAGA_TOKEN", raising=False)
+    cfg = prov_config(tmp_path, "")
+    with pytest.raises(UsageError) as err:
+        settings.load(cfg)
+    assert err.value.exit_code == EXIT_USAGE
+    for way in ("--token-file", "$SIAGA_TOKEN", "admin_token_file", "admin_token_env", str(cfg)):
+        assert way in err.value.message, way
+    for way in ("--token-file", "$SIAGA_TOKEN", "admin_token_file / admin_token_env"):
+        assert way in err.value.hint, way
+    # A config token that cannot be read says the other two ways as well.
+    monkeypatch.setenv("SIAGA_TOKEN", "")
+    (tmp_path / "env").mkdir()
+    with pytest.raises(UsageError, match="environment variable SIAGA_TOKEN is empty") as err:
+        settings.load(prov_config(tmp_path / "env", 'admin_token_env = "SIAGA_TOKEN"'))
+    assert "--token-file" in err.value.hint
+    # Through the command: one line and the hint, exit status 2, nothing else.
+    assert commands.dispatch("devices list", {"config": str(cfg)}) == EXIT_USAGE
+    assert "error: no token for the gateway's admin API" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["short secret", "with a space 0123456789", "two\nlines-0123456789abc", ""])
+def test_something_that_is_not_a_token_is_refused_without_echoing_it(tmp_path: Path, content: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = prov_config(tmp_path)
+    with pytest.raises(UsageError, match=r"my\.token does not hold a token") as err:
+        settings.load(cfg, token_file=token_file(tmp_path, content))
+    secret_part = content.strip().split()[0] if content.strip() else None
+    if secret_part is not None:
+        assert secret_part not in str(err.value).replace(str(tmp_path), "")
+        monkeypatch.setenv("SIAGA_TOKEN", content)
+        with pytest.raises(UsageError, match=r"\$SIAGA_TOKEN does not hold a token") as err:
+            settings.load(cfg)
+        assert secret_part not in str(err.value)
+    with pytest.raises(UsageError, match=r"cannot read .*nope, the file with your token"):
+        settings.load(cfg, token_file=tmp_path / "nope")
+
+
+def test_a_token_file_others_can_read_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = prov_config(tmp_path)
+    own = token_file(tmp_path, mode=0o644)
+    assert commands._settings({"config": str(cfg), "token_file": str(own)}, Ui()).admin_token == FILE_TOKEN
+    err = capsys.readouterr().err
+    assert f"chmod 600 {own}" in err and FILE_TOKEN not in err
+    own.chmod(0o600)
+    commands._settings({"config": str(cfg), "token_file": str(own)}, Ui())
+    assert capsys.readouterr().err == ""
+
+
+def test_set_location_is_a_command_of_the_table_and_the_cli_names_the_same_variable() -> None:
+    from siaga import cli
+
+    assert commands.COMMANDS["devices set-location"] is commands.cmd_set_location
+    assert cli.TOKEN_ENV == settings.TOKEN_ENV
+    names = {f"devices {name}" for name in cli.devices.commands} | {"provision"}
+    assert names == set(commands.COMMANDS)
+    for name in names:
+        command = cli.main.commands["provision"] if name == "provision" else cli.devices.commands[name.split()[1]]
+        assert "token_file" in {p.name for p in command.params}, name
+
+
+def test_set_location_fields() -> None:
+    assert fleet.location_fields(latlon="-6.2, 106.8", site="pasar-baru") == {"lat": -6.2, "lon": 106.8,
+                                                                              "site": "pasar-baru"}
+    assert fleet.location_fields(lat="-6,2", lon="106.8", address="Jl. Baru 2", area="3171011001") == {
+        "lat": -6.2, "lon": 106.8, "address": "Jl. Baru 2", "area": "31.71.01.1001"}
+    assert fleet.location_fields(site="") == {"site": None}  # removes the site
+    for kwargs, problem in [({}, "nothing to change"), ({"latlon": "-6.2, 106.8", "lat": "-6.2"}, "not both"),
+                            ({"lat": "-6.2"}, "both --lat and --lon"), ({"latlon": "0, 0"}, "0, 0")]:
+        with pytest.raises(UsageError) as err:
+            fleet.location_fields(**kwargs)
+        assert problem in str(err.value), kwargs
+
+
+def answering(status: int, body: object) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+
+
+@pytest.mark.parametrize(("source", "message", "hint"), [
+    (TokenSource(True, "--token-file /home/siti/siaga.token"),
+     "refused your personal token (from --token-file /home/siti/siaga.token)", "ask the gateway's administrator"),
+    (TokenSource(True, "$SIAGA_TOKEN"), "refused your personal token (from $SIAGA_TOKEN)", "--token-file"),
+    (TokenSource(False, "[gateway] admin_token_file of p.toml"),
+     "refused the admin token of the provisioning config ([gateway] admin_token_file of p.toml)", "--token-file"),
+    (None, "refused the token (personal or admin)", "admin_token_file"),
+])
+def test_a_refused_token_says_which_and_what_to_do(source: TokenSource | None, message: str, hint: str) -> None:
+    with GatewayClient("http://gw.test", "secret-token-0123456789", token_from=source,
+                       transport=answering(401, {"detail": "unknown token"})) as gw, \
+            pytest.raises(GatewayError) as err:
+        gw.devices()
+    assert message in err.value.message and hint in err.value.hint
+    assert "secret-token-0123456789" not in str(err.value)
+
+
+def test_a_refused_role_says_who_may() -> None:
+    detail = {"detail": "siti has the role technician; this needs an administrator"}
+    with GatewayClient("http://gw.test", "siti-token-0123456789", token_from=TokenSource(True, "$SIAGA_TOKEN"),
+                       transport=answering(403, detail)) as gw:
+        with pytest.raises(GatewayError) as err:
+            gw.revoke("jkt-gambir-0001")
+        assert err.value.message == ("the gateway at http://gw.test refused to revoke jkt-gambir-0001 (403): siti has "
+                                     "the role technician; this needs an administrator")
+        assert "a technician may list, show, export, add" in err.value.hint and "ask one" in err.value.hint
+        with pytest.raises(GatewayError, match="refused to decommission jkt-gambir-0001"):
+            gw.decommission("jkt-gambir-0001")
+        with pytest.raises(GatewayError, match="refused a new key for jkt-gambir-0001"):
+            gw.rotate("jkt-gambir-0001", "00" * 32, "pending")
+
+
+@pytest.fixture
+def fake_gateway() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
+    """A stand-in for the gateway's device routes in a thread: (its URL, the requests it got)."""
+    seen: list[tuple[str, str, Any]] = []
+    device: dict[str, Any] = {"id": "jkt-gambir-0042", "lat": -6.1, "lon": 106.8, "address": "Jl. Lama 1",
+                              "area": "31.71", "site": None}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            seen.append(("GET", self.path, self.headers["Authorization"]))
+            self._answer(device)
+
+        def do_PATCH(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(("PATCH", self.path, body))
+            device.update(body)
+            self._answer(device)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_set_location_corrects_the_gateway_and_a_staged_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              fake_gateway: tuple[str, list[tuple[str, str, Any]]],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen = fake_gateway
+    monkeypatch.delenv("SIAGA_TOKEN", raising=False)
+    cfg = prov_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8081", url) + '[provisioning]\nstate_dir = "state"\n')
+    keystore = Keystore(tmp_path / "state")
+    keystore.save_staged(StagedDevice("jkt-gambir-0042", "ab" * 32, "pw-0123456789abcdef",
+                                      validate.Location(-6100000, 106800000, "Jl. Lama 1", "31.71"), notes="pole"))
+    opts = {"config": str(cfg), "token_file": str(token_file(tmp_path)), "device_id": "JKT-GAMBIR-0042",
+            "latlon": "-6.175392, 106.827153", "site": "pasar-baru"}
+    assert commands.dispatch("devices set-location", opts) == 0
+    assert seen == [("GET", "/api/v1/devices/jkt-gambir-0042", f"Bearer {FILE_TOKEN}"),
+                    ("PATCH", "/api/v1/devices/jkt-gambir-0042",
+                     {"lat": -6.175392, "lon": 106.827153, "site": "pasar-baru"})]
+    staged = keystore.staged("jkt-gambir-0042")
+    assert staged is not None
+    assert (staged.location, staged.site, staged.notes) == (
+        validate.Location(-6175392, 106827153, "Jl. Lama 1", "31.71"), "pasar-baru", "pole")
+    assert keystore.history("jkt-gambir-0042")[-1]["event"] == "set-location"
+    out = capsys.readouterr().out
+    assert "jkt-gambir-0042 is now at Jl. Lama 1 / 31.71 (-6.175392, 106.827153), site pasar-baru" in out
+    # Nothing typed that is wrong reaches the gateway.
+    assert commands.dispatch("devices set-location", {**opts, "latlon": None, "site": None}) == EXIT_USAGE
+    assert len(seen) == 2

@@ -45,6 +45,10 @@ class CommandCenterProcess:
         webhook_url: str | None = None,
         webhook_token: str | None = None,
         extra_toml: str = "",
+        # Most tests try wrong credentials on purpose, all from 127.0.0.1: far above the defaults.
+        throttle: tuple[str, str] = ("10000/minute", "10000/minute"),
+        record_failures_every_s: float = 60.0,
+        server_toml: str = "",  # more lines for [server], e.g. "header_timeout_s = 2"
     ) -> None:
         self.dir = Path(tmp_path) / "cc"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +75,7 @@ class CommandCenterProcess:
             'host = "127.0.0.1"',
             f"port = {self.port}",
             'log_level = "debug"',
+            server_toml,
             "[store]",
             f'path = "{self.db_path.name}"',
             "[intake]",
@@ -92,6 +97,10 @@ class CommandCenterProcess:
             f"max_backoff_s = {max_backoff_s}",
             f"request_timeout_s = {request_timeout_s}",
             f"idle_poll_s = {idle_poll_s}",
+            "[throttle]",
+            f'per_address = "{throttle[0]}"',
+            f'per_name = "{throttle[1]}"',
+            f"record_every_s = {record_failures_every_s}",
         ]
         if gateway_url is not None:
             if gateway_token is None:

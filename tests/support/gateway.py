@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -19,10 +20,14 @@ class GatewayProcess:
     def __init__(self, tmp_path: Path, *, mqtt_port: int, mqtt_password: str, cc_url: str, cc_token: str,
                  gateway_id: str = "gw-test", port: int | None = None, callback_token: str | None = None,
                  gateway_settings: str = "", extra_toml: str = "", mqtt_settings: str = "",
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, people: Mapping[str, str] | None = None,
+                 # Most tests try wrong tokens on purpose, all from 127.0.0.1: far above the default.
+                 api_settings: str = 'throttle_per_address = "10000/minute"') -> None:
         """gateway_settings: TOML lines for the [gateway] table; extra_toml: more lines for the
         [forwarding] table, then further tables; python: the interpreter (another install of
-        Siaga, to compare versions in a benchmark)."""
+        Siaga, to compare versions in a benchmark); people: name -> role of [[api.people]] entries,
+        each with a token of its own (`people_tokens`, `headers_of(name)`), beside the admin token;
+        api_settings: more lines for the [api] table."""
         self.python = python
         self.dir = Path(tmp_path) / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -39,6 +44,11 @@ class GatewayProcess:
         for name, value in {"mqtt-password": mqtt_password, "admin-token": self.admin_token,
                             "cc-callback-token": self.callback_token, "cc-intake-token": cc_token}.items():
             (secrets_dir / name).write_text(value + "\n", encoding="utf-8")
+        self.people_tokens = {name: secrets.token_urlsafe(24) for name in (people or {})}
+        people_toml = ""
+        for name, role in (people or {}).items():
+            (secrets_dir / f"person-{name}").write_text(self.people_tokens[name] + "\n", encoding="utf-8")
+            people_toml += f'\n[[api.people]]\nname = "{name}"\nrole = "{role}"\ntoken_file = "secrets/person-{name}"\n'
         self.config_path = self.dir / "gateway.toml"
         self.config_path.write_text(f"""
 [gateway]
@@ -58,7 +68,8 @@ host = "127.0.0.1"
 port = {self.port}
 admin_token_file = "secrets/admin-token"
 cc_token_file = "secrets/cc-callback-token"
-
+{api_settings}
+{people_toml}
 [commandcenter]
 url = "{cc_url}"
 token_file = "secrets/cc-intake-token"
@@ -93,6 +104,10 @@ retry_max_s = 2.0
     @property
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def headers_of(self, person: str) -> dict[str, str]:
+        """The Authorization header of a person given with `people`."""
+        return {"Authorization": f"Bearer {self.people_tokens[person]}"}
 
     def register(self, device_id: str, secret_hex: str, **location: object) -> None:
         resp = httpx.post(f"{self.url}/api/v1/devices", headers=self.admin_headers,

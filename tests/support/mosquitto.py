@@ -139,20 +139,26 @@ class MqttClient:
         self.client.loop_stop()
 
 
+def new_broker(folder: Path, **kwargs: Any) -> MosquittoProcess:
+    """A MosquittoProcess (not started) in `folder`; the test is skipped where Mosquitto is missing,
+    and fails in CI."""
+    try:
+        return MosquittoProcess(folder, **kwargs)
+    except MosquittoNotFoundError as exc:
+        if os.environ.get("CI"):
+            # `make test` installs Mosquitto; in CI its absence is a broken set-up, not a reason
+            # to skip every test that proves an alarm gets through.
+            pytest.fail(f"Mosquitto is not installed: {exc}")
+        pytest.skip(f"Mosquitto is not installed: {exc}")
+
+
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoProcess]]:
     """Start real Mosquitto brokers (keyword arguments go to `MosquittoProcess`); stopped at teardown."""
     made: list[MosquittoProcess] = []
 
     def make(**kwargs: Any) -> MosquittoProcess:
-        try:
-            broker = MosquittoProcess(tmp_path / f"mosquitto-{len(made)}", **kwargs)
-        except MosquittoNotFoundError as exc:
-            if os.environ.get("CI"):
-                # `make test` installs Mosquitto; in CI its absence is a broken set-up, not a reason
-                # to skip every test that proves an alarm gets through.
-                pytest.fail(f"Mosquitto is not installed: {exc}")
-            pytest.skip(f"Mosquitto is not installed: {exc}")
+        broker = new_broker(tmp_path / f"mosquitto-{len(made)}", **kwargs)
         made.append(broker)
         return broker.start()
 
