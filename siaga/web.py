@@ -49,8 +49,8 @@ from .settings import ConfigError
 log = logging.getLogger(__name__)
 
 KIB = 1024
-T = TypeVar("T")
 MIB = 1024 * KIB
+T = TypeVar("T")
 
 
 # ---- strict JSON ---------------------------------------------------------------------------------
@@ -101,11 +101,15 @@ class StrictRoute(APIRoute):
 
 # ---- one error shape -----------------------------------------------------------------------------
 
+def _text(value: Any) -> str:
+    """Text a JSON answer can carry: a lone surrogate (JSON's \\ud800 can name one, in a key or a path)
+    cannot be encoded as UTF-8 and would turn the refusal into a 500."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 def _plain(value: Any) -> Any:
-    """A location element or message as JSON can carry it."""
-    if isinstance(value, str | int) and not isinstance(value, bool):
-        return value
-    return str(value)
+    """A location element (a field name, a list index) as JSON can carry it."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else _text(value)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -113,21 +117,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = []
     for error in exc.errors()[:50]:
         item: dict[str, Any] = {
-            "type": str(error.get("type", "invalid")),
+            "type": _text(error.get("type", "invalid")),
             "loc": [_plain(p) for p in error.get("loc", ())],
-            "msg": str(error.get("msg", "invalid value"))[:300],
+            "msg": _text(error.get("msg", "invalid value"))[:300],
         }
         # For a JSON syntax error, say where and why; never the input itself.
         ctx = error.get("ctx")
         if item["type"] == "json_invalid" and isinstance(ctx, dict) and "error" in ctx:
-            item["msg"] = f"invalid JSON: {str(ctx['error'])[:200]}"
+            item["msg"] = f"invalid JSON: {_text(ctx['error'])[:200]}"
         detail.append(item)
     return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    detail: Any = exc.detail
+    detail: Any = _text(exc.detail) if isinstance(exc.detail, str) else exc.detail
     if exc.status_code == 413:
         limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
         detail = "request body too large" + (f": at most {limit} bytes here" if isinstance(limit, int) else "")
@@ -142,7 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def error_json(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers) if headers else None)
+    return JSONResponse({"detail": _text(detail)}, status_code=status, headers=dict(headers) if headers else None)
 
 
 # ---- authentication before the body --------------------------------------------------------------

@@ -331,3 +331,4 @@ async def test_a_gateway_splits_a_batch_the_command_center_finds_too_large() -> 
         await task
     assert outcomes == [Accepted("inc-1")] * 20
     assert sum(batches) == 20 and max(batches) < 10, batches  # 20 x 430 bytes did not fit in 4 KiB
+
