@@ -20,6 +20,7 @@ from siaga.web import (
     AuthGate,
     FailureLog,
     Guard,
+    JsonRefusals,
     StrictRoute,
     Throttle,
     document_entrance,
@@ -137,13 +138,16 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
             "supervisor, agency viewer."
         ),
         lifespan=lifespan,
-        max_body_size=BODY_MAX,
     )
+    # On the router, not the app: an app-wide limit sits outside every middleware and answers a too
+    # large Content-Length in plain text, past JsonRefusals. Routers included below inherit it.
+    app.router.max_body_size = BODY_MAX
     app.state.config = cfg
     app.state.live = broadcaster
     app.state.guard = guard
     install_error_handlers(app)
     app.add_middleware(AuthGate, authenticate=authenticate)
+    app.add_middleware(JsonRefusals)
     document_entrance(app)
     app.include_router(_health)
     app.include_router(intake.router)

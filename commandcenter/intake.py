@@ -18,6 +18,7 @@ from siaga.web import MIB, StrictRoute
 from .deps import ServicesDep, require_intake
 from .domain import KNOWN_KINDS, incident_ref, utc_now
 from .models import (
+    EVENT_ID,
     UNFINGERPRINTED_FIELDS,
     AlarmAccepted,
     AlarmBatchIn,
@@ -45,7 +46,7 @@ BATCH_BODY_MAX = 1 * MIB
 router = APIRouter(prefix="/api/v1", tags=["intake"], dependencies=[Depends(require_intake)],
                    route_class=StrictRoute, max_body_size=BATCH_BODY_MAX)
 
-IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", pattern=EVENT_ID)]
 
 _INTAKE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or wrong intake token"},

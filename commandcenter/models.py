@@ -44,6 +44,10 @@ MAX_BATCH = 500
 
 
 # Text as siaga/contract.py allows it in a frame: the gateway's codec checks the same at its door.
+JsonInt = Annotated[int, BeforeValidator(contract.json_integer)]
+# An event's id is also its Idempotency-Key header: 5-160 visible ASCII characters (what a header
+# carries as it is); the gateway makes them from its id, the device id and a number.
+EVENT_ID = r"^[!-~]{5,160}$"
 Address = Annotated[str, AfterValidator(contract.text_checker(contract.ADDRESS_MAX_BYTES)),
                     contract.text_schema(contract.ADDRESS_MAX_BYTES)]
 Area = Annotated[str, AfterValidator(contract.text_checker(contract.AREA_MAX_BYTES)),
@@ -130,12 +134,13 @@ class AlarmIn(BaseModel):
     )
 
     event_id: str = Field(
-        min_length=5, max_length=160, description="`<gateway_id>:<device_id>:<seq>`; the idempotency key"
+        pattern=EVENT_ID, description="`<gateway_id>:<device_id>:<seq>`; the idempotency key"
     )
     gateway_id: str = Field(pattern=GATEWAY_ID)
     device_id: str = Field(pattern=DEVICE_ID, description="protocol §1")
-    # strict: "4711" or 4711.0 from a gateway is a bug worth seeing, not something to coerce.
-    seq: int = Field(ge=0, le=contract.SEQ_MAX, strict=True)
+    # strict: "4711" or true from a gateway is a bug worth seeing, not something to coerce (4711.0 is
+    # the integer 4711 in JSON Schema, and taken as such: contract.json_integer).
+    seq: JsonInt = Field(ge=0, le=contract.SEQ_MAX, strict=True)
     # Any well-formed kind is accepted: a button with newer firmware must still be heard. Unknown
     # kinds are shown as they are.
     kind: str = Field(
@@ -154,13 +159,13 @@ class AlarmIn(BaseModel):
         max_length=200,
         description="the gateway's group; an alarm whose key names an open incident is attached to it",
     )
-    press_count: int | None = Field(
+    press_count: JsonInt | None = Field(
         default=None, ge=1, lt=2**31, strict=True, description="alarms in the gateway's group so far, 1 for the first"
     )
     sources: list[DeviceId] | None = Field(
         default=None, max_length=1000, description="the group's devices in order of their first alarm"
     )
-    battery_mv: int | None = Field(
+    battery_mv: JsonInt | None = Field(
         default=None,
         ge=0,
         le=contract.BATTERY_MV_MAX,
@@ -284,7 +289,7 @@ class FaultIn(BaseModel):
         },
     )
 
-    event_id: str = Field(min_length=5, max_length=160, description="the idempotency key")
+    event_id: str = Field(pattern=EVENT_ID, description="the idempotency key")
     gateway_id: str = Field(pattern=GATEWAY_ID)
     device_id: str = Field(pattern=DEVICE_ID)
     fault: FaultKind

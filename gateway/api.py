@@ -25,6 +25,7 @@ from siaga.web import (
     AuthGate,
     FailureLog,
     Guard,
+    JsonRefusals,
     StrictRoute,
     Throttle,
     bearer_token,
@@ -390,13 +391,16 @@ def _e6(value: float | None) -> int | None:
 
 
 def create_app(gw: Gateway) -> FastAPI:
-    app = FastAPI(title="Siaga gateway", version="1", summary="Device registry, audit and state relay",
-                  max_body_size=BODY_MAX)
+    app = FastAPI(title="Siaga gateway", version="1", summary="Device registry, audit and state relay")
     app.router.route_class = StrictRoute  # bodies parsed strictly (siaga/web.py)
+    # On the router, not the app: an app-wide limit sits outside every middleware and answers a too
+    # large Content-Length in plain text, past JsonRefusals.
+    app.router.max_body_size = BODY_MAX
     app.state.gateway = gw
     app.state.guard = Guard(Throttle(gw.cfg.api_throttle), FailureLog())
     install_error_handlers(app)
     app.add_middleware(AuthGate, authenticate=authenticate)
+    app.add_middleware(JsonRefusals)
     document_entrance(app)
 
     @app.get("/health", summary="Liveness: the process answers")

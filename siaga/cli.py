@@ -214,15 +214,18 @@ def demo(buttons: int, presses: int, exit_after: bool, broker: str) -> None:
               show_default=True)
 @click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True)
 @click.option("--seed", default=1, show_default=True, help="Random seed of the scenario.")
+@click.option("--duration", type=click.FloatRange(min=5, max=86_400), default=None,
+              help="Seconds the scenario runs [default: its own: quiet-day 60, disaster 22.5, power-cut 40]; "
+                   "a disaster needs at least 22.5 s for its repeated presses.")
 @_friendly
-def simulate(buttons: int, scenario: str, broker: str, seed: int) -> None:
+def simulate(buttons: int, scenario: str, broker: str, seed: int, duration: float | None) -> None:
     """Run a fleet of virtual buttons through a scenario on a whole local system and account for
     every alarm (exit status 0 when each reached the command center exactly once)."""
     from .simulate import run_simulation
 
     if not _State.verbose:
         logs.quiet()
-    sys.exit(run_simulation(buttons=buttons, scenario=scenario, broker=broker, seed=seed))
+    sys.exit(run_simulation(buttons=buttons, scenario=scenario, broker=broker, seed=seed, duration_s=duration))
 
 
 # -- provisioning (docs/technician.md); the work is in siaga.provisioning.commands ---------------------

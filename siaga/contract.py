@@ -87,6 +87,15 @@ def text_checker(max_bytes: int) -> Callable[[str], str]:
     return check
 
 
+def json_integer(value: object) -> object:
+    """A pydantic BeforeValidator for a strict int field: 4711.0 is the integer 4711, as JSON Schema
+    counts it (an OpenAPI `integer` includes numbers written with a zero fraction); a string, a
+    boolean or 4711.5 is left for the strict check to refuse."""
+    if type(value) is float and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
 # The text rule as JSON Schema says it in an OpenAPI document: no control character (Unicode's Cc),
 # and no more characters than bytes (a character is at least one byte). The byte limit itself has no
 # JSON Schema keyword; the field's description states it.

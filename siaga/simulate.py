@@ -37,7 +37,8 @@ async def _wait(condition: Callable[[], bool], timeout_s: float, stop: asyncio.E
     return True
 
 
-async def _simulate(buttons: int, scenario: str, broker: str, seed: int, workdir: Path) -> int:
+async def _simulate(buttons: int, scenario: str, broker: str, seed: int, workdir: Path,
+                    duration_s: float | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,7 +52,8 @@ async def _simulate(buttons: int, scenario: str, broker: str, seed: int, workdir
                 _say("fleet", f"only {fleet.shown()['idle']} of {buttons} buttons connected: {dict(fleet.shown())}")
                 return 1
             _say("fleet", f"{buttons} buttons connected in {time.monotonic() - started:.1f} s")
-            plan = SCENARIOS[scenario](fleet, random.Random(seed))
+            extra = {} if duration_s is None else {"duration_s": duration_s}
+            plan = SCENARIOS[scenario](fleet, random.Random(seed), **extra)
             _say("scenario", f"{plan.name}: {plan.description} ({plan.duration_s:g} s)")
             await _wait(lambda: False, plan.duration_s, stop)
             await _wait(fleet.settled, 60, stop)
@@ -77,9 +79,10 @@ async def _simulate(buttons: int, scenario: str, broker: str, seed: int, workdir
             await asyncio.to_thread(fleet.stop)
 
 
-def run_simulation(*, buttons: int, scenario: str, broker: str = "auto", seed: int = 1) -> int:
+def run_simulation(*, buttons: int, scenario: str, broker: str = "auto", seed: int = 1,
+                   duration_s: float | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="siaga-simulate-"))
     try:
-        return asyncio.run(_simulate(buttons, scenario, broker, seed, workdir))
+        return asyncio.run(_simulate(buttons, scenario, broker, seed, workdir, duration_s))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,8 +11,9 @@ entrance, before any handler runs (docs/security.md):
 - `server_options` and `GuardedH11Protocol`: uvicorn without a `server` header, with a cap on
   connections, and with deadlines for a request's headers and body (slow clients are cut off).
 
-Body sizes are limited by FastAPI itself (`max_body_size` per app and per route), which counts the
-bytes as they arrive and answers 413 before the body is parsed.
+Body sizes are limited by FastAPI itself (`max_body_size` per router and per route), which counts
+the bytes as they arrive and answers 413 before the body is parsed; `JsonRefusals` gives that 413 the
+one refusal shape.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from starlette.exceptions import HTTPException  # the base of fastapi.HTTPException: handles both
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import ConfigError
@@ -205,6 +206,42 @@ class AuthGate:
                     await error_json(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class JsonRefusals:
+    """ASGI middleware: a 413 that Starlette's body limit writes itself (as `text/plain`, when the
+    announced Content-Length alone is too large) is rewritten in the one refusal shape, so that every
+    4xx of the service is `{"detail": ...}` as documented."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rewriting = False
+
+        async def send_json(message: Message) -> None:
+            nonlocal rewriting
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                types = [v for k, v in message.get("headers", []) if k.lower() == b"content-type"]
+                rewriting = not types or not types[0].startswith(b"application/json")
+            if rewriting:
+                if message["type"] == "http.response.start":
+                    return  # sent with the body, whose length is known then
+                limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+                more = f": at most {limit} bytes here" if isinstance(limit, int) else ""
+                body = json.dumps({"detail": f"request body too large{more}"}).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                rewriting = False
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_json)
 
 
 def document_entrance(app: FastAPI) -> None:

@@ -537,3 +537,13 @@ def test_the_sweep_leaves_the_database_readable(client: Client) -> None:
                  f"/api/v1/stats?{year}", f"/api/v1/export/incidents.csv?{year}"):
         r = client.get(path, headers=SUPERVISOR)
         assert r.status_code == 200, (path, r.text[:500])
+
+
+async def test_an_integer_written_with_a_zero_fraction_is_that_integer(api: Api) -> None:
+    # JSON Schema counts 7.0 as an integer, so the OpenAPI document's `integer` accepts it; strings,
+    # booleans and fractions stay refused.
+    r = await api.post_alarm(alarm(seq=9901) | {"seq": 9901.0, "press_count": 1.0, "battery_mv": 3700.0})
+    assert r.status_code == 201, r.text
+    for bad in ("9902", True, 9902.5):
+        r = await api.post_alarm(alarm(seq=9902) | {"seq": bad})
+        assert r.status_code == 422, (bad, r.text)

@@ -74,6 +74,8 @@ def _event_id_of_alarm(alarm: Any) -> bool:
     if not isinstance(alarm, dict):
         return False
     gateway_id, device_id, seq = alarm.get("gateway_id"), alarm.get("device_id"), alarm.get("seq")
+    if type(seq) is float and seq.is_integer():
+        seq = int(seq)  # 266.0 is the integer 266 (JSON Schema; the intake takes it so)
     if isinstance(gateway_id, str) and isinstance(device_id, str) and type(seq) is int and "event_id" in alarm:
         alarm["event_id"] = f"{gateway_id}:{device_id}:{seq}"
         return True
