@@ -17,15 +17,10 @@ from fastapi import APIRouter, FastAPI
 from siaga.settings import ConfigError
 from siaga.web import (
     KIB,
-    AuthGate,
-    FailureLog,
     Guard,
-    JsonRefusals,
     StrictRoute,
-    Throttle,
-    document_entrance,
     flush_every,
-    install_error_handlers,
+    guard_entrance,
 )
 
 from . import console, devices, incidents, intake, live, sessions, supervisor
@@ -58,7 +53,6 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
     # Made here rather than in the lifespan, so that the server can end the live streams before it
     # waits for open connections at shutdown (see server.py and close_live_streams).
     broadcaster = Broadcaster()
-    guard = Guard(Throttle(cfg.throttle), FailureLog())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,16 +133,9 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
         ),
         lifespan=lifespan,
     )
-    # On the router, not the app: an app-wide limit sits outside every middleware and answers a too
-    # large Content-Length in plain text, past JsonRefusals. Routers included below inherit it.
-    app.router.max_body_size = BODY_MAX
     app.state.config = cfg
     app.state.live = broadcaster
-    app.state.guard = guard
-    install_error_handlers(app)
-    app.add_middleware(AuthGate, authenticate=authenticate)
-    app.add_middleware(JsonRefusals)
-    document_entrance(app)
+    guard_entrance(app, authenticate, cfg.throttle, BODY_MAX)  # before the routers: they inherit BODY_MAX
     app.include_router(_health)
     app.include_router(intake.router)
     app.include_router(incidents.router)

@@ -22,17 +22,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from siaga import contract
 from siaga.web import (
     KIB,
-    AuthGate,
-    FailureLog,
     Guard,
-    JsonRefusals,
-    StrictRoute,
-    Throttle,
     bearer_token,
     client_address,
-    document_entrance,
     find_holder,
-    install_error_handlers,
+    guard_entrance,
     token_matches,
 )
 from siagafw import proto
@@ -392,16 +386,8 @@ def _e6(value: float | None) -> int | None:
 
 def create_app(gw: Gateway) -> FastAPI:
     app = FastAPI(title="Siaga gateway", version="1", summary="Device registry, audit and state relay")
-    app.router.route_class = StrictRoute  # bodies parsed strictly (siaga/web.py)
-    # On the router, not the app: an app-wide limit sits outside every middleware and answers a too
-    # large Content-Length in plain text, past JsonRefusals.
-    app.router.max_body_size = BODY_MAX
     app.state.gateway = gw
-    app.state.guard = Guard(Throttle(gw.cfg.api_throttle), FailureLog())
-    install_error_handlers(app)
-    app.add_middleware(AuthGate, authenticate=authenticate)
-    app.add_middleware(JsonRefusals)
-    document_entrance(app)
+    guard_entrance(app, authenticate, gw.cfg.api_throttle, BODY_MAX)
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> HealthOut:

@@ -134,9 +134,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail: Any = _text(exc.detail) if isinstance(exc.detail, str) else exc.detail
     if exc.status_code == 413:
-        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-        detail = "request body too large" + (f": at most {limit} bytes here" if isinstance(limit, int) else "")
+        detail = _too_large(request.scope)
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _too_large(scope: Scope) -> str:
+    """What a 413 says: the route's limit, which the body limiter leaves in the scope."""
+    limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    return "request body too large" + (f": at most {limit} bytes here" if isinstance(limit, int) else "")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -230,9 +235,7 @@ class JsonRefusals:
             if rewriting:
                 if message["type"] == "http.response.start":
                     return  # sent with the body, whose length is known then
-                limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-                more = f": at most {limit} bytes here" if isinstance(limit, int) else ""
-                body = json.dumps({"detail": f"request body too large{more}"}).encode()
+                body = json.dumps({"detail": _too_large(scope)}).encode()
                 await send({"type": "http.response.start", "status": 413,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})
@@ -286,6 +289,24 @@ def find_holder(presented: str, holders: Mapping[str, T]) -> T | None:
         if token_matches(presented, token):
             found = holder
     return found
+
+
+def guard_entrance(app: FastAPI, authenticate: Callable[[Request, frozenset[str]], Awaitable[None]],
+                   rules: ThrottleRules, body_max: int) -> Guard:
+    """Put a service behind this module's entrance: strict JSON on the app's own routes, `body_max`
+    for every route that says nothing else, one refusal shape, `authenticate` before the body, the
+    throttle on `app.state.guard`, and the OpenAPI document saying so. The limit sits on the router,
+    not the app: an app-wide one runs outside every middleware and answers a too-large Content-Length
+    in plain text, past JsonRefusals; routers included later inherit it."""
+    app.router.route_class = StrictRoute
+    app.router.max_body_size = body_max
+    guard = Guard(Throttle(rules), FailureLog())
+    app.state.guard = guard
+    install_error_handlers(app)
+    app.add_middleware(AuthGate, authenticate=authenticate)
+    app.add_middleware(JsonRefusals)
+    document_entrance(app)
+    return guard
 
 
 def bearer_token(request: Request) -> str | None:
@@ -348,7 +369,6 @@ class Throttle:
         self.rules = rules or ThrottleRules()
         self._address, self._name = self.rules.items()
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.refused = 0  # requests answered 429
 
     def address_wait(self, address: str) -> int | None:
         """Seconds until `address` may try again, or None if it may now."""
@@ -369,9 +389,8 @@ class Throttle:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     def too_many(self, wait: int) -> FastAPIHTTPException:
-        self.refused += 1
         return FastAPIHTTPException(429, f"too many failed attempts: try again in {wait} s",
-                             headers={"Retry-After": str(wait)})
+                                    headers={"Retry-After": str(wait)})
 
 
 @dataclass(slots=True)

@@ -4,7 +4,6 @@ gateway process with a real Mosquitto, at its default throttling and with short 
 
 from __future__ import annotations
 
-import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -12,10 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, lone_gateway
 from tests.support.hostile import MB, peak_rss_mb, raw_post, repeat
-from tests.support.mosquitto import new_broker
-from tests.support.net import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -24,19 +21,10 @@ DEADLINE_S = 2.0
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    folder = tmp_path_factory.mktemp("entrance")
-    broker = new_broker(folder / "mosquitto")
-    broker.start()
-    try:
-        gateway = GatewayProcess(
-            folder, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
-            cc_url=f"http://127.0.0.1:{free_port()}", cc_token=secrets.token_urlsafe(24),
-            people={"tech-1": "technician"},
-            api_settings=f"header_timeout_s = {DEADLINE_S}\nbody_timeout_s = {DEADLINE_S}")  # default throttle
-        with gateway:
-            yield gateway
-    finally:
-        broker.close()
+    limits = f"header_timeout_s = {DEADLINE_S}\nbody_timeout_s = {DEADLINE_S}"  # and the default throttle
+    with lone_gateway(tmp_path_factory.mktemp("entrance"), people={"tech-1": "technician"},
+                      api_settings=limits) as gateway:
+        yield gateway
 
 
 CC_STATE_PATH = "/api/v1/cc/state"

@@ -21,9 +21,7 @@ import pytest
 from siaga.gateway.config import GatewayConfig
 from siaga.settings import ConfigError
 from tests.support.board import provisioning_config, siaga
-from tests.support.gateway import GatewayProcess
-from tests.support.mosquitto import new_broker
-from tests.support.net import free_port
+from tests.support.gateway import GatewayProcess, lone_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -33,18 +31,8 @@ PLACE = {"lat": -6.175392, "lon": 106.827153, "address": "Jl. Medan Merdeka Bara
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    folder = tmp_path_factory.mktemp("people")
-    broker = new_broker(folder / "mosquitto")
-    broker.start()
-    try:
-        # Nothing is forwarded in these tests: the command center's address only has to be valid.
-        gateway = GatewayProcess(folder, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
-                                 cc_url=f"http://127.0.0.1:{free_port()}", cc_token=secrets.token_urlsafe(24),
-                                 people={ADMIN: "admin", TECH: "technician"})
-        with gateway:
-            yield gateway
-    finally:
-        broker.close()
+    with lone_gateway(tmp_path_factory.mktemp("people"), people={ADMIN: "admin", TECH: "technician"}) as gateway:
+        yield gateway
 
 
 def call(gw: GatewayProcess, who: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:

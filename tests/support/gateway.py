@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from tests.support.mosquitto import new_broker
 from tests.support.net import free_port
 
 
@@ -147,3 +150,18 @@ retry_max_s = 2.0
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def lone_gateway(folder: Path, **kwargs: Any) -> Iterator[GatewayProcess]:
+    """A gateway with a broker of its own and no command center (its address only has to be valid:
+    nothing is forwarded), for tests of the admin API. Keyword arguments go to GatewayProcess."""
+    broker = new_broker(folder / "mosquitto")
+    broker.start()
+    try:
+        with GatewayProcess(folder, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
+                            cc_url=f"http://127.0.0.1:{free_port()}", cc_token=secrets.token_urlsafe(24),
+                            **kwargs) as gateway:
+            yield gateway
+    finally:
+        broker.close()
