@@ -157,6 +157,8 @@ class HealthOut(BaseModel):
     mqtt: bool = Field(description="logged in to the broker")
     outbox: int = Field(description="events waiting for the command center")
     circuit: str = Field(description="the forwarding circuit breaker: closed, open or half_open")
+    instance: str | None = Field(None, description="this instance's name, when several share one database")
+    forwarding: bool = Field(description="this instance forwards the outbox (with several: it holds the leader lock)")
 
 
 class ReadyOut(BaseModel):
@@ -393,7 +395,8 @@ def create_app(gw: Gateway) -> FastAPI:
     async def health() -> HealthOut:
         mqtt_up = gw.link is not None and gw.link.connected.is_set()
         return HealthOut(status="ok" if mqtt_up else "degraded", mqtt=mqtt_up,
-                         outbox=await gw.store.outbox_depth(), circuit=gw.breaker.state.value)
+                         outbox=await gw.store.outbox_depth(), circuit=gw.breaker.state.value,
+                         instance=gw.cfg.instance, forwarding=gw.leader.is_set())
 
     @app.get("/ready", summary="Readiness: connected to the broker and the store answers",
              responses={503: {"model": ReadyOut, "description": "not ready"}})

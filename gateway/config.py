@@ -65,7 +65,7 @@ class Person:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
-    db_path: Path
+    db_path: Path | None             # the SQLite file; None with db_url
     mqtt: MqttSettings
     api_host: str
     api_port: int
@@ -91,8 +91,18 @@ class GatewayConfig:
     api_limits: ServerLimits = field(default_factory=lambda: ServerLimits(max_connections=200))
     api_throttle: ThrottleRules = field(default_factory=ThrottleRules)
     forwarded_allow_ips: str = "127.0.0.1"
+    db_url: str | None = None        # postgresql://...: a database several instances share
+    instance: str | None = None      # this instance's name among several of one gateway id
     # token -> person, the admin token's person included: what the admin API checks a token against
     credentials: Mapping[str, Person] = field(init=False, repr=False)
+
+    @property
+    def db(self) -> str | Path:
+        """What the store opens: the PostgreSQL URL, or the SQLite file."""
+        if self.db_url is not None:
+            return self.db_url
+        assert self.db_path is not None
+        return self.db_path
 
     def __post_init__(self) -> None:
         if not GATEWAY_ID.fullmatch(self.gateway_id):
@@ -148,6 +158,24 @@ def _gateway_id(value: str) -> str:
     return value
 
 
+def _instance(value: str) -> str:
+    if not GATEWAY_ID.fullmatch(value):
+        raise ValueError("use 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit, e.g. \"a\" or the host name")
+    return value
+
+
+def _share_group(value: str) -> str:
+    # One topic level of $share/<group>/... (MQTT 5 §4.8.2): no wildcards, no slash.
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ValueError('use 1-64 of A-Z a-z 0-9 . _ - (one topic level), e.g. "siaga"')
+    return value
+
+
+def is_postgres(db: str | Path) -> bool:
+    """Whether a `db` setting names a PostgreSQL database rather than a SQLite file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -168,7 +196,10 @@ class _Table(BaseModel):
 
 class GatewayTable(_Table):
     id: Annotated[str, AfterValidator(_gateway_id)] = "gw-1"
+    # A SQLite file (one instance), or postgresql://user@host/database (several instances; the
+    # password from ~/.pgpass or a passfile= parameter, never written here)
     db: Text = "gateway.sqlite3"
+    instance: Annotated[str, AfterValidator(_instance)] | None = None
     incident_window_s: AtLeastOne = 300
     flood_rate_per_s: Positive = 5.0
     flood_burst: AtLeastOne = 30
@@ -181,7 +212,8 @@ class MqttTable(_Table):
     username: Text = "siaga-gateway"
     password_file: Text | None = None
     password_env: Text | None = None
-    client_id: Text | None = None           # default: siaga-gateway-<gateway id>
+    client_id: Text | None = None           # default: siaga-gateway-<gateway id>[-<instance>]
+    share_group: Annotated[str, AfterValidator(_share_group)] | None = None
     keepalive_s: Annotated[int, Field(ge=1, le=65535)] = 30   # MQTT 3.1.1 §3.1.2.10: 16 bits
     tls: bool = False
     ca_file: Text | None = None
@@ -273,7 +305,8 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
     try:
         mqtt = MqttSettings(
             host=mq.host, port=mq.port, username=mq.username, password=secret(mq, "mqtt", "password"),
-            client_id=mq.client_id or f"siaga-gateway-{gw.id}", keepalive_s=mq.keepalive_s, **_tls(mq, base))
+            client_id=mq.client_id or f"siaga-gateway-{gw.id}" + (f"-{gw.instance}" if gw.instance else ""),
+            keepalive_s=mq.keepalive_s, share_group=mq.share_group, **_tls(mq, base))
     except ValueError as exc:  # its own checks, should the schema above ever let a case through
         raise ConfigError(f"mqtt: {exc}") from None
     legacy = api.admin_token_file is not None or api.admin_token_env is not None
@@ -281,7 +314,9 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
         raise ConfigError(NOBODY)
     return GatewayConfig(
         gateway_id=gw.id,
-        db_path=_path(base, gw.db),
+        db_path=None if is_postgres(gw.db) else _path(base, gw.db),
+        db_url=gw.db if is_postgres(gw.db) else None,
+        instance=gw.instance,
         mqtt=mqtt,
         api_host=api.host, api_port=api.port,
         admin_token=secret(api, "api", "admin_token") if legacy else None,

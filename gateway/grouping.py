@@ -1,5 +1,6 @@
 """The incident layer of deduplication (docs/gateway.md, step 5): alarms of one site within a window are one
-incident. Pure: the caller supplies times and persists what `assign` returns.
+incident. Pure: `extend` is the rule, applied by the store inside the intake transaction to the
+site's newest group as the database holds it (so that several gateway instances agree).
 
 A site is what the registry says a device belongs to (a market with four buttons is one site); a
 device without a site is a site of its own. Repeated presses of one button therefore become "pressed
@@ -22,43 +23,17 @@ class Group:
     sources: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    group_id: int
-    press_count: int           # this alarm's number within the group, 1 for the first
-    sources: tuple[str, ...]   # the group's devices so far, in order of their first alarm
-    group: Group               # the group's state after this alarm, to persist
-
-
-class Grouper:
-    def __init__(self, window_ms: int, next_id: int = 1, open_groups: list[Group] | None = None) -> None:
-        if window_ms < 0:
-            raise ValueError("window must not be negative")
-        self.window_ms = window_ms
-        self._next_id = next_id
-        self._open: dict[str, Group] = {g.site: g for g in open_groups or []}
-
-    def assign(self, site: str, device_id: str, now_ms: int) -> Assignment:
-        """Put one new alarm into the open group of its site, or open a group for it.
-
-        The window runs from the group's latest alarm, so a button pressed every two minutes for
-        half an hour stays one incident; a press after a quiet window opens a new one.
-        """
-        group = self._open.get(site)
-        if group is None or now_ms - group.last_ms > self.window_ms:
-            group = Group(self._next_id, site, now_ms, now_ms)
-            self._next_id += 1
-            self._open[site] = group
-        group.last_ms = max(group.last_ms, now_ms)
-        group.presses += 1
-        if device_id not in group.sources:
-            group.sources.append(device_id)
-        return Assignment(group.id, group.presses, tuple(group.sources), group)
-
-    def expire(self, now_ms: int) -> None:
-        """Forget groups whose window has passed (bounds memory; they could not be joined anyway)."""
-        for site in [s for s, g in self._open.items() if now_ms - g.last_ms > self.window_ms]:
-            del self._open[site]
-
-    def __len__(self) -> int:
-        return len(self._open)
+def extend(group: Group | None, site: str, device_id: str, now_ms: int, window_ms: int) -> Group:
+    """The group a new alarm of `site` joins, after joining: `group` (the site's newest) if the
+    alarm comes within the window of its latest alarm, else a new group with id 0 (for the caller
+    to number). The window runs from the group's latest alarm, so a button pressed every two
+    minutes for half an hour stays one incident; a press after a quiet window opens a new one."""
+    if group is None or now_ms - group.last_ms > window_ms:
+        group = Group(0, site, now_ms, now_ms)
+    else:
+        group = Group(group.id, group.site, group.opened_ms, group.last_ms, group.presses, list(group.sources))
+    group.last_ms = max(group.last_ms, now_ms)
+    group.presses += 1
+    if device_id not in group.sources:
+        group.sources.append(device_id)
+    return group

@@ -19,6 +19,7 @@ HELP = {
     "siaga_gateway_forward_refused_total": "Events the command center refused for good, by kind (audited, kept)",
     "siaga_gateway_quarantined_total": "Messages that could not be processed, kept in the quarantine",
     "siaga_gateway_loop_errors_total": "Unexpected errors a loop survived (logged), by loop",
+    "siaga_gateway_sessions_taken_over_total": "MQTT sessions of dead instances this instance drained and ended",
     "siaga_gateway_faults_total": "Device fault changes, by fault and whether it started or cleared",
     "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to the command center accepting it",
     "siaga_gateway_http_auth_failures_total": "Wrong credentials at the admin API, by kind (docs/security.md)",
@@ -27,6 +28,8 @@ HELP = {
     "siaga_gateway_devices_online": "Registered devices currently online",
     "siaga_gateway_devices_registered": "Registered devices, revoked ones included",
     "siaga_gateway_circuit_open": "1 while the command-center circuit breaker is open",
+    "siaga_gateway_forwarding": "1 while this instance forwards the outbox (with several instances: the one holding "
+                                "the leader lock)",
     "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
     "siaga_gateway_mqtt_connections": "Connections to the broker since the gateway started (1 on a healthy link)",
     "siaga_gateway_acks_dropped": "Acks to buttons dropped: over 100,000 waited for the broker (buttons re-send)",

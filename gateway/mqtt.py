@@ -35,7 +35,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import mqttwire as wire
@@ -66,6 +66,7 @@ class Inbound:
     dup: bool
     received_ms: int
     connection: int = 0  # which connection it arrived on; its ack is only valid on that one
+    link: MqttLink | None = field(default=None, compare=False)  # the link to acknowledge it on
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,15 @@ class MqttSettings:
     cert_file: Path | None = None        # client certificate, for a broker that asks for one
     key_file: Path | None = None         # its key, unless cert_file holds it too
     server_hostname: str | None = None   # the name the broker's certificate must carry; None: host
+    # Several gateway instances: each subscribes as a member of this shared-subscription group
+    # ($share/<group>/...), and the broker hands each message to one of them.
+    share_group: str | None = None
+
+    @property
+    def uplink_topics(self) -> tuple[str, ...]:
+        if self.share_group is None:
+            return UPLINK_TOPICS
+        return tuple(f"$share/{self.share_group}/{t}" for t in UPLINK_TOPICS)
 
     def __post_init__(self) -> None:
         if not self.tls and any(v is not None for v in (self.ca_file, self.cert_file, self.key_file,
@@ -106,9 +116,19 @@ class MqttSettings:
 
 class MqttLink:
     def __init__(self, settings: MqttSettings, queue: asyncio.Queue[Inbound],
-                 on_connected: Callable[[], None] | None = None) -> None:
+                 on_connected: Callable[[], None] | None = None, *, subscribe: bool = True,
+                 clean: bool = False, reconnect: bool = True) -> None:
+        """subscribe, clean, reconnect: False, False, False to take over a dead instance's
+        session and receive what the broker kept for it (Gateway._take_over); `subscribed` is
+        then set when the broker confirms the unsubscription."""
         self.settings = settings
         self._queue = queue
+        self._subscribe = subscribe
+        self._clean = clean
+        self._reconnect = reconnect
+        self.received = 0                  # messages put on the queue
+        self.acked = 0                     # of which acknowledged
+        self.last_received = 0.0           # time.monotonic() of the latest
         self._on_connected = on_connected  # called in the event loop after each (re)connect
         # Built now so that a missing or bad CA or key file stops the gateway at start-up.
         self._tls = settings.tls_context()
@@ -145,6 +165,8 @@ class MqttLink:
                 except LINK_ERRORS as exc:
                     if self._stopping:
                         return
+                    if not self._reconnect:
+                        raise
                     # Full jitter, so several gateways (or one flapping) do not reconnect in lockstep.
                     delay = random.uniform(RECONNECT_FIRST_S, backoff)
                     # A broker certificate that does not verify will not fix itself: say so louder.
@@ -165,6 +187,8 @@ class MqttLink:
                         log.warning("MQTT link lost: %s", _describe(group.exceptions[0]))
                 finally:
                     self._close()
+                if not self._reconnect:
+                    return
         finally:
             self._close()
 
@@ -195,7 +219,7 @@ class MqttLink:
             reader, writer = await asyncio.open_connection(
                 s.host, s.port, ssl=self._tls,
                 server_hostname=(s.server_hostname or s.host) if self._tls is not None else None)
-        writer.write(wire.connect(s.client_id, s.username, s.password, s.keepalive_s, clean=False))
+        writer.write(wire.connect(s.client_id, s.username, s.password, s.keepalive_s, clean=self._clean))
         buf = bytearray()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -224,9 +248,14 @@ class MqttLink:
         self.session_present = session_present
         self._writer = writer
         self.connections += 1
-        # Subscribe on every connect: cheap, and right even if the broker lost the session.
+        # Subscribe on every connect: cheap, and right even if the broker lost the session. A
+        # takeover of a dead instance's session unsubscribes instead: the broker stops handing
+        # it new messages, and sends what it kept, which arrives first (§4.6: in order).
         self._sub_pid = self._pid()
-        writer.write(wire.subscribe(self._sub_pid, [(t, 1) for t in UPLINK_TOPICS]))
+        if self._subscribe:
+            writer.write(wire.subscribe(self._sub_pid, [(t, 1) for t in s.uplink_topics]))
+        else:
+            writer.write(wire.unsubscribe(self._sub_pid, list(s.uplink_topics)))
         # Unacknowledged publishes go again (§4.4), then those made while away.
         resend = [wire.publish(t, p, 1, r, pid, dup=True) for pid, (t, p, r) in self._inflight.items()]
         writer.write(b"".join(resend))
@@ -283,9 +312,14 @@ class MqttLink:
         now_ms = int(time.time() * 1000)
         for p in packets:
             if isinstance(p, wire.Publish):
-                self._queue.put_nowait(Inbound(p.topic, p.payload, p.pid, p.qos, p.dup, now_ms, self.connections))
+                self.received += 1
+                self.last_received = time.monotonic()
+                self._queue.put_nowait(Inbound(p.topic, p.payload, p.pid, p.qos, p.dup, now_ms, self.connections,
+                                               self))
             elif p.kind == wire.PUBACK:
                 self._inflight.pop(int.from_bytes(p.body[:2], "big"), None)
+            elif p.kind == wire.UNSUBACK and p.body[:2] == self._sub_pid.to_bytes(2, "big"):
+                self.subscribed.set()
             elif p.kind == wire.SUBACK and p.body[:2] == self._sub_pid.to_bytes(2, "big"):
                 if b"\x80" in p.body[2:]:
                     log.error("broker refused a subscription of the gateway: check the ACL for %s",
@@ -318,6 +352,7 @@ class MqttLink:
     def ack(self, item: Inbound) -> None:
         """PUBACK a message once it is durable. An ack for a message of an earlier connection is
         dropped: the broker redelivers that message on the current one, and it is acked then."""
+        self.acked += 1
         if item.qos and item.connection == self.connections and self._writer is not None:
             self._write(wire.puback(item.mid))
 

@@ -13,6 +13,7 @@ CONNACK = 0x20
 PUBLISH = 0x30
 PUBACK = 0x40
 SUBACK = 0x90
+UNSUBACK = 0xB0
 PINGRESP = 0xD0
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
@@ -53,6 +54,12 @@ def connect(client_id: str, username: str, password: str, keepalive_s: int, clea
 def subscribe(pid: int, topics: list[tuple[str, int]]) -> bytes:
     body = struct.pack("!H", pid) + b"".join(_utf8(t) + bytes([q]) for t, q in topics)
     return b"\x82" + _remaining_length(len(body)) + body
+
+
+def unsubscribe(pid: int, topics: list[str]) -> bytes:
+    """§3.10: the topic filters exactly as subscribed."""
+    body = struct.pack("!H", pid) + b"".join(_utf8(t) for t in topics)
+    return b"\xa2" + _remaining_length(len(body)) + body
 
 
 def publish(topic: str, payload: bytes, qos: int, retain: bool, pid: int = 0, dup: bool = False) -> bytes:

@@ -19,7 +19,7 @@ from siaga.settings import ConfigError
 from .adapters import ReferenceAdapter
 from .config import GatewayConfig
 from .service import Gateway
-from .store import SQLiteStore
+from .store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ async def serve(cfg: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(cfg, SQLiteStore(cfg.db_path), ReferenceAdapter(cfg.cc_url, cfg.cc_token))
+    store = open_store(cfg.db, group_window_ms=cfg.incident_window_s * 1000)
+    gateway = Gateway(cfg, store, ReferenceAdapter(cfg.cc_url, cfg.cc_token))
     await gateway.run(stop)
 
 

@@ -12,7 +12,6 @@ import enum
 import json
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Literal, cast
@@ -26,12 +25,13 @@ from .adapters import Accepted, Adapter
 from .codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
 from .config import GatewayConfig, Person
 from .events import alarm_event, fault_event
-from .grouping import Grouper
+from .grouping import Group
 from .limits import BreakerState, CircuitBreaker, FloodLimiter
 from .metrics import Metrics
 from .mqtt import Inbound, MqttLink
 from .replay import ReplayWindow, Verdict
 from .store import (
+    DATABASE_DOWN,
     IN_PROCESS,
     Batch,
     Delivery,
@@ -63,6 +63,12 @@ FAULTS_LOGGED_EACH = 5         # more fault changes at once are logged as one li
 # offline wave (bench/offline_wave.py); 100 keep it to a few.
 FAULT_ROUND = 100
 FAILURES_EVERY_S = 60.0       # wrong admin-API credentials are logged once a minute per address
+# Several instances on one database (store.shared): how often an instance reads what the others
+# changed: the registry (when the fleet change log grew) and the devices' health for supervision.
+SHARED_SYNC_S = 1.0
+TAKEOVER_EVERY_S = 1.0   # how often the leader looks for dead instances whose MQTT session to take over
+TAKEOVER_QUIET_S = 0.5   # a taken-over session is drained when nothing more came for this long
+TAKEOVER_MAX_S = 60.0
 
 
 class Sequenced(enum.Enum):
@@ -104,10 +110,18 @@ class Gateway:
         self.breaker = CircuitBreaker(cfg.breaker_threshold, cooldown_s=cfg.retry_first_s,
                                       max_cooldown_s=cfg.retry_max_s)
         self.supervisor = Supervisor(cfg.supervision, clock())
-        self.grouper = Grouper(cfg.incident_window_s * 1000)
+        # Set while this instance forwards the outbox and runs the time-driven supervision: always
+        # with SQLite, with PostgreSQL while it holds the leader lock (gateway/store_pg.py).
+        self.leader = asyncio.Event()
+        self._registry_version = 0
         self.link: MqttLink | None = None
         self.ready = asyncio.Event()
         self._stopping = False
+
+    @property
+    def instance(self) -> str:
+        """This instance's name among several sharing one database (its MQTT client id by default)."""
+        return self.cfg.instance or self.cfg.mqtt.client_id
 
     def key(self, device_id: str) -> DeviceKey | None:
         rec = self.registry.get(device_id)
@@ -120,8 +134,16 @@ class Gateway:
         from .api import create_app, record_failures  # the API module imports this one
 
         await self.store.open()
+        holding: asyncio.Task[None] | None = None
         try:
             await self._load()
+            if self.store.shared:
+                # Our name before our MQTT session: while another instance drains a session of ours
+                # left from a previous run, we wait (gateway/store_pg.py, hold_instance).
+                held = asyncio.Event()
+                holding = asyncio.create_task(self.store.hold_instance(
+                    self.instance, self.cfg.mqtt.client_id, self.clock(), held), name="instance-name")
+                await held.wait()
             self.link = MqttLink(self.cfg.mqtt, self._queue, on_connected=self._on_mqtt_connected)
             app = create_app(self)
             server = embedded_server(app, self.cfg.api_host, self.cfg.api_port, lifespan="off",
@@ -130,6 +152,8 @@ class Gateway:
                 intake = tg.create_task(self._intake(), name="intake")
                 forwarders = [tg.create_task(self._forwarder(lane), name=f"forward-{lane}") for lane in self._wake]
                 others = [tg.create_task(self._supervise(), name="supervision"),
+                          tg.create_task(self.store.lead(self.leader, self._wake_lane), name="leadership"),
+                          tg.create_task(self._take_over(), name="takeover"),
                           tg.create_task(self.link.run(), name="mqtt-link"),  # raises if the login is refused
                           tg.create_task(flush_every(FAILURES_EVERY_S, lambda: record_failures(app)),
                                          name="failed-credentials")]
@@ -143,6 +167,9 @@ class Gateway:
         finally:
             if self.link is not None:
                 await self.link.stop()
+            if holding is not None:
+                holding.cancel()
+                await asyncio.gather(holding, return_exceptions=True)
             await self.adapter.aclose()
             await self.store.close()
 
@@ -166,13 +193,28 @@ class Gateway:
         server.should_exit = True
 
     async def _load(self) -> None:
+        self._registry_version = await self.store.registry_version()
         self.registry = {r.id: r for r in await self.store.registry()}
         self._windows = await self.store.windows()
         self._latest_alarm = await self.store.latest_alarms()
-        groups, next_id = await self.store.open_groups(self.clock() - self.cfg.incident_window_s * 1000)
-        self.grouper = Grouper(self.cfg.incident_window_s * 1000, next_id, groups)
         for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
             self.supervisor.load(device_id, last_seen, every_s, faults, battery)
+
+    async def _sync_shared(self) -> None:
+        """Another instance may have changed the registry (through its admin API) or seen the
+        heartbeats this one did not (the broker shares the stream): take both from the database."""
+        version = await self.store.registry_version()
+        if version != self._registry_version:
+            self._registry_version = version
+            fresh = {r.id: r for r in await self.store.registry()}
+            for device_id in self.registry.keys() - fresh.keys():
+                self.supervisor.forget(device_id)
+            for device_id, rec in fresh.items():
+                if rec.revoked:
+                    self.supervisor.forget(device_id)
+            self.registry = fresh
+        for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
+            self.supervisor.sync(device_id, last_seen, every_s, faults, battery)
 
     # ------------------------------------------------------------ intake
 
@@ -250,7 +292,7 @@ class Gateway:
         while self._unacked and id(self._unacked[0]) in self._done:
             first = self._unacked.popleft()
             self._done.discard(id(first))
-            self.link.ack(first)
+            (first.link or self.link).ack(first)
 
     async def _process(self, items: list[Inbound]) -> None:
         batch = Batch()
@@ -260,13 +302,13 @@ class Gateway:
             self.metrics.inc("received")
             try:
                 await self._take(item, batch, in_batch, now)
-            except sqlite3.OperationalError:
+            except DATABASE_DOWN:
                 raise  # the database, not the message (see below)
             except Exception as exc:  # one message must never stop the others
                 self._quarantine(item, exc, batch, now)
         try:
-            stored = await self.store.commit(batch, self._fault_event)
-        except sqlite3.OperationalError:
+            stored = await self.store.commit(batch, self._fault_event, self._alarm_event)
+        except DATABASE_DOWN:
             raise  # the disk or the database, not a message: stop unacknowledged, restart, redeliver
         except Exception as exc:  # a value the store refused that got past the codec
             log.exception("commit of a batch of %d messages failed; taking them one at a time", len(items))
@@ -303,7 +345,7 @@ class Gateway:
             if duplicate:
                 batch.duplicates.append((msg.device_id, msg.seq))
             else:
-                new = self._new_alarm(msg, item.received_ms, batch)  # may raise: nothing added yet
+                new = self._new_alarm(msg, item.received_ms)  # may raise: nothing added yet
                 in_batch.add((msg.device_id, msg.seq))
                 batch.alarms.append(new)
             batch.windows[msg.device_id] = self._windows[msg.device_id]
@@ -339,14 +381,14 @@ class Gateway:
             now = self.clock()
             try:
                 await self._take(item, batch, set(), now)
-                stored = await self.store.commit(batch, self._fault_event)
-            except sqlite3.OperationalError:
+                stored = await self.store.commit(batch, self._fault_event, self._alarm_event)
+            except DATABASE_DOWN:
                 raise
             except Exception as exc:  # a value the store refused that got past the codec
                 await self._load()
                 batch = Batch()
                 self._quarantine(item, exc, batch, now)
-                stored = await self.store.commit(batch, self._fault_event)
+                stored = await self.store.commit(batch, self._fault_event, self._alarm_event)
             self._committed([item])
             self._after_commit(batch, stored)
         log.info("the %d messages of the failed batch are stored or quarantined (first error: %s)", len(items), first)
@@ -411,13 +453,14 @@ class Gateway:
         return Reject(RejectReason.REPLAY, msg.device_id, topic,
                       f"seq {msg.seq} not stored and older than the window (high {window.high})")
 
-    def _new_alarm(self, alarm: Alarm, received_ms: int, batch: Batch) -> NewAlarm:
+    def _new_alarm(self, alarm: Alarm, received_ms: int) -> NewAlarm:
         rec = self.registry[alarm.device_id]
-        group = self.grouper.assign(rec.site or alarm.device_id, alarm.device_id, received_ms)
-        batch.groups[group.group_id] = group.group
-        event_id, body = alarm_event(self.cfg.gateway_id, alarm, received_ms, group.group_id, group.press_count,
-                                     group.sources, self.supervisor.battery_mv(alarm.device_id))
-        return NewAlarm(alarm, received_ms, event_id, group.group_id, group.press_count, body)
+        return NewAlarm(alarm, received_ms, rec.site or alarm.device_id, self.supervisor.battery_mv(alarm.device_id))
+
+    def _alarm_event(self, new: NewAlarm, group: Group) -> tuple[str, str]:
+        """The forwarded event of an alarm, made by the store once its incident group is decided."""
+        return alarm_event(self.cfg.gateway_id, new.alarm, new.received_ms, group.id, group.presses, group.sources,
+                           new.battery_mv)
 
     # ------------------------------------------------------------ faults
 
@@ -441,21 +484,88 @@ class Gateway:
                         ", ".join(f"{n} {fault} {change}" for (fault, change), n in sorted(wave.items())))
 
     async def _supervise(self) -> None:
+        """Time-driven faults (offline, the end of a sticky fault) come from the forwarding
+        instance only; with several instances each first takes the others' news from the database
+        (`_sync_shared`), and the database's table of active faults drops a start or clear that
+        two of them report (store._write_faults)."""
+        synced = 0.0
         while True:
             await asyncio.sleep(0.5)
-            now = self.clock()
             try:
-                self.grouper.expire(now)
-                changes = self.supervisor.tick(now)
+                if self.store.shared and time.monotonic() - synced >= SHARED_SYNC_S:
+                    await self._sync_shared()
+                    synced = time.monotonic()
+                if not self.leader.is_set():
+                    continue
+                changes = self.supervisor.tick(self.clock())
                 if changes:
                     await self.store.record_faults(changes, self._fault_event)
                     self._count_faults(changes)
                     self._wake["fault"].set()
-            except sqlite3.OperationalError:
+            except DATABASE_DOWN:
                 raise
             except Exception:  # a bug here must not stop the alarms: log it, try again next tick
                 log.exception("supervision tick failed")
                 self.metrics.inc("loop_errors", loop="supervision")
+
+    # ------------------------------------------------------------ several instances
+
+    async def _take_over(self) -> None:
+        """The leader takes over the MQTT session of each instance that died (its name is free in
+        the database): what the broker kept for it is processed here, then its session ends, so
+        that the broker stops handing a dead instance a share of the buttons' messages."""
+        while not self._stopping:
+            await asyncio.sleep(TAKEOVER_EVERY_S)
+            if not self.store.shared or not self.leader.is_set():
+                continue
+            try:
+                for name, client_id in await self.store.orphans(self.instance):
+                    forget = False
+                    try:
+                        forget = await self._drain_session(name, client_id)
+                    finally:
+                        await self.store.release_orphan(name, forget=forget)
+            except DATABASE_DOWN:
+                raise
+            except Exception:  # a bug here must not stop the alarms: log it, try again later
+                log.exception("taking over a dead instance's session failed")
+                self.metrics.inc("loop_errors", loop="takeover")
+
+    async def _drain_session(self, name: str, client_id: str) -> bool:
+        """Log in as the dead instance, take its kept messages into our intake, and once they are
+        committed and acknowledged end its session (a clean login). Whether the session ended."""
+        settings = dataclasses.replace(self.cfg.mqtt, client_id=client_id)
+        started = time.monotonic()
+        link = MqttLink(settings, self._queue, subscribe=False, reconnect=False)
+        running = asyncio.create_task(link.run(), name=f"takeover-{name}")
+        try:
+            connected = asyncio.create_task(link.connected.wait())
+            await asyncio.wait([connected, running], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if not link.connected.is_set():
+                log.warning("could not log in as dead instance %s to take over its session", name)
+                return False
+            while not running.done() and time.monotonic() - started < TAKEOVER_MAX_S:
+                await asyncio.sleep(0.1)
+                quiet = time.monotonic() - max(link.last_received, started) > TAKEOVER_QUIET_S
+                if quiet and link.acked >= link.received:
+                    break
+            await link.stop()
+        finally:
+            await asyncio.gather(running, return_exceptions=True)
+        cleaner = MqttLink(settings, self._queue, subscribe=False, clean=True, reconnect=False)
+        ending = asyncio.create_task(cleaner.run(), name=f"end-session-{name}")
+        try:
+            connected = asyncio.create_task(cleaner.connected.wait())
+            await asyncio.wait([connected, ending], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            await cleaner.stop()
+        finally:
+            await asyncio.gather(ending, return_exceptions=True)
+        self.metrics.inc("sessions_taken_over")
+        log.warning("took over the MQTT session of dead instance %s: %d kept messages processed, session ended",
+                    name, link.received)
+        return cleaner.connections > 0
 
     # ------------------------------------------------------------ acks to buttons
 
@@ -487,7 +597,7 @@ class Gateway:
         try:
             for alarm in await self.store.current_acks(self.clock() - horizon):
                 self._publish_ack(alarm)
-        except sqlite3.OperationalError:
+        except DATABASE_DOWN:
             raise
         except Exception:  # a bug here must not take the gateway down; the acks are a courtesy
             log.exception("re-publishing acks failed")
@@ -511,15 +621,23 @@ class Gateway:
         cap = min(self.cfg.retry_max_s, self.cfg.retry_first_s * 2 ** min(attempts, 20))
         return int(random.uniform(self.cfg.retry_first_s / 10, cap) * 1000)
 
+    def _wake_lane(self, lane: Lane) -> None:
+        self._wake[lane].set()
+
     async def _forwarder(self, lane: Lane) -> None:
         """One lane of forwarding. The alarm lane never waits for fault reports, however many
-        the fault lane has to send (an offline wave of thousands of last wills)."""
+        the fault lane has to send (an offline wave of thousands of last wills). Only the leader
+        forwards (gateway/store_pg.py); the others wait to take over."""
         wake = self._wake[lane]
         while not self._stopping:
+            if not self.leader.is_set():
+                await self._sleep_until_woken(wake, 1.0)
+                wake.clear()
+                continue
             wake.clear()
             try:
                 await self._forward_round(lane)
-            except sqlite3.OperationalError:
+            except DATABASE_DOWN:
                 raise
             except Exception:  # a bug in a round must not stop forwarding: log, back off, go on
                 log.exception("forwarding round (%s) failed", lane)
@@ -599,7 +717,7 @@ class Gateway:
                 batch.faults += self.supervisor.occurred(event.device_id, Fault.UNDELIVERED, now, {
                     "reason": "the command center refused an alarm", "event_id": event.event_id,
                     "seq": body["seq"], "kind": body["kind"], "error": why[:200]})
-        await self.store.commit(batch, self._fault_event)
+        await self.store.commit(batch, self._fault_event, self._alarm_event)
         self._count_faults(batch.faults)
         if batch.faults:
             self._wake["fault"].set()
@@ -656,6 +774,7 @@ class Gateway:
     def gauges(self) -> dict[str, float]:
         return {"devices_online": self.supervisor.online(), "devices_registered": len(self.registry),
                 "circuit_open": float(self.breaker.state is BreakerState.OPEN),
+                "forwarding": float(self.leader.is_set()),
                 "mqtt_connected": float(self.link is not None and self.link.connected.is_set()),
                 "mqtt_connections": self.link.connections if self.link is not None else 0,
                 "acks_dropped": self.link.dropped_publishes if self.link is not None else 0}

@@ -1,8 +1,15 @@
 """The gateway's durable store: device registry, alarm inbox, forwarding outbox, faults, audit log.
 
-`Store` is the interface; `SQLiteStore` is the default implementation. Every uniqueness rule lives
-in the schema — (device, seq) for alarms, the event id for forwards — so that a PostgreSQL
-implementation shared by several gateway instances keeps them too.
+`Store` is the interface. `SQLStore` holds the logic once, as functions of a database connection,
+for both engines: `SQLiteStore` (the embedded default: one file, one gateway) and `PostgresStore`
+(gateway/store_pg.py: several gateway instances sharing one database). `open_store` picks one from
+the configured `db`. One list of migrations and one migration runner serve both engines; the few
+differences of SQL dialect are translated in one place (`pg_sql`, `pg_ddl`).
+
+Every uniqueness rule lives in the schema — (device, seq) for alarms, the event id for forwards —
+and everything several instances must agree on is decided inside the intake transaction: whether
+an alarm is new, which incident group it joins (under a lock per site), whether a fault starts or
+clears (against the table of active faults). So any instance may take any message.
 
 SQLiteStore runs each operation as one function on a single database thread, so a group commit of
 hundreds of alarms costs one thread hop instead of one per statement (what per-statement async
@@ -26,8 +33,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from .codec import Alarm, Reject, Status
-from .config import Person, Role
-from .grouping import Group
+from .config import Person, Role, is_postgres
+from .grouping import Group, extend
 from .replay import ReplayWindow
 from .supervision import Fault, FaultChange
 
@@ -38,6 +45,22 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     pass
+
+
+def _database_down() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [sqlite3.OperationalError]
+    try:
+        import psycopg
+    except ImportError:  # a SQLite-only installation
+        pass
+    else:
+        errors.append(psycopg.OperationalError)
+    return tuple(errors)
+
+
+# The database or its disk failed, not a message: the gateway stops with the messages unacknowledged,
+# is restarted by its supervisor (systemd), and the broker delivers them again.
+DATABASE_DOWN = _database_down()
 
 
 # Who a registry change is recorded for when code in the gateway's own process makes it (the demo
@@ -101,10 +124,8 @@ class StoredAlarm:
 class NewAlarm:
     alarm: Alarm
     received_ms: int
-    event_id: str
-    group_id: int
-    press_count: int
-    body: str  # the JSON the forwarder sends, fixed at intake so every retry sends the same bytes
+    site: str  # the incident group's site: the registry's site, or the device itself
+    battery_mv: int | None  # of the device's latest heartbeat, sent with the alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +169,9 @@ class Quarantined:
 
 # (change, fault history id) -> (event id, JSON body) for the outbox
 FaultEventMaker = Callable[[FaultChange, int], tuple[str, str]]
+# (alarm, the incident group after it joined) -> (event id, JSON body) for the outbox: made inside
+# the intake transaction, once the group is decided, and fixed there so every retry sends the same bytes
+AlarmEventMaker = Callable[[NewAlarm, Group], tuple[str, str]]
 
 # Which outbox events a forwarding lane takes (gateway/service.py): alarms never wait behind faults.
 Lane = Literal["alarm", "fault"]
@@ -161,16 +185,15 @@ class Batch:
     duplicates: list[tuple[str, int]] = field(default_factory=list)   # (device, seq) to re-acknowledge
     statuses: list[tuple[Status, int]] = field(default_factory=list)  # (heartbeat, received ms)
     windows: dict[str, ReplayWindow] = field(default_factory=dict)
-    groups: dict[int, Group] = field(default_factory=dict)
     faults: list[FaultChange] = field(default_factory=list)
     rejects: list[tuple[Reject, int]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
 
 
 class Store(Protocol):
-    """What the gateway needs from its storage. A PostgreSQL implementation for several gateway
-    instances must keep the same uniqueness rules: (device, seq) for alarms, event id for the outbox."""
+    """What the gateway needs from its storage (SQLStore implements it for SQLite and PostgreSQL)."""
 
+    shared: bool  # several gateway instances may use this database at once
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     # registry: every change is written with its entry in the fleet change log, in one transaction
@@ -189,11 +212,12 @@ class Store(Protocol):
     # state the service loads at start
     async def windows(self) -> dict[str, ReplayWindow]: ...
     async def latest_alarms(self) -> dict[str, int]: ...
-    async def open_groups(self, since_ms: int) -> tuple[list[Group], int]: ...
+    async def registry_version(self) -> int: ...
     async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]: ...
     # intake
     async def alarm_exists(self, device_id: str, seq: int) -> bool: ...
-    async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]: ...
+    async def commit(self, batch: Batch, fault_event: FaultEventMaker,
+                     alarm_event: AlarmEventMaker) -> list[StoredAlarm]: ...
     async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None: ...
     async def quarantine(self, entries: Sequence[Quarantined]) -> None: ...
     # forwarding and acks
@@ -211,6 +235,12 @@ class Store(Protocol):
     async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]: ...
     async def quarantined(self, limit: int) -> list[dict[str, Any]]: ...
     async def refused(self, limit: int) -> list[dict[str, Any]]: ...
+    # the forwarder: in a shared database, one instance at a time (gateway/store_pg.py, Leadership)
+    async def lead(self, leader: asyncio.Event, wake: Callable[[Lane], None]) -> None: ...
+    # several instances: each holds its name while it lives; the leader takes over a dead one's session
+    async def hold_instance(self, name: str, client_id: str, now_ms: int, held: asyncio.Event) -> None: ...
+    async def orphans(self, me: str) -> list[tuple[str, str]]: ...
+    async def release_orphan(self, name: str, *, forget: bool) -> None: ...
 
 
 MIGRATIONS: Sequence[Sequence[str]] = (
@@ -348,9 +378,22 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX fleet_changes_by_device ON fleet_changes (device_id, id)",
     ),
+    (  # 5: several instances: incident groups are found by site inside the intake transaction, and
+        # each instance's MQTT session is known, so that another can take it over when it dies
+        "CREATE INDEX groups_by_site ON incident_groups (site, id)",
+        """CREATE TABLE gateway_instances (
+            name        TEXT PRIMARY KEY,
+            client_id   TEXT NOT NULL,           -- its MQTT client id: the broker keeps its session by it
+            started_ms  INTEGER NOT NULL
+        )""",
+    ),
 )
 
 _PLACE = ("site", "lat_e6", "lon_e6", "address", "area")
+
+# What a database connection must offer the store's functions: sqlite3.Connection does, and
+# store_pg.PgConnection does for psycopg (rows readable by column name and by position).
+Db = Any
 
 
 def _api_value(column: str, value: Any) -> Any:
@@ -360,15 +403,19 @@ def _api_value(column: str, value: Any) -> Any:
     return value
 
 
-def _log_change(db: sqlite3.Connection, by: Person, at_ms: int, action: FleetAction, device_id: str | None,
+def _log_change(db: Db, by: Person, at_ms: int, action: FleetAction, device_id: str | None,
                 detail: dict[str, Any]) -> None:
     db.execute("INSERT INTO fleet_changes (at_ms, person, role, action, device_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
                (at_ms, by.name, by.role.value, action, device_id, json.dumps(detail, ensure_ascii=False)))
 
 
-def _event(r: sqlite3.Row) -> OutboundEvent:
+def _event(r: Any) -> OutboundEvent:
     return OutboundEvent(r["id"], r["kind"], r["event_id"], r["device_id"], r["body"], r["attempts"], r["alarm_id"],
                          r["created_ms"])
+
+
+def _id(row: Any) -> int:
+    return int(row[0])
 
 
 class DatabaseThread:
@@ -413,13 +460,510 @@ class DatabaseThread:
         self._thread.join()
 
 
-class SQLiteStore:
-    def __init__(self, path: str | Path) -> None:
+class SQLStore:
+    """The store's logic, once for both engines. A subclass supplies the connection handling:
+    `_read(fn)` runs fn(db) and `_write(fn)` runs it in a transaction, both off the event loop;
+    `_lock_sites` and `_notify` are what only a shared database needs."""
+
+    shared = False
+    # What the engine raises for a broken unique key (a device registered twice).
+    integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+
+    def __init__(self, *, group_window_ms: int = 300_000) -> None:
+        self.group_window_ms = group_window_ms
+
+    async def _read(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
+        raise NotImplementedError
+
+    async def _write(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
+        raise NotImplementedError
+
+    def _lock_sites(self, db: Db, sites: Sequence[str]) -> None:
+        """Serialise, until the transaction ends, other instances' intake of alarms of these sites."""
+
+    def _notify(self, db: Db, lane: Lane) -> None:
+        """Tell the forwarding instance, when this transaction commits, that events wait in a lane."""
+
+    async def lead(self, leader: asyncio.Event, wake: Callable[[Lane], None]) -> None:
+        """The one instance of an unshared database always forwards."""
+        leader.set()
+        await asyncio.Event().wait()
+
+    async def hold_instance(self, name: str, client_id: str, now_ms: int, held: asyncio.Event) -> None:
+        """An unshared database has one instance: nobody to hold the name against."""
+        held.set()
+        await asyncio.Event().wait()
+
+    async def orphans(self, me: str) -> list[tuple[str, str]]:
+        return []
+
+    async def release_orphan(self, name: str, *, forget: bool) -> None:
+        return None
+
+    # ------------------------------------------------------------ migrations (one runner for both engines)
+
+    def _schema_version(self, db: Db) -> int:
+        raise NotImplementedError
+
+    def _set_schema_version(self, db: Db, version: int) -> None:
+        raise NotImplementedError
+
+    def _ddl(self, statement: str) -> str:
+        return statement
+
+    def _migrate(self, db: Db, where: str) -> None:
+        """Bring the schema to the newest version, in the caller's transaction: all of it or nothing."""
+        version = self._schema_version(db)
+        if version > len(MIGRATIONS):
+            raise StoreError(f"database {where} has schema {version}, newer than this gateway "
+                             f"knows ({len(MIGRATIONS)}): upgrade the gateway, do not downgrade")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[number - 1]:
+                db.execute(self._ddl(statement))
+            self._set_schema_version(db, number)
+            log.info("store %s migrated to schema %d", where, number)
+
+    # ------------------------------------------------------------ registry
+
+    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
+                         lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
+                         area: str = "", by: Person = IN_PROCESS) -> None:
+        def add(db: Db) -> None:
+            if db.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is not None:
+                raise StoreError(f"device {device_id} is already registered")
+            try:
+                db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area))
+            except self.integrity_errors:  # registered at this moment through another instance
+                raise StoreError(f"device {device_id} is already registered") from None
+            place = dict(zip(_PLACE, (site, lat_e6, lon_e6, address, area), strict=True))
+            _log_change(db, by, now_ms, "register", device_id,
+                        {k.removesuffix("_e6"): _api_value(k, v) for k, v in place.items()})
+        await self._write(add)
+
+    async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
+        def revoke(db: Db) -> bool:
+            cur = db.execute("UPDATE devices SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+                             (now_ms, device_id))
+            if cur.rowcount == 1:
+                _log_change(db, by, now_ms, "revoke", device_id, {})
+            return bool(cur.rowcount == 1)
+        return await self._write(revoke)
+
+    async def registry(self) -> list[DeviceRecord]:
+        def read(db: Db) -> list[DeviceRecord]:
+            rows = db.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area, "
+                              "pending_secret_hex FROM devices").fetchall()
+            return [DeviceRecord(r["id"], bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None, r["site"],
+                                 r["lat_e6"], r["lon_e6"], r["address"], r["area"],
+                                 bytes.fromhex(r["pending_secret_hex"]) if r["pending_secret_hex"] else None)
+                    for r in rows]
+        return await self._read(read)
+
+    async def registry_version(self) -> int:
+        """Grows with every change of the registry by a person (the fleet change log's newest
+        entry): an instance that sees it grow reloads the registry another instance changed."""
+        return await self._read(lambda db: _id(db.execute("SELECT coalesce(max(id), 0) FROM fleet_changes")
+                                                 .fetchone()))
+
+    async def devices(self, device_id: str | None = None) -> list[Device]:
+        def read(db: Db) -> list[Device]:
+            where, args = ("WHERE d.id = ?", (device_id,)) if device_id else ("", ())
+            rows = db.execute(
+                "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
+                "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
+                "d.pending_secret_hex IS NOT NULL AS key_pending, "
+                "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
+                f"FROM devices d {where} ORDER BY d.id", args).fetchall()
+            return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
+                              "key_pending": bool(r["key_pending"]),
+                              "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
+                    for r in rows]
+        return await self._read(read)
+
+    async def set_key(self, device_id: str, secret: bytes, *, pending: bool, now_ms: int,
+                      by: Person | None = IN_PROCESS) -> bool:
+        """Rotate a device's secret: at once (the old one stops working now), or pending (both work
+        until the device first uses the new one). The change log records the mode, not the key;
+        by=None records nothing (a device's first use of its pending key, which ends a rotation)."""
+        def write(db: Db) -> bool:
+            if pending:
+                cur = db.execute("UPDATE devices SET pending_secret_hex = ? WHERE id = ?", (secret.hex(), device_id))
+            else:
+                cur = db.execute("UPDATE devices SET secret_hex = ?, pending_secret_hex = NULL WHERE id = ?",
+                                 (secret.hex(), device_id))
+            if cur.rowcount == 1 and by is not None:
+                _log_change(db, by, now_ms, "rotate-key", device_id, {"mode": "pending" if pending else "immediate"})
+            return bool(cur.rowcount == 1)
+        return await self._write(write)
+
+    async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
+        """Retire a device for good: revoked, its supervision faults closed; its history is kept."""
+        def write(db: Db) -> bool:
+            cur = db.execute("UPDATE devices SET decommissioned_ms = ?, revoked_ms = coalesce(revoked_ms, ?), "
+                             "pending_secret_hex = NULL WHERE id = ? AND decommissioned_ms IS NULL",
+                             (now_ms, now_ms, device_id))
+            db.execute("DELETE FROM device_faults WHERE device_id = ?", (device_id,))
+            if cur.rowcount == 1:
+                _log_change(db, by, now_ms, "decommission", device_id, {})
+            return bool(cur.rowcount == 1)
+        return await self._write(write)
+
+    async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
+                            by: Person = IN_PROCESS) -> bool:
+        """Correct a device's site or location. The change log records each field that changed as
+        [before, after]; a correction that changes nothing records nothing."""
+        if not fields or set(fields) - set(_PLACE):
+            raise StoreError(f"can only update {', '.join(sorted(_PLACE))}")
+        def write(db: Db) -> bool:
+            before = db.execute(f"SELECT {', '.join(fields)} FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if before is None:
+                return False
+            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against _PLACE above
+            db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
+            changed = {k.removesuffix("_e6"): [_api_value(k, before[k]), _api_value(k, v)]
+                       for k, v in fields.items() if before[k] != v}
+            if changed:
+                _log_change(db, by, now_ms, "update", device_id, changed)
+            return True
+        return await self._write(write)
+
+    async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The fleet change log, newest first."""
+        def read(db: Db) -> list[dict[str, Any]]:
+            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+            rows = db.execute(f"SELECT id, at_ms, person, role, action, device_id, detail FROM fleet_changes "
+                              f"{where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+        return await self._read(read)
+
+    async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
+        """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
+        def read(db: Db) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
+            faults: dict[str, set[Fault]] = {}
+            for r in db.execute("SELECT device_id, fault FROM device_faults").fetchall():
+                faults.setdefault(r["device_id"], set()).add(Fault(r["fault"]))
+            rows = db.execute("SELECT id, last_seen_ms, every_s, battery_mv FROM devices "
+                              "WHERE revoked_ms IS NULL").fetchall()
+            return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], set()), r["battery_mv"])
+                    for r in rows]
+        return await self._read(read)
+
+    async def windows(self) -> dict[str, ReplayWindow]:
+        def read(db: Db) -> dict[str, ReplayWindow]:
+            rows = db.execute("SELECT id, high_seq, seq_window FROM devices").fetchall()
+            return {r["id"]: ReplayWindow(r["high_seq"], int(r["seq_window"], 16)) for r in rows}
+        return await self._read(read)
+
+    async def latest_alarms(self) -> dict[str, int]:
+        """The newest alarm's sequence number per device (its ack is the retained one)."""
+        def read(db: Db) -> dict[str, int]:
+            rows = db.execute("SELECT device_id, max(seq) AS s FROM alarms GROUP BY device_id").fetchall()
+            return {r["device_id"]: r["s"] for r in rows}
+        return await self._read(read)
+
+    async def alarm_exists(self, device_id: str, seq: int) -> bool:
+        def read(db: Db) -> bool:
+            return db.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?",
+                              (device_id, seq)).fetchone() is not None
+        return await self._read(read, urgent=True)
+
+    # ------------------------------------------------------------ intake
+
+    async def commit(self, batch: Batch, fault_event: FaultEventMaker,
+                     alarm_event: AlarmEventMaker) -> list[StoredAlarm]:
+        """Write one batch in one transaction; return the stored state of every alarm in it."""
+        return await self._write(lambda db: self._commit(db, batch, fault_event, alarm_event),
+                                 urgent=bool(batch.alarms or batch.duplicates))
+
+    def _commit(self, db: Db, batch: Batch, fault_event: FaultEventMaker,
+                alarm_event: AlarmEventMaker) -> list[StoredAlarm]:
+        # Leaves `batch` as it was: a transaction the database aborted (a deadlock between
+        # instances) runs this again from the start.
+        out: list[StoredAlarm] = []
+        duplicates = list(batch.duplicates)
+        self._lock_sites(db, sorted({n.site for n in batch.alarms}))
+        latest: dict[str, Group | None] = {}   # site -> its newest group, as this transaction left it
+        touched: dict[int, Group] = {}
+        for n in batch.alarms:
+            a = n.alarm
+            # Under the site's lock: an instance storing the same alarm now has committed or waits.
+            if db.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?",
+                          (a.device_id, a.seq)).fetchone() is not None:
+                duplicates.append((a.device_id, a.seq))  # stored already: re-acknowledged below
+                continue
+            if n.site not in latest:
+                r = db.execute("SELECT id, site, opened_ms, last_ms, presses, sources FROM incident_groups "
+                               "WHERE site = ? ORDER BY id DESC LIMIT 1", (n.site,)).fetchone()
+                latest[n.site] = None if r is None else Group(r["id"], r["site"], r["opened_ms"], r["last_ms"],
+                                                              r["presses"], json.loads(r["sources"]))
+            group = extend(latest[n.site], n.site, a.device_id, n.received_ms, self.group_window_ms)
+            if group.id == 0:  # a new incident: numbered by the database, unique across instances
+                group.id = _id(db.execute(
+                    "INSERT INTO incident_groups (site, opened_ms, last_ms, presses, sources) "
+                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (group.site, group.opened_ms, group.last_ms, group.presses, json.dumps(group.sources))).fetchone())
+            latest[n.site] = touched[group.id] = group
+            event_id, body = alarm_event(n, group)
+            alarm_id = _id(db.execute(
+                "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, "
+                "uptime_ms, received_ms, body, group_id, press_count) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (a.device_id, a.seq, a.kind, int(a.test), a.location.lat_e6, a.location.lon_e6, a.location.address,
+                 a.location.area, a.raised_ts, a.uptime_ms, n.received_ms, a.body, group.id,
+                 group.presses)).fetchone())
+            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
+                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
+                       (a.device_id, event_id, body, alarm_id, n.received_ms, n.received_ms))
+            out.append(StoredAlarm(alarm_id, a.device_id, a.seq, "received", None, True))
+        db.executemany("UPDATE incident_groups SET last_ms = ?, presses = ?, sources = ? WHERE id = ?",
+                       [(g.last_ms, g.presses, json.dumps(g.sources), g.id) for g in touched.values()])
+        for device_id, seq in duplicates:
+            row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+                             (device_id, seq)).fetchone()
+            if row is not None:
+                out.append(StoredAlarm(row["id"], device_id, seq, row["state"], row["incident_id"], False))
+        # Rows of devices in one order (by id), so that two instances' transactions never wait for
+        # each other in a circle.
+        seen: dict[str, int] = {}
+        for n in batch.alarms:
+            seen[n.alarm.device_id] = max(seen.get(n.alarm.device_id, 0), n.received_ms)
+        db.executemany("UPDATE devices SET last_seen_ms = greatest(coalesce(last_seen_ms, 0), ?) WHERE id = ?",
+                       [(ms, dev) for dev, ms in sorted(seen.items())])
+        db.executemany(
+            "UPDATE devices SET last_seen_ms = greatest(coalesce(last_seen_ms, 0), ?), battery_mv = ?, rssi = ?, "
+            "firmware = ?, tamper = ?, every_s = ? WHERE id = ?",
+            [(ms, s.battery_mv, s.rssi, s.firmware, int(s.tamper), s.every_s, s.device_id)
+             for s, ms in sorted(batch.statuses, key=lambda e: e[0].device_id)])
+        # A window written by an instance that has not seen the device's newest messages must not
+        # take the newer one back: the highest sequence number wins.
+        db.executemany("UPDATE devices SET seq_window = CASE WHEN ? >= high_seq THEN ? ELSE seq_window END, "
+                       "high_seq = greatest(high_seq, ?) WHERE id = ?",
+                       [(w.high, format(w.bits, "x"), w.high, dev) for dev, w in sorted(batch.windows.items())])
+        self._write_faults(db, batch.faults, fault_event)
+        db.executemany("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
+                       [(at, r.device_id, r.topic, r.reason.value, r.detail) for r, at in batch.rejects])
+        self._quarantine(db, batch.quarantined)
+        if any(s.changed for s in out):
+            self._notify(db, "alarm")
+        return out
+
+    def _quarantine(self, db: Db, entries: Sequence[Quarantined]) -> None:
+        db.executemany(
+            "INSERT INTO quarantine (device_id, topic, payload, digest, error, count, first_ms, last_ms) "
+            "VALUES (?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (digest) DO UPDATE SET count = quarantine.count + 1, "
+            "last_ms = excluded.last_ms, error = excluded.error",
+            [(q.device_id, q.topic, q.payload,
+              hashlib.sha256(q.topic.encode("utf-8", "replace") + b"\0" + q.payload).hexdigest(),
+              q.error[:500], q.at_ms, q.at_ms) for q in entries])
+
+    async def quarantine(self, entries: Sequence[Quarantined]) -> None:
+        await self._write(lambda db: self._quarantine(db, entries))
+
+    def _write_faults(self, db: Db, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None:
+        """Record fault starts and clears. The table of active faults decides: a start of a fault
+        already active, or a clear of one that is not, is dropped, so two instances that both saw
+        a device come back report it once."""
+        for ch in changes:
+            if ch.active:
+                effective = db.execute("INSERT INTO device_faults (device_id, fault, since_ms) VALUES (?, ?, ?) "
+                                       "ON CONFLICT (device_id, fault) DO NOTHING RETURNING device_id",
+                                       (ch.device_id, ch.fault.value, ch.at_ms)).fetchone()
+            else:
+                effective = db.execute("DELETE FROM device_faults WHERE device_id = ? AND fault = ? "
+                                       "RETURNING device_id", (ch.device_id, ch.fault.value)).fetchone()
+            if effective is None:
+                continue
+            number = _id(db.execute("INSERT INTO faults (device_id, fault, active, at_ms, detail) "
+                                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                    (ch.device_id, ch.fault.value, int(ch.active), ch.at_ms,
+                                     json.dumps(ch.detail))).fetchone())
+            event_id, body = fault_event(ch, number)
+            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, created_ms, next_attempt_ms) "
+                       "VALUES (?, ?, 'fault', ?, ?, ?)", (ch.device_id, event_id, body, ch.at_ms, ch.at_ms))
+        if changes:
+            self._notify(db, "fault")
+
+    async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None:
+        await self._write(lambda db: self._write_faults(db, changes, fault_event))
+
+    # ------------------------------------------------------------ forwarding
+
+    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]:
+        """Due events of one lane, oldest first, skipping any device whose earlier event is still
+        waiting for a retry: a device's events reach the command center in the order they were
+        stored. Refused events are out of the way (they wait for an operator, not for a retry).
+
+        The alarm lane takes the waiting alarms and, ahead of each, its device's earlier faults (so
+        that the device's order holds); it reads the alarms through their own index, never the
+        fault backlog of a power cut. The fault lane takes the faults of devices with no alarm
+        waiting. A fault both lanes take (its device's alarm came while the fault lane was sending
+        it) goes twice: the command center's idempotency key makes that harmless."""
+        if lane == "alarm":
+            return await self._read(lambda db: self._due_alarms(db, now_ms, limit), urgent=True)
+        return await self._read(lambda db: self._due_faults(db, now_ms, limit))
+
+    _EVENT = "SELECT id, kind, event_id, device_id, body, attempts, alarm_id, created_ms, next_attempt_ms FROM outbox"
+
+    def _due_alarms(self, db: Db, now_ms: int, limit: int) -> list[OutboundEvent]:
+        alarms = db.execute(f"{self._EVENT} INDEXED BY outbox_alarms WHERE kind = 'alarm' AND refused_ms IS NULL "
+                            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit)).fetchall()
+        if not alarms:
+            return []
+        last = {}
+        for a in alarms:
+            last[a["device_id"]] = a["id"]
+        out: list[OutboundEvent] = []
+        for device_id, upto in last.items():
+            # The device's pending events up to its last alarm taken, in order; stop at the first
+            # one that waits for a retry (or is not due): nothing of this device may overtake it.
+            for r in db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL ORDER BY id",
+                                (device_id, upto)).fetchall():
+                if r["next_attempt_ms"] > now_ms:
+                    break
+                out.append(_event(r))
+        out.sort(key=lambda e: e.id)
+        return out[:limit]
+
+    def _due_faults(self, db: Db, now_ms: int, limit: int) -> list[OutboundEvent]:
+        rows = db.execute(
+            f"{self._EVENT} o WHERE o.kind = 'fault' AND o.refused_ms IS NULL AND o.next_attempt_ms <= ? "
+            "AND NOT EXISTS (SELECT 1 FROM outbox a INDEXED BY outbox_device WHERE a.device_id = o.device_id "
+            "AND a.id > o.id AND a.kind = 'alarm' AND a.refused_ms IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM outbox w INDEXED BY outbox_device WHERE w.device_id = o.device_id "
+            "AND w.id < o.id AND w.refused_ms IS NULL AND w.next_attempt_ms > ?) ORDER BY o.id LIMIT ?",
+            (now_ms, now_ms, limit)).fetchall()
+        return [_event(r) for r in rows]
+
+    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None:
+        """Record a round of deliveries in one transaction."""
+        def write(db: Db) -> None:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(d.outbox_id,) for d in delivered])
+            db.executemany("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) WHERE id = ?",
+                           [(now_ms, d.incident_id, d.alarm_id) for d in delivered if d.alarm_id is not None])
+            db.executemany("UPDATE outbox SET attempts = attempts + ?, next_attempt_ms = ?, last_error = ? "
+                           "WHERE id = ?", [(int(r.spend_attempt), r.next_ms, r.error[:300], r.outbox_id)
+                                            for r in retries])
+        # An alarm round's settlement is on the alarm path: until it is written, the alarm lane's
+        # next query would find the same alarms again.
+        await self._write(write, urgent=any(d.alarm_id is not None for d in delivered))
+
+    async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None:
+        """Events the command center refused for good: kept, out of the forwarding queue."""
+        def write(db: Db) -> None:
+            db.executemany("UPDATE outbox SET refused_ms = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+                           [(now_ms, e[:300], i) for i, e in zip(outbox_ids, errors, strict=True)])
+        await self._write(write)
+
+    async def requeue(self, outbox_id: int, now_ms: int, by: Person = IN_PROCESS) -> bool:
+        """Send a refused event again (an operator fixed the cause)."""
+        def write(db: Db) -> bool:
+            row = db.execute("SELECT device_id, event_id, kind FROM outbox WHERE id = ? AND refused_ms IS NOT NULL",
+                             (outbox_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE outbox SET refused_ms = NULL, next_attempt_ms = ? WHERE id = ?", (now_ms, outbox_id))
+            _log_change(db, by, now_ms, "requeue", row["device_id"],
+                        {"outbox_id": outbox_id, "event_id": row["event_id"], "kind": row["kind"]})
+            self._notify(db, "alarm" if row["kind"] == "alarm" else "fault")
+            return True
+        return await self._write(write)
+
+    async def outbox_depth(self) -> int:
+        return await self._read(lambda db: _id(db.execute("SELECT count(*) FROM outbox WHERE refused_ms IS NULL")
+                                                 .fetchone()))
+
+    # ------------------------------------------------------------ state from the command center
+
+    async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
+                        by: str | None, at_ms: int) -> StoredAlarm | None:
+        """Record a command-center state; states only move forward. None if the alarm is unknown."""
+        def write(db: Db) -> StoredAlarm | None:
+            row = db.execute("SELECT id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+                             (device_id, seq)).fetchone()
+            if row is None:
+                return None
+            # Moves forward only if no other instance moved it further meanwhile (the WHERE).
+            changed = db.execute("UPDATE alarms SET state = ?, state_rank = ?, state_ms = ?, "
+                                 "incident_id = coalesce(?, incident_id) WHERE id = ? AND state_rank < ?",
+                                 (state, rank, at_ms, incident_id, row["id"], rank)).rowcount == 1
+            if changed:
+                db.execute("INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) VALUES (?, ?, ?, ?, ?)",
+                           (row["id"], state, incident_id, by, at_ms))
+            return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
+                               incident_id or row["incident_id"], changed)
+        return await self._write(write, urgent=True)  # the button waits for this state
+
+    async def current_acks(self, since_ms: int) -> list[StoredAlarm]:
+        """Each device's newest alarm, if it was stored or changed state since since_ms."""
+        def read(db: Db) -> list[StoredAlarm]:
+            rows = db.execute(
+                "SELECT a.id, a.device_id, a.seq, a.state, a.incident_id FROM alarms a JOIN "
+                "(SELECT device_id, max(seq) AS seq FROM alarms GROUP BY device_id) m "
+                "ON m.device_id = a.device_id AND m.seq = a.seq "
+                "WHERE greatest(a.received_ms, coalesce(a.state_ms, 0)) >= ?", (since_ms,)).fetchall()
+            return [StoredAlarm(r["id"], r["device_id"], r["seq"], r["state"], r["incident_id"], False) for r in rows]
+        return await self._read(read)
+
+    # ------------------------------------------------------------ queries for the admin API
+
+    async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        def read(db: Db) -> list[dict[str, Any]]:
+            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+            rows = db.execute(
+                "SELECT id, device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, received_ms, "
+                f"group_id, press_count, state, state_ms, incident_id, forwarded_ms FROM alarms {where} "
+                "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [{**dict(r), "test": bool(r["test"])} for r in rows]
+        return await self._read(read)
+
+    async def groups(self, limit: int) -> list[dict[str, Any]]:
+        def read(db: Db) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT id, site, opened_ms, last_ms, presses, sources FROM incident_groups "
+                              "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return [{**dict(r), "sources": json.loads(r["sources"])} for r in rows]
+        return await self._read(read)
+
+    async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]:
+        def read(db: Db) -> list[dict[str, Any]]:
+            where, args = ("WHERE reason = ?", (reason,)) if reason else ("", ())
+            rows = db.execute(f"SELECT at_ms, device_id, topic, reason, detail FROM audit {where} "
+                              "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            return [dict(r) for r in rows]
+        return await self._read(read)
+
+    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
+        def read(db: Db) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT id, device_id, topic, payload, error, count, first_ms, last_ms "
+                              "FROM quarantine ORDER BY last_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
+            return [{**dict(r), "payload": bytes(r["payload"])} for r in rows]
+        return await self._read(read)
+
+    async def refused(self, limit: int) -> list[dict[str, Any]]:
+        def read(db: Db) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT id, kind, event_id, device_id, created_ms, refused_ms, attempts, "
+                              "last_error FROM outbox WHERE refused_ms IS NOT NULL "
+                              "ORDER BY refused_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
+            return [dict(r) for r in rows]
+        return await self._read(read)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    """PostgreSQL's greatest() for SQLite (two arguments; NULL is ignored, as there)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
+
+
+class SQLiteStore(SQLStore):
+    def __init__(self, path: str | Path, *, group_window_ms: int = 300_000) -> None:
+        super().__init__(group_window_ms=group_window_ms)
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._pool: DatabaseThread | None = None
-
-    # ------------------------------------------------------------ plumbing
 
     async def _call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         if self._pool is None:
@@ -442,6 +986,12 @@ class SQLiteStore:
         db.execute("COMMIT")
         return result
 
+    async def _read(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
+        return await self._call(lambda: fn(self._conn), urgent=urgent)
+
+    async def _write(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
+        return await self._call(self._tx, fn, urgent=urgent)
+
     async def open(self) -> None:
         self._pool = DatabaseThread("siaga-store")
         try:
@@ -462,25 +1012,19 @@ class SQLiteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
+            db.create_function("greatest", 2, _greatest, deterministic=True)
             self._db = db
-            self._migrate()
+            self._tx(lambda db: self._migrate(db, str(self.path)))
         except BaseException:
             db.close()
             self._db = None
             raise
 
-    def _migrate(self) -> None:
-        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise StoreError(f"database {self.path} has schema {version}, newer than this gateway "
-                             f"knows ({len(MIGRATIONS)}): upgrade the gateway, do not downgrade")
-        for number in range(version + 1, len(MIGRATIONS) + 1):
-            def migrate(db: sqlite3.Connection, number: int = number) -> None:
-                for statement in MIGRATIONS[number - 1]:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")
-            self._tx(migrate)
-            log.info("store %s migrated to schema %d", self.path, number)
+    def _schema_version(self, db: Db) -> int:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _set_schema_version(self, db: Db, version: int) -> None:
+        db.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no bound parameters
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -493,397 +1037,10 @@ class SQLiteStore:
             self._db.close()
             self._db = None
 
-    # ------------------------------------------------------------ registry
 
-    async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
-                         lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                         area: str = "", by: Person = IN_PROCESS) -> None:
-        def add(db: sqlite3.Connection) -> None:
-            try:
-                db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area))
-            except sqlite3.IntegrityError:
-                raise StoreError(f"device {device_id} is already registered") from None
-            place = dict(zip(_PLACE, (site, lat_e6, lon_e6, address, area), strict=True))
-            _log_change(db, by, now_ms, "register", device_id,
-                        {k.removesuffix("_e6"): _api_value(k, v) for k, v in place.items()})
-        await self._call(self._tx, add)
-
-    async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
-        def revoke(db: sqlite3.Connection) -> bool:
-            cur = db.execute("UPDATE devices SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
-                             (now_ms, device_id))
-            if cur.rowcount == 1:
-                _log_change(db, by, now_ms, "revoke", device_id, {})
-            return cur.rowcount == 1
-        return await self._call(self._tx, revoke)
-
-    async def registry(self) -> list[DeviceRecord]:
-        def read() -> list[DeviceRecord]:
-            rows = self._conn.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area, "
-                                      "pending_secret_hex FROM devices").fetchall()
-            return [DeviceRecord(r["id"], bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None, r["site"],
-                                 r["lat_e6"], r["lon_e6"], r["address"], r["area"],
-                                 bytes.fromhex(r["pending_secret_hex"]) if r["pending_secret_hex"] else None)
-                    for r in rows]
-        return await self._call(read)
-
-    async def devices(self, device_id: str | None = None) -> list[Device]:
-        def read() -> list[Device]:
-            where, args = ("WHERE d.id = ?", (device_id,)) if device_id else ("", ())
-            rows = self._conn.execute(
-                "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
-                "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
-                "d.pending_secret_hex IS NOT NULL AS key_pending, "
-                "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
-                f"FROM devices d {where} ORDER BY d.id", args).fetchall()
-            return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
-                              "key_pending": bool(r["key_pending"]),
-                              "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
-                    for r in rows]
-        return await self._call(read)
-
-    async def set_key(self, device_id: str, secret: bytes, *, pending: bool, now_ms: int,
-                      by: Person | None = IN_PROCESS) -> bool:
-        """Rotate a device's secret: at once (the old one stops working now), or pending (both work
-        until the device first uses the new one). The change log records the mode, not the key;
-        by=None records nothing (a device's first use of its pending key, which ends a rotation)."""
-        def write(db: sqlite3.Connection) -> bool:
-            if pending:
-                cur = db.execute("UPDATE devices SET pending_secret_hex = ? WHERE id = ?", (secret.hex(), device_id))
-            else:
-                cur = db.execute("UPDATE devices SET secret_hex = ?, pending_secret_hex = NULL WHERE id = ?",
-                                 (secret.hex(), device_id))
-            if cur.rowcount == 1 and by is not None:
-                _log_change(db, by, now_ms, "rotate-key", device_id, {"mode": "pending" if pending else "immediate"})
-            return cur.rowcount == 1
-        return await self._call(self._tx, write)
-
-    async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
-        """Retire a device for good: revoked, its supervision faults closed; its history is kept."""
-        def write(db: sqlite3.Connection) -> bool:
-            cur = db.execute("UPDATE devices SET decommissioned_ms = ?, revoked_ms = coalesce(revoked_ms, ?), "
-                             "pending_secret_hex = NULL WHERE id = ? AND decommissioned_ms IS NULL",
-                             (now_ms, now_ms, device_id))
-            db.execute("DELETE FROM device_faults WHERE device_id = ?", (device_id,))
-            if cur.rowcount == 1:
-                _log_change(db, by, now_ms, "decommission", device_id, {})
-            return cur.rowcount == 1
-        return await self._call(self._tx, write)
-
-    async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
-                            by: Person = IN_PROCESS) -> bool:
-        """Correct a device's site or location. The change log records each field that changed as
-        [before, after]; a correction that changes nothing records nothing."""
-        if not fields or set(fields) - set(_PLACE):
-            raise StoreError(f"can only update {', '.join(sorted(_PLACE))}")
-        def write(db: sqlite3.Connection) -> bool:
-            before = db.execute(f"SELECT {', '.join(fields)} FROM devices WHERE id = ?", (device_id,)).fetchone()
-            if before is None:
-                return False
-            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against _PLACE above
-            db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
-            changed = {k.removesuffix("_e6"): [_api_value(k, before[k]), _api_value(k, v)]
-                       for k, v in fields.items() if before[k] != v}
-            if changed:
-                _log_change(db, by, now_ms, "update", device_id, changed)
-            return True
-        return await self._call(self._tx, write)
-
-    async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """The fleet change log, newest first."""
-        def read() -> list[dict[str, Any]]:
-            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
-            rows = self._conn.execute(f"SELECT id, at_ms, person, role, action, device_id, detail FROM fleet_changes "
-                                      f"{where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
-        return await self._call(read)
-
-    async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
-        """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
-        def read() -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
-            faults: dict[str, set[Fault]] = {}
-            for r in self._conn.execute("SELECT device_id, fault FROM device_faults"):
-                faults.setdefault(r["device_id"], set()).add(Fault(r["fault"]))
-            rows = self._conn.execute("SELECT id, last_seen_ms, every_s, battery_mv FROM devices "
-                                      "WHERE revoked_ms IS NULL").fetchall()
-            return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], set()), r["battery_mv"])
-                    for r in rows]
-        return await self._call(read)
-
-    async def windows(self) -> dict[str, ReplayWindow]:
-        def read() -> dict[str, ReplayWindow]:
-            rows = self._conn.execute("SELECT id, high_seq, seq_window FROM devices").fetchall()
-            return {r["id"]: ReplayWindow(r["high_seq"], int(r["seq_window"], 16)) for r in rows}
-        return await self._call(read)
-
-    async def latest_alarms(self) -> dict[str, int]:
-        """The newest alarm's sequence number per device (its ack is the retained one)."""
-        def read() -> dict[str, int]:
-            rows = self._conn.execute("SELECT device_id, max(seq) AS s FROM alarms GROUP BY device_id")
-            return {r["device_id"]: r["s"] for r in rows}
-        return await self._call(read)
-
-    async def open_groups(self, since_ms: int) -> tuple[list[Group], int]:
-        """Groups whose latest alarm is at or after since_ms, and the next free group id."""
-        def read() -> tuple[list[Group], int]:
-            rows = self._conn.execute("SELECT * FROM incident_groups WHERE last_ms >= ?", (since_ms,)).fetchall()
-            (top,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM incident_groups").fetchone()
-            return ([Group(r["id"], r["site"], r["opened_ms"], r["last_ms"], r["presses"], json.loads(r["sources"]))
-                     for r in rows], top + 1)
-        return await self._call(read)
-
-    async def alarm_exists(self, device_id: str, seq: int) -> bool:
-        def read() -> bool:
-            row = self._conn.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?", (device_id, seq))
-            return row.fetchone() is not None
-        return await self._call(read, urgent=True)
-
-    # ------------------------------------------------------------ intake
-
-    async def commit(self, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
-        """Write one batch in one transaction; return the stored state of every alarm in it."""
-        return await self._call(self._tx, lambda db: self._commit(db, batch, fault_event),
-                                urgent=bool(batch.alarms or batch.duplicates))
-
-    def _commit(self, db: sqlite3.Connection, batch: Batch, fault_event: FaultEventMaker) -> list[StoredAlarm]:
-        db.executemany(
-            "INSERT INTO incident_groups (id, site, opened_ms, last_ms, presses, sources) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET last_ms = excluded.last_ms, presses = excluded.presses, "
-            "sources = excluded.sources",
-            [(g.id, g.site, g.opened_ms, g.last_ms, g.presses, json.dumps(g.sources)) for g in batch.groups.values()])
-        out: list[StoredAlarm] = []
-        (top,) = db.execute("SELECT coalesce(max(id), 0) FROM alarms").fetchone()
-        db.executemany(
-            "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, uptime_ms, "
-            "received_ms, body, group_id, press_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, seq) DO NOTHING",
-            [(n.alarm.device_id, n.alarm.seq, n.alarm.kind, int(n.alarm.test), n.alarm.location.lat_e6,
-              n.alarm.location.lon_e6, n.alarm.location.address, n.alarm.location.area, n.alarm.raised_ts,
-              n.alarm.uptime_ms, n.received_ms, n.alarm.body, n.group_id, n.press_count) for n in batch.alarms])
-        # The rows above the previous maximum are the ones this batch stored. An alarm the store had
-        # already (possible only if a crash lost a replay-window update) is re-acknowledged instead.
-        inserted = {(r["device_id"], r["seq"]): r["id"]
-                    for r in db.execute("SELECT id, device_id, seq FROM alarms WHERE id > ?", (top,))}
-        fresh = [n for n in batch.alarms if (n.alarm.device_id, n.alarm.seq) in inserted]
-        batch.duplicates += [(n.alarm.device_id, n.alarm.seq) for n in batch.alarms
-                             if (n.alarm.device_id, n.alarm.seq) not in inserted]
-        db.executemany(
-            "INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
-            "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
-            [(n.alarm.device_id, n.event_id, n.body, inserted[(n.alarm.device_id, n.alarm.seq)], n.received_ms,
-              n.received_ms) for n in fresh])
-        out += [StoredAlarm(inserted[(n.alarm.device_id, n.alarm.seq)], n.alarm.device_id, n.alarm.seq, "received",
-                            None, True) for n in fresh]
-        for device_id, seq in batch.duplicates:
-            row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
-                             (device_id, seq)).fetchone()
-            if row is not None:
-                out.append(StoredAlarm(row["id"], device_id, seq, row["state"], row["incident_id"], False))
-        db.executemany(
-            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE id = ?",
-            [(n.received_ms, n.alarm.device_id) for n in batch.alarms])
-        db.executemany(
-            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?), battery_mv = ?, rssi = ?, "
-            "firmware = ?, tamper = ?, every_s = ? WHERE id = ?",
-            [(ms, s.battery_mv, s.rssi, s.firmware, int(s.tamper), s.every_s, s.device_id)
-             for s, ms in batch.statuses])
-        db.executemany("UPDATE devices SET high_seq = ?, seq_window = ? WHERE id = ?",
-                       [(w.high, format(w.bits, "x"), dev) for dev, w in batch.windows.items()])
-        self._write_faults(db, batch.faults, fault_event)
-        db.executemany("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
-                       [(at, r.device_id, r.topic, r.reason.value, r.detail) for r, at in batch.rejects])
-        self._quarantine(db, batch.quarantined)
-        return out
-
-    def _quarantine(self, db: sqlite3.Connection, entries: Sequence[Quarantined]) -> None:
-        db.executemany(
-            "INSERT INTO quarantine (device_id, topic, payload, digest, error, count, first_ms, last_ms) "
-            "VALUES (?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (digest) DO UPDATE SET count = count + 1, "
-            "last_ms = excluded.last_ms, error = excluded.error",
-            [(q.device_id, q.topic, q.payload,
-              hashlib.sha256(q.topic.encode("utf-8", "replace") + b"\0" + q.payload).hexdigest(),
-              q.error[:500], q.at_ms, q.at_ms) for q in entries])
-
-    async def quarantine(self, entries: Sequence[Quarantined]) -> None:
-        await self._call(self._tx, lambda db: self._quarantine(db, entries))
-
-    def _write_faults(self, db: sqlite3.Connection, changes: Sequence[FaultChange],
-                      fault_event: FaultEventMaker) -> None:
-        for ch in changes:
-            cur = db.execute("INSERT INTO faults (device_id, fault, active, at_ms, detail) VALUES (?, ?, ?, ?, ?)",
-                             (ch.device_id, ch.fault.value, int(ch.active), ch.at_ms, json.dumps(ch.detail)))
-            assert cur.lastrowid is not None
-            if ch.active:
-                db.execute("INSERT OR IGNORE INTO device_faults (device_id, fault, since_ms) VALUES (?, ?, ?)",
-                           (ch.device_id, ch.fault.value, ch.at_ms))
-            else:
-                db.execute("DELETE FROM device_faults WHERE device_id = ? AND fault = ?",
-                           (ch.device_id, ch.fault.value))
-            event_id, body = fault_event(ch, cur.lastrowid)
-            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, created_ms, next_attempt_ms) "
-                       "VALUES (?, ?, 'fault', ?, ?, ?)", (ch.device_id, event_id, body, ch.at_ms, ch.at_ms))
-
-    async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None:
-        await self._call(self._tx, lambda db: self._write_faults(db, changes, fault_event))
-
-    # ------------------------------------------------------------ forwarding
-
-    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]:
-        """Due events of one lane, oldest first, skipping any device whose earlier event is still
-        waiting for a retry: a device's events reach the command center in the order they were
-        stored. Refused events are out of the way (they wait for an operator, not for a retry).
-
-        The alarm lane takes the waiting alarms and, ahead of each, its device's earlier faults (so
-        that the device's order holds); it reads the alarms through their own index, never the
-        fault backlog of a power cut. The fault lane takes the faults of devices with no alarm
-        waiting. A fault both lanes take (its device's alarm came while the fault lane was sending
-        it) goes twice: the command center's idempotency key makes that harmless."""
-        if lane == "alarm":
-            return await self._call(self._due_alarms, now_ms, limit, urgent=True)
-        return await self._call(self._due_faults, now_ms, limit)
-
-    _EVENT = "SELECT id, kind, event_id, device_id, body, attempts, alarm_id, created_ms, next_attempt_ms FROM outbox"
-
-    def _due_alarms(self, now_ms: int, limit: int) -> list[OutboundEvent]:
-        db = self._conn
-        alarms = db.execute(f"{self._EVENT} INDEXED BY outbox_alarms WHERE kind = 'alarm' AND refused_ms IS NULL "
-                            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit)).fetchall()
-        if not alarms:
-            return []
-        last = {}
-        for a in alarms:
-            last[a["device_id"]] = a["id"]
-        out: list[OutboundEvent] = []
-        for device_id, upto in last.items():
-            # The device's pending events up to its last alarm taken, in order; stop at the first
-            # one that waits for a retry (or is not due): nothing of this device may overtake it.
-            for r in db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL ORDER BY id",
-                                (device_id, upto)):
-                if r["next_attempt_ms"] > now_ms:
-                    break
-                out.append(_event(r))
-        out.sort(key=lambda e: e.id)
-        return out[:limit]
-
-    def _due_faults(self, now_ms: int, limit: int) -> list[OutboundEvent]:
-        rows = self._conn.execute(
-            f"{self._EVENT} o WHERE o.kind = 'fault' AND o.refused_ms IS NULL AND o.next_attempt_ms <= ? "
-            "AND NOT EXISTS (SELECT 1 FROM outbox a INDEXED BY outbox_device WHERE a.device_id = o.device_id "
-            "AND a.id > o.id AND a.kind = 'alarm' AND a.refused_ms IS NULL) "
-            "AND NOT EXISTS (SELECT 1 FROM outbox w INDEXED BY outbox_device WHERE w.device_id = o.device_id "
-            "AND w.id < o.id AND w.refused_ms IS NULL AND w.next_attempt_ms > ?) ORDER BY o.id LIMIT ?",
-            (now_ms, now_ms, limit)).fetchall()
-        return [_event(r) for r in rows]
-
-    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None:
-        """Record a round of deliveries in one transaction."""
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(d.outbox_id,) for d in delivered])
-            db.executemany("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) WHERE id = ?",
-                           [(now_ms, d.incident_id, d.alarm_id) for d in delivered if d.alarm_id is not None])
-            db.executemany("UPDATE outbox SET attempts = attempts + ?, next_attempt_ms = ?, last_error = ? "
-                           "WHERE id = ?", [(int(r.spend_attempt), r.next_ms, r.error[:300], r.outbox_id)
-                                            for r in retries])
-        # An alarm round's settlement is on the alarm path: until it is written, the alarm lane's
-        # next query would find the same alarms again.
-        await self._call(self._tx, write, urgent=any(d.alarm_id is not None for d in delivered))
-
-    async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None:
-        """Events the command center refused for good: kept, out of the forwarding queue."""
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE outbox SET refused_ms = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
-                           [(now_ms, e[:300], i) for i, e in zip(outbox_ids, errors, strict=True)])
-        await self._call(self._tx, write)
-
-    async def requeue(self, outbox_id: int, now_ms: int, by: Person = IN_PROCESS) -> bool:
-        """Send a refused event again (an operator fixed the cause)."""
-        def write(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT device_id, event_id, kind FROM outbox WHERE id = ? AND refused_ms IS NOT NULL",
-                             (outbox_id,)).fetchone()
-            if row is None:
-                return False
-            db.execute("UPDATE outbox SET refused_ms = NULL, next_attempt_ms = ? WHERE id = ?", (now_ms, outbox_id))
-            _log_change(db, by, now_ms, "requeue", row["device_id"],
-                        {"outbox_id": outbox_id, "event_id": row["event_id"], "kind": row["kind"]})
-            return True
-        return await self._call(self._tx, write)
-
-    async def outbox_depth(self) -> int:
-        def read() -> int:
-            return int(self._conn.execute("SELECT count(*) FROM outbox WHERE refused_ms IS NULL").fetchone()[0])
-        return await self._call(read)
-
-    # ------------------------------------------------------------ state from the command center
-
-    async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
-                        by: str | None, at_ms: int) -> StoredAlarm | None:
-        """Record a command-center state; states only move forward. None if the alarm is unknown."""
-        def write(db: sqlite3.Connection) -> StoredAlarm | None:
-            row = db.execute("SELECT id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
-                             (device_id, seq)).fetchone()
-            if row is None:
-                return None
-            changed = rank > row["state_rank"]
-            if changed:
-                db.execute("UPDATE alarms SET state = ?, state_rank = ?, state_ms = ?, "
-                           "incident_id = coalesce(?, incident_id) WHERE id = ?",
-                           (state, rank, at_ms, incident_id, row["id"]))
-                db.execute("INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) VALUES (?, ?, ?, ?, ?)",
-                           (row["id"], state, incident_id, by, at_ms))
-            return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
-                               incident_id or row["incident_id"], changed)
-        return await self._call(self._tx, write, urgent=True)  # the button waits for this state
-
-    async def current_acks(self, since_ms: int) -> list[StoredAlarm]:
-        """Each device's newest alarm, if it was stored or changed state since since_ms."""
-        def read() -> list[StoredAlarm]:
-            rows = self._conn.execute(
-                "SELECT a.id, a.device_id, a.seq, a.state, a.incident_id FROM alarms a JOIN "
-                "(SELECT device_id, max(seq) AS seq FROM alarms GROUP BY device_id) m "
-                "ON m.device_id = a.device_id AND m.seq = a.seq "
-                "WHERE max(a.received_ms, coalesce(a.state_ms, 0)) >= ?", (since_ms,)).fetchall()
-            return [StoredAlarm(r["id"], r["device_id"], r["seq"], r["state"], r["incident_id"], False) for r in rows]
-        return await self._call(read)
-
-    # ------------------------------------------------------------ queries for the admin API
-
-    async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            where, args = ("WHERE device_id = ?", (device_id,)) if device_id else ("", ())
-            rows = self._conn.execute(
-                "SELECT id, device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, received_ms, "
-                f"group_id, press_count, state, state_ms, incident_id, forwarded_ms FROM alarms {where} "
-                "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-            return [{**dict(r), "test": bool(r["test"])} for r in rows]
-        return await self._call(read)
-
-    async def groups(self, limit: int) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            rows = self._conn.execute("SELECT * FROM incident_groups ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-            return [{**dict(r), "sources": json.loads(r["sources"])} for r in rows]
-        return await self._call(read)
-
-    async def audit(self, limit: int, reason: str | None = None) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            where, args = ("WHERE reason = ?", (reason,)) if reason else ("", ())
-            rows = self._conn.execute(f"SELECT at_ms, device_id, topic, reason, detail FROM audit {where} "
-                                      "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-            return [dict(r) for r in rows]
-        return await self._call(read)
-
-    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            rows = self._conn.execute("SELECT id, device_id, topic, payload, error, count, first_ms, last_ms "
-                                      "FROM quarantine ORDER BY last_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
-            return [{**dict(r), "payload": bytes(r["payload"])} for r in rows]
-        return await self._call(read)
-
-    async def refused(self, limit: int) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            rows = self._conn.execute("SELECT id, kind, event_id, device_id, created_ms, refused_ms, attempts, "
-                                      "last_error FROM outbox WHERE refused_ms IS NOT NULL "
-                                      "ORDER BY refused_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
-            return [dict(r) for r in rows]
-        return await self._call(read)
+def open_store(db: str | Path, *, group_window_ms: int = 300_000) -> Store:
+    """The store a `db` setting names: a postgresql:// URL, or the path of a SQLite file."""
+    if is_postgres(db):
+        from .store_pg import PostgresStore  # psycopg is needed only here
+        return PostgresStore(str(db), group_window_ms=group_window_ms)
+    return SQLiteStore(db, group_window_ms=group_window_ms)

@@ -70,6 +70,25 @@ class Supervisor:
         health.last_occurrence_ms = {f: self._started_ms for f in STICKY if f in active}
         self._devices[device_id] = health
 
+    def sync(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: set[Fault],
+             battery_mv: int | None) -> None:
+        """Take a device's state from a database other gateway instances share: the latest
+        message any of them saw, and the faults active there (the database decides which fault
+        changes count, store._write_faults). A sticky fault first seen here runs its hour from now."""
+        health = self._devices.get(device_id)
+        if health is None:
+            self.load(device_id, last_seen_ms, every_s, active, battery_mv)
+            return
+        if last_seen_ms is not None and last_seen_ms > health.last_seen_ms:
+            health.last_seen_ms = last_seen_ms
+            health.battery_mv = battery_mv
+        if every_s:
+            health.every_s = every_s
+        for fault in STICKY:
+            if fault in active and fault not in health.active:
+                health.last_occurrence_ms[fault] = max(health.last_seen_ms, self._started_ms)
+        health.active = set(active)
+
     def forget(self, device_id: str) -> None:
         self._devices.pop(device_id, None)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the Debian/Ubuntu packages a target needs are installed.
 #   scripts/system-deps.sh venv               python3 with the venv module
-#   scripts/system-deps.sh test               + mosquitto (tests start their own brokers) and chromium
+#   scripts/system-deps.sh test               + mosquitto and postgresql (tests start their own), chromium
 # Installs with apt-get when running as root; otherwise says exactly what to run, and fails.
 set -euo pipefail
 
@@ -24,6 +24,7 @@ for target in "${want[@]}"; do
             need "python3 -c 'import venv, ensurepip'" python3-venv
             need "command -v mosquitto || test -x /usr/sbin/mosquitto" mosquitto
             need "command -v chromium || test -x /usr/bin/chromium" chromium
+            need "ls /usr/lib/postgresql/*/bin/initdb" postgresql
             ;;
         *)
             echo "system-deps: unknown target '$target'" >&2

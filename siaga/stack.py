@@ -25,7 +25,7 @@ from siaga.gateway.adapters import ReferenceAdapter
 from siaga.gateway.config import GatewayConfig
 from siaga.gateway.mqtt import MqttSettings
 from siaga.gateway.service import Gateway
-from siaga.gateway.store import SQLiteStore
+from siaga.gateway.store import open_store
 from siaga.net import free_port
 
 Say = Callable[[str, str], None]
@@ -93,7 +93,8 @@ class LocalStack:
             api_host="127.0.0.1", api_port=self.gw_port, admin_token=self.admin_token,
             cc_callback_token=self.callback_token, cc_url=self.cc_url, cc_token=self.intake_token,
             retry_first_s=0.2, retry_max_s=2.0)
-        self.gateway = Gateway(gw_cfg, SQLiteStore(gw_cfg.db_path), ReferenceAdapter(self.cc_url, self.intake_token))
+        store = open_store(gw_cfg.db, group_window_ms=gw_cfg.incident_window_s * 1000)
+        self.gateway = Gateway(gw_cfg, store, ReferenceAdapter(self.cc_url, self.intake_token))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._cc_server.serve(), name="command center"),
                        loop.create_task(self.gateway.run(self._gw_stop), name="gateway")]

@@ -48,10 +48,11 @@ async def test_a_message_that_breaks_the_gateway_is_quarantined_and_the_others_g
 
     committing = SQLiteStore._commit
 
-    def broken_commit(self: SQLiteStore, db: object, batch: service.Batch, fault_event: object) -> object:
+    def broken_commit(self: SQLiteStore, db: object, batch: service.Batch, fault_event: object,
+                      alarm_event: object) -> object:
         if any(n.alarm.device_id == "bug-store" for n in batch.alarms):
             raise OverflowError("injected: a value the store cannot hold")
-        return committing(self, db, batch, fault_event)  # type: ignore[arg-type]
+        return committing(self, db, batch, fault_event, alarm_event)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service, "alarm_event", broken_formatting)
     monkeypatch.setattr(SQLiteStore, "_commit", broken_commit)

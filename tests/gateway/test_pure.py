@@ -7,11 +7,28 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from siaga.gateway.grouping import Grouper
+from siaga.gateway.grouping import Group, extend
 from siaga.gateway.limits import BreakerState, CircuitBreaker, FloodLimiter
 from siaga.gateway.supervision import Fault, SupervisionSettings, Supervisor
 
 WINDOW_MS = 300_000
+
+
+class Grouper:
+    """The store's use of `extend`, with the database's newest group per site kept in a dict."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self.latest: dict[str, Group] = {}
+        self.numbers = 0
+
+    def assign(self, site: str, device_id: str, now_ms: int) -> Group:
+        group = extend(self.latest.get(site), site, device_id, now_ms, self.window_ms)
+        if group.id == 0:
+            self.numbers += 1
+            group.id = self.numbers
+        self.latest[site] = group
+        return group
 
 
 def test_repeated_presses_of_one_button_become_one_incident() -> None:
@@ -19,11 +36,11 @@ def test_repeated_presses_of_one_button_become_one_incident() -> None:
     first = g.assign("btn-1", "btn-1", 0)
     again = g.assign("btn-1", "btn-1", 120_000)
     third = g.assign("btn-1", "btn-1", 400_000)   # within the window of the previous press
-    assert first.group_id == again.group_id == third.group_id
-    assert [first.press_count, again.press_count, third.press_count] == [1, 2, 3]
+    assert first.id == again.id == third.id
+    assert [first.presses, again.presses, third.presses] == [1, 2, 3]
     later = g.assign("btn-1", "btn-1", 400_000 + WINDOW_MS + 1)
-    assert later.group_id != first.group_id
-    assert later.press_count == 1
+    assert later.id != first.id
+    assert later.presses == 1
 
 
 def test_buttons_of_one_site_are_linked_and_others_are_not() -> None:
@@ -31,9 +48,9 @@ def test_buttons_of_one_site_are_linked_and_others_are_not() -> None:
     a = g.assign("pasar-baru", "btn-a", 0)
     b = g.assign("pasar-baru", "btn-b", 10_000)
     c = g.assign("btn-c", "btn-c", 20_000)
-    assert a.group_id == b.group_id != c.group_id
-    assert b.sources == ("btn-a", "btn-b")
-    assert c.sources == ("btn-c",)
+    assert a.id == b.id != c.id
+    assert b.sources == ["btn-a", "btn-b"]
+    assert c.sources == ["btn-c"]
 
 
 alarms = st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3"]), st.sampled_from(["d1", "d2", "d3"]),
@@ -53,12 +70,12 @@ def test_grouping_agrees_with_its_definition(events: list[tuple[str, str, int]])
     for site, dev, t, a in out:
         if site in last:
             prev_t, prev_group = last[site]
-            assert (a.group_id == prev_group) == (t - prev_t <= WINDOW_MS)
-        assert site_of.setdefault(a.group_id, site) == site
-        counts[a.group_id] = counts.get(a.group_id, 0) + 1
-        assert a.press_count == counts[a.group_id]
+            assert (a.id == prev_group) == (t - prev_t <= WINDOW_MS)
+        assert site_of.setdefault(a.id, site) == site
+        counts[a.id] = counts.get(a.id, 0) + 1
+        assert a.presses == counts[a.id]
         assert dev in a.sources
-        last[site] = (t, a.group_id)
+        last[site] = (t, a.id)
 
 
 def test_supervisor_offline_after_missed_heartbeats_and_back() -> None:

@@ -23,14 +23,15 @@ class GatewayProcess:
     def __init__(self, tmp_path: Path, *, mqtt_port: int, mqtt_password: str, cc_url: str, cc_token: str,
                  gateway_id: str = "gw-test", port: int | None = None, callback_token: str | None = None,
                  gateway_settings: str = "", extra_toml: str = "", mqtt_settings: str = "",
-                 python: str = sys.executable, people: Mapping[str, str] | None = None,
+                 python: str = sys.executable, people: Mapping[str, str] | None = None, db: str = "gateway.sqlite3",
                  # Most tests try wrong tokens on purpose, all from 127.0.0.1: far above the default.
                  api_settings: str = 'throttle_per_address = "10000/minute"') -> None:
         """gateway_settings: TOML lines for the [gateway] table; extra_toml: more lines for the
         [forwarding] table, then further tables; python: the interpreter (another install of
         Siaga, to compare versions in a benchmark); people: name -> role of [[api.people]] entries,
         each with a token of its own (`people_tokens`, `headers_of(name)`), beside the admin token;
-        api_settings: more lines for the [api] table."""
+        api_settings: more lines for the [api] table; db: the [gateway] db setting (a SQLite file in
+        the gateway's folder, or a postgresql:// URL)."""
         self.python = python
         self.dir = Path(tmp_path) / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ class GatewayProcess:
         self.config_path.write_text(f"""
 [gateway]
 id = "{gateway_id}"
-db = "gateway.sqlite3"
+db = "{db}"
 {gateway_settings}
 
 [mqtt]
