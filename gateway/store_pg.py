@@ -19,8 +19,10 @@ the three things only a shared database needs:
 - **One forwarder at a time** (`Leadership`): the instance holding a session advisory lock
   forwards the outbox and runs the time-driven part of supervision. The others try every second.
   PostgreSQL releases the lock when the holder's connection ends, which is at once when its
-  process dies (the kernel closes the socket) and, when its machine vanishes, after the TCP
-  keepalive probes fail (about 11 s with the settings below). The holder listens on the same
+  process dies (the kernel closes the socket). When its machine vanishes, PostgreSQL notices only
+  through its own TCP settings: `tcp_keepalives_*` and, since a busy leader's connection always has
+  NOTIFY traffic in flight, `tcp_user_timeout` (docs/deployment.md gives both; about 11 s). The
+  settings below make this side notice a lost server as fast. The holder listens on the same
   connection for NOTIFY from any instance's intake, so an alarm stored by another instance is
   forwarded without waiting for a poll.
 
@@ -61,9 +63,11 @@ LEADER_KEY = 1
 INSTANCE_NAMESPACE = LOCK_NAMESPACE + 1  # key: _site_key(instance name)
 HOLD_CHECK_S = 2.0  # how often an instance checks the connection that holds its name
 CHANNEL = "siaga_gateway_outbox"
-# libpq TCP keepalives: a peer that vanished (its machine lost power) is noticed after about
-# idle + interval * count seconds instead of the kernel's two hours.
-KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+# libpq TCP keepalives: a server that vanished (its machine lost power) is noticed after about
+# idle + interval * count seconds instead of the kernel's two hours, or, with data unacknowledged,
+# after tcp_user_timeout ms.
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                              "tcp_user_timeout": 11_000}
 RETRIES = 8  # a transaction aborted by a deadlock or a serialisation failure runs again up to this often
 
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
