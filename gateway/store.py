@@ -213,7 +213,7 @@ class Store(Protocol):
     async def windows(self) -> dict[str, ReplayWindow]: ...
     async def latest_alarms(self) -> dict[str, int]: ...
     async def registry_version(self) -> int: ...
-    async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]: ...
+    async def device_health(self) -> list[tuple[str, int | None, int | None, dict[Fault, int], int | None]]: ...
     # intake
     async def alarm_exists(self, device_id: str, seq: int) -> bool: ...
     async def commit(self, batch: Batch, fault_event: FaultEventMaker,
@@ -638,15 +638,16 @@ class SQLStore:
             return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
         return await self._read(read)
 
-    async def device_health(self) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
-        """(device, last seen ms, heartbeat interval s, active faults, battery mV) for supervision."""
-        def read(db: Db) -> list[tuple[str, int | None, int | None, set[Fault], int | None]]:
-            faults: dict[str, set[Fault]] = {}
-            for r in db.execute("SELECT device_id, fault FROM device_faults").fetchall():
-                faults.setdefault(r["device_id"], set()).add(Fault(r["fault"]))
+    async def device_health(self) -> list[tuple[str, int | None, int | None, dict[Fault, int], int | None]]:
+        """(device, last seen ms, heartbeat interval s, active faults with their start ms, battery mV)
+        for supervision."""
+        def read(db: Db) -> list[tuple[str, int | None, int | None, dict[Fault, int], int | None]]:
+            faults: dict[str, dict[Fault, int]] = {}
+            for r in db.execute("SELECT device_id, fault, since_ms FROM device_faults").fetchall():
+                faults.setdefault(r["device_id"], {})[Fault(r["fault"])] = r["since_ms"]
             rows = db.execute("SELECT id, last_seen_ms, every_s, battery_mv FROM devices "
                               "WHERE revoked_ms IS NULL").fetchall()
-            return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], set()), r["battery_mv"])
+            return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], {}), r["battery_mv"])
                     for r in rows]
         return await self._read(read)
 

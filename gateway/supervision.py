@@ -45,6 +45,8 @@ class Health:
     active: set[Fault] = field(default_factory=set)
     battery_mv: int | None = None
     last_occurrence_ms: dict[Fault, int] = field(default_factory=dict)  # of the sticky faults
+    offline_since_ms: int | None = None  # when the active offline fault started
+    heard_ms: int = 0                    # the device's latest message itself (last_seen_ms starts at our start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +64,26 @@ class Supervisor:
         self._started_ms = started_ms
         self._devices: dict[str, Health] = {}
 
-    def load(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: set[Fault],
-             battery_mv: int | None = None) -> None:
+    def load(self, device_id: str, last_seen_ms: int | None, every_s: int | None,
+             active: set[Fault] | dict[Fault, int], battery_mv: int | None = None) -> None:
+        """A device's state at start; `active` may carry each fault's start time (ms)."""
         health = Health(max(last_seen_ms or 0, self._started_ms), every_s or self.settings.default_every_s,
                         set(active), battery_mv)
+        health.heard_ms = last_seen_ms or 0
+        if isinstance(active, dict) and Fault.OFFLINE in active:
+            health.offline_since_ms = active[Fault.OFFLINE]
         # A sticky fault active at start-up runs its hour from now: when it last happened is not kept.
         health.last_occurrence_ms = {f: self._started_ms for f in STICKY if f in active}
         self._devices[device_id] = health
 
-    def sync(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: set[Fault],
+    def sync(self, device_id: str, last_seen_ms: int | None, every_s: int | None, active: dict[Fault, int],
              battery_mv: int | None) -> None:
         """Take a device's state from a database other gateway instances share: the latest
-        message any of them saw, and the faults active there (the database decides which fault
-        changes count, store._write_faults). A sticky fault first seen here runs its hour from now."""
+        message any of them saw, and the faults active there with their start (the database
+        decides which fault changes count, store._write_faults). A sticky fault first seen here
+        runs its hour from now. An offline fault that started before the device's latest message
+        (its will reached one instance, its next heartbeat another that did not know yet) is
+        cleared by the next `tick`."""
         health = self._devices.get(device_id)
         if health is None:
             self.load(device_id, last_seen_ms, every_s, active, battery_mv)
@@ -82,12 +91,14 @@ class Supervisor:
         if last_seen_ms is not None and last_seen_ms > health.last_seen_ms:
             health.last_seen_ms = last_seen_ms
             health.battery_mv = battery_mv
+        health.heard_ms = max(health.heard_ms, last_seen_ms or 0)
         if every_s:
             health.every_s = every_s
         for fault in STICKY:
             if fault in active and fault not in health.active:
                 health.last_occurrence_ms[fault] = max(health.last_seen_ms, self._started_ms)
         health.active = set(active)
+        health.offline_since_ms = active.get(Fault.OFFLINE)
 
     def forget(self, device_id: str) -> None:
         self._devices.pop(device_id, None)
@@ -106,12 +117,15 @@ class Supervisor:
             health.active.add(fault)
         else:
             health.active.discard(fault)
+        if fault is Fault.OFFLINE:
+            health.offline_since_ms = now_ms if active else None
         return [FaultChange(device_id, fault, active, now_ms, detail)]
 
     def seen(self, device_id: str, now_ms: int) -> list[FaultChange]:
         """Any authenticated message proves the device is alive."""
         health = self._health(device_id, now_ms)
         health.last_seen_ms = max(health.last_seen_ms, now_ms)
+        health.heard_ms = max(health.heard_ms, now_ms)
         return self._set(device_id, health, Fault.OFFLINE, False, now_ms, {"reason": "message received"})
 
     def heartbeat(self, device_id: str, now_ms: int, every_s: int, battery_mv: int | None,
@@ -154,6 +168,9 @@ class Supervisor:
                 changes += self._set(device_id, health, Fault.OFFLINE, True, now_ms, {
                     "reason": f"{self.settings.missed_heartbeats} heartbeats missed",
                     "last_seen_ms": health.last_seen_ms, "battery_mv": health.battery_mv})
+            elif health.offline_since_ms is not None and health.heard_ms > health.offline_since_ms:
+                changes += self._set(device_id, health, Fault.OFFLINE, False, now_ms,
+                                     {"reason": "message received"})
             for fault, at_ms in health.last_occurrence_ms.items():
                 if fault in health.active and now_ms - at_ms > STICKY_MS:
                     changes += self._set(device_id, health, fault, False, now_ms,

@@ -96,6 +96,29 @@ def test_supervisor_gives_devices_a_grace_period_after_gateway_start() -> None:
     assert [c.fault for c in s.tick(1_000_000 + 31_000)] == [Fault.OFFLINE]
 
 
+def test_an_offline_fault_another_instance_started_is_cleared_by_a_later_message() -> None:
+    """Two instances: the will reached the other one (the database says offline since 5,000), the
+    next heartbeat reached this one before it knew, so `heartbeat` had nothing to clear; the
+    database's record of that heartbeat (last seen 6,000) makes the next tick clear it once."""
+    s = Supervisor(SupervisionSettings(missed_heartbeats=3), started_ms=0)
+    s.load("d", last_seen_ms=4_000, every_s=10, active={})
+    assert s.heartbeat("d", 6_000, 10, 4000, False) == []
+    s.sync("d", 6_000, 10, {Fault.OFFLINE: 5_000}, 4000)
+    (back,) = s.tick(7_000)
+    assert (back.fault, back.active) == (Fault.OFFLINE, False)
+    assert s.tick(8_000) == []
+
+
+def test_an_offline_fault_from_before_a_restart_stays_until_the_device_speaks() -> None:
+    s = Supervisor(SupervisionSettings(missed_heartbeats=3), started_ms=100_000)
+    s.load("d", last_seen_ms=4_000, every_s=10, active={Fault.OFFLINE: 5_000})
+    assert s.tick(101_000) == []  # still offline: nothing was heard since it started
+    s.sync("d", 4_000, 10, {Fault.OFFLINE: 5_000}, None)
+    assert s.tick(102_000) == []
+    (back,) = s.heartbeat("d", 103_000, 10, 4000, False)
+    assert (back.fault, back.active) == (Fault.OFFLINE, False)
+
+
 def test_supervisor_battery_hysteresis_and_tamper() -> None:
     s = Supervisor(SupervisionSettings(low_battery_mv=3400, battery_hysteresis_mv=150), started_ms=0)
     changes = s.heartbeat("d", 0, 60, 3300, True)

@@ -150,7 +150,7 @@ async def test_heartbeats_windows_faults_rejects_and_quarantine(store: Store) ->
     # The same start again (another instance saw it too) and the same bytes again are one entry each.
     await commit(store, Batch(faults=[start], quarantined=[junk]))
     health = {h[0]: h for h in await store.device_health()}
-    assert health["btn-a"][1:] == (5_000, 60, {Fault.LOW_BATTERY}, 3300)
+    assert health["btn-a"][1:] == (5_000, 60, {Fault.LOW_BATTERY: 5_000}, 3300)
     assert (await store.windows())["btn-a"] == window
     faults = await store.due_events(10**9, 10, "fault")
     assert [json.loads(e.body) for e in faults] == [{"fault": "low_battery", "active": True}]
