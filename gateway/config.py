@@ -79,6 +79,7 @@ class GatewayConfig:
     batch_max: int = 500            # messages per group commit
     batch_wait_ms: int = 2          # how long to gather a batch once a first message is in
     forward_batch: int = 500        # events per delivery round
+    forward_linger_ms: int = 10     # during a stream, a delivery round at most this often
     retry_first_s: float = 1.0
     retry_max_s: float = 60.0
     breaker_threshold: int = 5
@@ -259,6 +260,9 @@ class ForwardingTable(_Table):
     # Every alarm may wait this long for company; a second or more is surely a unit mistake.
     batch_wait_ms: Annotated[int, Field(ge=0, le=1000)] = 2
     forward_batch: AtLeastOne = 500
+    # A round at most this often while events keep coming: fewer, fuller requests; an alarm after
+    # a quiet spell goes at once. A second or more is surely a unit mistake.
+    linger_ms: Annotated[int, Field(ge=0, le=1000)] = 10
     retry_first_s: Positive = 1.0
     retry_max_s: Positive = 60.0
     breaker_threshold: AtLeastOne = 5
@@ -324,6 +328,7 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
         cc_callback_token=secret(api, "api", "cc_token"),
         cc_url=cc.url, cc_token=secret(cc, "commandcenter", "token"),
         batch_max=fwd.batch_max, batch_wait_ms=fwd.batch_wait_ms, forward_batch=fwd.forward_batch,
+        forward_linger_ms=fwd.linger_ms,
         retry_first_s=fwd.retry_first_s, retry_max_s=fwd.retry_max_s, breaker_threshold=fwd.breaker_threshold,
         incident_window_s=gw.incident_window_s, flood_rate_per_s=gw.flood_rate_per_s, flood_burst=gw.flood_burst,
         supervision=SupervisionSettings(

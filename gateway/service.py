@@ -629,14 +629,25 @@ class Gateway:
         the fault lane has to send (an offline wave of thousands of last wills). Only the leader
         forwards (gateway/store_pg.py); the others wait to take over."""
         wake = self._wake[lane]
+        loop = asyncio.get_running_loop()
+        linger = self.cfg.forward_linger_ms / 1000
+        last_sent = -linger
         while not self._stopping:
             if not self.leader.is_set():
                 await self._sleep_until_woken(wake, 1.0)
                 wake.clear()
                 continue
+            # During a stream of alarms a round starts at most every `linger`, so that each request
+            # carries what came meanwhile (a steady 1,000 alarms/s went out ~4 to a request
+            # before); after a quiet spell the first alarm goes at once.
+            gap = linger - (loop.time() - last_sent)
+            if gap > 0:
+                await asyncio.sleep(gap)
             wake.clear()
+            started = loop.time()
             try:
-                await self._forward_round(lane)
+                if await self._forward_round(lane):
+                    last_sent = started
             except DATABASE_DOWN:
                 raise
             except Exception:  # a bug in a round must not stop forwarding: log, back off, go on
@@ -644,20 +655,22 @@ class Gateway:
                 self.metrics.inc("loop_errors", loop=f"forward-{lane}")
                 await self._sleep_until_woken(wake, self.cfg.retry_first_s)
 
-    async def _forward_round(self, lane: Lane) -> None:
+    async def _forward_round(self, lane: Lane) -> bool:
+        """One delivery round; whether it sent anything."""
         wake = self._wake[lane]
         now = self.clock()
         if not self.breaker.allow(now):
             await self._sleep_until_woken(wake, (self.breaker.retry_at_ms - now) / 1000)
-            return
+            return False
         # Half-open: a single event probes whether the command center is back.
         probing = self.breaker.state is BreakerState.HALF_OPEN
         limit = self.cfg.forward_batch if lane == "alarm" else min(self.cfg.forward_batch, FAULT_ROUND)
         events = await self.store.due_events(now, 1 if probing else limit, lane)
         if not events:
             await self._sleep_until_woken(wake, 1.0)
-            return
+            return False
         await self._deliver(events)
+        return True
 
     @staticmethod
     async def _sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
