@@ -1,4 +1,9 @@
-"""The reference command center as an ASGI app: `create_app(cfg)`."""
+"""The reference command center as an ASGI app: `create_app(cfg)`.
+
+With SQLite the process runs everything itself. With PostgreSQL several processes may share the
+database: each serves requests and relays the others' changes to its consoles (live.Relay), and one
+of them, elected with an advisory lock (cluster.Leadership), runs the background loops.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,13 +30,14 @@ from siaga.web import (
 
 from . import console, devices, incidents, intake, live, sessions, supervisor
 from .callbacks import CallbackSender, WebhookSender
+from .cluster import Leadership
 from .config import CCConfig
 from .deps import Principal, Services, authenticate
 from .domain import rfc3339
 from .escalation import Escalator
-from .live import Broadcaster
+from .live import Broadcaster, Relay
 from .models import Health
-from .store import Incident, Store
+from .store import Incident, Store, Wake
 
 log = logging.getLogger(__name__)
 
@@ -56,50 +62,36 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await Store.open(cfg.db_path)
-        sender: CallbackSender | None = None
-        webhooks: WebhookSender | None = None
-        escalator: Escalator | None = None
+        store = await Store.open(cfg.database, password=cfg.db_password, pool_size=cfg.db_pool_size)
+        background = _Background(cfg, store, broadcaster)
+        relay: Relay | None = None
+        leadership: Leadership | None = None
         recorder: asyncio.Task[None] | None = None
         try:
-            if cfg.gateway_url is not None and cfg.gateway_token is not None:
-                sender = CallbackSender(
-                    store,
-                    gateway_url=cfg.gateway_url,
-                    gateway_token=cfg.gateway_token,
-                    settings=cfg.callbacks,
-                )
-                sender.start()
+            if store.shared:
+                # Listening before the first request is served, so no console misses another
+                # process's change; the loops start in whichever process is elected.
+                relay = Relay(store, broadcaster, wake=background.wake)
+                await relay.start()
+                leadership = Leadership(store, on_elected=background.start, on_deposed=background.stop)
+                leadership.start()
             else:
-                # Kept, not dropped: once a gateway is configured, the reports still go out.
-                log.warning("no [gateway] configured: state reports are queued but not sent")
-            if cfg.escalation.webhook_url is not None:
-                # The same store-and-forward sender and retry settings as the state reports.
-                webhooks = WebhookSender(
-                    store, url=cfg.escalation.webhook_url, token=cfg.escalation.webhook_token, settings=cfg.callbacks
-                )
-                webhooks.start()
-
-            def escalated(found: list[Incident]) -> None:
-                broadcaster.publish_incidents(found, "escalation")
-                if webhooks is not None:
-                    webhooks.notify()
-
-            escalator = Escalator(store, cfg.escalation, on_escalated=escalated)
-            escalator.start()
+                background.start()
             app.state.services = Services(
                 config=cfg,
                 store=store,
-                notify_callbacks=sender.notify if sender else _nothing,
+                notify_callbacks=background.notify_callbacks,
                 live=broadcaster,
-                notify_escalation=escalator.notify,
+                notify_escalation=background.notify_escalation,
             )
+            app.state.leadership = leadership
+            app.state.relay = relay
             recorder = asyncio.create_task(
                 flush_every(cfg.throttle.record_every_s, lambda: _record_failures(app)), name="failed-attempts"
             )
             if config_path is not None:
                 _reload_on_sighup(app, Path(config_path))
-            log.info("command center ready (database %s)", cfg.db_path)
+            log.info("command center ready (database %s)", store.describe)
             yield
         finally:
             if config_path is not None:
@@ -110,12 +102,12 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
                 with contextlib.suppress(asyncio.CancelledError):
                     await recorder
             broadcaster.close()
-            if escalator is not None:
-                await escalator.stop()
-            if webhooks is not None:
-                await webhooks.stop()
-            if sender is not None:
-                await sender.stop()
+            if relay is not None:
+                await relay.stop()
+            if leadership is not None:
+                await leadership.stop()  # stops the loops if this process ran them, then frees the lock
+            else:
+                await background.stop()
             await store.close()
             log.info("command center stopped")
 
@@ -154,8 +146,72 @@ def close_live_streams(app: FastAPI) -> None:
     app.state.live.close()
 
 
-def _nothing() -> None:
-    return None
+class _Background:
+    """The loops that run in one process: state reports to the gateway, webhook events, escalation.
+    `start()` and `stop()` may follow each other any number of times (a process that loses and later
+    regains the leadership)."""
+
+    def __init__(self, cfg: CCConfig, store: Store, live: Broadcaster) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._live = live
+        self._sender: CallbackSender | None = None
+        self._webhooks: WebhookSender | None = None
+        self._escalator: Escalator | None = None
+
+    def start(self) -> None:
+        cfg = self._cfg
+        if cfg.gateway_urls and cfg.gateway_token is not None:
+            self._sender = CallbackSender(
+                self._store, gateway_urls=cfg.gateway_urls, gateway_token=cfg.gateway_token, settings=cfg.callbacks
+            )
+            self._sender.start()
+        else:
+            # Kept, not dropped: once a gateway is configured, the reports still go out.
+            log.warning("no [gateway] configured: state reports are queued but not sent")
+        if cfg.escalation.webhook_url is not None:
+            # The same store-and-forward sender and retry settings as the state reports.
+            self._webhooks = WebhookSender(
+                self._store, url=cfg.escalation.webhook_url, token=cfg.escalation.webhook_token, settings=cfg.callbacks
+            )
+            self._webhooks.start()
+        self._escalator = Escalator(self._store, cfg.escalation, on_escalated=self._escalated)
+        self._escalator.start()
+
+    async def stop(self) -> None:
+        escalator, webhooks, sender = self._escalator, self._webhooks, self._sender
+        self._escalator = self._webhooks = self._sender = None
+        if escalator is not None:
+            await escalator.stop()
+        if webhooks is not None:
+            await webhooks.stop()
+        if sender is not None:
+            await sender.stop()
+
+    def _escalated(self, found: list[Incident]) -> None:
+        self._live.publish_incidents(found, "escalation")
+        if self._webhooks is not None:
+            self._webhooks.notify()
+
+    def notify_callbacks(self) -> None:
+        """New state reports are queued. In a process that does not run the loops, nothing to do:
+        the leader hears of the change through its live.Relay."""
+        if self._sender is not None:
+            self._sender.notify()
+
+    def notify_escalation(self) -> None:
+        if self._escalator is not None:
+            self._escalator.notify()
+
+    def wake(self, what: Iterable[Wake]) -> None:
+        """Another process's change gave these loops work (live.Relay)."""
+        for loop in what:
+            if loop == "callbacks":
+                self.notify_callbacks()
+            elif loop == "escalation":
+                self.notify_escalation()
+            elif loop == "webhooks" and self._webhooks is not None:
+                self._webhooks.notify()
 
 
 async def _record_failures(app: FastAPI) -> None:
@@ -182,8 +238,9 @@ def reload_people(app: FastAPI, new: CCConfig) -> int:
     cfg = dataclasses.replace(
         old, intake_token=new.intake_token, operator_tokens=new.operator_tokens, operators=new.operators
     )
-    for name in ("host", "port", "db_path", "gateway_url", "callbacks", "agencies", "escalation", "console",
-                 "limits", "throttle", "log_level", "forwarded_allow_ips"):
+    for name in ("host", "port", "db_path", "db_url", "db_password", "db_pool_size", "gateway_url", "gateway_urls",
+                 "callbacks", "agencies", "escalation", "console", "limits", "throttle", "log_level",
+                 "forwarded_allow_ips", "reuse_port", "direct_port"):
         if getattr(new, name) != getattr(old, name):
             log.warning("configuration: %s changed; it takes effect at the next restart", name)
     app.state.config = cfg

@@ -6,6 +6,15 @@ escalations put rows into `webhook_outbox` in the same transaction as the escala
 `OutboxSender` per table POSTs each row until the receiver answers 2xx. A failed row is rescheduled
 with exponential backoff and full jitter, so one row the receiver keeps refusing does not hold up the
 others; rows with the same key (alarm event, or incident) go out in order (see Store.due).
+
+The receiver may be a group (`[gateway] urls`): gateway instances that share one store, so any of them
+takes a report for any of their devices. A report goes to the instance that answered last; after a
+connection error, a timeout or a 5xx it goes on to the next one, round the group once. Any other answer
+is the group's: a 4xx (404: the gateway does not know the alarm) would be the same from every instance,
+so it is handled as with one receiver (retried with backoff), not asked of the others.
+
+With several command center processes on one PostgreSQL database the senders run in one process only
+(cluster.Leadership), so each row is sent by one sender.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 
 import httpx
 
@@ -45,15 +55,18 @@ class OutboxSender:
         store: Store,
         outbox: Outbox,
         *,
-        url: str,
+        urls: Sequence[str],
         token: str | None,
         settings: CallbackSettings,
         what: str,
         rng: random.Random | None = None,
     ) -> None:
+        if not urls:
+            raise ValueError("an outbox sender needs at least one URL")
         self._store = store
         self._outbox = outbox
-        self._url = url
+        self._urls = tuple(urls)
+        self._current = 0  # the instance that answered last: the next report goes there first
         self._token = token
         self._what = what  # for log lines: "state report", "webhook event"
         self._settings = settings
@@ -72,7 +85,12 @@ class OutboxSender:
             follow_redirects=False,
         )
         self._task = asyncio.create_task(self._run(), name=f"siaga-cc-{self._outbox.table}")
-        log.info("sending %ss to %s", self._what, self._url)
+        log.info("sending %ss to %s", self._what, " or ".join(self._urls))
+
+    @property
+    def current_url(self) -> str:
+        """The instance that answered last (the first one before any answer)."""
+        return self._urls[self._current]
 
     def notify(self) -> None:
         """New rows are in the outbox: look now instead of at the next poll."""
@@ -138,22 +156,41 @@ class OutboxSender:
             for row in rows:
                 tg.create_task(one(row))
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _post(self, body: bytes) -> tuple[str | None, str]:
+        """POST to the group, from the instance that answered last; on to the next one after a
+        connection error, a timeout or a 5xx. Returns (error or None, the instance that answered or
+        the last one tried)."""
         assert self._client is not None
-        error: str | None
-        try:
-            resp = await self._client.post(
-                self._url, content=row.body.encode(), headers={"Content-Type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            # httpx messages name the URL but never the headers, so the token cannot leak here.
-            error = f"{type(exc).__name__}: {exc}"
-        else:
-            error = None if resp.is_success else f"HTTP {resp.status_code}"
+        errors: list[str] = []
+        start = self._current
+        url = self._urls[start]
+        for step in range(len(self._urls)):
+            index = (start + step) % len(self._urls)
+            url = self._urls[index]
+            try:
+                resp = await self._client.post(url, content=body, headers={"Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                # httpx messages name the URL but never the headers, so the token cannot leak here.
+                errors.append(self._named(url, f"{type(exc).__name__}: {exc}"))
+                continue
+            if resp.status_code >= 500:
+                errors.append(self._named(url, f"HTTP {resp.status_code}"))
+                continue
+            self._current = index
+            return (None if resp.is_success else self._named(url, f"HTTP {resp.status_code}")), url
+        return "; ".join(errors), url
+
+    def _named(self, url: str, error: str) -> str:
+        """An error as recorded: with one receiver as it always was, in a group with the instance."""
+        return error if len(self._urls) == 1 else f"{url}: {error}"
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        error, url = await self._post(row.body.encode())
         now = utc_now()
         if error is None:
             await self._store.mark_delivered(self._outbox, row.id, now=now)
-            log.info("%s %d for %s delivered (attempt %d)", self._what, row.id, row.key, row.attempts + 1)
+            log.info("%s %d for %s delivered (attempt %d)%s", self._what, row.id, row.key, row.attempts + 1,
+                     f" to {url}" if len(self._urls) > 1 else "")
             return
         attempts = row.attempts + 1
         delay = backoff_delay(attempts, self._settings, self._rng)
@@ -170,13 +207,13 @@ class OutboxSender:
 
 
 class CallbackSender(OutboxSender):
-    """State reports to `<gateway url>/api/v1/cc/state` (protocol §7)."""
+    """State reports to `<gateway url>/api/v1/cc/state` (protocol §7), of one gateway or a group."""
 
     def __init__(
         self,
         store: Store,
         *,
-        gateway_url: str,
+        gateway_urls: Sequence[str],
         gateway_token: str,
         settings: CallbackSettings,
         rng: random.Random | None = None,
@@ -184,7 +221,7 @@ class CallbackSender(OutboxSender):
         super().__init__(
             store,
             CALLBACK_OUTBOX,
-            url=gateway_url.rstrip("/") + STATE_PATH,
+            urls=[url.rstrip("/") + STATE_PATH for url in gateway_urls],
             token=gateway_token,
             settings=settings,
             what="state report",
@@ -204,4 +241,6 @@ class WebhookSender(OutboxSender):
         settings: CallbackSettings,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(store, WEBHOOK_OUTBOX, url=url, token=token, settings=settings, what="webhook event", rng=rng)
+        super().__init__(
+            store, WEBHOOK_OUTBOX, urls=[url], token=token, settings=settings, what="webhook event", rng=rng
+        )

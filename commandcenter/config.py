@@ -9,12 +9,14 @@ from datetime import UTC, tzinfo
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from siaga.settings import ConfigError, check_keys, load_config, load_secret, wrong_type
 from siaga.web import ServerLimits, ThrottleRules, credential_id
+
+from .engine import is_postgresql_url
 
 # Tokens travel in an HTTP header, so they must be visible ASCII; the length floor keeps
 # hand-typed passwords out (generate them with `secrets.token_urlsafe(32)`).
@@ -157,7 +159,7 @@ _CALLBACK_TYPES: dict[str, type | tuple[type, ...]] = {
 class CCConfig:
     host: str
     port: int
-    db_path: Path
+    db_path: Path  # the SQLite file; not used when db_url is set
     # repr=False: a config object that ends up in a log line or traceback must not carry secrets.
     intake_token: str = field(repr=False)
     operator_tokens: Mapping[str, str] = field(repr=False)  # token -> operator name
@@ -175,6 +177,18 @@ class CCConfig:
     throttle: ThrottleRules = field(default_factory=ThrottleRules)
     # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's setting).
     forwarded_allow_ips: str = "127.0.0.1"
+    # A PostgreSQL database (postgresql://user@host:port/name) instead of the SQLite file: several
+    # command center processes can then share it (docs/commandcenter.md, "Several processes").
+    db_url: str | None = None
+    db_password: str | None = field(default=None, repr=False)
+    db_pool_size: int = 10
+    # The gateway group: state reports go to the first of these that answers. `gateway_url` is the
+    # first; give either (the other is filled in).
+    gateway_urls: tuple[str, ...] = ()
+    # Listen on `port` with SO_REUSEPORT, so that several processes on one machine share it; and on
+    # `direct_port` too, a port of this process alone (health checks, reaching one process).
+    reuse_port: bool = False
+    direct_port: int | None = None
     # name -> credential_id of that person's token (set from operator_tokens)
     credentials: Mapping[str, str] = field(default_factory=dict, init=False, repr=False)
 
@@ -183,6 +197,10 @@ class CCConfig:
             raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"server.port is {self.port}: it must be from 1 to 65535")
+        if self.direct_port is not None and not (1 <= self.direct_port <= 65535 and self.direct_port != self.port):
+            raise ConfigError(f"server.direct_port is {self.direct_port}: it must be from 1 to 65535, not server.port")
+        self._check_store()
+        self._normalise_gateways()
         _check_token("intake token", self.intake_token)
         if not self.operator_tokens:
             raise ConfigError("configure at least one [[operators]] entry")
@@ -197,9 +215,10 @@ class CCConfig:
             if token == self.intake_token:
                 raise ConfigError(f"operator {name!r} has the intake token; every token must differ")
         if (self.gateway_url is None) != (self.gateway_token is None):
-            raise ConfigError("gateway: set both url and token_file/token_env, or neither")
-        if self.gateway_url is not None and not self.gateway_url.startswith(("http://", "https://")):
-            raise ConfigError(f"gateway.url {self.gateway_url!r} must start with http:// or https://")
+            raise ConfigError("gateway: set both url (or urls) and token_file/token_env, or neither")
+        for url in self.gateway_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"gateway url {url!r} must start with http:// or https://")
         if self.gateway_token is not None:
             _check_token("gateway token", self.gateway_token)
         if self.escalation.webhook_token is not None and self.escalation.webhook_token in (
@@ -234,6 +253,34 @@ class CCConfig:
         object.__setattr__(
             self, "credentials", MappingProxyType({n: credential_id(t) for t, n in self.operator_tokens.items()})
         )
+
+    def _check_store(self) -> None:
+        if self.db_url is not None:
+            if not is_postgresql_url(self.db_url):
+                raise ConfigError(f"store.url {self.db_url!r} must be a postgresql:// URL")
+            if urlsplit(self.db_url).password is not None:
+                # Never echo the URL: it holds the password.
+                raise ConfigError("store.url holds a password: put it in store.password_file or store.password_env")
+        elif self.db_password is not None:
+            raise ConfigError("store: a password without a PostgreSQL url")
+        if not 1 <= self.db_pool_size <= 1000:
+            raise ConfigError("store.pool_size must be from 1 to 1000")
+
+    def _normalise_gateways(self) -> None:
+        urls = tuple(u.rstrip("/") for u in self.gateway_urls)
+        if not urls and self.gateway_url is not None:
+            urls = (self.gateway_url.rstrip("/"),)
+        if self.gateway_url is not None and urls and urls[0] != self.gateway_url.rstrip("/"):
+            raise ConfigError("gateway: url and urls disagree; give one of them")
+        if len(set(urls)) != len(urls):
+            raise ConfigError("gateway.urls names an instance twice")
+        object.__setattr__(self, "gateway_urls", urls)
+        object.__setattr__(self, "gateway_url", urls[0] if urls else None)
+
+    @property
+    def database(self) -> str | Path:
+        """What Store.open takes: the PostgreSQL URL, or the SQLite file."""
+        return self.db_url if self.db_url is not None else self.db_path
 
     def operator(self, name: str) -> Operator:
         return self.operators[name]
@@ -326,6 +373,12 @@ class CCConfig:
         gateway_url = gateway.get("url")
         if gateway_url is not None and not isinstance(gateway_url, str):
             raise ConfigError("gateway.url must be a string")
+        gateway_urls = _get(gateway, "urls", list, "gateway", [])
+        if "urls" in gateway:
+            if gateway_url is not None:
+                raise ConfigError("gateway: set url (one instance) or urls (a group), not both")
+            if not gateway_urls or not all(isinstance(u, str) for u in gateway_urls):
+                raise ConfigError('gateway.urls must be a non-empty array of strings: ["http://a:8081", ...]')
         gateway_token = load_secret(gateway, "token", base=base, where="gateway") if gateway else None
 
         lim = ServerLimits()
@@ -340,7 +393,18 @@ class CCConfig:
             per_name=_get(throttle, "per_name", str, "throttle", rules.per_name),
             record_every_s=float(_get(throttle, "record_every_s", (int, float), "throttle", rules.record_every_s)),
         )
-        db = Path(_get(store, "path", str, "store", "siaga-cc.sqlite3"))
+        db_url = _get(store, "url", str, "store", None)
+        db_file = _get(store, "path", str, "store", None)
+        if db_file is not None and db_url is not None:
+            _both_databases()
+        if db_file is not None and is_postgresql_url(db_file):  # a URL where the file goes: that database
+            db_file, db_url = None, db_file
+        db = Path(db_file or "siaga-cc.sqlite3")
+        db_password = (
+            load_secret(store, "password", base=base, where="store")
+            if any(k.startswith("password") for k in store)
+            else None
+        )
         cb = CallbackSettings(**{k: _get(callbacks, k, _CALLBACK_TYPES[k], "callbacks", None) for k in callbacks})
         return cls(
             host=_get(server, "host", str, "server", "127.0.0.1"),
@@ -350,7 +414,13 @@ class CCConfig:
             intake_token=load_secret(intake, "token", base=base, where="intake"),
             operator_tokens=operator_tokens,
             gateway_url=gateway_url.rstrip("/") if gateway_url else None,
+            gateway_urls=tuple(gateway_urls),
             gateway_token=gateway_token,
+            db_url=db_url,
+            db_password=db_password,
+            db_pool_size=_get(store, "pool_size", int, "store", 10),
+            reuse_port=_get_bool(server, "reuse_port", "server", False),
+            direct_port=_get(server, "direct_port", int, "server", None),
             callbacks=cb,
             operators=accounts,
             agencies=agencies,
@@ -360,6 +430,10 @@ class CCConfig:
             throttle=rules,
             forwarded_allow_ips=_get(server, "forwarded_allow_ips", str, "server", "127.0.0.1"),
         )
+
+
+def _both_databases() -> NoReturn:
+    raise ConfigError("store: path (a SQLite file) and url (PostgreSQL) both name a database; keep one")
 
 
 def _check_token(what: str, token: str) -> None:
@@ -374,12 +448,12 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console",
          "throttle"),
     "server": ("host", "port", "log_level", "header_timeout_s", "body_timeout_s", "max_connections",
-               "forwarded_allow_ips"),
+               "forwarded_allow_ips", "reuse_port", "direct_port"),
     "throttle": ("per_address", "per_name", "record_every_s"),
-    "store": ("path",),
+    "store": ("path", "url", "password", "password_file", "password_env", "pool_size"),
     "intake": _SECRET_KEYS,
     "operators": ("name", "role", "agency", *_SECRET_KEYS),
-    "gateway": ("url", *_SECRET_KEYS),
+    "gateway": ("url", "urls", *_SECRET_KEYS),
     "callbacks": tuple(_CALLBACK_TYPES),
     "agencies": ("id", "name"),
     "escalation": ("after_s", "webhook_url", "webhook_token", "webhook_token_file", "webhook_token_env"),

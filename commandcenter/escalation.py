@@ -1,7 +1,11 @@
 """Escalation of unacknowledged incidents: an incident still `new` `after_s` after its first press is
 escalated once. The escalation is recorded in the incident's history, shown on every console (an
 `escalation` event: highlight and an urgent sound) and sent to the configured webhook through the
-webhook outbox (store-and-forward, retried until 2xx, like the state reports to the gateway)."""
+webhook outbox (store-and-forward, retried until 2xx, like the state reports to the gateway).
+
+With several processes on one PostgreSQL database the escalator runs in one of them (cluster.Leadership);
+the others' consoles hear of an escalation through live.Relay, and the leader hears of the incidents
+other processes open the same way (`notify()`), so its timer is set for them at once."""
 
 from __future__ import annotations
 

@@ -4,18 +4,33 @@ server-sent-events stream `GET /api/v1/events` that carries them to the browser.
 Each change is published after its transaction has committed. A console that connects (or
 reconnects) first opens the stream and then fetches the incident list, so nothing falls between the
 two; an event it already has from the list is simply applied again.
+
+Several processes on one PostgreSQL database (docs/commandcenter.md, "Several processes"): each
+process publishes its own changes to its own broadcaster as above, and its store also sends each
+change with NOTIFY inside the transaction that makes it (store.Change). `Relay` LISTENs on a
+connection of its own and feeds the changes of the *other* processes to this process's broadcaster,
+so every console sees every change whichever process made it. LISTEN/NOTIFY rather than a message
+broker such as Redis: there is no further server to run, secure and keep alive, and a notification is
+transactional: it is delivered only when the transaction commits, so a console never sees a change
+that was rolled back, and the processes receive the changes in commit order. A notification carries
+incident numbers (payloads are limited to 8000 bytes); the listener reads the incidents itself.
+When the listening connection drops, the relay reconnects and then ends every stream, as the cut-off
+of a slow console does: the consoles reconnect and fetch the lists again, so what was committed
+meanwhile is not missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+import psycopg
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
@@ -25,7 +40,7 @@ from .config import Role
 from .deps import Principal, PrincipalDep, ServicesDep
 from .domain import rfc3339, utc_now
 from .models import ErrorOut, IncidentOut
-from .store import Incident
+from .store import CHANGES_CHANNEL, Change, Incident, Store, Wake
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +122,11 @@ class Broadcaster:
         data = {"device_id": device_id, "fault": fault, "active": active, "at": rfc3339(at)}
         self.publish(LiveEvent("fault", json.dumps(data)))
 
+    def resync(self) -> int:
+        """End every stream: changes may have been missed. Each console reconnects and fetches the
+        lists again, as after a cut-off. Returns how many streams were ended."""
+        return self.end_where(lambda _: True)
+
     def end_where(self, ended: Callable[[Principal], bool]) -> int:
         """End the streams of the people for whom `ended` is true (a replaced token, a removed person);
         returns how many. Their consoles reconnect and are refused."""
@@ -126,6 +146,109 @@ class Broadcaster:
         while not sub.queue.empty():
             sub.queue.get_nowait()
         sub.queue.put_nowait(None)
+
+
+class Relay:
+    """Background task (PostgreSQL only): LISTEN for the changes other processes commit and publish
+    them to `live`; `wake` gets the background loops a change gives work to (cluster.Leadership's
+    loops, when this process leads). `start()` returns once it listens (or after `wait_s`),
+    `stop()` at the end."""
+
+    def __init__(
+        self,
+        store: Store,
+        live: Broadcaster,
+        *,
+        wake: Callable[[Iterable[Wake]], None],
+        retry_s: float = 1.0,
+        ping_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._wake = wake
+        self._retry_s = retry_s
+        self._ping_s = ping_s  # a connection that died silently shows up within this (and TCP keepalives)
+        self._listening = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.connections = 0  # successful LISTENs so far: more than one means it reconnected
+        self.relayed = 0  # changes of other processes published here
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+    async def start(self, wait_s: float = 5.0) -> None:
+        if self._task is not None:
+            raise RuntimeError("relay already started")
+        self._task = asyncio.create_task(self._run(), name="siaga-cc-relay")
+        try:
+            await asyncio.wait_for(self._listening.wait(), timeout=wait_s)
+        except TimeoutError:
+            log.warning("not yet listening for the other processes' changes; consoles re-sync when it does")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                conn = await self._store.connect("listen")
+                try:
+                    await self._listen(conn)
+                finally:
+                    self._listening.clear()
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        await conn.close()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("live updates from the other processes interrupted (%s); reconnecting", exc)
+            except Exception:
+                log.exception("relaying the other processes' changes failed; starting over")
+            await asyncio.sleep(self._retry_s)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+        self.connections += 1
+        self._listening.set()
+        # Whatever was committed while nobody listened is not on the streams: the consoles re-sync,
+        # and the loops look at their tables once.
+        ended = self._live.resync()
+        self._wake(("callbacks", "webhooks", "escalation"))
+        if self.connections > 1:
+            log.info("listening again for the other processes' changes; %d live streams re-sync", ended)
+        while True:
+            async for notification in conn.notifies(timeout=self._ping_s):
+                await self._relay(notification.payload)
+            await conn.execute("SELECT 1")
+
+    async def _relay(self, payload: str) -> None:
+        try:
+            change = Change.decode(payload)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed change notification: %.200r", payload)
+            return
+        if change.origin == self._store.origin:
+            return  # this process's own change: published already, after its commit
+        self._wake(change.wake)
+        if not self._live.has_subscribers:
+            return
+        self.relayed += 1
+        if change.kind == "fault":
+            for f in change.faults:
+                self._live.publish_fault(f.device_id, f.fault, f.active, f.at)
+            return
+        try:
+            incidents = await self._store.get_incidents(change.incidents)
+        except Exception:
+            log.exception("could not read incidents %s changed by another process; consoles re-sync",
+                          change.incidents[:10])
+            self._live.resync()
+            return
+        self._live.publish_incidents(incidents, change.kind)
 
 
 def _frame(event: str, data: str) -> str:

@@ -1,23 +1,44 @@
 """Durable state of the command center: alarms, incidents, their history, the outboxes (state reports
 to the gateway, webhook events), device faults, browser sessions and the audit log.
 
-One SQLite file (WAL, synchronous=FULL) accessed through aiosqlite. The schema is versioned with
-`PRAGMA user_version`; see schema.MIGRATIONS.
+Two engines, one set of SQL (engine.py): one SQLite file (WAL, synchronous=FULL) through aiosqlite,
+the embedded default for one process; or a PostgreSQL database, which several command center
+processes share. The schema is versioned (`PRAGMA user_version`, or the table `schema_version`) and
+migrated by one runner from one list, schema.MIGRATIONS.
+
+Concurrency between processes (PostgreSQL): write transactions are READ COMMITTED and lock the rows
+they change (`SELECT ... FOR UPDATE`): an operator action locks its incident, so two actions on one
+incident run one after the other and the second sees the first's result (no lost update; one of two
+acknowledges wins, the other is refused as today); intake locks the open incidents that its events
+join, so an event cannot join an incident that an operator is closing at that moment. Where two
+processes insert the same key at once (an event id, an open incident's `incident_key`), the unique
+index makes the second wait and fail; the store then runs its whole transaction again (`_write`),
+and the second run sees the first's rows: the event is a repeat, or joins the incident just opened.
+Deadlocks and serialization failures are retried the same way. Incident numbers come from the
+incidents table's sequence, so two processes never take the same number; a retried or rolled-back
+transaction leaves a gap, which is harmless (numbers are references, not a count).
+
+Each write that changes what a console shows also tells the other processes, inside its
+transaction (`Change`, PostgreSQL NOTIFY: sent only if the transaction commits); live.Relay
+listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-import aiosqlite
+import psycopg
 
 from .domain import (
     Action,
@@ -29,13 +50,12 @@ from .domain import (
     parse_rfc3339,
     rfc3339,
 )
+from .engine import Conn, Database, PostgresDatabase, Row, SqliteDatabase, StoreError, is_postgresql_url
 from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-
-class StoreError(Exception):
-    pass
+T = TypeVar("T")
 
 
 class SchemaTooNewError(StoreError):
@@ -218,6 +238,72 @@ class AuditEntry:
     detail: dict[str, Any] | None
 
 
+# The PostgreSQL channel the processes of one database tell each other about their changes on.
+CHANGES_CHANNEL = "siaga_cc_changes"
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; a larger change goes out in parts.
+_PAYLOAD_MAX = 7800
+ChangeKind = Literal["incident", "escalation", "fault"]
+# Background loops that a change gives work to: the leader (cluster.Leadership) wakes them at once.
+Wake = Literal["callbacks", "webhooks", "escalation"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultNote:
+    """A fault report as the console's `fault` event carries it."""
+
+    device_id: str
+    fault: str
+    active: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a committed write changed, told to the other processes of a shared database (live.Relay).
+    It carries ids, not rows: the listener reads the incidents itself, so a payload stays small
+    whatever an incident holds; the fault events are small enough to carry whole."""
+
+    origin: str  # Store.origin of the process that made it: that process has published it already
+    kind: ChangeKind
+    incidents: tuple[int, ...] = ()
+    faults: tuple[FaultNote, ...] = ()
+    wake: tuple[Wake, ...] = ()
+
+    def payloads(self) -> Iterator[str]:
+        """The change as NOTIFY payloads under PostgreSQL's size limit: split in halves until each
+        part fits."""
+        body = {"o": self.origin, "k": self.kind, "w": list(self.wake), "i": list(self.incidents),
+                "f": [[f.device_id, f.fault, f.active, rfc3339(f.at)] for f in self.faults]}
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        parts = len(self.incidents) + len(self.faults)
+        if len(text.encode()) <= _PAYLOAD_MAX or parts <= 1:
+            yield text
+            return
+        half_i, half_f = len(self.incidents) // 2, len(self.faults) // 2
+        for part in (
+            Change(self.origin, self.kind, self.incidents[:half_i], self.faults[:half_f], self.wake),
+            Change(self.origin, self.kind, self.incidents[half_i:], self.faults[half_f:], self.wake),
+        ):
+            if part.incidents or part.faults:
+                yield from part.payloads()
+
+    @classmethod
+    def decode(cls, payload: str) -> Change:
+        """Raises ValueError (or KeyError, TypeError) for a payload that is not a change."""
+        body = json.loads(payload)
+        kind = body["k"]
+        if kind not in ("incident", "escalation", "fault"):
+            raise ValueError(f"unknown change kind {kind!r}")
+        wake = tuple(w for w in body.get("w", ()) if w in ("callbacks", "webhooks", "escalation"))
+        return cls(
+            origin=str(body["o"]),
+            kind=kind,
+            incidents=tuple(int(n) for n in body.get("i", ())),
+            faults=tuple(FaultNote(str(d), str(f), bool(a), parse_rfc3339(at)) for d, f, a, at in body.get("f", ())),
+            wake=wake,
+        )
+
+
 # Columns written by each action besides `state`.
 _ACTION_COLUMNS: dict[Action, tuple[str, str]] = {
     Action.ACKNOWLEDGE: ("acknowledged_at", "acknowledged_by"),
@@ -263,7 +349,7 @@ class _Target:
     report: tuple[Action, datetime, str] | None = None
 
     @classmethod
-    def existing(cls, r: aiosqlite.Row) -> _Target:
+    def existing(cls, r: Row) -> _Target:
         state = IncidentState(r["state"])
         report = None
         if state is IncidentState.ACKNOWLEDGED:
@@ -280,13 +366,13 @@ class _IntakePlan:
         self,
         *,
         now: datetime,
-        next_number: int,
+        numbers: Iterator[int],
         known: dict[str, tuple[int, str]],
         open_by_key: dict[str, _Target],
     ) -> None:
         self._now = now
         self._at = rfc3339(now)
-        self._next_number = next_number
+        self._numbers = numbers  # for the incidents this plan opens, ascending
         self._known = known  # event_id -> (incident, fingerprint), grows with the events added
         self._open_by_key = open_by_key  # grows with the incidents opened
         self._targets: dict[int, _Target] = {}
@@ -312,8 +398,7 @@ class _IntakePlan:
         target = None if key is None else self._open_by_key.get(key)
         opened = target is None
         if target is None:
-            target = _Target(number=self._next_number, first=alarm, test=alarm.test)
-            self._next_number += 1
+            target = _Target(number=next(self._numbers), first=alarm, test=alarm.test)
             if key is not None:
                 self._open_by_key[key] = target
         elif target.test and not alarm.test:
@@ -376,7 +461,16 @@ class _IntakePlan:
             )
         )
 
-    async def write(self, db: aiosqlite.Connection) -> None:
+    @property
+    def opened(self) -> int:
+        """How many incidents the plan opens."""
+        return sum(t.first is not None for t in self._targets.values())
+
+    @property
+    def reports(self) -> bool:
+        return bool(self._reports)
+
+    async def write(self, db: Conn) -> None:
         # Targets were added in order of first use, so new incident numbers are inserted ascending.
         opened = [(t.number, t.test, t.first) for t in self._targets.values() if t.first is not None]
         attached = [t for t in self._targets.values() if t.first is None]
@@ -422,10 +516,12 @@ class _IntakePlan:
                 self._alarms,
             )
         if self._batteries:
-            await db.executemany(_UPSERT_BATTERY, self._batteries)
+            # By device (stable: one device's reports keep their order), so that two processes
+            # updating the same devices lock their rows in the same order and do not deadlock.
+            await db.executemany(_UPSERT_BATTERY, sorted(self._batteries, key=lambda b: b[0]))
         if self._sources:
             await db.executemany(
-                "INSERT OR IGNORE INTO incident_sources (incident_id, device_id) VALUES (?, ?)",
+                "INSERT INTO incident_sources (incident_id, device_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 list(self._sources),
             )
         if self._reports:
@@ -437,47 +533,81 @@ class _IntakePlan:
 
 
 class Store:
-    """All database access. Use `await Store.open(path)` and `await store.close()`."""
+    """All database access. Use `await Store.open(path or postgresql:// URL)` and `await store.close()`."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    # A write transaction that lost a race with another process runs again, up to this many times in all.
+    WRITE_ATTEMPTS = 8
+
+    def __init__(self, db: Database) -> None:
         self._db = db
-        # aiosqlite shares one connection between all coroutines, so without this lock the
-        # statements of two requests would interleave inside one SQLite transaction.
-        self._lock = asyncio.Lock()
+        # Names this process's changes, so that its own notifications are not delivered twice.
+        self.origin = secrets.token_hex(8)
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
-        # every transaction here is an explicit BEGIN ... COMMIT.
-        db = await aiosqlite.connect(path, isolation_level=None)
+    async def open(cls, target: str | Path, *, password: str | None = None, pool_size: int = 10) -> Store:
+        """`target`: a SQLite file, or a `postgresql://` URL (then `password`, if the server wants one,
+        and at most `pool_size` connections besides the two dedicated ones of live.Relay and
+        cluster.Leadership)."""
+        db: Database
+        if is_postgresql_url(target):
+            db = await PostgresDatabase.open(str(target), password=password, pool_size=pool_size)
+        else:
+            db = await SqliteDatabase.open(Path(target))
         try:
-            db.row_factory = aiosqlite.Row
-            await _configure(db)
             await _migrate(db)
         except BaseException:
             await db.close()
             raise
         return cls(db)
 
+    @property
+    def shared(self) -> bool:
+        """The database is PostgreSQL, which other command center processes may use at the same time."""
+        return self._db.shared
+
+    @property
+    def engine(self) -> str:
+        return self._db.engine
+
+    @property
+    def describe(self) -> str:
+        return self._db.describe
+
+    async def connect(self, purpose: str) -> psycopg.AsyncConnection[Any]:
+        """A dedicated PostgreSQL connection (LISTEN, the leader's lock); see PostgresDatabase.connect."""
+        if not isinstance(self._db, PostgresDatabase):
+            raise StoreError("dedicated connections exist only with PostgreSQL")
+        return await self._db.connect(purpose)
+
     async def close(self) -> None:
-        async with self._lock:
-            await self._db.close()
+        await self._db.close()
 
     @asynccontextmanager
-    async def _tx(self, *, write: bool) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            # IMMEDIATE takes the write lock at once, so a write transaction never fails halfway
-            # with SQLITE_BUSY because another process (a backup, a CLI) got in first.
-            await self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    async def _tx(self, *, write: bool) -> AsyncIterator[Conn]:
+        async with self._db.transaction(write=write) as db:
+            yield db
+
+    async def _write(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `work` in a write transaction, again from the start when it lost a race with another
+        process (engine.PostgresDatabase.retryable); `work` must not change anything outside the
+        database before it returns. With SQLite nothing is retried: one connection races nobody."""
+        for attempt in itertools.count(1):
             try:
-                yield self._db
-                await self._db.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full): never leave the connection mid-transaction.
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                raise
+                async with self._db.transaction(write=True) as db:
+                    return await work(db)
+            except Exception as exc:
+                if attempt >= self.WRITE_ATTEMPTS or not self._db.retryable(exc):
+                    raise
+                log.debug("write transaction lost a race (%s); attempt %d", exc, attempt + 1)
+                # A short random pause, so the same two transactions do not collide again at once.
+                await asyncio.sleep(random.uniform(0, 0.005 * attempt))
+        raise AssertionError("unreachable")
+
+    async def _announce(self, db: Conn, change: Change) -> None:
+        """Tell the other processes (PostgreSQL only): delivered when this transaction commits."""
+        if db.shared:
+            for payload in change.payloads():
+                await db.notify(CHANGES_CHANNEL, payload)
 
     # ---- intake -------------------------------------------------------------------------------
 
@@ -494,41 +624,66 @@ class Store:
         earlier in `alarms`) attaches to it; any other new event opens an incident.
 
         The plan is made in Python from three lookups and then written with one executemany per
-        table: every statement is a round trip to aiosqlite's thread, and a batch of 500 events must
-        not cost thousands of them.
+        table: every statement is a round trip (to aiosqlite's thread, or to PostgreSQL), and a batch
+        of 500 events must not cost thousands of them.
         """
         if not alarms:
             return []
-        async with self._tx(write=True) as db:
-            known = await db.execute_fetchall(
-                """SELECT event_id, incident_id, fingerprint FROM alarms
-                   WHERE event_id IN (SELECT value FROM json_each(?))""",
-                (json.dumps([a.event_id for a in alarms]),),
+
+        async def work(db: Conn) -> list[IntakeOutcome]:
+            known = await db.fetchall(
+                f"SELECT event_id, incident_id, fingerprint FROM alarms WHERE event_id IN ({db.members('text')})",
+                (db.array(a.event_id for a in alarms),),
             )
             keys = sorted({a.incident_key for a in alarms if a.incident_key is not None})
             # CROSS JOIN: SQLite keeps this loop order, so each key is one lookup in the partial index
-            # incidents_open_by_key (whose condition the WHERE repeats), however many are open.
+            # incidents_open_by_key (whose condition the WHERE repeats), however many are open. With
+            # PostgreSQL the rows are locked, in id order: an operator closing one of these incidents
+            # now waits for this transaction, or this one sees it closed and opens a new incident.
             open_rows = (
-                await db.execute_fetchall(
-                    """SELECT i.id, i.incident_key, i.state, i.test, i.acknowledged_at, i.acknowledged_by,
+                await db.fetchall(
+                    f"""SELECT i.id, i.incident_key, i.state, i.test, i.acknowledged_at, i.acknowledged_by,
                               i.dispatched_at, i.dispatched_by
-                       FROM json_each(?) AS k CROSS JOIN incidents AS i ON i.incident_key = k.value
-                       WHERE i.incident_key IS NOT NULL AND i.state IN ('new', 'acknowledged', 'dispatched')""",
-                    (json.dumps(keys),),
+                       FROM {db.members_table('text', 'k')} CROSS JOIN incidents AS i
+                       WHERE i.incident_key = k.value AND i.incident_key IS NOT NULL
+                         AND i.state IN ('new', 'acknowledged', 'dispatched')
+                       ORDER BY i.id{db.lock('i')}""",
+                    (db.array(keys),),
                 )
                 if keys
                 else []
             )
-            plan = _IntakePlan(
-                now=now,
-                next_number=await _next_incident_number(db),
-                known={r["event_id"]: (r["incident_id"], r["fingerprint"]) for r in known},
-                open_by_key={r["incident_key"]: _Target.existing(r) for r in open_rows},
-            )
-            for alarm in alarms:
-                plan.add(alarm)
-            await plan.write(db)
-            return plan.outcomes
+
+            def plan(numbers: Iterator[int]) -> _IntakePlan:
+                made = _IntakePlan(
+                    now=now,
+                    numbers=numbers,
+                    known={r["event_id"]: (r["incident_id"], r["fingerprint"]) for r in known},
+                    open_by_key={r["incident_key"]: _Target.existing(r) for r in open_rows},
+                )
+                for alarm in alarms:
+                    made.add(alarm)
+                return made
+
+            if db.shared:
+                # Numbers come from the sequence, which hands each out once across all processes:
+                # a dry run tells how many this batch opens, and exactly that many are taken.
+                final = plan(iter(await _take_incident_numbers(db, plan(itertools.count(1)).opened)))
+            else:
+                final = plan(itertools.count(await _next_incident_number(db)))
+            await final.write(db)
+            created = [o for o in final.outcomes if o.created]
+            if created:
+                wake: list[Wake] = []
+                if final.reports:
+                    wake.append("callbacks")
+                if any(o.opened for o in created):
+                    wake.append("escalation")
+                numbers = tuple(dict.fromkeys(o.incident for o in created))
+                await self._announce(db, Change(self.origin, "incident", incidents=numbers, wake=tuple(wake)))
+            return final.outcomes
+
+        return await self._write(work)
 
     # ---- device faults ------------------------------------------------------------------------
 
@@ -539,11 +694,22 @@ class Store:
 
     async def record_faults(self, faults: Sequence[NewFault], *, now: datetime) -> list[FaultOutcome]:
         """record_fault for many reports, in one transaction (a gateway's batch)."""
-        async with self._tx(write=True) as db:
-            return [await self._record_fault(db, fault, now) for fault in faults]
 
-    async def _record_fault(self, db: aiosqlite.Connection, fault: NewFault, now: datetime) -> FaultOutcome:
-        row = await _one(db, "SELECT fingerprint FROM device_faults WHERE event_id = ?", (fault.event_id,))
+        async def work(db: Conn) -> list[FaultOutcome]:
+            outcomes = [await self._record_fault(db, fault, now) for fault in faults]
+            notes = tuple(
+                FaultNote(f.device_id, f.fault, f.active, f.at)
+                for f, o in zip(faults, outcomes, strict=True)
+                if o.created
+            )
+            if notes:
+                await self._announce(db, Change(self.origin, "fault", faults=notes))
+            return outcomes
+
+        return await self._write(work)
+
+    async def _record_fault(self, db: Conn, fault: NewFault, now: datetime) -> FaultOutcome:
+        row = await db.fetchone("SELECT fingerprint FROM device_faults WHERE event_id = ?", (fault.event_id,))
         if row is not None:
             return FaultOutcome(
                 created=False, event_id=fault.event_id, same_body=row["fingerprint"] == fault.fingerprint
@@ -615,7 +781,7 @@ class Store:
     async def active_faults(self, *, limit: int = 1000) -> list[DeviceFault]:
         """Faults whose latest report says active, the most recently started first."""
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 """SELECT * FROM device_fault_state WHERE active = 1
                    ORDER BY since DESC, device_id, fault LIMIT ?""",
                 (limit,),
@@ -649,9 +815,11 @@ class Store:
     ) -> Incident:
         """Move an incident to the action's state, record who did it, and queue one state report
         per event of the incident, all in one transaction (the transactional-outbox pattern: the
-        report exists if and only if the change does)."""
-        async with self._tx(write=True) as db:
-            incident = await _incident(db, number)
+        report exists if and only if the change does). The incident's row is locked first, so an
+        action in another process waits and then judges the state this one left."""
+
+        async def work(db: Conn) -> Incident:
+            incident = await _locked_incident(db, number)
             if incident is None:
                 raise IncidentNotFoundError(incident_ref(number))
             if not can_apply(action, incident.state):
@@ -672,7 +840,7 @@ class Store:
                 (number, at, actor, incident.state.value, action.target.value, detail_json),
             )
             await _audit(db, at, actor, action.value, incident_ref(number), detail or None)
-            events = await db.execute_fetchall(
+            events = await db.fetchall(
                 "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
                 (number,),
             )
@@ -694,14 +862,16 @@ class Store:
                 )
             updated = await _incident(db, number)
             assert updated is not None
+            await self._announce(db, Change(self.origin, "incident", incidents=(number,), wake=("callbacks",)))
             return updated
 
-    # ---- queries ------------------------------------------------------------------------------
+        return await self._write(work)
 
     async def add_note(self, number: int, note: str, *, actor: str, now: datetime) -> Incident:
         """Record an operator's note in the incident's history; the state stays as it is."""
-        async with self._tx(write=True) as db:
-            incident = await _incident(db, number)
+
+        async def work(db: Conn) -> Incident:
+            incident = await _locked_incident(db, number)
             if incident is None:
                 raise IncidentNotFoundError(incident_ref(number))
             at = rfc3339(now)
@@ -715,7 +885,10 @@ class Store:
             await _audit(db, at, actor, "note", incident_ref(number), {"note": note})
             updated = await _incident(db, number)
             assert updated is not None
+            await self._announce(db, Change(self.origin, "incident", incidents=(number,)))
             return updated
+
+        return await self._write(work)
 
     # ---- escalation ---------------------------------------------------------------------------
 
@@ -729,13 +902,18 @@ class Store:
     ) -> list[Incident]:
         """Escalate every incident still `new` `after_s` after its creation that has not been
         escalated yet: mark it, record it in its history, and queue a webhook event (when
-        `webhook_body` is given), all in one transaction. Returns the escalated incidents."""
+        `webhook_body` is given), all in one transaction. Returns the escalated incidents.
+
+        Only one process escalates (cluster.Leadership); the rows are claimed with FOR UPDATE SKIP
+        LOCKED all the same, so that even two escalating at once (a hand-over) escalate each incident
+        once: the second skips what the first holds, and then finds it escalated."""
         cutoff = rfc3339(now - timedelta(seconds=after_s))
         at = rfc3339(now)
-        async with self._tx(write=True) as db:
-            rows = await db.execute_fetchall(
-                """SELECT id FROM incidents WHERE state = 'new' AND escalated_at IS NULL AND created_at <= ?
-                   ORDER BY created_at, id LIMIT ?""",
+
+        async def work(db: Conn) -> list[Incident]:
+            rows = await db.fetchall(
+                f"""SELECT id FROM incidents WHERE state = 'new' AND escalated_at IS NULL AND created_at <= ?
+                   ORDER BY created_at, id LIMIT ?{db.lock(skip_locked=True)}""",
                 (cutoff, limit),
             )
             numbers = [r["id"] for r in rows]
@@ -757,13 +935,17 @@ class Store:
                        VALUES (?, 'incident.escalated', ?, ?, ?)""",
                     [(i.ref, webhook_body(i, now), at, now.timestamp()) for i in escalated],
                 )
+            wake: tuple[Wake, ...] = ("webhooks",) if webhook_body is not None else ()
+            await self._announce(db, Change(self.origin, "escalation", incidents=tuple(numbers), wake=wake))
             return escalated
+
+        return await self._write(work)
 
     async def next_escalation_due(self, *, after_s: float) -> datetime | None:
         """When the next incident escalates if nobody acknowledges it, or None when none waits."""
         async with self._tx(write=False) as db:
-            row = await _one(
-                db, "SELECT MIN(created_at) AS t FROM incidents WHERE state = 'new' AND escalated_at IS NULL", ()
+            row = await db.fetchone(
+                "SELECT MIN(created_at) AS t FROM incidents WHERE state = 'new' AND escalated_at IS NULL"
             )
         if row is None or row["t"] is None:
             return None
@@ -783,7 +965,7 @@ class Store:
     async def incidents_created_between(self, start: datetime, end: datetime, *, limit: int) -> list[Incident]:
         """Incidents whose first press arrived in [start, end), oldest first."""
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 f"{_INCIDENT_SELECT} WHERE i.created_at >= ? AND i.created_at < ? ORDER BY i.created_at, i.id LIMIT ?",
                 (rfc3339(start), rfc3339(end), limit),
             )
@@ -814,13 +996,13 @@ class Store:
                      i.id DESC
             LIMIT ?"""
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(sql, (*params, limit))
+            rows = await db.fetchall(sql, (*params, limit))
             sources = await _sources_of(db, [r["id"] for r in rows])
         return [_to_incident(r, sources.get(r["id"], ())) for r in rows]
 
     async def incident_events(self, number: int) -> list[AlarmEvent]:
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall("SELECT * FROM alarms WHERE incident_id = ? ORDER BY id", (number,))
+            rows = await db.fetchall("SELECT * FROM alarms WHERE incident_id = ? ORDER BY id", (number,))
         return [
             AlarmEvent(
                 event_id=r["event_id"],
@@ -841,9 +1023,7 @@ class Store:
 
     async def incident_history(self, number: int) -> list[HistoryEntry]:
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
-                "SELECT * FROM incident_history WHERE incident_id = ? ORDER BY id", (number,)
-            )
+            rows = await db.fetchall("SELECT * FROM incident_history WHERE incident_id = ? ORDER BY id", (number,))
         return [
             HistoryEntry(
                 at=parse_rfc3339(r["at"]),
@@ -857,11 +1037,13 @@ class Store:
         ]
 
     # ---- outboxes: state reports to the gateway, webhook events ------------------------------
+    # Sent by one process at a time (cluster.Leadership), so a row is not claimed here: with several
+    # processes, only the leader's sender reads and marks them.
 
     async def due(self, outbox: Outbox, now: float, limit: int) -> list[OutboxRow]:
         """Rows whose time has come, at most one per key (the oldest undelivered one)."""
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 f"""SELECT o.id, o.{outbox.key} AS key, o.body, o.attempts FROM {outbox.table} o
                     WHERE {_head_of_key(outbox)} AND o.next_attempt_at <= ?
                     ORDER BY o.next_attempt_at, o.id LIMIT ?""",
@@ -872,13 +1054,13 @@ class Store:
     async def next_due(self, outbox: Outbox) -> float | None:
         """When the next row may be sent (Unix time), or None when none is waiting."""
         async with self._tx(write=False) as db:
-            row = await _one(
-                db, f"SELECT MIN(o.next_attempt_at) AS t FROM {outbox.table} o WHERE {_head_of_key(outbox)}", ()
+            row = await db.fetchone(
+                f"SELECT MIN(o.next_attempt_at) AS t FROM {outbox.table} o WHERE {_head_of_key(outbox)}"
             )
         return None if row is None else row["t"]
 
     async def mark_delivered(self, outbox: Outbox, row_id: int, *, now: datetime) -> None:
-        async with self._tx(write=True) as db:
+        async def work(db: Conn) -> None:
             await db.execute(
                 f"""UPDATE {outbox.table} SET attempts = attempts + 1, last_attempt_at = ?,
                        delivered_at = ?, last_error = NULL
@@ -886,10 +1068,12 @@ class Store:
                 (rfc3339(now), rfc3339(now), row_id),
             )
 
+        await self._write(work)
+
     async def mark_failed(
         self, outbox: Outbox, row_id: int, *, now: datetime, next_attempt_at: float, error: str
     ) -> None:
-        async with self._tx(write=True) as db:
+        async def work(db: Conn) -> None:
             await db.execute(
                 f"""UPDATE {outbox.table} SET attempts = attempts + 1, last_attempt_at = ?,
                        next_attempt_at = ?, last_error = ?
@@ -897,9 +1081,11 @@ class Store:
                 (rfc3339(now), next_attempt_at, error[:500], row_id),
             )
 
+        await self._write(work)
+
     async def pending(self, outbox: Outbox) -> int:
         async with self._tx(write=False) as db:
-            row = await _one(db, f"SELECT COUNT(*) AS n FROM {outbox.table} WHERE delivered_at IS NULL", ())
+            row = await db.fetchone(f"SELECT COUNT(*) AS n FROM {outbox.table} WHERE delivered_at IS NULL")
         return 0 if row is None else row["n"]
 
     async def pending_callbacks(self) -> int:
@@ -911,7 +1097,8 @@ class Store:
         self, token_hash: str, *, operator: str, csrf_token: str, credential: str, now: datetime, ttl: timedelta
     ) -> Session:
         expires = now + ttl
-        async with self._tx(write=True) as db:
+
+        async def work(db: Conn) -> None:
             # Expired sessions are dropped here, so the table stays as small as the active staff.
             await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (rfc3339(now),))
             await db.execute(
@@ -920,12 +1107,13 @@ class Store:
                 (token_hash, operator, csrf_token, rfc3339(now), rfc3339(expires), credential),
             )
             await _audit(db, rfc3339(now), operator, "login", None, None)
+
+        await self._write(work)
         return Session(operator, csrf_token, expires, credential)
 
     async def get_session(self, token_hash: str, *, now: datetime) -> Session | None:
         async with self._tx(write=False) as db:
-            row = await _one(
-                db,
+            row = await db.fetchone(
                 "SELECT operator, csrf_token, expires_at, credential FROM sessions"
                 " WHERE token_hash = ? AND expires_at > ?",
                 (token_hash, rfc3339(now)),
@@ -935,30 +1123,37 @@ class Store:
         return Session(row["operator"], row["csrf_token"], parse_rfc3339(row["expires_at"]), row["credential"])
 
     async def delete_session(self, token_hash: str, *, actor: str, now: datetime) -> None:
-        async with self._tx(write=True) as db:
+        async def work(db: Conn) -> None:
             await db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
             await _audit(db, rfc3339(now), actor, "logout", None, None)
+
+        await self._write(work)
 
     # ---- audit log ----------------------------------------------------------------------------
 
     async def audit(
         self, *, actor: str, action: str, now: datetime, target: str | None = None, detail: dict[str, Any] | None = None
     ) -> None:
-        async with self._tx(write=True) as db:
+        async def work(db: Conn) -> None:
             await _audit(db, rfc3339(now), actor, action, target, detail)
+
+        await self._write(work)
 
     async def audit_many(self, entries: Sequence[tuple[str, str, str, str | None, dict[str, Any] | None]]) -> None:
         """Several audit entries (at, actor, action, target, detail) in one transaction."""
         if not entries:
             return
-        async with self._tx(write=True) as db:
+
+        async def work(db: Conn) -> None:
             for at, actor, action, target, detail in entries:
                 await _audit(db, at, actor, action, target, detail)
+
+        await self._write(work)
 
     async def audit_entries(self, *, limit: int = 200, before_id: int | None = None) -> list[AuditEntry]:
         """The newest entries first; `before_id` pages back."""
         async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT * FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT ?",
                 (before_id if before_id is not None else 2**63 - 1, limit),
             )
@@ -975,23 +1170,12 @@ class Store:
         ]
 
 
-async def _configure(db: aiosqlite.Connection) -> None:
-    row = await _one(db, "PRAGMA journal_mode = WAL", ())
-    if row is None or str(row[0]).lower() != "wal":
-        raise StoreError("SQLite refused WAL mode (is the database on a network file system?)")
-    # FULL: a 201 to the gateway promises the alarm is on disk; NORMAL would allow losing the
-    # last transactions on power loss in WAL mode.
-    await db.execute("PRAGMA synchronous = FULL")
-    await db.execute("PRAGMA foreign_keys = ON")
-    await db.execute("PRAGMA busy_timeout = 5000")
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    """Bring the schema to SCHEMA_VERSION in a single transaction: all steps or none."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        row = await _one(db, "PRAGMA user_version", ())
-        version = 0 if row is None else int(row[0])
+async def _migrate(db: Database) -> None:
+    """Bring the schema to SCHEMA_VERSION in a single transaction: all steps or none. The one runner
+    for both engines; `db` supplies the lock, where the version lives, and the DDL's dialect."""
+    async with db.transaction(write=True) as conn:
+        await db.lock_schema(conn)
+        version = await db.schema_version(conn)
         if version > SCHEMA_VERSION:
             raise SchemaTooNewError(
                 f"database schema version {version} is newer than this command center knows "
@@ -999,24 +1183,14 @@ async def _migrate(db: aiosqlite.Connection) -> None:
             )
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number]:
-                await db.execute(statement)
+                await conn.execute(db.ddl(statement))
             log.info("database schema migrated to version %d", number + 1)
-        # PRAGMA takes no bound parameters; the value is our own integer.
-        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        await db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            await db.execute("ROLLBACK")
-        raise
-
-
-async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
-    async with db.execute(sql, params) as cur:
-        return await cur.fetchone()
+        if version != SCHEMA_VERSION:
+            await db.set_schema_version(conn, SCHEMA_VERSION)
 
 
 async def _audit(
-    db: aiosqlite.Connection, at: str, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
+    db: Conn, at: str, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
 ) -> None:
     await db.execute(
         "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
@@ -1024,35 +1198,42 @@ async def _audit(
     )
 
 
-async def _incidents(db: aiosqlite.Connection, numbers: Sequence[int]) -> list[Incident]:
+async def _incidents(db: Conn, numbers: Sequence[int]) -> list[Incident]:
     if not numbers:
         return []
-    rows = await db.execute_fetchall(
-        f"{_INCIDENT_SELECT} WHERE i.id IN (SELECT value FROM json_each(?))", (json.dumps(list(numbers)),)
-    )
+    rows = await db.fetchall(f"{_INCIDENT_SELECT} WHERE i.id IN ({db.members('bigint')})", (db.array(numbers),))
     sources = await _sources_of(db, [r["id"] for r in rows])
     found = {r["id"]: _to_incident(r, sources.get(r["id"], ())) for r in rows}
     return [found[n] for n in numbers if n in found]
 
 
-async def _incident(db: aiosqlite.Connection, number: int) -> Incident | None:
-    row = await _one(db, f"{_INCIDENT_SELECT} WHERE i.id = ?", (number,))
+async def _incident(db: Conn, number: int) -> Incident | None:
+    row = await db.fetchone(f"{_INCIDENT_SELECT} WHERE i.id = ?", (number,))
     if row is None:
         return None
     sources = await _sources_of(db, [number])
     return _to_incident(row, sources.get(number, ()))
 
 
-async def _sources_of(db: aiosqlite.Connection, numbers: Sequence[int]) -> dict[int, tuple[str, ...]]:
+async def _locked_incident(db: Conn, number: int) -> Incident | None:
+    """The incident, its row locked until the transaction ends (PostgreSQL; SQLite's write
+    transaction already excludes every other writer). Read after the lock is granted, so it is the
+    state the previous holder committed."""
+    if db.shared:
+        await db.fetchone(f"SELECT id FROM incidents WHERE id = ?{db.lock()}", (number,))
+    return await _incident(db, number)
+
+
+async def _sources_of(db: Conn, numbers: Sequence[int]) -> dict[int, tuple[str, ...]]:
     """The devices of each incident in order of first appearance. A separate query rather than
     json_group_array in the incident query: the order of an aggregate's input is not guaranteed
     before SQLite 3.44."""
     if not numbers:
         return {}
-    rows = await db.execute_fetchall(
-        """SELECT incident_id, device_id FROM incident_sources
-           WHERE incident_id IN (SELECT value FROM json_each(?)) ORDER BY id""",
-        (json.dumps(list(numbers)),),
+    rows = await db.fetchall(
+        f"""SELECT incident_id, device_id FROM incident_sources
+           WHERE incident_id IN ({db.members('bigint')}) ORDER BY id""",
+        (db.array(numbers),),
     )
     found: dict[int, list[str]] = {}
     for r in rows:
@@ -1060,26 +1241,36 @@ async def _sources_of(db: aiosqlite.Connection, numbers: Sequence[int]) -> dict[
     return {number: tuple(devices) for number, devices in found.items()}
 
 
-async def _next_incident_number(db: aiosqlite.Connection) -> int:
-    """The number the next incident gets. Intake assigns numbers itself instead of leaving them to
-    AUTOINCREMENT, so that a batch can insert all its incidents with one executemany and still know
+async def _next_incident_number(db: Conn) -> int:
+    """SQLite: the number the next incident gets. Intake assigns numbers itself instead of leaving them
+    to AUTOINCREMENT, so that a batch can insert all its incidents with one executemany and still know
     their numbers. It runs inside the write transaction, so nobody else takes a number meanwhile, and
     an explicit id advances sqlite_sequence, so numbers are still never reused."""
-    row = await _one(
-        db,
+    row = await db.fetchone(
         """SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'incidents'), 0),
-                      COALESCE((SELECT MAX(id) FROM incidents), 0)) + 1""",
-        (),
+                      COALESCE((SELECT MAX(id) FROM incidents), 0)) + 1"""
     )
     assert row is not None
     return int(row[0])
+
+
+async def _take_incident_numbers(db: Conn, count: int) -> list[int]:
+    """PostgreSQL: `count` numbers from the incidents' identity sequence, ascending. Other processes
+    take numbers at the same time, so they need not be consecutive; a number taken by a transaction
+    that then rolls back (or runs again) is never used: a gap, never a duplicate."""
+    if count == 0:
+        return []
+    rows = await db.fetchall(
+        "SELECT nextval(pg_get_serial_sequence('incidents', 'id')) FROM generate_series(1, ?)", (count,)
+    )
+    return sorted(int(r[0]) for r in rows)
 
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else parse_rfc3339(text)
 
 
-def _to_incident(r: aiosqlite.Row, sources: tuple[str, ...]) -> Incident:
+def _to_incident(r: Row, sources: tuple[str, ...]) -> Incident:
     return Incident(
         number=r["id"],
         state=IncidentState(r["state"]),

@@ -264,7 +264,7 @@ async def test_a_fault_two_instances_report_starts_once(pair: tuple[Store, Store
 
 
 async def test_one_instance_leads_and_another_takes_over(pair: tuple[Store, Store]) -> None:
-    one, two = pair
+    _, two = pair
     leaders = [asyncio.Event(), asyncio.Event()]
     woken: list[str] = []
     tasks = [asyncio.create_task(s.lead(e, woken.append)) for s, e in zip(pair, leaders, strict=True)]

@@ -5,17 +5,22 @@
 
 or use the `command_center` fixture. The process gets its own config, token files and database in
 the given folder; `stop()` and `start()` restart it on the same port and database.
+
+Several processes of one command center (docs/commandcenter.md, "Several processes"): give each the
+same `db_url` (a PostgreSQL database) and `shared_port`, and `secrets_from` the first; each then
+also listens on its own `port` (`.url`), and `.shared_url` is the address they share.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -49,17 +54,25 @@ class CommandCenterProcess:
         throttle: tuple[str, str] = ("10000/minute", "10000/minute"),
         record_failures_every_s: float = 60.0,
         server_toml: str = "",  # more lines for [server], e.g. "header_timeout_s = 2"
+        db_url: str | None = None,  # a PostgreSQL database instead of the SQLite file
+        shared_port: int | None = None,  # listen here with SO_REUSEPORT as well as on `port`
+        gateway_urls: Sequence[str] | None = None,  # a gateway group instead of `gateway_url`
+        name: str = "cc",  # the folder in tmp_path: several processes need one each
+        secrets_from: CommandCenterProcess | None = None,  # the same tokens as that process (one deployment)
     ) -> None:
-        self.dir = Path(tmp_path) / "cc"
+        self.dir = Path(tmp_path) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.intake_token = secrets.token_urlsafe(32)
-        self.operator_token = secrets.token_urlsafe(32)
+        self.db_url = db_url
+        self.shared_port = shared_port
+        self.shared_url = f"http://127.0.0.1:{shared_port}" if shared_port is not None else self.url
+        self.intake_token = secrets_from.intake_token if secrets_from else secrets.token_urlsafe(32)
+        self.operator_token = secrets_from.operator_token if secrets_from else secrets.token_urlsafe(32)
         self.operator_name = OPERATOR_NAME
-        self.supervisor_token = secrets.token_urlsafe(32)
+        self.supervisor_token = secrets_from.supervisor_token if secrets_from else secrets.token_urlsafe(32)
         self.supervisor_name = SUPERVISOR_NAME
-        self.agency_token = secrets.token_urlsafe(32)
+        self.agency_token = secrets_from.agency_token if secrets_from else secrets.token_urlsafe(32)
         self.agency_name = AGENCY_VIEWER_NAME
         self.db_path = self.dir / "cc.sqlite3"
         self.config_path = self.dir / "cc.toml"
@@ -70,14 +83,17 @@ class CommandCenterProcess:
         (self.dir / "operator.token").write_text(self.operator_token + "\n", encoding="utf-8")
         (self.dir / "supervisor.token").write_text(self.supervisor_token + "\n", encoding="utf-8")
         (self.dir / "agency.token").write_text(self.agency_token + "\n", encoding="utf-8")
+        ports = [f"port = {self.port}"]
+        if shared_port is not None:
+            ports = [f"port = {shared_port}", "reuse_port = true", f"direct_port = {self.port}"]
         lines = [
             "[server]",
             'host = "127.0.0.1"',
-            f"port = {self.port}",
+            *ports,
             'log_level = "debug"',
             server_toml,
             "[store]",
-            f'path = "{self.db_path.name}"',
+            f'url = "{db_url}"' if db_url is not None else f'path = "{self.db_path.name}"',
             "[intake]",
             'token_file = "intake.token"',
             "[[operators]]",
@@ -102,11 +118,13 @@ class CommandCenterProcess:
             f'per_name = "{throttle[1]}"',
             f"record_every_s = {record_failures_every_s}",
         ]
-        if gateway_url is not None:
+        if gateway_url is not None or gateway_urls is not None:
             if gateway_token is None:
                 raise ValueError("gateway_url needs gateway_token")
             (self.dir / "gateway.token").write_text(gateway_token + "\n", encoding="utf-8")
-            lines += ["[gateway]", f'url = "{gateway_url}"', 'token_file = "gateway.token"']
+            # A JSON array of strings is a TOML array too.
+            where = f'url = "{gateway_url}"' if gateway_urls is None else f"urls = {json.dumps(list(gateway_urls))}"
+            lines += ["[gateway]", where, 'token_file = "gateway.token"']
         if escalation_after_s is not None or webhook_url is not None:
             lines.append("[escalation]")
             if escalation_after_s is not None:
