@@ -484,6 +484,34 @@ class SQLStore:
     def _notify(self, db: Db, lane: Lane) -> None:
         """Tell the forwarding instance, when this transaction commits, that events wait in a lane."""
 
+    def _stored_alarms(self, db: Db, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str, str | None]]:
+        """(device, seq) -> (id, state, incident id) of those of `keys` already stored."""
+        out = {}
+        for device_id, seq in keys:
+            row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+                             (device_id, seq)).fetchone()
+            if row is not None:
+                out[(device_id, seq)] = (row[0], row[1], row[2])
+        return out
+
+    def _latest_groups(self, db: Db, sites: Sequence[str]) -> dict[str, Group]:
+        """Each site's newest incident group."""
+        out = {}
+        for site in sites:
+            r = db.execute("SELECT id, site, opened_ms, last_ms, presses, sources FROM incident_groups "
+                           "WHERE site = ? ORDER BY id DESC LIMIT 1", (site,)).fetchone()
+            if r is not None:
+                out[site] = Group(r["id"], r["site"], r["opened_ms"], r["last_ms"], r["presses"],
+                                  json.loads(r["sources"]))
+        return out
+
+    def _new_ids(self, db: Db, table: Literal["alarms", "incident_groups"], n: int) -> list[int]:
+        """n unused row ids of `table` (one writer at a time: after the largest)."""
+        if n == 0:
+            return []
+        top = _id(db.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone())
+        return list(range(top + 1, top + 1 + n))
+
     async def lead(self, leader: asyncio.Event, wake: Callable[[Lane], None]) -> None:
         """The one instance of an unshared database always forwards."""
         leader.set()
@@ -681,50 +709,66 @@ class SQLStore:
     def _commit(self, db: Db, batch: Batch, fault_event: FaultEventMaker,
                 alarm_event: AlarmEventMaker) -> list[StoredAlarm]:
         # Leaves `batch` as it was: a transaction the database aborted (a deadlock between
-        # instances) runs this again from the start.
+        # instances) runs this again from the start. Set-based: a few statements per batch, not
+        # per alarm, since each statement is a round trip to a PostgreSQL server.
         out: list[StoredAlarm] = []
-        duplicates = list(batch.duplicates)
         self._lock_sites(db, sorted({n.site for n in batch.alarms}))
-        latest: dict[str, Group | None] = {}   # site -> its newest group, as this transaction left it
-        touched: dict[int, Group] = {}
+        # Under the sites' locks: an instance storing the same alarm now has committed or waits.
+        stored = self._stored_alarms(db, {(n.alarm.device_id, n.alarm.seq) for n in batch.alarms}
+                                     | set(batch.duplicates))
+        latest: dict[str, Group | None] = dict(self._latest_groups(db, sorted({n.site for n in batch.alarms})))
+        touched: dict[int, Group] = {}   # group id -> its state after this batch (new ones: ids < 0 for now)
+        opened = 0
+        fresh: list[tuple[NewAlarm, Group]] = []  # each alarm with its group as it stood right after it joined
+        duplicates = list(batch.duplicates)
         for n in batch.alarms:
-            a = n.alarm
-            # Under the site's lock: an instance storing the same alarm now has committed or waits.
-            if db.execute("SELECT 1 FROM alarms WHERE device_id = ? AND seq = ?",
-                          (a.device_id, a.seq)).fetchone() is not None:
-                duplicates.append((a.device_id, a.seq))  # stored already: re-acknowledged below
+            key = (n.alarm.device_id, n.alarm.seq)
+            if key in stored:
+                duplicates.append(key)  # stored already: re-acknowledged below
                 continue
-            if n.site not in latest:
-                r = db.execute("SELECT id, site, opened_ms, last_ms, presses, sources FROM incident_groups "
-                               "WHERE site = ? ORDER BY id DESC LIMIT 1", (n.site,)).fetchone()
-                latest[n.site] = None if r is None else Group(r["id"], r["site"], r["opened_ms"], r["last_ms"],
-                                                              r["presses"], json.loads(r["sources"]))
-            group = extend(latest[n.site], n.site, a.device_id, n.received_ms, self.group_window_ms)
-            if group.id == 0:  # a new incident: numbered by the database, unique across instances
-                group.id = _id(db.execute(
-                    "INSERT INTO incident_groups (site, opened_ms, last_ms, presses, sources) "
-                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                    (group.site, group.opened_ms, group.last_ms, group.presses, json.dumps(group.sources))).fetchone())
+            group = extend(latest.get(n.site), n.site, n.alarm.device_id, n.received_ms, self.group_window_ms)
+            if group.id == 0:
+                opened += 1
+                group.id = -opened  # numbered below, once the batch's new incidents are counted
             latest[n.site] = touched[group.id] = group
-            event_id, body = alarm_event(n, group)
-            alarm_id = _id(db.execute(
-                "INSERT INTO alarms (device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, "
-                "uptime_ms, received_ms, body, group_id, press_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (a.device_id, a.seq, a.kind, int(a.test), a.location.lat_e6, a.location.lon_e6, a.location.address,
-                 a.location.area, a.raised_ts, a.uptime_ms, n.received_ms, a.body, group.id,
-                 group.presses)).fetchone())
-            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
-                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
-                       (a.device_id, event_id, body, alarm_id, n.received_ms, n.received_ms))
-            out.append(StoredAlarm(alarm_id, a.device_id, a.seq, "received", None, True))
+            fresh.append((n, group))
+        # New incidents and alarms are numbered by the database, unique across instances.
+        number = dict(zip(range(-1, -opened - 1, -1), self._new_ids(db, "incident_groups", opened), strict=True))
+        new = set(number.values())
+        for g in [*touched.values(), *(g for _, g in fresh)]:
+            if g.id < 0:
+                g.id = number[g.id]
+        db.executemany("INSERT INTO incident_groups (id, site, opened_ms, last_ms, presses, sources) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       [(g.id, g.site, g.opened_ms, g.last_ms, g.presses, json.dumps(g.sources))
+                        for g in touched.values() if g.id in new])
         db.executemany("UPDATE incident_groups SET last_ms = ?, presses = ?, sources = ? WHERE id = ?",
-                       [(g.last_ms, g.presses, json.dumps(g.sources), g.id) for g in touched.values()])
+                       [(g.last_ms, g.presses, json.dumps(g.sources), g.id) for g in touched.values()
+                        if g.id not in new])
+        alarm_ids = self._new_ids(db, "alarms", len(fresh))
+        # Each alarm's group as it stood right after that alarm joined: its press count and sources.
+        made = [(n, alarm_id, alarm_event(n, g)) for (n, g), alarm_id in zip(fresh, alarm_ids, strict=True)]
+        db.executemany(
+            "INSERT INTO alarms (id, device_id, seq, kind, test, lat_e6, lon_e6, address, area, raised_ts, "
+            "uptime_ms, received_ms, body, group_id, press_count) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(alarm_id, n.alarm.device_id, n.alarm.seq, n.alarm.kind, int(n.alarm.test), n.alarm.location.lat_e6,
+              n.alarm.location.lon_e6, n.alarm.location.address, n.alarm.location.area, n.alarm.raised_ts,
+              n.alarm.uptime_ms, n.received_ms, n.alarm.body, g.id, g.presses)
+             for (n, g), alarm_id in zip(fresh, alarm_ids, strict=True)])
+        db.executemany("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
+                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
+                       [(n.alarm.device_id, event_id, body, alarm_id, n.received_ms, n.received_ms)
+                        for n, alarm_id, (event_id, body) in made])
+        out += [StoredAlarm(alarm_id, n.alarm.device_id, n.alarm.seq, "received", None, True)
+                for n, alarm_id, _ in made]
+        # A duplicate of an alarm stored before, or earlier in this batch (a button's resend that
+        # came with the original).
+        stored.update({(n.alarm.device_id, n.alarm.seq): (alarm_id, "received", None) for n, alarm_id, _ in made})
         for device_id, seq in duplicates:
-            row = db.execute("SELECT id, state, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
-                             (device_id, seq)).fetchone()
+            row = stored.get((device_id, seq))
             if row is not None:
-                out.append(StoredAlarm(row["id"], device_id, seq, row["state"], row["incident_id"], False))
+                out.append(StoredAlarm(row[0], device_id, seq, row[1], row[2], False))
         # Rows of devices in one order (by id), so that two instances' transactions never wait for
         # each other in a circle.
         seen: dict[str, int] = {}
@@ -816,16 +860,21 @@ class SQLStore:
         for a in alarms:
             last[a["device_id"]] = a["id"]
         out: list[OutboundEvent] = []
-        for device_id, upto in last.items():
+        for rows in self._pending_events(db, last).values():
             # The device's pending events up to its last alarm taken, in order; stop at the first
             # one that waits for a retry (or is not due): nothing of this device may overtake it.
-            for r in db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL ORDER BY id",
-                                (device_id, upto)).fetchall():
+            for r in rows:
                 if r["next_attempt_ms"] > now_ms:
                     break
                 out.append(_event(r))
         out.sort(key=lambda e: e.id)
         return out[:limit]
+
+    def _pending_events(self, db: Db, upto: dict[str, int]) -> dict[str, list[Any]]:
+        """Each device's events not refused, up to the outbox id given for it, in order."""
+        return {device_id: db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL "
+                                      "ORDER BY id", (device_id, last)).fetchall()
+                for device_id, last in upto.items()}
 
     def _due_faults(self, db: Db, now_ms: int, limit: int) -> list[OutboundEvent]:
         rows = db.execute(

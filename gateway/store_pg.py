@@ -39,18 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool
 
+from .grouping import Group
 from .store import Db, Lane, SQLStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -228,8 +230,44 @@ class PostgresStore(SQLStore):
 
     def _lock_sites(self, db: Db, sites: Sequence[str]) -> None:
         # In one order (sorted keys), so that two instances never wait for each other's sites.
-        for key in sorted({_site_key(s) for s in sites}):
-            db.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_NAMESPACE, key))
+        keys = sorted({_site_key(s) for s in sites})
+        if keys:
+            db.execute("SELECT count(pg_advisory_xact_lock(?, k)) FROM (SELECT unnest(?::integer[]) AS k ORDER BY 1) s",
+                       (LOCK_NAMESPACE, keys))
+
+    def _stored_alarms(self, db: Db, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str, str | None]]:
+        if not keys:
+            return {}
+        devices, seqs = zip(*keys, strict=True)
+        rows = db.execute("SELECT a.id, a.device_id, a.seq, a.state, a.incident_id FROM alarms a "
+                          "JOIN unnest(?::text[], ?::bigint[]) AS k(device_id, seq) "
+                          "ON a.device_id = k.device_id AND a.seq = k.seq", (list(devices), list(seqs))).fetchall()
+        return {(r["device_id"], r["seq"]): (r["id"], r["state"], r["incident_id"]) for r in rows}
+
+    def _latest_groups(self, db: Db, sites: Sequence[str]) -> dict[str, Group]:
+        if not sites:
+            return {}
+        rows = db.execute("SELECT DISTINCT ON (site) id, site, opened_ms, last_ms, presses, sources "
+                          "FROM incident_groups WHERE site = ANY(?) ORDER BY site, id DESC", (list(sites),)).fetchall()
+        return {r["site"]: Group(r["id"], r["site"], r["opened_ms"], r["last_ms"], r["presses"],
+                                 json.loads(r["sources"])) for r in rows}
+
+    def _pending_events(self, db: Db, upto: dict[str, int]) -> dict[str, list[Any]]:
+        rows = db.execute(f"{self._EVENT} o JOIN unnest(?::text[], ?::bigint[]) AS k(device, upto) "
+                          "ON o.device_id = k.device AND o.id <= k.upto WHERE o.refused_ms IS NULL "
+                          "ORDER BY o.device_id, o.id", (list(upto), list(upto.values()))).fetchall()
+        out: dict[str, list[Any]] = {device_id: [] for device_id in upto}
+        for r in rows:
+            out[r["device_id"]].append(r)
+        return out
+
+    def _new_ids(self, db: Db, table: Literal["alarms", "incident_groups"], n: int) -> list[int]:
+        # From the table's identity sequence: unique whatever the other instances take meanwhile.
+        if n == 0:
+            return []
+        rows = db.execute(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, ?)",
+                          (n,)).fetchall()
+        return [int(r[0]) for r in rows]
 
     def _notify(self, db: Db, lane: Lane) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, lane))  # sent when the transaction commits

@@ -115,12 +115,15 @@ async def test_an_alarm_is_stored_once_and_a_resend_is_reacknowledged(store: Sto
     assert [(s.device_id, s.seq, s.state, s.changed) for s in first] == [("btn-a", 1, "received", True)]
     again = await commit(store, Batch(alarms=[new("btn-a", 1, 2_000)]))
     assert [(s.id, s.changed) for s in again] == [(first[0].id, False)]
+    # A resend that came in the same batch as its original is re-acknowledged too.
+    both = await commit(store, Batch(alarms=[new("btn-b", 1, 2_500)], duplicates=[("btn-b", 1)]))
+    assert [(s.seq, s.changed) for s in both] == [(1, True), (1, False)] and both[0].id == both[1].id
     assert await store.alarm_exists("btn-a", 1) and not await store.alarm_exists("btn-a", 2)
     rows = await store.alarms(device_id="btn-a", limit=10)
     assert len(rows) == 1 and rows[0]["received_ms"] == 1_000 and rows[0]["test"] is False
     events = await store.due_events(10_000, 10, "alarm")
-    assert [e.event_id for e in events] == ["gw:btn-a:1"]
-    assert await store.outbox_depth() == 1
+    assert [e.event_id for e in events] == ["gw:btn-a:1", "gw:btn-b:1"]
+    assert await store.outbox_depth() == 2
     assert (await store.devices("btn-a"))[0].last_seen_ms == 2_000
 
 
