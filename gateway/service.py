@@ -68,7 +68,7 @@ FAILURES_EVERY_S = 60.0       # wrong admin-API credentials are logged once a mi
 SHARED_SYNC_S = 1.0
 TAKEOVER_EVERY_S = 1.0   # how often the leader looks for dead instances whose MQTT session to take over
 TAKEOVER_QUIET_S = 0.5   # a taken-over session is drained when nothing more came for this long
-TAKEOVER_MAX_S = 60.0
+TAKEOVER_MAX_S = 20.0
 
 
 class Sequenced(enum.Enum):
@@ -545,14 +545,22 @@ class Gateway:
             if not link.connected.is_set():
                 log.warning("could not log in as dead instance %s to take over its session", name)
                 return False
+            drained = False
             while not running.done() and time.monotonic() - started < TAKEOVER_MAX_S:
                 await asyncio.sleep(0.1)
                 quiet = time.monotonic() - max(link.last_received, started) > TAKEOVER_QUIET_S
                 if quiet and link.acked >= link.received:
+                    drained = True
                     break
             await link.stop()
         finally:
             await asyncio.gather(running, return_exceptions=True)
+        if not drained:
+            # Left as it is (not ended: a clean login would discard what it still holds): the
+            # instance, once it starts again, or the next takeover takes the rest.
+            log.warning("taking over dead instance %s's session: %d messages processed in %.0f s, not yet all; "
+                        "leaving the rest in its session", name, link.received, time.monotonic() - started)
+            return False
         cleaner = MqttLink(settings, self._queue, subscribe=False, clean=True, reconnect=False)
         ending = asyncio.create_task(cleaner.run(), name=f"end-session-{name}")
         try:
