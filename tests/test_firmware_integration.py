@@ -30,13 +30,25 @@ from tests.support.firmware import (
 )
 from tests.support.mosquitto import MqttClient
 from tests.support.net import free_port
-from tests.support.system import System
+from tests.support.system import System, running_again, shared_system
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 BROKER_DOWN_S = 12.0
 
+
+@pytest.fixture(scope="module")
+def module_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    yield from shared_system(tmp_path_factory.mktemp("system"))
+
+
+@pytest.fixture
+def system(module_system: System) -> System:
+    """One broker, command center and gateway for the module: each test has a device of its own
+    and asserts only about that device (its incidents, its events, its indicator), and what a test
+    kills is running again, and connected, before the next one begins."""
+    return running_again(module_system)
 
 
 # --------------------------------------------------------------------------------- presses

@@ -10,16 +10,30 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.firmware import FirmwareProcess, button, device_config, events_at_cc, indicator_states, seq_of
 from tests.support.net import FakeDns, StalledServer, free_port
-from tests.support.system import System
+from tests.support.system import System, running_again, shared_system
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.micropython]
+
+
+@pytest.fixture(scope="module")
+def module_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    yield from shared_system(tmp_path_factory.mktemp("system"))
+
+
+@pytest.fixture
+def system(module_system: System) -> System:
+    """One broker, command center and gateway for the module: each test has a device of its own
+    and asserts only about that device, and what a test kills (the broker) is running again, with
+    the gateway connected, before the next one begins."""
+    return running_again(module_system)
 
 TIMEOUT_MS = 3000          # mqtt.timeout_ms of tests.support.firmware.device_config
 LOOP_BOUND_MS = 50         # the longest gap between two loop steps the firmware may show

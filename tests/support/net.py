@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import struct
 import threading
 import time
+from typing import Any
 
 from siaga.net import free_port
 
-__all__ = ["FakeDns", "StalledServer", "free_port", "wait_port"]
+__all__ = ["FakeDns", "StalledServer", "free_port", "share_httpx_tls_context", "wait_port"]
+
+
+def share_httpx_tls_context() -> None:
+    """Let the httpx clients of the test process share their default TLS context.
+
+    httpx 0.28 builds a new `ssl.SSLContext` for each `Client`, loading a whole CA bundle (certifi's,
+    or SSL_CERT_FILE's): 25 to 50 ms of CPU (encode/httpx#2298, #3627), paid by every
+    `httpx.get(...)`/`httpx.post(...)`, which makes a client per call. The tests make thousands of
+    such calls to loopback http:// addresses, many in wait loops while a process under test is
+    starting on the same two cores. Only the default contexts (verify=True, no client certificate)
+    are shared, one per value of the variables httpx reads; none is used for TLS in the tests, and
+    httpx does not modify them.
+    """
+    import httpx._transports.default as transport
+
+    original = getattr(transport, "create_ssl_context", None)
+    if original is None or getattr(original, "shared_default", False):
+        return
+    made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+    lock = threading.Lock()
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return original(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        with lock:
+            if key not in made:
+                made[key] = original(verify=True, cert=None, trust_env=trust_env)
+            return made[key]
+
+    create_ssl_context.shared_default = True  # type: ignore[attr-defined]
+    transport.create_ssl_context = create_ssl_context
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
