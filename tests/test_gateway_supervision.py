@@ -104,7 +104,9 @@ def test_last_will_marks_offline_at_once(system: System) -> None:
     button.drop()   # no DISCONNECT: the broker publishes the will
     took = wait_faults(system, "will-001", {"offline"}, timeout_s=10)
     assert took < 5  # long before three 60 s heartbeats would have been missed
-    offline = [f for f in cc_faults(system) if f["device_id"] == "will-001"]
+    # The fault travels on to the command center after the gateway recorded it: wait for it there.
+    offline = wait_for(lambda: [f for f in cc_faults(system) if f["device_id"] == "will-001"], timeout_s=5,
+                       what="the command center showing will-001's fault")
     assert [f["fault"] for f in offline] == ["offline"]
 
 
