@@ -1214,8 +1214,8 @@ def steady_case(cluster: Cluster, args: argparse.Namespace, burst: dict[str, Fig
     fwd = [(arrivals[f"{cluster.gateway_id}:{d}:{q}"] - s) * 1000 for d, q, s, _ in records
            if f"{cluster.gateway_id}:{d}:{q}" in arrivals]
     cpu_ms = cpu["gateway"] / n * 1000
-    rounds = m1['forward_rounds_total{result="ok"}'] - m0['forward_rounds_total{result="ok"}']
-    forwarded = m1['forwarded_total{kind="alarm"}'] - m0['forwarded_total{kind="alarm"}']
+    rounds = m1['forward_rounds_total{destination="command-center",result="ok"}'] - m0['forward_rounds_total{destination="command-center",result="ok"}']
+    forwarded = m1['forwarded_total{destination="command-center",kind="alarm"}'] - m0['forwarded_total{destination="command-center",kind="alarm"}']
     last_sent = max(r[2] for r in records)
     all_stored = watch.result()["last"]
     lag = (f"the last stored {all_stored - last_sent:.2f} s after the last was published" if all_stored

@@ -1,8 +1,9 @@
-"""Adapters from the gateway's outbox to a command center's API.
+"""Adapters from the gateway's outbox to a destination.
 
-An adapter takes a round of outbox events (oldest first) and says, for each, whether the command
-center has it. The reference adapter speaks the JSON contract of docs/protocol.md §7; other
-centers' APIs (OASIS CAP 1.2, a signed webhook) are further classes with the same `deliver`.
+An adapter takes a round of outbox events (oldest first) and says, for each, whether the
+destination has it. The reference adapter here speaks the JSON contract of docs/protocol.md §7;
+the others (OASIS CAP 1.2 in cap.py, Standard Webhooks in webhooks.py, SIA DC-09 in dc09.py) have
+the same `deliver`. docs/integration.md describes each.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ Outcome = Accepted | Failed
 
 
 class Adapter(Protocol):
-    async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]: ...
+    """One destination's protocol (gateway/destinations.py builds them from the configuration)."""
+
+    async def start(self) -> None: ...   # background work of its own (a DC-09 link test), before deliver
+    async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]: ...  # same length and order
     async def aclose(self) -> None: ...
 
 
@@ -75,6 +79,9 @@ class ReferenceAdapter:
             base_url=url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {token}"},
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
         self._batch_supported = {"alarm": True, "fault": True}
+
+    async def start(self) -> None:
+        """Nothing runs in the background: each round is its own requests."""
 
     async def deliver(self, events: list[OutboundEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []

@@ -152,13 +152,23 @@ class ErrorOut(BaseModel):
         description="what is wrong: a sentence, or a list of validation errors (loc, msg, type)")
 
 
+class DestinationHealthOut(BaseModel):
+    type: str = Field(description="siaga, cap, webhook or dc09")
+    primary: bool = Field(description="its answer is what the buttons' acks report")
+    outbox: int = Field(description="events waiting for this destination")
+    circuit: str = Field(description="its circuit breaker: closed, open or half_open")
+    last_delivered_ms: int | None = Field(description="when it last confirmed an event (this instance's view)")
+    last_error: str | None = Field(description="the last failure, if the last round failed")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     mqtt: bool = Field(description="logged in to the broker")
-    outbox: int = Field(description="events waiting for the command center")
-    circuit: str = Field(description="the forwarding circuit breaker: closed, open or half_open")
+    outbox: int = Field(description="events waiting, all destinations together")
+    circuit: str = Field(description="the primary destination's circuit breaker: closed, open or half_open")
     instance: str | None = Field(None, description="this instance's name, when several share one database")
     forwarding: bool = Field(description="this instance forwards the outbox (with several: it holds the leader lock)")
+    destinations: dict[str, DestinationHealthOut] = Field(description="each destination by name")
 
 
 class ReadyOut(BaseModel):
@@ -242,6 +252,7 @@ class QuarantinedOut(BaseModel):
 
 class RefusedOut(BaseModel):
     id: int
+    destination: str
     kind: str
     event_id: str
     device_id: str
@@ -249,6 +260,18 @@ class RefusedOut(BaseModel):
     refused_ms: int
     attempts: int
     last_error: str | None
+
+
+class DeliveryOut(BaseModel):
+    destination: str
+    kind: str
+    status: Literal["delivered", "waiting", "refused"]
+    attempts: int
+    delivered_ms: int | None = Field(None, description="when the destination confirmed it (delivered)")
+    reference: str | None = Field(None, description="what the destination called it, if it said (an incident id)")
+    next_attempt_ms: int | None = Field(None, description="when it is tried again (waiting)")
+    refused_ms: int | None = Field(None, description="when the destination refused it for good (refused)")
+    last_error: str | None = None
 
 
 class FleetChangeOut(BaseModel):
@@ -394,9 +417,15 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> HealthOut:
         mqtt_up = gw.link is not None and gw.link.connected.is_set()
+        depths = await gw.store.outbox_depths()
+        kinds = {d.name: d.type for d in gw.cfg.destinations}
+        destinations = {fw.name: DestinationHealthOut(
+            type=kinds.get(fw.name, "siaga"), primary=fw.primary, outbox=depths.get(fw.name, 0),
+            circuit=fw.breaker.state.value, last_delivered_ms=fw.last_delivered_ms,
+            last_error=None if fw.breaker.failures == 0 else fw.last_error) for fw in gw.forwarders.values()}
         return HealthOut(status="ok" if mqtt_up else "degraded", mqtt=mqtt_up,
-                         outbox=await gw.store.outbox_depth(), circuit=gw.breaker.state.value,
-                         instance=gw.cfg.instance, forwarding=gw.leader.is_set())
+                         outbox=sum(depths.values()), circuit=gw.breaker.state.value,
+                         instance=gw.cfg.instance, forwarding=gw.leader.is_set(), destinations=destinations)
 
     @app.get("/ready", summary="Readiness: connected to the broker and the store answers",
              responses={503: {"model": ReadyOut, "description": "not ready"}})
@@ -531,8 +560,17 @@ def create_app(gw: Gateway) -> FastAPI:
                                payload_base64=base64.b64encode(r["payload"]).decode(),
                                payload_preview=r["payload"][:200].decode("utf-8", "replace")) for r in rows]
 
+    @app.get("/api/v1/events/{event_id}/deliveries", dependencies=[Depends(require_admin)],
+             summary="Where an event is: each destination that confirmed it, and each still waiting or refused",
+             responses=_answers({404: "no destination has or had this event", 422: _INVALID}))
+    async def deliveries(event_id: Annotated[str, Path(min_length=1, max_length=200)]) -> list[DeliveryOut]:
+        rows = await gw.store.deliveries(event_id)
+        if not rows:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no destination has or had event {event_id}")
+        return [DeliveryOut(**r) for r in rows]
+
     @app.get("/api/v1/outbox/refused", dependencies=[Depends(require_admin)],
-             summary="Events the command center refused for good, newest first",
+             summary="Events a destination refused for good, newest first",
              responses=_answers({422: _INVALID}))
     async def refused(limit: Limit = 100) -> list[RefusedOut]:
         return [RefusedOut(**r) for r in await gw.store.refused(limit)]
@@ -547,7 +585,9 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/metrics", dependencies=[Depends(require_admin)], summary="Prometheus metrics (text format 0.0.4)",
              response_class=PlainTextResponse, responses=_json_errors(_answers()))
     async def metrics() -> Response:
-        gauges = {**gw.gauges(), "outbox_depth": await gw.store.outbox_depth()}
+        depths = await gw.store.outbox_depths()
+        gauges = {**gw.gauges(), "outbox_depth": sum(depths.values()),
+                  **{f'outbox_depth{{destination="{fw}"}}': depths.get(fw, 0) for fw in gw.forwarders}}
         return Response(gw.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.post("/api/v1/cc/state", dependencies=[Depends(require_cc)],

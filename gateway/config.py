@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +63,38 @@ class Person:
     role: Role
 
 
+# A destination's name: in metrics labels, URLs (/api/v1/destinations/<name>/state) and the outbox.
+DESTINATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+PRIMARY_NAME = "command-center"   # the destination [commandcenter] stands for
+EventKind = Literal["alarm", "fault", "state"]
+# What each type of destination takes unless its `events` says otherwise (docs/integration.md):
+# CAP carries alerts and their updates, not device faults; an alarm receiving centre's DC-09
+# takes alarms and troubles; a webhook receiver everything.
+DEFAULT_EVENTS: Mapping[str, tuple[EventKind, ...]] = MappingProxyType({
+    "siaga": ("alarm", "fault"), "cap": ("alarm", "state"), "webhook": ("alarm", "fault", "state"),
+    "dc09": ("alarm", "fault")})
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceSettings:
+    """Siaga's reference command center (protocol.md §7)."""
+
+    url: str
+    token: str = field(repr=False)
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One place the gateway forwards to, with its own queue (gateway/forwarding.py)."""
+
+    name: str
+    type: str                       # siaga | cap | webhook | dc09
+    events: tuple[EventKind, ...]
+    settings: Any = field(repr=False)  # ReferenceSettings, cap.CapSettings, webhooks.WebhookSettings, dc09.Dc09Settings
+    primary: bool = False           # its answer is what the button's ack and the admin API report
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
@@ -94,6 +127,8 @@ class GatewayConfig:
     forwarded_allow_ips: str = "127.0.0.1"
     db_url: str | None = None        # postgresql://...: a database several instances share
     instance: str | None = None      # this instance's name among several of one gateway id
+    # Where events go. Empty: the reference command center of cc_url alone (built in __post_init__).
+    destinations: tuple[Destination, ...] = ()
     # token -> person, the admin token's person included: what the admin API checks a token against
     credentials: Mapping[str, Person] = field(init=False, repr=False)
 
@@ -141,9 +176,33 @@ class GatewayConfig:
         if not any(p.role is Role.ADMIN for p in everyone.values()):
             raise ConfigError("api.people: nobody has role \"admin\": without an administrator no one can revoke "
                               "a stolen button; give someone role = \"admin\"")
+        if not self.destinations and self.cc_url:
+            object.__setattr__(self, "destinations", (Destination(
+                PRIMARY_NAME, "siaga", DEFAULT_EVENTS["siaga"], ReferenceSettings(self.cc_url, self.cc_token),
+                primary=True),))
+        names_seen: set[str] = set()
+        for d in self.destinations:
+            if d.name in names_seen:
+                raise ConfigError(f"destinations: name {d.name!r} is configured twice")
+            names_seen.add(d.name)
+        if sum(d.primary for d in self.destinations) > 1:
+            raise ConfigError("destinations: more than one has primary = true; the button's ack follows one")
         # Freeze the mappings, so that the whole config really is immutable.
         object.__setattr__(self, "people", MappingProxyType(dict(self.people)))
         object.__setattr__(self, "credentials", MappingProxyType(everyone))
+
+    @property
+    def primary_destination(self) -> str:
+        """The destination whose answer the button's ack reports: the one marked primary, else the
+        reference command center, else the first."""
+        for d in self.destinations:
+            if d.primary:
+                return d.name
+        names = [d.name for d in self.destinations]
+        return PRIMARY_NAME if PRIMARY_NAME in names or not names else names[0]
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
     @classmethod
     def load(cls, path: str | Path) -> GatewayConfig:
@@ -255,6 +314,66 @@ class CommandCenterTable(_Table):
     token_env: Text | None = None
 
 
+def _destination_name(value: str) -> str:
+    if not DESTINATION_NAME.fullmatch(value):
+        raise ValueError('use 1-32 of a-z 0-9 _ - starting with a letter or digit, e.g. "cad-kota"')
+    return value
+
+
+# Which keys each type of destination takes besides name, type, events, primary and timeout_s.
+_DESTINATION_KEYS: Mapping[str, frozenset[str]] = MappingProxyType({
+    "siaga": frozenset({"url", "token_file", "token_env"}),
+    "cap": frozenset({"url", "token_file", "token_env", "sender", "geocode_name"}),
+    "webhook": frozenset({"url", "secret_files", "inbound_secret_files", "tolerance_s"}),
+    "dc09": frozenset({"host", "port", "format", "receiver", "line_prefix", "key_file", "accounts",
+                       "account_default", "zones", "partition", "link_test_s"}),
+})
+_REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "siaga": ("url",), "cap": ("url",), "webhook": ("url", "secret_files"), "dc09": ("host", "port")})
+
+
+class DestinationTable(_Table):
+    """One [[destinations]] entry (docs/integration.md): the keys of every type, checked per type."""
+
+    name: Annotated[str, AfterValidator(_destination_name)]
+    type: Literal["siaga", "cap", "webhook", "dc09"]
+    events: list[Literal["alarm", "fault", "state"]] | None = None
+    primary: bool = False
+    timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
+    url: Annotated[str, AfterValidator(_http_url)] | None = None
+    token_file: Text | None = None
+    token_env: Text | None = None
+    sender: Text | None = None
+    geocode_name: Text | None = None
+    secret_files: list[Text] | None = None
+    inbound_secret_files: list[Text] | None = None
+    tolerance_s: Annotated[int, Field(ge=1, le=3600)] | None = None
+    host: Text | None = None
+    port: Port | None = None
+    format: Literal["ADM-CID", "SIA-DCS"] | None = None
+    receiver: str | None = None
+    line_prefix: str | None = None
+    key_file: Text | None = None
+    accounts: dict[str, str] | None = None
+    account_default: Literal["derive", "refuse"] | None = None
+    zones: dict[str, Annotated[int, Field(ge=0, le=999)]] | None = None
+    partition: Annotated[int, Field(ge=0, le=99)] | None = None
+    link_test_s: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _keys_of_its_type(self) -> DestinationTable:
+        allowed = _DESTINATION_KEYS[self.type]
+        common = {"name", "type", "events", "primary", "timeout_s"}
+        for key in sorted(self.model_fields_set - common - allowed):
+            raise SettingError(key, f"is not a setting of a {self.type} destination ({', '.join(sorted(allowed))})")
+        for key in _REQUIRED_KEYS[self.type]:
+            if getattr(self, key) is None:
+                raise SettingError(key, f"is missing: a {self.type} destination needs it")
+        if self.events is not None and (not self.events or len(set(self.events)) != len(self.events)):
+            raise SettingError("events", 'list each kind once, at least one: "alarm", "fault", "state"')
+        return self
+
+
 class ForwardingTable(_Table):
     batch_max: AtLeastOne = 500
     # Every alarm may wait this long for company; a second or more is surely a unit mistake.
@@ -286,12 +405,15 @@ class LoggingTable(_Table):
 
 
 class GatewayFile(_Table):
-    """The whole file: [gateway], [mqtt], [api] and [commandcenter] are required, the rest optional."""
+    """The whole file: [gateway], [mqtt] and [api] are required, and somewhere to forward to:
+    [commandcenter] (Siaga's reference command center) or [[destinations]], or both."""
 
     gateway: GatewayTable
     mqtt: MqttTable
     api: ApiTable
-    commandcenter: CommandCenterTable
+    commandcenter: CommandCenterTable | None = None
+    # [[destinations]]: each checked by hand in _destinations, for messages that name the entry
+    destinations: list[dict[str, Any]] = Field(default_factory=list)
     forwarding: ForwardingTable = Field(default_factory=ForwardingTable)
     supervision: SupervisionTable = Field(default_factory=SupervisionTable)
     logging: LoggingTable = Field(default_factory=LoggingTable)
@@ -316,6 +438,22 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
     legacy = api.admin_token_file is not None or api.admin_token_env is not None
     if not legacy and not api.people:
         raise ConfigError(NOBODY)
+    destinations = _destinations(f.destinations, base, gw.id)
+    if cc is None and not destinations:
+        raise ConfigError("nowhere to forward alarms to: add [commandcenter] (Siaga's command center) or "
+                          "[[destinations]] (docs/integration.md)")
+    if cc is not None:
+        if any(d.name == PRIMARY_NAME for d in destinations):
+            raise ConfigError(f"destinations: the name {PRIMARY_NAME!r} is [commandcenter]'s; choose another")
+        reference = Destination(PRIMARY_NAME, "siaga", DEFAULT_EVENTS["siaga"],
+                                ReferenceSettings(cc.url, secret(cc, "commandcenter", "token")),
+                                primary=not any(d.primary for d in destinations))
+        destinations = [reference, *destinations]
+    has_cc_token = api.cc_token_file is not None or api.cc_token_env is not None
+    # Without a reference command center and without its token, nobody may report states at
+    # /api/v1/cc/state: an unguessable token stands in (states come through inbound webhooks then).
+    cc_callback = (secret(api, "api", "cc_token") if cc is not None or has_cc_token
+                   else secrets.token_urlsafe(32))
     return GatewayConfig(
         gateway_id=gw.id,
         db_path=None if is_postgres(gw.db) else _path(base, gw.db),
@@ -325,8 +463,10 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
         api_host=api.host, api_port=api.port,
         admin_token=secret(api, "api", "admin_token") if legacy else None,
         people=_people(api.people, base, reserved=LEGACY_ADMIN if legacy else None),
-        cc_callback_token=secret(api, "api", "cc_token"),
-        cc_url=cc.url, cc_token=secret(cc, "commandcenter", "token"),
+        cc_callback_token=cc_callback,
+        cc_url=cc.url if cc is not None else "",
+        cc_token=destinations[0].settings.token if cc is not None else "",
+        destinations=tuple(destinations),
         batch_max=fwd.batch_max, batch_wait_ms=fwd.batch_wait_ms, forward_batch=fwd.forward_batch,
         forward_linger_ms=fwd.linger_ms,
         retry_first_s=fwd.retry_first_s, retry_max_s=fwd.retry_max_s, breaker_threshold=fwd.breaker_threshold,
@@ -341,6 +481,57 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
         api_throttle=ThrottleRules(per_address=api.throttle_per_address),
         forwarded_allow_ips=api.forwarded_allow_ips,
     )
+
+
+def _destinations(entries: list[dict[str, Any]], base: Path, gateway_id: str) -> list[Destination]:
+    """The [[destinations]] entries, each checked against its type; messages name the entry."""
+    out: list[Destination] = []
+    for i, entry in enumerate(entries):
+        where = f"destinations[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table: write [[destinations]] on a line of its own, with name, "
+                              "type and the type's settings below it")
+        if any(k in entry for k in ("token", "secret", "key", "secrets", "inbound_secrets")):
+            raise ConfigError(f"{where}: secrets are never written in the file; put each in a file of its own "
+                              "and name it with token_file, secret_files, inbound_secret_files or key_file")
+        try:
+            t = parse(DestinationTable, entry, example=EXAMPLE)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        where = f"{where} ({t.name})"
+        events = tuple(t.events) if t.events is not None else DEFAULT_EVENTS[t.type]
+        try:
+            settings = _destination_settings(t, entry, base, where, gateway_id)
+        except ValueError as exc:  # the settings' own checks
+            raise ConfigError(f"{where}: {exc}") from None
+        out.append(Destination(t.name, t.type, events, settings, primary=t.primary))
+    return out
+
+
+def _read_files(names: list[str], base: Path, where: str) -> tuple[str, ...]:
+    out = []
+    for name in names:
+        path = readable_file(_path(base, name), where)
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
+            raise ConfigError(f"{where}: {path} is empty; write the secret into it")
+        out.append(text)
+    return tuple(out)
+
+
+def _destination_settings(t: DestinationTable, entry: dict[str, Any], base: Path, where: str,
+                          gateway_id: str) -> Any:
+    """The adapter's settings of one destination, secrets read from their files."""
+    token = load_secret(entry, "token", base=base, where=where) if ("token_file" in entry or "token_env" in entry) \
+        else None
+    if t.type == "siaga":
+        if token is None:
+            raise ConfigError(f"{where}: token_file is missing: the reference command center needs its intake token")
+        assert t.url is not None
+        return ReferenceSettings(t.url, token, t.timeout_s)
+    from . import destinations  # the adapters' modules import this one
+    return destinations.settings_of(t, token, lambda names, key: _read_files(names, base, f"{where}.{key}"),
+                                    lambda name, key: readable_file(_path(base, name), f"{where}.{key}"), gateway_id)
 
 
 _PERSON_KEYS = ("name", "role", "token_file", "token_env")  # "token" inline is explained by check_keys

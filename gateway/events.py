@@ -1,11 +1,14 @@
-"""The JSON bodies the gateway forwards (protocol.md §7): an alarm event and a fault event. Pure
-functions of what was received and decided, so the contract test can build exactly what the
-gateway would send and hand it to the command center's real intake."""
+"""The JSON bodies the gateway forwards (protocol.md §7): an alarm event, a fault event and a state
+event. Pure functions of what was received and decided, so the contract test can build exactly what
+the gateway would send and hand it to the command center's real intake. Every destination's adapter
+(gateway/adapters.py, cap.py, webhooks.py, dc09.py) starts from these bodies; docs/integration.md
+has their JSON schemas."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from .adapters import iso_utc
 from .codec import Alarm
@@ -45,3 +48,24 @@ def fault_event(gateway_id: str, change: FaultChange, number: int, device: Devic
         body["location"] = {"lat": device.lat_e6 / 1e6, "lon": device.lon_e6 / 1e6, "address": device.address,
                             "area": device.area}
     return event_id, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def state_event(gateway_id: str, alarm: dict[str, Any], state: str, incident_id: str | None, by: str | None,
+                at_ms: int, number: int) -> tuple[str, str]:
+    """(event id, JSON body) of an alarm's state change (acknowledged, dispatched, resolved, false
+    alarm, undelivered), for the destinations that follow an alarm after it arrived (CAP Update and
+    Cancel, webhooks). `alarm` is the stored alarm's row; `number` the state log's row id. The body
+    carries what a consumer needs to relate it to the alarm event without having kept it: the alarm's
+    event id, kind, test flag, place and when it was received."""
+    alarm_event_id = f"{gateway_id}:{alarm['device_id']}:{alarm['seq']}"
+    body = {
+        "event_id": f"{alarm_event_id}:state:{number}", "gateway_id": gateway_id,
+        "device_id": alarm["device_id"], "seq": alarm["seq"], "alarm_event_id": alarm_event_id,
+        "state": state, "incident_id": incident_id, "by": by, "at": iso_utc(at_ms),
+        "kind": alarm["kind"], "test": bool(alarm["test"]),
+        "location": {"lat": alarm["lat_e6"] / 1e6, "lon": alarm["lon_e6"] / 1e6, "address": alarm["address"],
+                     "area": alarm["area"]},
+        "received_at": iso_utc(alarm["received_ms"]),
+        "incident_key": f"{gateway_id}:g:{alarm['group_id']}",
+    }
+    return body["event_id"], json.dumps(body, separators=(",", ":"), ensure_ascii=False)

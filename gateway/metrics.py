@@ -13,21 +13,21 @@ HELP = {
     "siaga_gateway_duplicates_total": "Alarms received again (MQTT redelivery or a button re-send)",
     "siaga_gateway_heartbeats_total": "Heartbeats accepted",
     "siaga_gateway_acks_published_total": "Signed acks published to buttons",
-    "siaga_gateway_forwarded_total": "Events the command center accepted, by kind",
-    "siaga_gateway_forward_failures_total": "Delivery attempts that failed and will be retried, by kind",
-    "siaga_gateway_forward_rounds_total": "Delivery rounds (HTTP requests or batches) by result",
-    "siaga_gateway_forward_refused_total": "Events the command center refused for good, by kind (audited, kept)",
+    "siaga_gateway_forwarded_total": "Events a destination confirmed, by destination and kind",
+    "siaga_gateway_forward_failures_total": "Failed delivery attempts to be retried, by destination and kind",
+    "siaga_gateway_forward_rounds_total": "Delivery rounds (requests or batches) by destination and result",
+    "siaga_gateway_forward_refused_total": "Events refused for good, by destination and kind (audited, kept)",
     "siaga_gateway_quarantined_total": "Messages that could not be processed, kept in the quarantine",
     "siaga_gateway_loop_errors_total": "Unexpected errors a loop survived (logged), by loop",
     "siaga_gateway_sessions_taken_over_total": "MQTT sessions of dead instances this instance drained and ended",
     "siaga_gateway_faults_total": "Device fault changes, by fault and whether it started or cleared",
-    "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to the command center accepting it",
+    "siaga_gateway_forward_latency_seconds": "From the gateway receiving an alarm to a destination confirming it",
     "siaga_gateway_http_auth_failures_total": "Wrong credentials at the admin API, by kind (docs/security.md)",
     "siaga_gateway_http_throttled_total": "Admin API requests answered 429 (too many wrong credentials)",
-    "siaga_gateway_outbox_depth": "Events waiting to be forwarded",
+    "siaga_gateway_outbox_depth": "Events waiting to be forwarded (by destination; unlabelled: all)",
     "siaga_gateway_devices_online": "Registered devices currently online",
     "siaga_gateway_devices_registered": "Registered devices, revoked ones included",
-    "siaga_gateway_circuit_open": "1 while the command-center circuit breaker is open",
+    "siaga_gateway_circuit_open": "1 while a destination's circuit breaker is open (unlabelled: the primary's)",
     "siaga_gateway_forwarding": "1 while this instance forwards the outbox (with several instances: the one holding "
                                 "the leader lock)",
     "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
@@ -85,9 +85,15 @@ class Metrics:
             lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
         lines += [f'{name}_bucket{{le="+Inf"}} {self.latency.n}', f"{name}_sum {self.latency.total:.6f}",
                   f"{name}_count {self.latency.n}"]
+        # A gauge's key may carry labels ('circuit_open{destination="cap"}'): one HELP and TYPE per name.
+        described: set[str] = set()
         for gauge, level in sorted(gauges.items()):
             full = f"siaga_gateway_{gauge}"
-            lines += [f"# HELP {full} {HELP.get(full, full)}", f"# TYPE {full} gauge", f"{full} {level:g}"]
+            base = full.split("{", 1)[0]
+            if base not in described:
+                described.add(base)
+                lines += [f"# HELP {base} {HELP.get(base, base)}", f"# TYPE {base} gauge"]
+            lines.append(f"{full} {level:g}")
         return "\n".join(lines) + "\n"
 
 

@@ -16,8 +16,8 @@ import sys
 from siaga import logs
 from siaga.settings import ConfigError
 
-from .adapters import ReferenceAdapter
 from .config import GatewayConfig
+from .destinations import make_adapters
 from .service import Gateway
 from .store import open_store
 
@@ -32,7 +32,7 @@ async def serve(cfg: GatewayConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     store = open_store(cfg.db, group_window_ms=cfg.incident_window_s * 1000)
-    gateway = Gateway(cfg, store, ReferenceAdapter(cfg.cc_url, cfg.cc_token))
+    gateway = Gateway(cfg, store, adapters=make_adapters(cfg))
     await gateway.run(stop)
 
 

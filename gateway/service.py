@@ -11,20 +11,20 @@ import dataclasses
 import enum
 import json
 import logging
-import random
 import time
-from collections.abc import Callable
-from typing import Literal, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, cast
 
 from siaga.asgi import EmbeddedServer, embedded_server
 from siaga.web import flush_every
 from siagafw import proto
 
 from . import codec
-from .adapters import Accepted, Adapter
+from .adapters import Adapter
 from .codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
 from .config import GatewayConfig, Person
-from .events import alarm_event, fault_event
+from .events import alarm_event, fault_event, state_event
+from .forwarding import Forwarder
 from .grouping import Group
 from .limits import BreakerState, CircuitBreaker, FloodLimiter
 from .metrics import Metrics
@@ -33,14 +33,13 @@ from .replay import ReplayWindow, Verdict
 from .store import (
     DATABASE_DOWN,
     IN_PROCESS,
+    PRIMARY,
     Batch,
-    Delivery,
     DeviceRecord,
     Lane,
     NewAlarm,
     OutboundEvent,
     Quarantined,
-    Retry,
     Store,
     StoredAlarm,
 )
@@ -58,10 +57,6 @@ FLOOD_AUDIT_EVERY_MS = 60_000              # one audit row per flooding device p
 # database writer (a chunk of heartbeats with fault changes commits in a few milliseconds).
 BULK_CHUNK = 20
 FAULTS_LOGGED_EACH = 5         # more fault changes at once are logged as one line
-# Fault reports per forwarding round. A round's request and answer are built and read on the event
-# loop, which the alarms share: a round of 500 held an alarm for tens of milliseconds during an
-# offline wave (bench/offline_wave.py); 100 keep it to a few.
-FAULT_ROUND = 100
 FAILURES_EVERY_S = 60.0       # wrong admin-API credentials are logged once a minute per address
 # Several instances on one database (store.shared): how often an instance reads what the others
 # changed: the registry (when the fleet change log grew) and the devices' health for supervision.
@@ -84,11 +79,12 @@ def now_ms() -> int:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, store: Store, adapter: Adapter,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, cfg: GatewayConfig, store: Store, adapter: Adapter | None = None,
+                 clock: Callable[[], int] = now_ms, *, adapters: Mapping[str, Adapter] | None = None) -> None:
+        """`adapters`: one per destination of cfg.destinations, by name (gateway/destinations.py
+        builds them); `adapter` alone stands for the one reference command center of older setups."""
         self.cfg = cfg
         self.store = store
-        self.adapter = adapter
         self.clock = clock
         self.metrics = Metrics()
         self.registry: dict[str, DeviceRecord] = {}
@@ -103,12 +99,24 @@ class Gateway:
         self._bulk_of: dict[str, int] = {}
         self._unacked: collections.deque[Inbound] = collections.deque()
         self._done: set[int] = set()
-        # One forwarding lane per kind, each woken when its kind of event is stored (store.Lane).
-        self._wake: dict[Lane, asyncio.Event] = {"alarm": asyncio.Event(), "fault": asyncio.Event()}
+        # One forwarder per destination, each with a lane per kind woken when its kind of event
+        # is stored (store.Lane): a slow destination never delays another.
+        if adapters is None:
+            if adapter is None:
+                raise ValueError("Gateway needs its destinations' adapters")
+            adapters = {PRIMARY: adapter}
+        self.forwarders = {name: Forwarder(self, name, a, primary=name == cfg.primary_destination,
+                                           on_refused=self._refused) for name, a in adapters.items()}
+        routes: dict[str, list[str]] = {"alarm": [], "fault": [], "state": []}
+        for d in cfg.destinations:
+            if d.name in self.forwarders:
+                for kind in d.events:
+                    routes[kind].append(d.name)
+        if not cfg.destinations:  # no destinations configured: the adapter given takes alarms and faults
+            routes = {"alarm": list(self.forwarders), "fault": list(self.forwarders), "state": []}
+        store.route(routes)
         self._flood = FloodLimiter(cfg.flood_rate_per_s, cfg.flood_burst)
         self._flood_audited: dict[str, tuple[int, int]] = {}  # device -> (last audit ms, drops since)
-        self.breaker = CircuitBreaker(cfg.breaker_threshold, cooldown_s=cfg.retry_first_s,
-                                      max_cooldown_s=cfg.retry_max_s)
         self.supervisor = Supervisor(cfg.supervision, clock())
         # Set while this instance forwards the outbox and runs the time-driven supervision: always
         # with SQLite, with PostgreSQL while it holds the leader lock (gateway/store_pg.py).
@@ -116,7 +124,13 @@ class Gateway:
         self._registry_version = 0
         self.link: MqttLink | None = None
         self.ready = asyncio.Event()
-        self._stopping = False
+        self.stopping = False
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The primary destination's circuit breaker (what /health reports as `circuit`)."""
+        fw = self.forwarders.get(self.cfg.primary_destination) or next(iter(self.forwarders.values()))
+        return fw.breaker
 
     @property
     def instance(self) -> str:
@@ -150,7 +164,10 @@ class Gateway:
                                      limits=self.cfg.api_limits, forwarded_allow_ips=self.cfg.forwarded_allow_ips)
             async with asyncio.TaskGroup() as tg:
                 intake = tg.create_task(self._intake(), name="intake")
-                forwarders = [tg.create_task(self._forwarder(lane), name=f"forward-{lane}") for lane in self._wake]
+                for fw in self.forwarders.values():
+                    await fw.adapter.start()
+                forwarders = [tg.create_task(fw.run_lane(lane), name=f"forward-{fw.name}-{lane}")
+                              for fw in self.forwarders.values() for lane in fw.wake]
                 others = [tg.create_task(self._supervise(), name="supervision"),
                           tg.create_task(self.store.lead(self.leader, self._wake_lane), name="leadership"),
                           tg.create_task(self._take_over(), name="takeover"),
@@ -170,21 +187,25 @@ class Gateway:
             if holding is not None:
                 holding.cancel()
                 await asyncio.gather(holding, return_exceptions=True)
-            await self.adapter.aclose()
+            for fw in self.forwarders.values():
+                try:
+                    await fw.adapter.aclose()
+                except Exception:  # one adapter's failure to close must not keep the others open
+                    log.exception("closing destination %s failed", fw.name)
             await self.store.close()
 
     async def _shutdown(self, intake: asyncio.Task[None], forwarders: list[asyncio.Task[None]],
                         others: list[asyncio.Task[None]], server: EmbeddedServer) -> None:
         """Stop taking messages, finish the batch being committed and the delivery in flight."""
         log.info("gateway %s stopping", self.cfg.gateway_id)
-        self._stopping = True
+        self.stopping = True
         assert self.link is not None
         # Messages received but not yet committed stay unacknowledged and come back from the
         # broker's session on the next start: nothing is lost by stopping mid-stream.
         await self.link.stop()
         self._queue.put_nowait(Inbound("", b"", 0, 0, False, 0))  # wakes an idle intake
-        for wake in self._wake.values():
-            wake.set()
+        for lane in ("alarm", "fault"):
+            self._wake_lane(lane)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.cfg.drain_s):
                 await asyncio.gather(intake, *forwarders, return_exceptions=True)
@@ -230,7 +251,7 @@ class Gateway:
         [MQTT-4.6.0-2], an alarm's only once everything before it is committed too (its signed
         "received" ack and its forwarding do not wait for that)."""
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        while not self.stopping:
             if not self._alarms and not self._bulk:
                 self._route(await self._queue.get())
                 deadline = loop.time() + self.cfg.batch_wait_ms / 1000
@@ -406,9 +427,9 @@ class Gateway:
             self._publish_ack(alarm)
         self._count_faults(batch.faults)
         if batch.alarms:
-            self._wake["alarm"].set()
+            self._wake_lane("alarm")
         if batch.faults:
-            self._wake["fault"].set()
+            self._wake_lane("fault")
 
     def _admit(self, item: Inbound, batch: Batch) -> codec.Message | Reject | None:
         """Flood check (cheap, before any HMAC work), then decode and verify."""
@@ -464,6 +485,10 @@ class Gateway:
 
     # ------------------------------------------------------------ faults
 
+    def _state_event(self, alarm: Any, state: str, incident_id: str | None, by: str | None, at_ms: int,
+                     number: int) -> tuple[str, str]:
+        return state_event(self.cfg.gateway_id, alarm, state, incident_id, by, at_ms, number)
+
     def _fault_event(self, change: FaultChange, number: int) -> tuple[str, str]:
         return fault_event(self.cfg.gateway_id, change, number, self.registry.get(change.device_id))
 
@@ -501,7 +526,7 @@ class Gateway:
                 if changes:
                     await self.store.record_faults(changes, self._fault_event)
                     self._count_faults(changes)
-                    self._wake["fault"].set()
+                    self._wake_lane("fault")
             except DATABASE_DOWN:
                 raise
             except Exception:  # a bug here must not stop the alarms: log it, try again next tick
@@ -514,7 +539,7 @@ class Gateway:
         """The leader takes over the MQTT session of each instance that died (its name is free in
         the database): what the broker kept for it is processed here, then its session ends, so
         that the broker stops handing a dead instance a share of the buttons' messages."""
-        while not self._stopping:
+        while not self.stopping:
             await asyncio.sleep(TAKEOVER_EVERY_S)
             if not self.store.shared or not self.leader.is_set():
                 continue
@@ -612,138 +637,63 @@ class Gateway:
             self.metrics.inc("loop_errors", loop="acks")
 
     async def command_center_state(self, device_id: str, seq: int, state: str, incident_id: str | None,
-                                   by: str | None, at_ms: int) -> StoredAlarm | None:
+                                   by: str | None, at_ms: int, *, source: str | None = None) -> StoredAlarm | None:
+        """An alarm's state as a command center (or the city's system, through a destination's
+        inbound webhook: `source`) reports it. A change goes to the button, and to the destinations
+        that follow states other than the one it came from."""
         rank = proto.state_rank(state)
         if rank < 0:
             raise ValueError(f"unknown state {state!r}")
-        stored = await self.store.set_state(device_id, seq, state, rank, incident_id, by, at_ms)
+        stored = await self.store.set_state(device_id, seq, state, rank, incident_id, by, at_ms,
+                                            self._state_event, source)
         if stored is not None and stored.changed:
             self._publish_ack(stored)
         return stored
 
     # ------------------------------------------------------------ forwarding
 
-    def _retry_delay_ms(self, attempts: int) -> int:
-        # Full jitter (Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015): when
-        # the command center comes back, retries are spread out instead of arriving all at once.
-        cap = min(self.cfg.retry_max_s, self.cfg.retry_first_s * 2 ** min(attempts, 20))
-        return int(random.uniform(self.cfg.retry_first_s / 10, cap) * 1000)
-
     def _wake_lane(self, lane: Lane) -> None:
-        self._wake[lane].set()
+        for fw in self.forwarders.values():
+            fw.wake[lane].set()
 
-    async def _forwarder(self, lane: Lane) -> None:
-        """One lane of forwarding. The alarm lane never waits for fault reports, however many
-        the fault lane has to send (an offline wave of thousands of last wills). Only the leader
-        forwards (gateway/store_pg.py); the others wait to take over."""
-        wake = self._wake[lane]
-        loop = asyncio.get_running_loop()
-        linger = self.cfg.forward_linger_ms / 1000
-        last_sent = -linger
-        while not self._stopping:
-            if not self.leader.is_set():
-                await self._sleep_until_woken(wake, 1.0)
-                wake.clear()
-                continue
-            # During a stream of alarms a round starts at most every `linger`, so that each request
-            # carries what came meanwhile (a steady 1,000 alarms/s went out ~4 to a request
-            # before); after a quiet spell the first alarm goes at once.
-            gap = linger - (loop.time() - last_sent)
-            if gap > 0:
-                await asyncio.sleep(gap)
-            wake.clear()
-            started = loop.time()
-            try:
-                if await self._forward_round(lane):
-                    last_sent = started
-            except DATABASE_DOWN:
-                raise
-            except Exception:  # a bug in a round must not stop forwarding: log, back off, go on
-                log.exception("forwarding round (%s) failed", lane)
-                self.metrics.inc("loop_errors", loop=f"forward-{lane}")
-                await self._sleep_until_woken(wake, self.cfg.retry_first_s)
-
-    async def _forward_round(self, lane: Lane) -> bool:
-        """One delivery round; whether it sent anything."""
-        wake = self._wake[lane]
-        now = self.clock()
-        if not self.breaker.allow(now):
-            await self._sleep_until_woken(wake, (self.breaker.retry_at_ms - now) / 1000)
-            return False
-        # Half-open: a single event probes whether the command center is back.
-        probing = self.breaker.state is BreakerState.HALF_OPEN
-        limit = self.cfg.forward_batch if lane == "alarm" else min(self.cfg.forward_batch, FAULT_ROUND)
-        events = await self.store.due_events(now, 1 if probing else limit, lane)
-        if not events:
-            await self._sleep_until_woken(wake, 1.0)
-            return False
-        await self._deliver(events)
-        return True
-
-    @staticmethod
-    async def _sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), max(0.01, seconds))
-
-    async def _deliver(self, events: list[OutboundEvent]) -> None:
-        outcomes = await self.adapter.deliver(events)
-        now = self.clock()
-        delivered: list[Delivery] = []
-        retries: list[Retry] = []
-        refused: list[tuple[OutboundEvent, str]] = []
-        for event, outcome in zip(events, outcomes, strict=True):
-            if isinstance(outcome, Accepted):
-                delivered.append(Delivery(event.id, event.alarm_id, outcome.incident_id))
-                self.metrics.inc("forwarded", kind=event.kind)
-                if event.kind == "alarm":
-                    self.metrics.latency.observe(max(0, now - event.created_ms) / 1000)
-            elif outcome.retry:
-                retries.append(Retry(event.id, now + self._retry_delay_ms(event.attempts), outcome.error))
-                self.metrics.inc("forward_failures", kind=event.kind)
-            else:
-                refused.append((event, outcome.error))
-        self.metrics.inc("forward_rounds", result="ok" if delivered else "failed")
-        if delivered or refused:
-            self.breaker.success()  # the command center answered
-        elif retries and len(retries) == len(events):
-            was_open = self.breaker.state is not BreakerState.CLOSED
-            self.breaker.failure(now)
-            if self.breaker.state is BreakerState.OPEN and not was_open:
-                log.error("command center unreachable: circuit breaker open (%s)", retries[0].error)
-            if self.breaker.state is BreakerState.OPEN:
-                # While the breaker is open the events wait for it, not for their own backoff.
-                retries = [Retry(r.outbox_id, now, r.error, spend_attempt=False) for r in retries]
-        await self.store.settle(delivered, retries, now)
-        if refused:
-            await self._refused(refused, now)
-
-    async def _refused(self, refused: list[tuple[OutboundEvent, str]], now: int) -> None:
-        """The command center refused these for good. They leave the queue (so the device's later
+    async def _refused(self, fw: Forwarder, refused: list[tuple[OutboundEvent, str]], now: int) -> None:
+        """A destination refused these for good. They leave its queue (so the device's later
         events are not held behind them) but are kept, audited, counted and shown: the room sees
-        an `undelivered` fault with the alarm and the place, and the button is told its alarm
-        was not handed on (ack state `undelivered`), so the person can seek help another way."""
+        an `undelivered` fault with the alarm and the place. When the primary destination refused
+        an alarm, the button is told it was not handed on (ack state `undelivered`), so the person
+        can seek help another way; another destination's refusal does not change what the button
+        shows."""
         await self.store.refuse([e.id for e, _ in refused], [why for _, why in refused], now)
         batch = Batch()
         undelivered: list[tuple[str, int]] = []
         for event, why in refused:
-            self.metrics.inc("forward_refused", kind=event.kind)
-            log.error("command center refused %s %s for good: %s", event.kind, event.event_id, why)
+            self.metrics.inc("forward_refused", kind=event.kind, destination=fw.name)
+            log.error("destination %s refused %s %s for good: %s", fw.name, event.kind, event.event_id, why)
             batch.rejects.append((Reject(RejectReason.MALFORMED, event.device_id, "forward:" + event.event_id,
-                                         f"command center refused {event.kind}: {why}"), now))
+                                         f"destination {fw.name} refused {event.kind}: {why}"), now))
             if event.kind != "alarm":
                 continue
             body = json.loads(event.body)  # the gateway's own alarm event (gateway/events.py)
-            undelivered.append((event.device_id, body["seq"]))
+            if fw.primary:
+                undelivered.append((event.device_id, body["seq"]))
             if event.device_id in self.registry:
                 batch.faults += self.supervisor.occurred(event.device_id, Fault.UNDELIVERED, now, {
-                    "reason": "the command center refused an alarm", "event_id": event.event_id,
-                    "seq": body["seq"], "kind": body["kind"], "error": why[:200]})
+                    "reason": f"destination {fw.name} refused an alarm", "destination": fw.name,
+                    "event_id": event.event_id, "seq": body["seq"], "kind": body["kind"], "error": why[:200]})
         await self.store.commit(batch, self._fault_event, self._alarm_event)
         self._count_faults(batch.faults)
         if batch.faults:
-            self._wake["fault"].set()
+            self._wake_lane("fault")
         for device_id, seq in undelivered:
             await self.command_center_state(device_id, seq, "undelivered", None, "gateway", now)
+
+    async def audit(self, reason: RejectReason, device_id: str | None, topic: str, detail: str) -> None:
+        """Write one refusal that did not come over MQTT (an inbound webhook with a bad signature,
+        say) to the audit log, and count it like the broker's rejects."""
+        now = self.clock()
+        batch = Batch(rejects=[(Reject(reason, device_id, topic, detail[:500]), now)])
+        await self.store.commit(batch, self._fault_event, self._alarm_event)
+        self.metrics.inc("rejected", reason=reason.value)
 
     # ------------------------------------------------------------ registry
     # Each change is stored with its entry in the fleet change log (who, when, what; never a key), in
@@ -784,8 +734,8 @@ class Gateway:
         """A refused event goes out again (an operator fixed its cause)."""
         if not await self.store.requeue(outbox_id, self.clock(), by=by):
             return False
-        for wake in self._wake.values():
-            wake.set()
+        for lane in ("alarm", "fault"):
+            self._wake_lane(lane)
         return True
 
     async def update_device(self, device_id: str, fields: dict[str, object], *, by: Person = IN_PROCESS) -> None:
@@ -793,8 +743,10 @@ class Gateway:
         self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
 
     def gauges(self) -> dict[str, float]:
+        per_destination = {f'circuit_open{{destination="{fw.name}"}}': float(fw.breaker.state is BreakerState.OPEN)
+                           for fw in self.forwarders.values()}
         return {"devices_online": self.supervisor.online(), "devices_registered": len(self.registry),
-                "circuit_open": float(self.breaker.state is BreakerState.OPEN),
+                "circuit_open": float(self.breaker.state is BreakerState.OPEN), **per_destination,
                 "forwarding": float(self.leader.is_set()),
                 "mqtt_connected": float(self.link is not None and self.link.connected.is_set()),
                 "mqtt_connections": self.link.connections if self.link is not None else 0,

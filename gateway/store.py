@@ -27,7 +27,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -131,7 +131,7 @@ class NewAlarm:
 @dataclass(frozen=True, slots=True)
 class OutboundEvent:
     id: int
-    kind: str            # "alarm" | "fault"
+    kind: str            # "alarm" | "fault" | "state"
     event_id: str
     device_id: str
     body: str
@@ -173,8 +173,17 @@ FaultEventMaker = Callable[[FaultChange, int], tuple[str, str]]
 # the intake transaction, once the group is decided, and fixed there so every retry sends the same bytes
 AlarmEventMaker = Callable[[NewAlarm, Group], tuple[str, str]]
 
-# Which outbox events a forwarding lane takes (gateway/service.py): alarms never wait behind faults.
+# (the stored alarm's row, state, incident id, by, at ms, state log row id) -> (event id, JSON body)
+StateEventMaker = Callable[[Any, str, str | None, str | None, int, int], tuple[str, str]]
+
+# Which outbox events a forwarding lane takes (gateway/forwarding.py): alarms never wait behind
+# faults. The "fault" lane takes every other kind (faults and state changes).
 Lane = Literal["alarm", "fault"]
+
+# The destination of the outbox rows of a store that was not told its destinations (the reference
+# command center of [command_center]; gateway/config.py).
+PRIMARY = "command-center"
+EVENT_KINDS = ("alarm", "fault", "state")
 
 
 @dataclass(slots=True)
@@ -221,13 +230,20 @@ class Store(Protocol):
     async def record_faults(self, changes: Sequence[FaultChange], fault_event: FaultEventMaker) -> None: ...
     async def quarantine(self, entries: Sequence[Quarantined]) -> None: ...
     # forwarding and acks
-    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]: ...
-    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None: ...
+    # each destination's queue: which kinds of event go where (set before open)
+    def route(self, routes: Mapping[str, Sequence[str]]) -> None: ...
+    async def due_events(self, now_ms: int, limit: int, lane: Lane,
+                         destination: str = PRIMARY) -> list[OutboundEvent]: ...
+    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int,
+                     destination: str = PRIMARY, primary: bool = True) -> None: ...
     async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None: ...
     async def requeue(self, outbox_id: int, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
     async def outbox_depth(self) -> int: ...
+    async def outbox_depths(self) -> dict[str, int]: ...
+    async def deliveries(self, event_id: str) -> list[dict[str, Any]]: ...
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
-                        by: str | None, at_ms: int) -> StoredAlarm | None: ...
+                        by: str | None, at_ms: int, state_event: StateEventMaker | None = None,
+                        source: str | None = None) -> StoredAlarm | None: ...
     async def current_acks(self, since_ms: int) -> list[StoredAlarm]: ...
     # queries for the admin API
     async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
@@ -387,6 +403,45 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             started_ms  INTEGER NOT NULL
         )""",
     ),
+    (  # 6: several destinations (issue 15): each has its own queue position in the outbox (one row
+        # per event and destination), state changes travel to the destinations that follow them,
+        # and each confirmed delivery is recorded per destination (the chain of custody)
+        """CREATE TABLE outbox_new (
+            id              INTEGER PRIMARY KEY,
+            destination     TEXT NOT NULL,
+            device_id       TEXT NOT NULL,
+            event_id        TEXT NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN ('alarm', 'fault', 'state')),
+            body            TEXT NOT NULL,
+            alarm_id        INTEGER REFERENCES alarms (id),
+            created_ms      INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL,
+            last_error      TEXT,
+            refused_ms      INTEGER,
+            UNIQUE (destination, event_id)
+        )""",
+        # Row ids are given again in the same order (a device's events keep their order); the
+        # rows waiting were all for the one command center of [command_center].
+        "INSERT INTO outbox_new (destination, device_id, event_id, kind, body, alarm_id, created_ms, attempts, "
+        "next_attempt_ms, last_error, refused_ms) SELECT 'command-center', device_id, event_id, kind, body, "
+        "alarm_id, created_ms, attempts, next_attempt_ms, last_error, refused_ms FROM outbox ORDER BY id",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_new RENAME TO outbox",
+        "CREATE INDEX outbox_due ON outbox (destination, next_attempt_ms, id)",
+        "CREATE INDEX outbox_device ON outbox (destination, device_id, id)",
+        "CREATE INDEX outbox_alarms ON outbox (destination, id) WHERE kind = 'alarm' AND refused_ms IS NULL",
+        """CREATE TABLE deliveries (
+            destination   TEXT NOT NULL,
+            event_id      TEXT NOT NULL,
+            kind          TEXT NOT NULL,
+            device_id     TEXT NOT NULL,
+            delivered_ms  INTEGER NOT NULL,
+            reference     TEXT,                 -- what the destination called it (an incident id), if it said
+            attempts      INTEGER NOT NULL,
+            PRIMARY KEY (destination, event_id)
+        )""",
+    ),
 )
 
 _PLACE = ("site", "lat_e6", "lon_e6", "address", "area")
@@ -471,6 +526,11 @@ class SQLStore:
 
     def __init__(self, *, group_window_ms: int = 300_000) -> None:
         self.group_window_ms = group_window_ms
+        self.routes: dict[str, tuple[str, ...]] = {"alarm": (PRIMARY,), "fault": (PRIMARY,), "state": ()}
+
+    def route(self, routes: Mapping[str, Sequence[str]]) -> None:
+        """Which destinations each kind of event is queued for from now on (gateway/config.py)."""
+        self.routes = {kind: tuple(routes.get(kind, ())) for kind in EVENT_KINDS}
 
     async def _read(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
         raise NotImplementedError
@@ -756,10 +816,10 @@ class SQLStore:
               n.alarm.location.lon_e6, n.alarm.location.address, n.alarm.location.area, n.alarm.raised_ts,
               n.alarm.uptime_ms, n.received_ms, n.alarm.body, g.id, g.presses)
              for (n, g), alarm_id in zip(fresh, alarm_ids, strict=True)])
-        db.executemany("INSERT INTO outbox (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
-                       "VALUES (?, ?, 'alarm', ?, ?, ?, ?)",
-                       [(n.alarm.device_id, event_id, body, alarm_id, n.received_ms, n.received_ms)
-                        for n, alarm_id, (event_id, body) in made])
+        db.executemany("INSERT INTO outbox (destination, device_id, event_id, kind, body, alarm_id, created_ms, "
+                       "next_attempt_ms) VALUES (?, ?, ?, 'alarm', ?, ?, ?, ?)",
+                       [(dest, n.alarm.device_id, event_id, body, alarm_id, n.received_ms, n.received_ms)
+                        for dest in self.routes["alarm"] for n, alarm_id, (event_id, body) in made])
         out += [StoredAlarm(alarm_id, n.alarm.device_id, n.alarm.seq, "received", None, True)
                 for n, alarm_id, _ in made]
         # A duplicate of an alarm stored before, or earlier in this batch (a button's resend that
@@ -825,8 +885,9 @@ class SQLStore:
                                     (ch.device_id, ch.fault.value, int(ch.active), ch.at_ms,
                                      json.dumps(ch.detail))).fetchone())
             event_id, body = fault_event(ch, number)
-            db.execute("INSERT INTO outbox (device_id, event_id, kind, body, created_ms, next_attempt_ms) "
-                       "VALUES (?, ?, 'fault', ?, ?, ?)", (ch.device_id, event_id, body, ch.at_ms, ch.at_ms))
+            db.executemany("INSERT INTO outbox (destination, device_id, event_id, kind, body, created_ms, "
+                           "next_attempt_ms) VALUES (?, ?, ?, 'fault', ?, ?, ?)",
+                           [(dest, ch.device_id, event_id, body, ch.at_ms, ch.at_ms) for dest in self.routes["fault"]])
         if changes:
             self._notify(db, "fault")
 
@@ -835,7 +896,7 @@ class SQLStore:
 
     # ------------------------------------------------------------ forwarding
 
-    async def due_events(self, now_ms: int, limit: int, lane: Lane) -> list[OutboundEvent]:
+    async def due_events(self, now_ms: int, limit: int, lane: Lane, destination: str = PRIMARY) -> list[OutboundEvent]:
         """Due events of one lane, oldest first, skipping any device whose earlier event is still
         waiting for a retry: a device's events reach the command center in the order they were
         stored. Refused events are out of the way (they wait for an operator, not for a retry).
@@ -844,23 +905,25 @@ class SQLStore:
         that the device's order holds); it reads the alarms through their own index, never the
         fault backlog of a power cut. The fault lane takes the faults of devices with no alarm
         waiting. A fault both lanes take (its device's alarm came while the fault lane was sending
-        it) goes twice: the command center's idempotency key makes that harmless."""
+        it) goes twice: the command center's idempotency key makes that harmless. Each destination
+        has its own queue: one slow destination never holds back another."""
         if lane == "alarm":
-            return await self._read(lambda db: self._due_alarms(db, now_ms, limit), urgent=True)
-        return await self._read(lambda db: self._due_faults(db, now_ms, limit))
+            return await self._read(lambda db: self._due_alarms(db, destination, now_ms, limit), urgent=True)
+        return await self._read(lambda db: self._due_faults(db, destination, now_ms, limit))
 
     _EVENT = "SELECT id, kind, event_id, device_id, body, attempts, alarm_id, created_ms, next_attempt_ms FROM outbox"
 
-    def _due_alarms(self, db: Db, now_ms: int, limit: int) -> list[OutboundEvent]:
-        alarms = db.execute(f"{self._EVENT} INDEXED BY outbox_alarms WHERE kind = 'alarm' AND refused_ms IS NULL "
-                            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?", (now_ms, limit)).fetchall()
+    def _due_alarms(self, db: Db, destination: str, now_ms: int, limit: int) -> list[OutboundEvent]:
+        alarms = db.execute(f"{self._EVENT} INDEXED BY outbox_alarms WHERE destination = ? AND kind = 'alarm' "
+                            "AND refused_ms IS NULL AND next_attempt_ms <= ? ORDER BY id LIMIT ?",
+                            (destination, now_ms, limit)).fetchall()
         if not alarms:
             return []
         last = {}
         for a in alarms:
             last[a["device_id"]] = a["id"]
         out: list[OutboundEvent] = []
-        for rows in self._pending_events(db, last).values():
+        for rows in self._pending_events(db, destination, last).values():
             # The device's pending events up to its last alarm taken, in order; stop at the first
             # one that waits for a retry (or is not due): nothing of this device may overtake it.
             for r in rows:
@@ -870,28 +933,39 @@ class SQLStore:
         out.sort(key=lambda e: e.id)
         return out[:limit]
 
-    def _pending_events(self, db: Db, upto: dict[str, int]) -> dict[str, list[Any]]:
+    def _pending_events(self, db: Db, destination: str, upto: dict[str, int]) -> dict[str, list[Any]]:
         """Each device's events not refused, up to the outbox id given for it, in order."""
-        return {device_id: db.execute(f"{self._EVENT} WHERE device_id = ? AND id <= ? AND refused_ms IS NULL "
-                                      "ORDER BY id", (device_id, last)).fetchall()
+        return {device_id: db.execute(f"{self._EVENT} WHERE destination = ? AND device_id = ? AND id <= ? "
+                                      "AND refused_ms IS NULL ORDER BY id", (destination, device_id, last)).fetchall()
                 for device_id, last in upto.items()}
 
-    def _due_faults(self, db: Db, now_ms: int, limit: int) -> list[OutboundEvent]:
+    def _due_faults(self, db: Db, destination: str, now_ms: int, limit: int) -> list[OutboundEvent]:
         rows = db.execute(
-            f"{self._EVENT} o WHERE o.kind = 'fault' AND o.refused_ms IS NULL AND o.next_attempt_ms <= ? "
-            "AND NOT EXISTS (SELECT 1 FROM outbox a INDEXED BY outbox_device WHERE a.device_id = o.device_id "
-            "AND a.id > o.id AND a.kind = 'alarm' AND a.refused_ms IS NULL) "
-            "AND NOT EXISTS (SELECT 1 FROM outbox w INDEXED BY outbox_device WHERE w.device_id = o.device_id "
-            "AND w.id < o.id AND w.refused_ms IS NULL AND w.next_attempt_ms > ?) ORDER BY o.id LIMIT ?",
-            (now_ms, now_ms, limit)).fetchall()
+            f"{self._EVENT} o WHERE o.destination = ? AND o.next_attempt_ms <= ? "
+            "AND o.kind <> 'alarm' AND o.refused_ms IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM outbox a INDEXED BY outbox_device WHERE a.destination = o.destination "
+            "AND a.device_id = o.device_id AND a.id > o.id AND a.kind = 'alarm' AND a.refused_ms IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM outbox w INDEXED BY outbox_device WHERE w.destination = o.destination "
+            "AND w.device_id = o.device_id AND w.id < o.id AND w.refused_ms IS NULL AND w.next_attempt_ms > ?) "
+            "ORDER BY o.id LIMIT ?", (destination, now_ms, now_ms, limit)).fetchall()
         return [_event(r) for r in rows]
 
-    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int) -> None:
-        """Record a round of deliveries in one transaction."""
+    async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int,
+                     destination: str = PRIMARY, primary: bool = True) -> None:
+        """Record a round of deliveries to one destination in one transaction: each confirmed
+        event's custody passes to the destination (a row in `deliveries`) and it leaves that
+        destination's queue. The primary destination's answer is the alarm's forwarding time and
+        incident id (what the button and the admin API show)."""
         def write(db: Db) -> None:
+            db.executemany("INSERT INTO deliveries (destination, event_id, kind, device_id, delivered_ms, reference, "
+                           "attempts) SELECT destination, event_id, kind, device_id, ?, ?, attempts + 1 FROM outbox "
+                           "WHERE id = ? ON CONFLICT (destination, event_id) DO NOTHING",
+                           [(now_ms, d.incident_id, d.outbox_id) for d in delivered])
             db.executemany("DELETE FROM outbox WHERE id = ?", [(d.outbox_id,) for d in delivered])
-            db.executemany("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) WHERE id = ?",
-                           [(now_ms, d.incident_id, d.alarm_id) for d in delivered if d.alarm_id is not None])
+            if primary:
+                db.executemany("UPDATE alarms SET forwarded_ms = ?, incident_id = coalesce(incident_id, ?) "
+                               "WHERE id = ?",
+                               [(now_ms, d.incident_id, d.alarm_id) for d in delivered if d.alarm_id is not None])
             db.executemany("UPDATE outbox SET attempts = attempts + ?, next_attempt_ms = ?, last_error = ? "
                            "WHERE id = ?", [(int(r.spend_attempt), r.next_ms, r.error[:300], r.outbox_id)
                                             for r in retries])
@@ -924,13 +998,36 @@ class SQLStore:
         return await self._read(lambda db: _id(db.execute("SELECT count(*) FROM outbox WHERE refused_ms IS NULL")
                                                  .fetchone()))
 
+    async def outbox_depths(self) -> dict[str, int]:
+        """Events waiting, per destination (refused ones are not waiting)."""
+        def read(db: Db) -> dict[str, int]:
+            rows = db.execute("SELECT destination, count(*) FROM outbox WHERE refused_ms IS NULL "
+                              "GROUP BY destination").fetchall()
+            return {r[0]: int(r[1]) for r in rows}
+        return await self._read(read)
+
+    async def deliveries(self, event_id: str) -> list[dict[str, Any]]:
+        """Where an event is: each destination that confirmed it, and each still waiting or refused."""
+        def read(db: Db) -> list[dict[str, Any]]:
+            done = db.execute("SELECT destination, kind, delivered_ms, reference, attempts FROM deliveries "
+                              "WHERE event_id = ? ORDER BY destination", (event_id,)).fetchall()
+            waiting = db.execute("SELECT destination, kind, attempts, next_attempt_ms, refused_ms, last_error "
+                                 "FROM outbox WHERE event_id = ? ORDER BY destination", (event_id,)).fetchall()
+            return ([{**dict(r), "status": "delivered"} for r in done]
+                    + [{**dict(r), "status": "refused" if r["refused_ms"] is not None else "waiting"} for r in waiting])
+        return await self._read(read)
+
     # ------------------------------------------------------------ state from the command center
 
     async def set_state(self, device_id: str, seq: int, state: str, rank: int, incident_id: str | None,
-                        by: str | None, at_ms: int) -> StoredAlarm | None:
-        """Record a command-center state; states only move forward. None if the alarm is unknown."""
+                        by: str | None, at_ms: int, state_event: StateEventMaker | None = None,
+                        source: str | None = None) -> StoredAlarm | None:
+        """Record a command-center state; states only move forward. None if the alarm is unknown.
+        A change is queued, in the same transaction, for the destinations that follow states,
+        except the one it came from (`source`)."""
         def write(db: Db) -> StoredAlarm | None:
-            row = db.execute("SELECT id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
+            row = db.execute("SELECT id, device_id, seq, kind, test, lat_e6, lon_e6, address, area, received_ms, "
+                             "group_id, state, state_rank, incident_id FROM alarms WHERE device_id = ? AND seq = ?",
                              (device_id, seq)).fetchone()
             if row is None:
                 return None
@@ -939,8 +1036,16 @@ class SQLStore:
                                  "incident_id = coalesce(?, incident_id) WHERE id = ? AND state_rank < ?",
                                  (state, rank, at_ms, incident_id, row["id"], rank)).rowcount == 1
             if changed:
-                db.execute("INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) VALUES (?, ?, ?, ?, ?)",
-                           (row["id"], state, incident_id, by, at_ms))
+                number = _id(db.execute("INSERT INTO state_log (alarm_id, state, incident_id, by, at_ms) "
+                                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                        (row["id"], state, incident_id, by, at_ms)).fetchone())
+                followers = [d for d in self.routes["state"] if d != source]
+                if followers and state_event is not None:
+                    event_id, body = state_event(row, state, incident_id or row["incident_id"], by, at_ms, number)
+                    db.executemany("INSERT INTO outbox (destination, device_id, event_id, kind, body, alarm_id, "
+                                   "created_ms, next_attempt_ms) VALUES (?, ?, ?, 'state', ?, ?, ?, ?)",
+                                   [(dest, device_id, event_id, body, row["id"], at_ms, at_ms) for dest in followers])
+                    self._notify(db, "fault")
             return StoredAlarm(row["id"], device_id, seq, state if changed else row["state"],
                                incident_id or row["incident_id"], changed)
         return await self._write(write, urgent=True)  # the button waits for this state
@@ -992,7 +1097,7 @@ class SQLStore:
 
     async def refused(self, limit: int) -> list[dict[str, Any]]:
         def read(db: Db) -> list[dict[str, Any]]:
-            rows = db.execute("SELECT id, kind, event_id, device_id, created_ms, refused_ms, attempts, "
+            rows = db.execute("SELECT id, destination, kind, event_id, device_id, created_ms, refused_ms, attempts, "
                               "last_error FROM outbox WHERE refused_ms IS NOT NULL "
                               "ORDER BY refused_ms DESC, id DESC LIMIT ?", (limit,)).fetchall()
             return [dict(r) for r in rows]

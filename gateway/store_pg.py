@@ -252,10 +252,11 @@ class PostgresStore(SQLStore):
         return {r["site"]: Group(r["id"], r["site"], r["opened_ms"], r["last_ms"], r["presses"],
                                  json.loads(r["sources"])) for r in rows}
 
-    def _pending_events(self, db: Db, upto: dict[str, int]) -> dict[str, list[Any]]:
+    def _pending_events(self, db: Db, destination: str, upto: dict[str, int]) -> dict[str, list[Any]]:
         rows = db.execute(f"{self._EVENT} o JOIN unnest(?::text[], ?::bigint[]) AS k(device, upto) "
-                          "ON o.device_id = k.device AND o.id <= k.upto WHERE o.refused_ms IS NULL "
-                          "ORDER BY o.device_id, o.id", (list(upto), list(upto.values()))).fetchall()
+                          "ON o.device_id = k.device AND o.id <= k.upto WHERE o.destination = ? "
+                          "AND o.refused_ms IS NULL ORDER BY o.device_id, o.id",
+                          (list(upto), list(upto.values()), destination)).fetchall()
         out: dict[str, list[Any]] = {device_id: [] for device_id in upto}
         for r in rows:
             out[r["device_id"]].append(r)

@@ -66,6 +66,27 @@ def gateway_run(config_path: str) -> None:
     server.run(config_path)
 
 
+@gateway.command("test-destination")
+@click.argument("name")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="gateway TOML file with the destination (see docs/integration.md)")
+@click.option("--device", "device_id", default="siaga-test", show_default=True,
+              help="the button id the test alarm carries (a DC-09 destination needs one with an account)")
+@_friendly
+def gateway_test_destination(name: str, config_path: str, device_id: str) -> None:
+    """Send a test alarm to destination NAME, signed as the gateway signs, and show its answer."""
+    import asyncio
+
+    from .gateway.config import GatewayConfig
+    from .gateway.destinations import probe_destination
+
+    cfg = GatewayConfig.load(config_path)
+    ok, line = asyncio.run(probe_destination(cfg, name, device_id=device_id))
+    click.echo(line, err=not ok)
+    if not ok:
+        sys.exit(1)
+
+
 @main.group("cc")
 def commandcenter() -> None:
     """The reference command center."""

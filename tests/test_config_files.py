@@ -227,10 +227,19 @@ def test_gateway_config_mistakes(setup: Setup, mistake: str, edit: tuple[str, st
 def test_a_missing_table_names_it_and_the_example(setup: Setup) -> None:
     path = setup.config("gateway")
     text = path.read_text(encoding="utf-8")
-    # Drop [commandcenter] with its keys: everything from its header to the next one.
+    # Drop [mqtt] with its keys: everything from its header to the next one.
+    path.write_text(re.sub(r"^\[mqtt\]\n(?:[^\[].*\n|\n)*", "", text, flags=re.MULTILINE), encoding="utf-8")
+    done = start_with_config("gateway", "siaga", path, setup.env)
+    assert_one_line_error(done, "missing table [mqtt]", "gateway/gateway.example.toml")
+
+
+def test_a_gateway_with_nowhere_to_forward_is_refused(setup: Setup) -> None:
+    path = setup.config("gateway")
+    text = path.read_text(encoding="utf-8")
+    # [commandcenter] is optional once [[destinations]] name somewhere else; without either, no.
     path.write_text(re.sub(r"^\[commandcenter\]\n(?:[^\[].*\n|\n)*", "", text, flags=re.MULTILINE), encoding="utf-8")
     done = start_with_config("gateway", "siaga", path, setup.env)
-    assert_one_line_error(done, "missing table [commandcenter]", "gateway/gateway.example.toml")
+    assert_one_line_error(done, "nowhere to forward alarms", "[commandcenter]", "[[destinations]]")
 
 
 def test_the_tls_settings_reach_the_mqtt_link(setup: Setup) -> None:

@@ -117,7 +117,7 @@ def test_thousand_alarms_from_fifty_devices_arrive_exactly_once_in_order(fast_sy
         assert_exactly_once_in_order(events, sent)
         metrics = system.gateway.metrics()
         assert metrics["alarms_stored_total"] == 1000
-        assert metrics['forwarded_total{kind="alarm"}'] == 1000   # the gateway itself sent each once
+        assert metrics['forwarded_total{destination="command-center",kind="alarm"}'] == 1000   # the gateway itself sent each once
         # The re-sends (143) and the redelivered session messages were recognised as duplicates.
         assert metrics["duplicates_total"] >= 1000 // 7
         assert kicked and kicked[0] > 0, "the session takeover saw no in-flight alarms to redeliver"
@@ -165,7 +165,7 @@ def test_command_center_down_then_everything_arrives_once(fast_system: System) -
         assert health["outbox"] == 100
         # The breaker is engaged: open, or half-open for the moment its single probe is in flight.
         assert health["circuit"] in ("open", "half_open")
-        failed_rounds = system.gateway.metrics()['forward_rounds_total{result="failed"}']
+        failed_rounds = system.gateway.metrics()['forward_rounds_total{destination="command-center",result="failed"}']
         system.cc.start()
         events = wait_for_events(system, 100, 60)
         assert_exactly_once_in_order(events, sent)
@@ -173,7 +173,7 @@ def test_command_center_down_then_everything_arrives_once(fast_system: System) -
         # couple of attempts a second for the whole outbox (the burst's own seconds included),
         # where per-alarm retries would be 100 every 2 s.
         assert 5 <= failed_rounds < 2 * CC_DOWN_S
-        rounds_ok = system.gateway.metrics()['forward_rounds_total{result="ok"}']
+        rounds_ok = system.gateway.metrics()['forward_rounds_total{destination="command-center",result="ok"}']
         assert rounds_ok <= 5   # the backlog went out in batches, not 100 requests
     finally:
         for b in buttons:

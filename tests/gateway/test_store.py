@@ -208,6 +208,83 @@ async def test_states_move_forward_only_and_the_latest_acks_are_found(store: Sto
     assert await store.latest_alarms() == {"btn-a": 2}
 
 
+def state_event(row, state, incident_id, by, at_ms, number):  # type: ignore[no-untyped-def]
+    return f"gw:{row['device_id']}:{row['seq']}:state:{number}", json.dumps({"state": state, "kind": row["kind"]})
+
+
+async def test_each_destination_has_its_own_queue_and_custody(store: Store) -> None:
+    store.route({"alarm": ["cc", "cad", "arc"], "fault": ["cc", "arc"], "state": ["cad", "arc"]})
+    await commit(store, Batch(alarms=[new("btn-a", 1, 100)]))
+    await store.record_faults([FaultChange("btn-b", Fault.LOW_BATTERY, True, 150, {})], fault_event)
+    assert await store.outbox_depths() == {"cc": 2, "cad": 1, "arc": 2}
+    cc, cad = await store.due_events(1_000, 10, "alarm", "cc"), await store.due_events(1_000, 10, "alarm", "cad")
+    assert [e.event_id for e in cc] == [e.event_id for e in cad] == ["gw:btn-a:1"]
+    # The command center confirms; the CAD is down: its copy waits, the command center's is done.
+    await store.settle([Delivery(cc[0].id, cc[0].alarm_id, "INC-1")], [], 1_000, "cc", True)
+    await store.settle([], [Retry(cad[0].id, 60_000, "connect refused")], 1_000, "cad", False)
+    assert await store.due_events(2_000, 10, "alarm", "cad") == []
+    assert [e.event_id for e in await store.due_events(2_000, 10, "alarm", "arc")] == ["gw:btn-a:1"]
+    where = {r["destination"]: r for r in await store.deliveries("gw:btn-a:1")}
+    assert where["cc"]["status"] == "delivered" and where["cc"]["reference"] == "INC-1"
+    assert where["cad"]["status"] == "waiting" and where["cad"]["last_error"] == "connect refused"
+    assert where["arc"]["status"] == "waiting" and where["arc"]["attempts"] == 0
+    # Only the primary's answer is the alarm's forwarding time and incident id.
+    await store.settle([Delivery(cad[0].id, cad[0].alarm_id, "CAD-9")], [], 3_000, "cad", False)
+    stored = (await store.alarms(device_id="btn-a", limit=1))[0]
+    assert (stored["incident_id"], stored["forwarded_ms"]) == ("INC-1", 1_000)
+    # A state change reported through the CAD goes to the other followers, not back to the CAD.
+    moved = await store.set_state("btn-a", 1, "acknowledged", 2, "CAD-9", "op", 4_000, state_event, "cad")
+    assert moved is not None and moved.changed
+    assert await store.due_events(5_000, 10, "fault", "cad") == []
+    arc = await store.due_events(5_000, 10, "fault", "arc")
+    assert [(e.kind, e.device_id) for e in arc] == [("fault", "btn-b"), ("state", "btn-a")]
+    assert json.loads(arc[1].body) == {"state": "acknowledged", "kind": "medical"}
+    assert await store.outbox_depths() == {"arc": 3, "cc": 1}
+
+
+async def test_a_queue_of_schema_5_moves_to_the_command_center_destination(db: str) -> None:
+    """Events waiting in an outbox of before issue 15 keep their order and go to [commandcenter]."""
+    store = open_store(db)
+    await store.open()
+    try:
+        await store.add_device("btn-a", SECRET, now_ms=1)
+        await commit(store, Batch(alarms=[new("btn-a", 1, 100), new("btn-a", 2, 200)]))
+        before = [e.event_id for e in await store.due_events(1_000, 10, "alarm")]
+    finally:
+        await store.close()
+    # Rebuild the old table by hand and mark the schema 5, then open again: migration 6 runs.
+    old = MIGRATIONS[0][5].replace("CREATE TABLE outbox", "CREATE TABLE outbox_old")
+    moves = [old, "ALTER TABLE outbox_old ADD COLUMN refused_ms INTEGER",
+             "INSERT INTO outbox_old (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
+             "SELECT device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms FROM outbox ORDER BY id",
+             "DROP TABLE outbox", "DROP TABLE deliveries", "ALTER TABLE outbox_old RENAME TO outbox"]
+    again = open_store(db)
+    await again.open()
+    try:
+        if isinstance(again, SQLiteStore):
+            def downgrade(d):  # type: ignore[no-untyped-def]
+                for m in moves:
+                    d.execute(m)
+                d.execute("PRAGMA user_version = 5")
+        else:
+            from siaga.gateway.store_pg import pg_ddl
+
+            def downgrade(d):  # type: ignore[no-untyped-def]
+                for m in moves:
+                    d.execute(pg_ddl(m))
+                d.execute("UPDATE schema_version SET version = 5")
+        await again._write(downgrade)  # type: ignore[attr-defined]
+    finally:
+        await again.close()
+    migrated = open_store(db)
+    await migrated.open()
+    try:
+        assert [e.event_id for e in await migrated.due_events(1_000, 10, "alarm")] == before
+        assert await migrated.outbox_depths() == {"command-center": 2}
+    finally:
+        await migrated.close()
+
+
 async def test_a_database_of_a_newer_gateway_is_refused_and_data_survive_a_reopen(db: str, store: Store) -> None:
     await commit(store, Batch(alarms=[new("btn-a", 1, 100)]))
     await store.close()
