@@ -105,6 +105,10 @@ STREAM_SIGNED_S = 240       # a stream's alarms are signed in advance for this l
 IDLE_S = 5.0                # the steady part first measures the gateway idle for this long
 START_TIMEOUT_S = 240       # an instance may wait this long for its name (another drains its session)
 
+# The reference command center's counters in /metrics (each destination has its own).
+ROUNDS_OK = 'forward_rounds_total{destination="command-center",result="ok"}'
+FORWARDED = 'forwarded_total{destination="command-center",kind="alarm"}'
+
 
 # ====================================================================== the buttons (worker process)
 
@@ -1214,8 +1218,8 @@ def steady_case(cluster: Cluster, args: argparse.Namespace, burst: dict[str, Fig
     fwd = [(arrivals[f"{cluster.gateway_id}:{d}:{q}"] - s) * 1000 for d, q, s, _ in records
            if f"{cluster.gateway_id}:{d}:{q}" in arrivals]
     cpu_ms = cpu["gateway"] / n * 1000
-    rounds = m1['forward_rounds_total{destination="command-center",result="ok"}'] - m0['forward_rounds_total{destination="command-center",result="ok"}']
-    forwarded = m1['forwarded_total{destination="command-center",kind="alarm"}'] - m0['forwarded_total{destination="command-center",kind="alarm"}']
+    rounds = m1[ROUNDS_OK] - m0[ROUNDS_OK]
+    forwarded = m1[FORWARDED] - m0[FORWARDED]
     last_sent = max(r[2] for r in records)
     all_stored = watch.result()["last"]
     lag = (f"the last stored {all_stored - last_sent:.2f} s after the last was published" if all_stored

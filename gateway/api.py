@@ -32,6 +32,7 @@ from siaga.web import (
 from siagafw import proto
 
 from .config import Person, Role
+from .inbound import inbound_router
 from .store import Device, StoreError
 
 if TYPE_CHECKING:
@@ -159,6 +160,8 @@ class DestinationHealthOut(BaseModel):
     circuit: str = Field(description="its circuit breaker: closed, open or half_open")
     last_delivered_ms: int | None = Field(description="when it last confirmed an event (this instance's view)")
     last_error: str | None = Field(description="the last failure, if the last round failed")
+    link_ok: bool | None = Field(None, description="a DC-09 receiver's link test (NULL message) last answered; "
+                                                   "null for types without one")
 
 
 class HealthOut(BaseModel):
@@ -422,7 +425,8 @@ def create_app(gw: Gateway) -> FastAPI:
         destinations = {fw.name: DestinationHealthOut(
             type=kinds.get(fw.name, "siaga"), primary=fw.primary, outbox=depths.get(fw.name, 0),
             circuit=fw.breaker.state.value, last_delivered_ms=fw.last_delivered_ms,
-            last_error=None if fw.breaker.failures == 0 else fw.last_error) for fw in gw.forwarders.values()}
+            last_error=None if fw.breaker.failures == 0 else fw.last_error,
+            link_ok=getattr(fw.adapter, "link_ok", None)) for fw in gw.forwarders.values()}
         return HealthOut(status="ok" if mqtt_up else "degraded", mqtt=mqtt_up,
                          outbox=sum(depths.values()), circuit=gw.breaker.state.value,
                          instance=gw.cfg.instance, forwarding=gw.leader.is_set(), destinations=destinations)
@@ -601,4 +605,6 @@ def create_app(gw: Gateway) -> FastAPI:
         return StateOut(event_id=body.event_id, state=stored.state, changed=stored.changed,
                         rank=proto.state_rank(stored.state))
 
+    # The city's system reports states through a destination's signed inbound webhook.
+    app.include_router(inbound_router(gw))
     return app

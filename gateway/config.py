@@ -323,10 +323,12 @@ def _destination_name(value: str) -> str:
 # Which keys each type of destination takes besides name, type, events, primary and timeout_s.
 _DESTINATION_KEYS: Mapping[str, frozenset[str]] = MappingProxyType({
     "siaga": frozenset({"url", "token_file", "token_env"}),
-    "cap": frozenset({"url", "token_file", "token_env", "sender", "geocode_name"}),
+    "cap": frozenset({"url", "token_file", "token_env", "sender", "sender_name", "geocode_name", "restriction",
+                      "contact", "radius_km"}),
     "webhook": frozenset({"url", "secret_files", "inbound_secret_files", "tolerance_s"}),
     "dc09": frozenset({"host", "port", "format", "receiver", "line_prefix", "key_file", "accounts",
-                       "account_default", "zones", "partition", "link_test_s"}),
+                       "account_default", "account_length", "gateway_account", "zones", "partition", "location",
+                       "link_test_s"}),
 })
 _REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "siaga": ("url",), "cap": ("url",), "webhook": ("url", "secret_files"), "dc09": ("host", "port")})
@@ -344,7 +346,11 @@ class DestinationTable(_Table):
     token_file: Text | None = None
     token_env: Text | None = None
     sender: Text | None = None
+    sender_name: Text | None = None
     geocode_name: Text | None = None
+    restriction: Text | None = None
+    contact: Text | None = None
+    radius_km: Annotated[float, Field(ge=0.001, le=1000, allow_inf_nan=False)] | None = None
     secret_files: list[Text] | None = None
     inbound_secret_files: list[Text] | None = None
     tolerance_s: Annotated[int, Field(ge=1, le=3600)] | None = None
@@ -356,8 +362,11 @@ class DestinationTable(_Table):
     key_file: Text | None = None
     accounts: dict[str, str] | None = None
     account_default: Literal["derive", "refuse"] | None = None
-    zones: dict[str, Annotated[int, Field(ge=0, le=999)]] | None = None
+    account_length: Annotated[int, Field(ge=3, le=16)] | None = None
+    gateway_account: str | None = None
+    zones: dict[str, Annotated[int, Field(ge=1, le=999)]] | None = None
     partition: Annotated[int, Field(ge=0, le=99)] | None = None
+    location: bool | None = None
     link_test_s: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
@@ -371,6 +380,12 @@ class DestinationTable(_Table):
                 raise SettingError(key, f"is missing: a {self.type} destination needs it")
         if self.events is not None and (not self.events or len(set(self.events)) != len(self.events)):
             raise SettingError("events", 'list each kind once, at least one: "alarm", "fault", "state"')
+        if self.type == "cap" and self.events is not None and "fault" in self.events:
+            raise SettingError("events", 'a CAP destination carries alerts and their updates, not device faults: '
+                               'use ["alarm", "state"], and a webhook for faults')
+        if self.type == "siaga" and self.events is not None and "state" in self.events:
+            raise SettingError("events", "a Siaga command center is where states come from: "
+                               'use ["alarm", "fault"]')
         return self
 
 

@@ -50,8 +50,35 @@ def make_adapters(cfg: GatewayConfig) -> dict[str, Adapter]:
 
 def settings_of(t: DestinationTable, token: str | None, read_secrets: ReadSecrets, readable: Readable,
                 gateway_id: str) -> Any:
-    """The settings of a cap, webhook or dc09 destination; ValueError names what is wrong."""
-    raise ValueError(f"destination type {t.type} is not available yet")
+    """The settings of a cap, webhook or dc09 destination; ValueError names what is wrong. Keys
+    not given keep the settings class's default."""
+    given = {k: v for k, v in t.model_dump().items() if v is not None and k in t.model_fields_set}
+    if t.type == "cap":
+        from .cap import CapSettings
+        assert t.url is not None
+        return CapSettings(url=t.url, token=token, timeout_s=t.timeout_s, **_pick(given, (
+            "sender", "sender_name", "geocode_name", "restriction", "contact", "radius_km")))
+    if t.type == "webhook":
+        from .webhooks import WebhookSettings, parse_secret
+        assert t.url is not None
+        assert t.secret_files is not None
+        outgoing = tuple(parse_secret(x) for x in read_secrets(t.secret_files, "secret_files"))
+        inbound = tuple(parse_secret(x) for x in read_secrets(t.inbound_secret_files or [], "inbound_secret_files"))
+        return WebhookSettings(url=t.url, secrets=outgoing, inbound_secrets=inbound, timeout_s=t.timeout_s,
+                               **_pick(given, ("tolerance_s",)))
+    if t.type == "dc09":
+        from .dc09 import Dc09Settings, key_from_hex
+        assert t.host is not None
+        assert t.port is not None
+        key = key_from_hex(read_secrets([t.key_file], "key_file")[0]) if t.key_file is not None else None
+        return Dc09Settings(host=t.host, port=t.port, key=key, timeout_s=t.timeout_s, **_pick(given, (
+            "format", "receiver", "line_prefix", "accounts", "account_default", "account_length", "gateway_account",
+            "zones", "partition", "location", "link_test_s")))
+    raise ValueError(f"unknown destination type {t.type!r}")
+
+
+def _pick(given: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: given[k] for k in keys if k in given}
 
 
 TEST_DEVICE = "siaga-test"

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from siaga.gateway.webhooks import format_secret
 from tests.support.ccproc import AGENCY_VIEWER_AGENCY, CommandCenterProcess
 from tests.support.gateway import GatewayProcess
 from tests.support.mosquitto import new_broker
@@ -42,7 +43,9 @@ def _bearer(token: str) -> dict[str, str]:
 INTAKE_ONLY = ("--include-tag", "intake")
 PEOPLE_ONLY = ("--exclude-tag", "intake")
 STATE_ONLY = ("--include-path", "/api/v1/cc/state")
-ADMIN_API_ONLY = ("--exclude-path", "/api/v1/cc/state")
+# The callbacks (the command center's and the city systems' signed webhooks) take no bearer token:
+# the anonymous run covers them.
+ADMIN_API_ONLY = ("--exclude-path", "/api/v1/cc/state", "--exclude-path", "/api/v1/destinations/{name}/state")
 
 COMMAND_CENTER_ROLES: list[Role] = [
     ("anonymous", lambda s: {}, ()),
@@ -62,6 +65,16 @@ GATEWAY_ROLES: list[Role] = [
 ]
 
 
+CITY_WEBHOOK = f"""
+[[destinations]]
+name = "city-cad"
+type = "webhook"
+url = "http://127.0.0.1:{free_port()}/nobody-listens"
+secret_files = ["secrets/city.whsec"]
+inbound_secret_files = ["secrets/city-in.whsec"]
+"""
+
+
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """Mosquitto, the command center and the gateway (as `start_system` wires them: the command
@@ -72,7 +85,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     cc = CommandCenterProcess(tmp, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     gateway = GatewayProcess(tmp, mqtt_port=broker.port, mqtt_password=broker.gateway_password, cc_url=cc.url,
                              cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,
-                             people={"tech-1": "technician"})
+                             people={"tech-1": "technician"}, extra_toml=CITY_WEBHOOK)
+    # A city's system that reports states through a signed inbound webhook (docs/integration.md):
+    # its route answers for a real destination, so a run reaches the signature check and beyond.
+    for name, key in (("city.whsec", secrets.token_bytes(32)), ("city-in.whsec", secrets.token_bytes(32))):
+        (gateway.dir / "secrets" / name).write_text(format_secret(key) + "\n", encoding="utf-8")
     with contextlib.ExitStack() as stack:
         stack.callback(broker.close)
         broker.start()
