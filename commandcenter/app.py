@@ -172,7 +172,11 @@ class _Background:
         if cfg.escalation.webhook_url is not None:
             # The same store-and-forward sender and retry settings as the state reports.
             self._webhooks = WebhookSender(
-                self._store, url=cfg.escalation.webhook_url, token=cfg.escalation.webhook_token, settings=cfg.callbacks
+                self._store,
+                url=cfg.escalation.webhook_url,
+                token=cfg.escalation.webhook_token,
+                settings=cfg.callbacks,
+                secrets=cfg.escalation.webhook_secrets,  # none: the body as stored, unsigned
             )
             self._webhooks.start()
         self._escalator = Escalator(self._store, cfg.escalation, on_escalated=self._escalated)

@@ -15,17 +15,27 @@ so it is handled as with one receiver (retried with backoff), not asked of the o
 
 With several command center processes on one PostgreSQL database the senders run in one process only
 (cluster.Leadership), so each row is sent by one sender.
+
+With `[escalation] webhook_secret_file` (or `_env`, or `webhook_secret_files`) the escalation webhook is
+signed after Standard Webhooks (https://www.standardwebhooks.com), with the signer of the gateway's
+webhook destination (gateway/webhooks.py): the body becomes an `alarm.escalated` message (schema:
+docs/schemas/webhook-alarm.escalated.json) and each attempt carries webhook-id (the event's id, the same
+on every retry), webhook-timestamp (this attempt) and webhook-signature. Without a secret the stored
+body goes out as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
+
+from siaga.gateway.webhooks import ALARM_ESCALATED, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, payload, sign
 
 from .config import CallbackSettings
 from .domain import utc_now
@@ -156,11 +166,17 @@ class OutboxSender:
             for row in rows:
                 tg.create_task(one(row))
 
-    async def _post(self, body: bytes) -> tuple[str | None, str]:
+    def _request(self, row: OutboxRow) -> tuple[bytes, Mapping[str, str]]:
+        """The body and the extra headers of one attempt to deliver `row`: the stored body as it is.
+        ValueError: the row cannot be sent (it is kept and tried again, as after a refusal)."""
+        return row.body.encode(), {}
+
+    async def _post(self, body: bytes, headers: Mapping[str, str]) -> tuple[str | None, str]:
         """POST to the group, from the instance that answered last; on to the next one after a
         connection error, a timeout or a 5xx. Returns (error or None, the instance that answered or
         the last one tried)."""
         assert self._client is not None
+        headers = {"Content-Type": "application/json", **headers}
         errors: list[str] = []
         start = self._current
         url = self._urls[start]
@@ -168,7 +184,7 @@ class OutboxSender:
             index = (start + step) % len(self._urls)
             url = self._urls[index]
             try:
-                resp = await self._client.post(url, content=body, headers={"Content-Type": "application/json"})
+                resp = await self._client.post(url, content=body, headers=headers)
             except httpx.HTTPError as exc:
                 # httpx messages name the URL but never the headers, so the token cannot leak here.
                 errors.append(self._named(url, f"{type(exc).__name__}: {exc}"))
@@ -185,7 +201,13 @@ class OutboxSender:
         return error if len(self._urls) == 1 else f"{url}: {error}"
 
     async def _deliver(self, row: OutboxRow) -> None:
-        error, url = await self._post(row.body.encode())
+        try:
+            body, headers = self._request(row)
+        except ValueError as exc:
+            error: str | None = f"not sendable: {exc}"
+            url = self.current_url
+        else:
+            error, url = await self._post(body, headers)
         now = utc_now()
         if error is None:
             await self._store.mark_delivered(self._outbox, row.id, now=now)
@@ -230,7 +252,10 @@ class CallbackSender(OutboxSender):
 
 
 class WebhookSender(OutboxSender):
-    """Escalation events to the configured webhook URL, as they are queued, until it answers 2xx."""
+    """Escalation events to the configured webhook URL, as they are queued, until it answers 2xx.
+
+    With `secrets` (Standard Webhooks keys) each event is sent as a signed `alarm.escalated` message;
+    without, as the stored body. `clock` gives the Unix time of an attempt (a test may set it)."""
 
     def __init__(
         self,
@@ -239,8 +264,41 @@ class WebhookSender(OutboxSender):
         url: str,
         token: str | None,
         settings: CallbackSettings,
+        secrets: Sequence[bytes] = (),
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(
-            store, WEBHOOK_OUTBOX, urls=[url], token=token, settings=settings, what="webhook event", rng=rng
-        )
+        what = "signed webhook event" if secrets else "webhook event"
+        super().__init__(store, WEBHOOK_OUTBOX, urls=[url], token=token, settings=settings, what=what, rng=rng)
+        self._secrets = tuple(secrets)
+        self._clock = clock
+
+    def _request(self, row: OutboxRow) -> tuple[bytes, Mapping[str, str]]:
+        if not self._secrets:
+            return super()._request(row)
+        msg_id, body = signed_body(row.body)
+        stamp = int(self._clock())
+        return body, {
+            HEADER_ID: msg_id,
+            HEADER_TIMESTAMP: str(stamp),
+            HEADER_SIGNATURE: sign(self._secrets, msg_id, stamp, body),
+        }
+
+
+def signed_body(stored: str) -> tuple[str, bytes]:
+    """(webhook-id, body) of an escalation as a Standard Webhooks message: `{"type": "alarm.escalated",
+    "timestamp": <at>, "data": <the stored body without "event">}`, the id being the body's
+    `event_id`. The same stored body always gives the same bytes, so every retry sends (and signs)
+    the same message; only the timestamp and the signature change."""
+    try:
+        fields = json.loads(stored)
+        if not isinstance(fields, dict):
+            raise TypeError("not a JSON object")
+        msg_id, at = fields["event_id"], fields["at"]
+        if not isinstance(msg_id, str) or not isinstance(at, str):
+            raise TypeError("event_id or at is not a string")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"an escalation body without its fields: {exc!r}"[:200]) from None
+    fields.pop("event", None)  # the message's "type" says it
+    data = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return msg_id, payload(ALARM_ESCALATED, at, data)

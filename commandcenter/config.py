@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from siaga.settings import ConfigError, check_keys, load_config, load_secret, wrong_type
+from siaga.gateway.webhooks import SECRET_MAX_BYTES, SECRET_MIN_BYTES, parse_secret
+from siaga.settings import ConfigError, check_keys, load_config, load_secret, readable_file, wrong_type
 from siaga.web import ServerLimits, ThrottleRules, credential_id
 
 from .engine import is_postgresql_url
@@ -66,6 +67,10 @@ class EscalationSettings:
     after_s: float = 60.0
     webhook_url: str | None = None
     webhook_token: str | None = field(default=None, repr=False)
+    # Standard Webhooks signing keys (the bytes of `whsec_...` secrets). Empty: the escalation body is
+    # POSTed as it is. Otherwise each delivery is an `alarm.escalated` message signed with every one of
+    # them (the first is the current one; an old one stays listed while the receiver changes over).
+    webhook_secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.after_s <= 86_400:
@@ -76,6 +81,21 @@ class EscalationSettings:
             if self.webhook_url is None:
                 raise ConfigError("escalation: a webhook token without webhook_url")
             _check_token("escalation webhook token", self.webhook_token)
+        object.__setattr__(self, "webhook_secrets", tuple(self.webhook_secrets))
+        if self.webhook_secrets:
+            if self.webhook_url is None:
+                raise ConfigError("escalation: a webhook secret without webhook_url (there is nothing to sign "
+                                  "without a webhook); set webhook_url or leave the secret out")
+            for key in self.webhook_secrets:
+                # Never echo a key: only say what is wrong with it.
+                if not isinstance(key, bytes) or not SECRET_MIN_BYTES <= len(key) <= SECRET_MAX_BYTES:
+                    raise ConfigError(f"escalation: a webhook secret's key must be {SECRET_MIN_BYTES} to "
+                                      f"{SECRET_MAX_BYTES} bytes")
+            if len(set(self.webhook_secrets)) != len(self.webhook_secrets):
+                raise ConfigError("escalation: the same webhook secret is configured twice")
+            if self.webhook_token is not None and _key_of(self.webhook_token) in self.webhook_secrets:
+                # The token travels in a header that proxies may log; the key must not travel at all.
+                raise ConfigError("escalation: the webhook token must differ from the webhook secret")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +373,7 @@ class CCConfig:
                 if any(k.startswith("webhook_token") for k in escalation)
                 else None
             ),
+            webhook_secrets=_webhook_secrets(escalation, base),
         )
         center = _get(console, "map_center", list, "console", None)
         if center is not None and (len(center) != 2 or not all(
@@ -436,6 +457,52 @@ def _both_databases() -> NoReturn:
     raise ConfigError("store: path (a SQLite file) and url (PostgreSQL) both name a database; keep one")
 
 
+def _webhook_secrets(escalation: dict[str, Any], base: Path) -> tuple[bytes, ...]:
+    """The escalation webhook's signing keys: one secret from `webhook_secret_file` or
+    `webhook_secret_env` (as every other secret), or several from `webhook_secret_files` (while a
+    secret is replaced). Each is `whsec_` and the key in base64; a message names the key, never the
+    secret."""
+    if "webhook_secret_files" in escalation:
+        if "webhook_secret_file" in escalation or "webhook_secret_env" in escalation:
+            raise ConfigError("escalation: webhook_secret_files lists every secret; leave out webhook_secret_file "
+                              "and webhook_secret_env")
+        names = escalation["webhook_secret_files"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(wrong_type("escalation.webhook_secret_files",
+                                         'a non-empty array of file names: ["secrets/a.whsec", ...]', names))
+        keys = []
+        for i, name in enumerate(names):
+            where = f"escalation.webhook_secret_files[{i}]"
+            path = Path(name) if Path(name).is_absolute() else base / name
+            try:
+                text = readable_file(path, where).read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+            if not text:
+                raise ConfigError(f"{where}: {path} is empty; write the secret into it")
+            keys.append(_webhook_key(text, where))
+        return tuple(keys)
+    if not any(k.startswith("webhook_secret") for k in escalation):
+        return ()
+    text = load_secret(escalation, "webhook_secret", base=base, where="escalation")
+    key = "webhook_secret_file" if "webhook_secret_file" in escalation else "webhook_secret_env"
+    return (_webhook_key(text, f"escalation.{key}"),)
+
+
+def _webhook_key(text: str, where: str) -> bytes:
+    try:
+        return parse_secret(text)
+    except ValueError as exc:  # its messages describe the problem, not the secret
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _key_of(text: str) -> bytes | None:
+    try:
+        return parse_secret(text)
+    except ValueError:
+        return None
+
+
 def _check_token(what: str, token: str) -> None:
     if not _TOKEN.fullmatch(token):
         # Never echo the token itself.
@@ -456,7 +523,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "gateway": ("url", "urls", *_SECRET_KEYS),
     "callbacks": tuple(_CALLBACK_TYPES),
     "agencies": ("id", "name"),
-    "escalation": ("after_s", "webhook_url", "webhook_token", "webhook_token_file", "webhook_token_env"),
+    "escalation": ("after_s", "webhook_url", "webhook_token", "webhook_token_file", "webhook_token_env",
+                   "webhook_secret", "webhook_secret_file", "webhook_secret_env", "webhook_secret_files"),
     "console": (
         "session_hours",
         "secure_cookie",

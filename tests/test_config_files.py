@@ -199,7 +199,7 @@ GATEWAY_MISTAKES = [
     ("key under the wrong table", ("drain_s = 10.0", "drain_s = 10.0\nkeepalive_s = 5"),
      ["unknown setting gateway.keepalive_s", "[mqtt]"]),
     ("misspelt table", ("[supervision]", "[supervisor]"), ["unknown setting [supervisor]", "[supervision]"]),
-    ("misspelt required table", ("[commandcenter]", "[command_center]"),
+    ("misspelt table of the command center", ("[commandcenter]", "[command_center]"),
      ["unknown setting [command_center]", "did you mean [commandcenter]?"]),
     ("TLS file without tls", ("keepalive_s = 30", 'keepalive_s = 30\nca_file = "secrets/ca.crt"'),
      ["mqtt.ca_file", "tls = true"]),

@@ -16,6 +16,8 @@ import asyncio
 import importlib.resources
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -229,64 +231,9 @@ link_test_s = 0
         arc.stop()
 
 
-def test_one_press_reaches_four_destinations_and_a_stopped_one_catches_up_once(four: Four) -> None:
-    system = four.system
-    button = SimButton(system.new_device("dst-a"), system.broker.port).connect()
-    try:
-        # 1. One press: the command center, the webhook receiver, the CAP endpoint and the ARC.
-        seq, frame = button.alarm_frame("medical")
-        button.publish("alarm", frame)
-        button.wait_ack(seq)
-        event_id = f"{system.gateway.gateway_id}:dst-a:{seq}"
-        wait_until("the press at all four", lambda: (
-            bool(four.webhooks.alarm_ids()) and bool(four.cap.got) and bool(four.arc.alarms())
-            and system.gateway.health()["destinations"]["command-center"]["outbox"] == 0), 20)
-        assert four.webhooks.alarm_ids() == [event_id]
-        assert [(t, refs) for _, t, refs in four.cap.got] == [("Alert", "")]
-        [arc_event] = four.arc.alarms()
-        # Contact ID 100 (medical), zone 1, encrypted: pysiaalarm names the code by its SIA twin, MA.
-        assert (arc_event.account, arc_event.code, arc_event.ri, arc_event.message_type.value, arc_event.encrypted) \
-            == (ARC_ACCOUNT, "MA", "001", "ADM-CID", True)
-        custody = httpx.get(f"{system.gateway.url}/api/v1/events/{event_id}/deliveries",
-                            headers=system.gateway.admin_headers, timeout=5).json()
-        assert {c["destination"]: c["status"] for c in custody} == {
-            "command-center": "delivered", "city-webhook": "delivered", "bpbd-cap": "delivered", "arc": "delivered"}
-
-        # 2. The webhook receiver stops for a minute; the others keep getting presses at once.
-        four.webhooks.http.stop()
-        pressed = []
-        stopped_at = time.monotonic()
-        for i in range(5):
-            seq, frame = button.alarm_frame(["general", "fire", "crime", "disaster", "medical"][i])
-            button.publish("alarm", frame)
-            button.wait_ack(seq)
-            pressed.append(f"{system.gateway.gateway_id}:dst-a:{seq}")
-            started = time.monotonic()
-            wait_until(f"press {i + 2} at the command center, the CAP endpoint and the ARC", lambda n=i + 2: (
-                len(four.cap.got) >= n and len(four.arc.alarms()) >= n
-                and system.gateway.health()["destinations"]["command-center"]["outbox"] == 0), 10)
-            assert time.monotonic() - started < 10
-        health = system.gateway.health()["destinations"]
-        assert health["city-webhook"]["outbox"] == 5
-        assert four.webhooks.alarm_ids() == [event_id]
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
-        assert four.webhooks.alarm_ids() == [event_id]  # nothing got through while it was down
-
-        # 3. Back: it catches up, each event once and in order.
-        four.webhooks.http.start()
-        wait_until("the webhook receiver caught up", lambda: len(four.webhooks.alarm_ids()) >= 6, 30)
-        time.sleep(1.0)  # anything sent twice would arrive meanwhile
-        assert four.webhooks.alarm_ids() == [event_id, *pressed]
-        assert four.webhooks.refused == [] and four.cap.invalid == []
-        assert len(four.cap.got) == 6 and len({i for i, _, _ in four.cap.got}) == 6
-        assert len(four.arc.alarms()) == 6
-        assert system.gateway.health()["destinations"]["city-webhook"]["outbox"] == 0
-    finally:
-        button.close()
-
-
 def _inbound(four: Four, body: dict[str, Any], *, secret: bytes | None = None,
              timestamp: int | None = None) -> httpx.Response:
+    """The city's system reports a state, signed with its inbound secret (or another)."""
     raw = json.dumps(body).encode()
     msg_id = "msg_" + secrets.token_hex(8)
     ts = int(time.time()) if timestamp is None else timestamp
@@ -297,61 +244,99 @@ def _inbound(four: Four, body: dict[str, Any], *, secret: bytes | None = None,
                       headers=headers, timeout=5)
 
 
-def test_the_citys_system_reports_states_back_and_forgeries_are_refused(four: Four) -> None:
+def _test_destination(four: Four, name: str) -> subprocess.CompletedProcess[str]:
+    """`siaga gateway test-destination NAME`, as a technician runs it on the gateway's host."""
+    config = four.system.gateway.config_path
+    return subprocess.run([sys.executable, "-m", "siaga.cli", "gateway", "test-destination", name,
+                           "--config", str(config)], capture_output=True, text=True, timeout=60,
+                          cwd=config.parent, check=False)
+
+
+def _press(button: SimButton, kind: str) -> int:
+    seq, frame = button.alarm_frame(kind)
+    button.publish("alarm", frame)
+    button.wait_ack(seq)
+    return seq
+
+
+def test_four_destinations_one_stopped_for_a_minute_states_back_and_connection_tests(four: Four) -> None:
     system = four.system
+    gw = system.gateway
     button = SimButton(system.new_device("dst-a"), system.broker.port).connect()
     try:
-        seq, frame = button.alarm_frame("fire")
-        button.publish("alarm", frame)
-        button.wait_ack(seq)
+        # 1. One press reaches the command center, the webhook receiver, the CAP endpoint and the ARC.
+        seq = _press(button, "medical")
+        event_id = f"{gw.gateway_id}:dst-a:{seq}"
+        wait_until("the press at all four", lambda: (
+            bool(four.webhooks.alarm_ids()) and bool(four.cap.got) and bool(four.arc.alarms())
+            and gw.health()["destinations"]["command-center"]["outbox"] == 0), 20)
+        assert four.webhooks.alarm_ids() == [event_id]
+        assert [(t, refs) for _, t, refs in four.cap.got] == [("Alert", "")]
+        [arc_event] = four.arc.alarms()
+        # Contact ID 100 (medical), zone 1, encrypted: pysiaalarm names the code by its SIA twin, MA.
+        assert (arc_event.account, arc_event.code, arc_event.ri, arc_event.message_type.value, arc_event.encrypted) \
+            == (ARC_ACCOUNT, "MA", "001", "ADM-CID", True)
+        custody = httpx.get(f"{gw.url}/api/v1/events/{event_id}/deliveries", headers=gw.admin_headers,
+                            timeout=5).json()
+        assert {c["destination"]: c["status"] for c in custody} == {
+            "command-center": "delivered", "city-webhook": "delivered", "bpbd-cap": "delivered", "arc": "delivered"}
+
+        # 2. The webhook receiver stops for a minute; presses keep reaching the other three at once.
+        four.webhooks.http.stop()
+        stopped_at = time.monotonic()
+        pressed = []
+        for i, kind in enumerate(["general", "fire", "crime", "disaster", "medical"]):
+            pressed.append(f"{gw.gateway_id}:dst-a:{_press(button, kind)}")
+            wait_until(f"press {i + 2} at the command center, the CAP endpoint and the ARC", lambda n=i + 2: (
+                len(four.cap.got) >= n and len(four.arc.alarms()) >= n
+                and gw.health()["destinations"]["command-center"]["outbox"] == 0), 10)
+        assert gw.health()["destinations"]["city-webhook"]["outbox"] == 5
+
+        # 3. Meanwhile the city's system reports a state back. A forged signature and a genuine
+        # report replayed an hour later are refused and audited; the genuine one moves the
+        # button's light and reaches the CAP endpoint as an Update (not the webhook it came from).
         report = {"type": "alarm.state_changed", "timestamp": "2026-11-29T10:00:00Z",
                   "data": {"device_id": "dst-a", "seq": seq, "state": "dispatched", "incident_id": "CAD-77",
                            "by": "damkar", "at": "2026-11-29T10:00:00Z"}}
-        # A forged signature, and a genuine one replayed an hour later: refused, audited.
         assert _inbound(four, report, secret=secrets.token_bytes(32)).status_code == 401
         assert _inbound(four, report, timestamp=int(time.time()) - 3600).status_code == 401
-        audit = httpx.get(f"{system.gateway.url}/api/v1/audit", headers=system.gateway.admin_headers,
-                          timeout=5).json()
+        audit = httpx.get(f"{gw.url}/api/v1/audit", headers=gw.admin_headers, timeout=5).json()
         # A wrong signature is a forgery; a right one out of its time window, a replay.
         assert sorted(a["reason"] for a in audit if a["topic"] == "webhook:city-webhook") == ["bad_signature",
                                                                                              "replay"]
-        button.wait_ack(seq, "received")
         assert not any(a["state"] == "dispatched" for a in button.acks)
-        # The genuine report: the button's light follows, and the CAP endpoint gets an Update
-        # (the webhook receiver it came from is not sent its own report back).
         answer = _inbound(four, report)
         assert answer.status_code == 200, answer.text
-        ack = button.wait_ack(seq, "dispatched")
-        assert ack["inc"] == "CAD-77"
+        assert button.wait_ack(seq, "dispatched")["inc"] == "CAD-77"
         wait_until("the CAP update", lambda: any(t == "Update" for _, t, _ in four.cap.got), 10)
         update = next(g for g in four.cap.got if g[1] == "Update")
-        assert update[2]  # references the alarm's alert
-        time.sleep(0.5)
+        assert update[2]  # it references the alarm's alert
+
+        # 4. `siaga gateway test-destination` says what each answered.
+        done = _test_destination(four, "bpbd-cap")
+        assert done.returncode == 0 and "bpbd-cap (cap) confirmed test alarm" in done.stdout, done.stderr
+        done = _test_destination(four, "city-webhook")
+        assert done.returncode == 1 and "did not confirm" in done.stderr and "retried" in done.stderr
+        done = _test_destination(four, "nowhere")
+        assert done.returncode == 1 and "no destination 'nowhere'" in done.stderr
+
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+        assert four.webhooks.alarm_ids() == [event_id]  # nothing got through while it was down
+
+        # 5. Back: it catches up, each event once and in order, and never gets its own report back.
+        four.webhooks.http.start()
+        wait_until("the webhook receiver caught up", lambda: len(four.webhooks.alarm_ids()) >= 6, 30)
+        done = _test_destination(four, "city-webhook")
+        assert done.returncode == 0 and "confirmed test alarm" in done.stdout, done.stderr
+        assert four.webhooks.got[-1][1]["data"]["test"] is True
+        time.sleep(1.0)  # anything sent twice would arrive meanwhile
+        assert four.webhooks.alarm_ids()[:6] == [event_id, *pressed]
+        assert len(four.webhooks.alarm_ids()) == 7  # and the connection test's alarm
         assert not any(p["type"] == "alarm.state_changed" for _, p in four.webhooks.got)
+        assert four.webhooks.refused == [] and four.cap.invalid == []
+        alerts = [g for g in four.cap.got if g[1] == "Alert"]
+        assert len(alerts) == 7 and len({i for i, _, _ in alerts}) == 7  # six presses and the test
+        assert len(four.arc.alarms()) == 6
+        assert gw.health()["destinations"]["city-webhook"]["outbox"] == 0
     finally:
         button.close()
-
-
-def test_test_destination_reports_each_answer(four: Four, tmp_path: Path) -> None:
-    """`siaga gateway test-destination NAME` sends a signed test alarm and says what came back."""
-    import subprocess
-    import sys
-
-    config = four.system.gateway.config_path
-    for name in ("city-webhook", "bpbd-cap"):
-        done = subprocess.run([sys.executable, "-m", "siaga.cli", "gateway", "test-destination", name,
-                               "--config", str(config)], capture_output=True, text=True, timeout=60,
-                              cwd=config.parent, check=False)
-        assert done.returncode == 0, done.stderr
-        assert f"{name} (" in done.stdout and "confirmed test alarm" in done.stdout
-    assert four.webhooks.got[-1][1]["data"]["test"] is True
-    four.cap.http.stop()
-    done = subprocess.run([sys.executable, "-m", "siaga.cli", "gateway", "test-destination", "bpbd-cap",
-                           "--config", str(config)], capture_output=True, text=True, timeout=60,
-                          cwd=config.parent, check=False)
-    assert done.returncode == 1 and "did not confirm" in done.stderr and "retried" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "siaga.cli", "gateway", "test-destination", "nowhere",
-                           "--config", str(config)], capture_output=True, text=True, timeout=60,
-                          cwd=config.parent, check=False)
-    assert done.returncode == 1 and "no destination 'nowhere'" in done.stderr
-

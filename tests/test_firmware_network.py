@@ -118,9 +118,11 @@ def test_loop_keeps_its_pace_through_stalled_refused_and_unresolvable_connects(t
             stalled.close()                                     # 2: nothing listens: refused at once
             lines = fw.drain(15.0)
             phases["refused"] = stats(fw)
-            # (The attempt under way when the server went sees its connection closed.)
+            # (The attempt under way when the server went sees its connection closed, cleanly or
+            # by a reset, depending on whether the listener's close found it still queued.)
             assert any("refused" in x for x in failures(lines)), failures(lines)
-            assert all("refused" in x or "closed by broker" in x for x in failures(lines)), failures(lines)
+            assert all("refused" in x or "closed by broker" in x or "ECONNRESET" in x
+                       for x in failures(lines)), failures(lines)
             assert len(dns.queries) >= 2                        # looked up again after repeated failures
 
             dns.mode = "servfail"                               # 3: the DNS server fails...

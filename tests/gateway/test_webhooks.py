@@ -254,8 +254,8 @@ def test_every_payload_validates_against_its_schema_and_carries_the_body_unchang
 
 
 def test_the_command_centers_escalation_fits_the_escalated_schema() -> None:
-    """The command center sends escalations with its own body today; signed as a webhook its data
-    is that body without the `event` name (which is the payload's `type`)."""
+    """The command center's escalation body, signed as a webhook ([escalation] webhook_secret_file),
+    is the data of an `alarm.escalated` message without the `event` name (the payload's `type`)."""
     t = datetime(2026, 11, 24, 3, 12, 9, 412000, tzinfo=UTC)
     incident = Incident(17, IncidentState.NEW, DEV, "medical", False, -6.195733, 106.832085, "Jl. Menteng Raya 12",
                         "31.71.06.1001", t, t, None, None, None, None, None, None, None, 2, f"{GW}:g:118",
