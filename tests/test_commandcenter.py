@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from siaga.commandcenter.store import SchemaTooNewError, Store
 from siaga.settings import ConfigError
 from tests.support.ccproc import CommandCenterProcess
 from tests.support.net import free_port
+from tests.support.receiver import Answer, HttpReceiver, Request
 
 INTAKE_TOKEN = "intake-" + "i" * 24
 OPERATOR_TOKEN = "operator-" + "o" * 24
@@ -706,7 +706,7 @@ class Received:
     status: int
 
 
-class GatewayStandIn:
+class GatewayStandIn(HttpReceiver):
     """A real HTTP server playing the gateway's `POST /api/v1/cc/state`.
 
     `respond(body)` chooses the status of each answer (default: always 200).
@@ -716,49 +716,19 @@ class GatewayStandIn:
         self.received: list[Received] = []
         self._cond = threading.Condition()
         self._respond = respond or (lambda body: 200)
-        outer = self
+        super().__init__(self._report, port=port)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                body = json.loads(raw)
-                status = outer._respond(body)
-                record = Received(
-                    self.path,
-                    self.headers.get("Authorization"),
-                    self.headers.get("Content-Type"),
-                    body,
-                    status,
-                )
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-                with outer._cond:
-                    outer.received.append(record)
-                    outer._cond.notify_all()
+    def _report(self, request: Request) -> Answer:
+        body = json.loads(request.body)
+        status = self._respond(body)
+        headers = request.headers
+        record = Received(request.path, headers.get("authorization"), headers.get("content-type"), body, status)
+        return Answer(status, b"{}", {"Content-Type": "application/json"}, after=lambda: self._record(record))
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output clean
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that hung up (e.g. a stopped command center) is not a test failure
-
-        self._server = Server(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> GatewayStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    def _record(self, record: Received) -> None:
+        with self._cond:
+            self.received.append(record)
+            self._cond.notify_all()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout_s: float = 10.0) -> list[Received]:
         with self._cond:

@@ -11,9 +11,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import jsonschema_rs
 import pytest
@@ -23,6 +21,7 @@ from siaga.commandcenter.callbacks import signed_body
 from siaga.commandcenter.config import CallbackSettings, CCConfig, EscalationSettings
 from siaga.gateway.webhooks import format_secret
 from siaga.settings import ConfigError
+from tests.support.receiver import Answer, HttpReceiver, Request
 from tests.test_commandcenter import INTAKE_TOKEN, OPERATOR_TOKEN, db_rows, running_api
 
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "schemas" / "webhook-alarm.escalated.json"
@@ -42,7 +41,7 @@ class Delivery:
     problem: str | None  # why a secret did not verify it, or why the payload is wrong
 
 
-class Receiver:
+class Receiver(HttpReceiver):
     """A city's system on a free loopback port. Answers the statuses of `answers` in turn, then 204.
     Every request is checked with each secret in `secrets` by the reference package, and the payload
     of a verified one against the schema. A 500 is held until the clock has passed the second of
@@ -50,53 +49,35 @@ class Receiver:
 
     def __init__(self, secrets: list[str], answers: list[int] | None = None) -> None:
         self.deliveries: list[Delivery] = []
+        self._secrets = secrets
         self._answers = iter(answers or [])
         self._cond = threading.Condition()
-        receiver = self
+        super().__init__(self._check, path="/hooks/escalation")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                verified, problem = [], None
-                for i, secret in enumerate(secrets):
-                    try:
-                        Webhook(secret).verify(body, headers)
-                        verified.append(secret)
-                    except WebhookVerificationError as exc:
-                        problem = f"secret {i}: {exc}"
-                if verified:
-                    try:
-                        VALIDATOR.validate(json.loads(body))
-                    except jsonschema_rs.ValidationError as exc:
-                        problem = f"schema: {exc}"
-                status = next(receiver._answers, 204)
-                if status == 500 and "webhook-timestamp" in headers:
-                    while time.time() < int(headers["webhook-timestamp"]) + 1:
-                        time.sleep(0.02)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                with receiver._cond:
-                    receiver.deliveries.append(Delivery(headers, body, status, verified, problem))
-                    receiver._cond.notify_all()
+    def _check(self, request: Request) -> Answer:
+        body, headers = request.body, request.headers
+        verified, problem = [], None
+        for i, secret in enumerate(self._secrets):
+            try:
+                Webhook(secret).verify(body, headers)
+                verified.append(secret)
+            except WebhookVerificationError as exc:
+                problem = f"secret {i}: {exc}"
+        if verified:
+            try:
+                VALIDATOR.validate(json.loads(body))
+            except jsonschema_rs.ValidationError as exc:
+                problem = f"schema: {exc}"
+        status = next(self._answers, 204)
+        if status == 500 and "webhook-timestamp" in headers:
+            while time.time() < int(headers["webhook-timestamp"]) + 1:
+                time.sleep(0.02)
+        return Answer(status, after=lambda: self._record(Delivery(headers, body, status, verified, problem)))
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/escalation"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    def _record(self, delivery: Delivery) -> None:
+        with self._cond:
+            self.deliveries.append(delivery)
+            self._cond.notify_all()
 
     def wait_for_success(self, timeout_s: float = 5.0) -> list[Delivery]:
         with self._cond:

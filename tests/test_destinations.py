@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from siaga.broker.process import MosquittoProcess
 from siaga.gateway.webhooks import format_secret, sign
 from tests.support.devices import SimButton
 from tests.support.net import free_port
+from tests.support.receiver import HttpReceiver, Request
 from tests.support.system import System, start_system
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
@@ -57,40 +57,6 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-class _Receiver:
-    """An HTTP endpoint in this process, on a fixed port so that it can be stopped and started
-    again where the gateway expects it."""
-
-    def __init__(self, handle: Callable[[dict[str, str], bytes], int]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._handle = handle
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        handle = self._handle
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                code = handle({k.lower(): v for k, v in self.headers.items()}, body)
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
 @dataclass
 class Webhooks:
     """The city's webhook receiver, verifying with the reference package (not Siaga's code)."""
@@ -101,15 +67,15 @@ class Webhooks:
 
     def __post_init__(self) -> None:
         self.verifier = standardwebhooks.Webhook(self.secret)
-        self.http = _Receiver(self.handle)
+        self.http = HttpReceiver(self.handle, path="/hook")  # stopped and started again on its port
 
-    def handle(self, headers: dict[str, str], body: bytes) -> int:
+    def handle(self, request: Request) -> int:
         try:
-            payload = self.verifier.verify(body, headers)
+            payload = self.verifier.verify(request.body, request.headers)
         except standardwebhooks.WebhookVerificationError as exc:
             self.refused.append(str(exc))
             return 400
-        self.got.append((headers["webhook-id"], payload))
+        self.got.append((request.headers["webhook-id"], payload))
         return 204
 
     def alarm_ids(self) -> list[str]:
@@ -124,12 +90,12 @@ class Cap:
     invalid: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.http = _Receiver(self.handle)
+        self.http = HttpReceiver(self.handle, path="/hook")
 
-    def handle(self, headers: dict[str, str], body: bytes) -> int:
+    def handle(self, request: Request) -> int:
         try:
-            CAP_XSD.validate(body.decode("utf-8"))
-            [alert] = CAPParser(body.decode("utf-8")).as_dict()
+            CAP_XSD.validate(request.body.decode("utf-8"))
+            [alert] = CAPParser(request.body.decode("utf-8")).as_dict()
         except Exception as exc:  # an invalid document is the finding: recorded, answered 400
             self.invalid.append(f"{type(exc).__name__}: {exc}")
             return 400

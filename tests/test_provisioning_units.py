@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from siaga.provisioning.rawrepl import ExecReply, RawPasteReply, RawRepl, find_b
 from siaga.provisioning.settings import DeviceDefaults, TokenSource, Wifi
 from siaga.provisioning.ui import Ui
 from siagafw.config import load_config
+from tests.support.receiver import Answer, HttpReceiver, Request
 
 # ------------------------------------------------------------------------------------------ validators
 
@@ -491,36 +490,17 @@ def fake_gateway() -> Iterator[tuple[str, list[tuple[str, str, Any]]]]:
     device: dict[str, Any] = {"id": "jkt-gambir-0042", "lat": -6.1, "lon": 106.8, "address": "Jl. Lama 1",
                               "area": "31.71", "site": None}
 
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            seen.append(("GET", self.path, self.headers["Authorization"]))
-            self._answer(device)
-
-        def do_PATCH(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(("PATCH", self.path, body))
+    def answer(request: Request) -> Answer:
+        if request.method == "PATCH":
+            body = json.loads(request.body)
+            seen.append(("PATCH", request.path, body))
             device.update(body)
-            self._answer(device)
+        else:
+            seen.append((request.method, request.path, request.headers.get("authorization")))
+        return Answer(200, json.dumps(device).encode(), {"Content-Type": "application/json"})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with HttpReceiver(answer) as server:
+        yield server.url, seen
 
 
 def test_set_location_corrects_the_gateway_and_a_staged_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from typing import Any
 
@@ -38,6 +36,7 @@ from siaga.gateway.cap import (
 from siaga.gateway.codec import Alarm, Location
 from siaga.gateway.destinations import probe_event
 from siaga.gateway.store import OutboundEvent
+from tests.support.receiver import Answer, HttpReceiver, Request
 
 GW = "gw-1"
 DEV = "jkt-menteng-0042"
@@ -339,44 +338,24 @@ def test_any_registry_text_and_place_gives_valid_documents(address: str, area: s
 # ------------------------------------------------------------------ delivery over HTTP
 
 
-class Intake:
+class Intake(HttpReceiver):
     """A CAP recipient on a free local port: records each POST and answers the next status given."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.statuses: list[int] = []
-        intake = self
+        super().__init__(self._record, path="/cap")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                intake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status = intake.statuses.pop(0) if intake.statuses else 200
-                reply = b"no" if status >= 300 else b""
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cap"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+    def _record(self, request: Request) -> Answer:
+        self.requests.append((request.headers, request.body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return Answer(status, b"no" if status >= 300 else b"")
 
 
 @pytest.fixture
 def intake() -> Iterator[Intake]:
-    server = Intake()
-    yield server
-    server.close()
+    with Intake() as server:
+        yield server
 
 
 def round_of_events() -> list[OutboundEvent]:

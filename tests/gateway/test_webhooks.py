@@ -8,12 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +36,8 @@ from siaga.gateway.store import DeviceRecord, OutboundEvent
 from siaga.gateway.supervision import Fault, FaultChange
 from siaga.web import ThrottleRules, guard_entrance
 from tests.support.net import StalledServer
+from tests.support.receiver import Answer, HttpReceiver
+from tests.support.receiver import Request as HttpRequest
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 GW = "gw-1"
@@ -283,7 +283,7 @@ class Received:
     problem: str | None
 
 
-class Receiver:
+class Receiver(HttpReceiver):
     """An HTTP server on a free loopback port standing in for a city's system: it verifies every
     request with the reference package and each secret it holds, checks the payload against its
     schema, and answers `status` (401 when nothing verified)."""
@@ -292,49 +292,25 @@ class Receiver:
         self.secrets = secrets
         self.status = status
         self.received: list[Received] = []
-        receiver = self
+        super().__init__(self._verify, path="/hooks/siaga")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                verified, problem = [], None
-                for secret in receiver.secrets:
-                    try:
-                        Webhook(secret).verify(body, headers)
-                        verified.append(secret)
-                    except WebhookVerificationError as exc:
-                        problem = str(exc)
-                if verified:
-                    try:
-                        check_payload(body)
-                    except (AssertionError, jsonschema_rs.ValidationError) as exc:
-                        problem = str(exc)
-                receiver.received.append(Received(headers, body, verified, problem))
-                status = receiver.status if verified or not receiver.secrets else 401
-                self.send_response(status)
-                answer = b"" if status == 204 else b'{"error": "as configured"}'
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/siaga"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="webhook-receiver",
-                                        daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    def _verify(self, request: HttpRequest) -> Answer:
+        body, headers = request.body, request.headers
+        verified, problem = [], None
+        for secret in self.secrets:
+            try:
+                Webhook(secret).verify(body, headers)
+                verified.append(secret)
+            except WebhookVerificationError as exc:
+                problem = str(exc)
+        if verified:
+            try:
+                check_payload(body)
+            except (AssertionError, jsonschema_rs.ValidationError) as exc:
+                problem = str(exc)
+        self.received.append(Received(headers, body, verified, problem))
+        status = self.status if verified or not self.secrets else 401
+        return Answer(status, b"" if status == 204 else b'{"error": "as configured"}')
 
 
 async def deliver(url: str, events: list[OutboundEvent], *, secrets: tuple[bytes, ...] = (OLD_KEY, NEW_KEY),
