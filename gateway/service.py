@@ -114,7 +114,7 @@ class Gateway:
                     routes[kind].append(d.name)
         if not cfg.destinations:  # no destinations configured: the adapter given takes alarms and faults
             routes = {"alarm": list(self.forwarders), "fault": list(self.forwarders), "state": []}
-        store.route(routes)
+        store.route(routes, cfg.primary_destination if cfg.destinations else next(iter(self.forwarders)))
         self._flood = FloodLimiter(cfg.flood_rate_per_s, cfg.flood_burst)
         self._flood_audited: dict[str, tuple[int, int]] = {}  # device -> (last audit ms, drops since)
         self.supervisor = Supervisor(cfg.supervision, clock())

@@ -231,7 +231,7 @@ class Store(Protocol):
     async def quarantine(self, entries: Sequence[Quarantined]) -> None: ...
     # forwarding and acks
     # each destination's queue: which kinds of event go where (set before open)
-    def route(self, routes: Mapping[str, Sequence[str]]) -> None: ...
+    def route(self, routes: Mapping[str, Sequence[str]], primary: str = PRIMARY) -> None: ...
     async def due_events(self, now_ms: int, limit: int, lane: Lane,
                          destination: str = PRIMARY) -> list[OutboundEvent]: ...
     async def settle(self, delivered: Sequence[Delivery], retries: Sequence[Retry], now_ms: int,
@@ -527,10 +527,15 @@ class SQLStore:
     def __init__(self, *, group_window_ms: int = 300_000) -> None:
         self.group_window_ms = group_window_ms
         self.routes: dict[str, tuple[str, ...]] = {"alarm": (PRIMARY,), "fault": (PRIMARY,), "state": ()}
+        self.primary = PRIMARY
 
-    def route(self, routes: Mapping[str, Sequence[str]]) -> None:
-        """Which destinations each kind of event is queued for from now on (gateway/config.py)."""
+    def route(self, routes: Mapping[str, Sequence[str]], primary: str = PRIMARY) -> None:
+        """Which destinations each kind of event is queued for from now on (gateway/config.py), and
+        the primary one: its alarm lane's work is urgent on the database thread (the button's ack
+        follows it); the other destinations' is ordinary, so that their rounds never make the
+        primary's wait."""
         self.routes = {kind: tuple(routes.get(kind, ())) for kind in EVENT_KINDS}
+        self.primary = primary
 
     async def _read(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
         raise NotImplementedError
@@ -908,7 +913,8 @@ class SQLStore:
         it) goes twice: the command center's idempotency key makes that harmless. Each destination
         has its own queue: one slow destination never holds back another."""
         if lane == "alarm":
-            return await self._read(lambda db: self._due_alarms(db, destination, now_ms, limit), urgent=True)
+            return await self._read(lambda db: self._due_alarms(db, destination, now_ms, limit),
+                                    urgent=destination == self.primary)
         return await self._read(lambda db: self._due_faults(db, destination, now_ms, limit))
 
     _EVENT = "SELECT id, kind, event_id, device_id, body, attempts, alarm_id, created_ms, next_attempt_ms FROM outbox"
@@ -971,7 +977,7 @@ class SQLStore:
                                             for r in retries])
         # An alarm round's settlement is on the alarm path: until it is written, the alarm lane's
         # next query would find the same alarms again.
-        await self._write(write, urgent=any(d.alarm_id is not None for d in delivered))
+        await self._write(write, urgent=primary and any(d.alarm_id is not None for d in delivered))
 
     async def refuse(self, outbox_ids: Sequence[int], errors: Sequence[str], now_ms: int) -> None:
         """Events the command center refused for good: kept, out of the forwarding queue."""
