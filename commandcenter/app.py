@@ -28,7 +28,7 @@ from siaga.web import (
     guard_entrance,
 )
 
-from . import console, devices, incidents, intake, live, sessions, supervisor
+from . import console, devices, events, incidents, intake, plumbing, sessions, supervisor
 from .callbacks import CallbackSender, WebhookSender
 from .cluster import Leadership
 from .config import CCConfig
@@ -132,9 +132,10 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
     app.include_router(intake.router)
     app.include_router(incidents.router)
     app.include_router(devices.router)
-    app.include_router(live.router)
+    app.include_router(events.router)
     app.include_router(sessions.router)
     app.include_router(supervisor.router)
+    app.include_router(plumbing.router)
     app.include_router(console.router)
     console.mount_static(app)
     return app
@@ -147,7 +148,8 @@ def close_live_streams(app: FastAPI) -> None:
 
 
 class _Background:
-    """The loops that run in one process: state reports to the gateway, webhook events, escalation.
+    """The loops that run in one process: state reports to the gateway, webhook events, escalation,
+    the gateways' silence (plumbing.PlumbingSupervisor).
     `start()` and `stop()` may follow each other any number of times (a process that loses and later
     regains the leadership)."""
 
@@ -158,6 +160,7 @@ class _Background:
         self._sender: CallbackSender | None = None
         self._webhooks: WebhookSender | None = None
         self._escalator: Escalator | None = None
+        self._plumbing: plumbing.PlumbingSupervisor | None = None
 
     def start(self) -> None:
         cfg = self._cfg
@@ -181,10 +184,16 @@ class _Background:
             self._webhooks.start()
         self._escalator = Escalator(self._store, cfg.escalation, on_escalated=self._escalated)
         self._escalator.start()
+        self._plumbing = plumbing.PlumbingSupervisor(
+            self._store, cfg.plumbing, webhook=cfg.escalation.webhook_url is not None, on_change=self._plumbing_changed)
+        self._plumbing.start()
 
     async def stop(self) -> None:
         escalator, webhooks, sender = self._escalator, self._webhooks, self._sender
         self._escalator = self._webhooks = self._sender = None
+        watcher, self._plumbing = self._plumbing, None
+        if watcher is not None:
+            await watcher.stop()
         if escalator is not None:
             await escalator.stop()
         if webhooks is not None:
@@ -194,6 +203,10 @@ class _Background:
 
     def _escalated(self, found: list[Incident]) -> None:
         self._live.publish_incidents(found, "escalation")
+        if self._webhooks is not None:
+            self._webhooks.notify()
+
+    def _plumbing_changed(self, _changes: list[plumbing.Transition]) -> None:
         if self._webhooks is not None:
             self._webhooks.notify()
 
@@ -243,7 +256,7 @@ def reload_people(app: FastAPI, new: CCConfig) -> int:
         old, intake_token=new.intake_token, operator_tokens=new.operator_tokens, operators=new.operators
     )
     for name in ("host", "port", "db_path", "db_url", "db_password", "db_pool_size", "gateway_url", "gateway_urls",
-                 "callbacks", "agencies", "escalation", "console", "limits", "throttle", "log_level",
+                 "callbacks", "agencies", "escalation", "console", "plumbing", "limits", "throttle", "log_level",
                  "forwarded_allow_ips", "reuse_port", "direct_port"):
         if getattr(new, name) != getattr(old, name):
             log.warning("configuration: %s changed; it takes effect at the next restart", name)

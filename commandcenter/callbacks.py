@@ -39,6 +39,7 @@ from siaga.gateway.webhooks import ALARM_ESCALATED, HEADER_ID, HEADER_SIGNATURE,
 
 from .config import CallbackSettings
 from .domain import utc_now
+from .plumbing import BACK_EVENT, SILENT_EVENT
 from .store import CALLBACK_OUTBOX, WEBHOOK_OUTBOX, Outbox, OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ def signed_body(stored: str) -> tuple[str, bytes]:
             raise TypeError("event_id or at is not a string")
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"an escalation body without its fields: {exc!r}"[:200]) from None
-    fields.pop("event", None)  # the message's "type" says it
+    event = fields.pop("event", None)  # the message's "type" says it
     data = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-    return msg_id, payload(ALARM_ESCALATED, at, data)
+    # A gateway's silence and its return (plumbing.py) are messages of their own types.
+    return msg_id, payload(event if event in (SILENT_EVENT, BACK_EVENT) else ALARM_ESCALATED, at, data)

@@ -99,6 +99,21 @@ class EscalationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PlumbingSettings:
+    """Path supervision of the gateways (docs/commandcenter.md, "Plumbing"): a gateway whose last
+    self-report is older than `silence_s` is a room-wide fault until it reports again. The default
+    leaves room for two lost reports of a gateway reporting every 30 s, and with the supervisor's check
+    (at most 5 s later) and the console's poll (every 5 s) the banner is up within 90 s of the last
+    report, so within 90 s of the gateway stopping."""
+
+    silence_s: float = 75.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.silence_s <= 86_400:
+            raise ConfigError("plumbing.silence_s must be at least 1 and at most 86400 (one day)")
+
+
+@dataclass(frozen=True, slots=True)
 class ConsoleSettings:
     """The browser console: sessions, the map, and the time zone of per-day figures."""
 
@@ -193,6 +208,7 @@ class CCConfig:
     agencies: tuple[Agency, ...] = DEFAULT_AGENCIES
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    plumbing: PlumbingSettings = field(default_factory=PlumbingSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
     throttle: ThrottleRules = field(default_factory=ThrottleRules)
     # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's setting).
@@ -329,6 +345,7 @@ class CCConfig:
         escalation = _table(doc, "escalation")
         console = _table(doc, "console")
         throttle = _table(doc, "throttle")
+        plumbing = _table(doc, "plumbing")
 
         operators = doc.get("operators", [])
         if not isinstance(operators, list):
@@ -447,6 +464,8 @@ class CCConfig:
             agencies=agencies,
             escalation=esc,
             console=con,
+            plumbing=PlumbingSettings(
+                silence_s=float(_get(plumbing, "silence_s", (int, float), "plumbing", PlumbingSettings().silence_s))),
             limits=limits,
             throttle=rules,
             forwarded_allow_ips=_get(server, "forwarded_allow_ips", str, "server", "127.0.0.1"),
@@ -513,7 +532,8 @@ def _check_token(what: str, token: str) -> None:
 _SECRET_KEYS = ("token", "token_file", "token_env")  # "token" so that load_secret can explain
 _KEYS: dict[str, tuple[str, ...]] = {
     "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console",
-         "throttle"),
+         "throttle", "plumbing"),
+    "plumbing": ("silence_s",),
     "server": ("host", "port", "log_level", "header_timeout_s", "body_timeout_s", "max_connections",
                "forwarded_allow_ips", "reuse_port", "direct_port"),
     "throttle": ("per_address", "per_name", "record_every_s"),

@@ -32,6 +32,7 @@ from .models import (
     FaultBatchResult,
     FaultIn,
 )
+from .plumbing import GatewayReportIn, record_report
 from .store import IntakeOutcome, NewAlarm, NewFault
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,28 @@ async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response
              sum(r.status == "created" for r in final), sum(r.status == "duplicate" for r in final),
              sum(r.status == "rejected" for r in final))
     return Response(content=FaultBatchOut(results=final).model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/gateways/report",
+    summary="Receive a gateway's self-report (path supervision)",
+    description=(
+        "Sent by each gateway instance every `report_every_s` seconds (protocol §7, \"Gateway report\"). Kept "
+        "as the instance's latest report; an instance whose latest report is older than `[plumbing] "
+        "silence_s` is a room-wide fault (`GET /api/v1/gateways`) until it reports again. Nothing is "
+        "answered but the status."
+    ),
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "report stored"}, **_INTAKE_ERRORS},
+    max_body_size=16 * 1024,
+)
+async def receive_gateway_report(report: GatewayReportIn, svc: ServicesDep) -> Response:
+    try:
+        await record_report(svc.store, report, now=utc_now())
+    except _UNSTORABLE as exc:
+        raise HTTPException(422, f"the report cannot be stored ({type(exc).__name__})") from None
+    return Response(status_code=204)
 
 
 # What turning a valid body into the store's record may still raise (a time that cannot be made

@@ -1,9 +1,5 @@
-"""Live updates for the console: an in-process broadcaster fed on every change, and the
-server-sent-events stream `GET /api/v1/events` that carries them to the browser.
-
-Each change is published after its transaction has committed. A console that connects (or
-reconnects) first opens the stream and then fetches the incident list, so nothing falls between the
-two; an event it already has from the list is simply applied again.
+"""Live updates for the console: an in-process broadcaster fed on every change, each published
+after its transaction has committed; events.py streams them to the browser.
 
 Several processes on one PostgreSQL database (docs/commandcenter.md, "Several processes"): each
 process publishes its own changes to its own broadcaster as above, and its store also sends each
@@ -25,21 +21,17 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
-
-from siaga.web import StrictRoute
 
 from .config import Role
-from .deps import Principal, PrincipalDep, ServicesDep
-from .domain import rfc3339, utc_now
-from .models import ErrorOut, IncidentOut
+from .deps import Principal
+from .domain import rfc3339
+from .models import IncidentOut
 from .store import CHANGES_CHANNEL, Change, Incident, Store, Wake
 
 log = logging.getLogger(__name__)
@@ -47,12 +39,6 @@ log = logging.getLogger(__name__)
 # A console that falls this many events behind (a frozen tab, a very slow link) is cut off rather
 # than buffered without bound; its EventSource reconnects and re-syncs from the list.
 QUEUE_MAX = 1000
-KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
-# A stream ends after this long and the browser reconnects at once: a session that has expired or an
-# operator removed from the configuration loses the live feed within this time, and no stream holds
-# a connection for ever.
-STREAM_MAX_S = 300.0
-RETRY_MS = 2000  # EventSource's reconnection delay
 
 EventType = Literal["incident", "escalation", "fault"]
 
@@ -249,64 +235,3 @@ class Relay:
             self._live.resync()
             return
         self._live.publish_incidents(incidents, change.kind)
-
-
-def _frame(event: str, data: str) -> str:
-    return f"event: {event}\ndata: {data}\n\n"
-
-
-async def _stream(live: Broadcaster, who: Principal) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STREAM_MAX_S
-    # Subscribed before `hello` goes out: a console fetches the list after `hello`, so every change
-    # after that fetch's snapshot is on the stream.
-    sub = live.subscribe(who)
-    try:
-        yield f"retry: {RETRY_MS}\n\n"
-        hello = {"server_time": rfc3339(utc_now()), "name": who.name, "role": who.role.value}
-        yield _frame("hello", json.dumps(hello))
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=min(KEEPALIVE_S, remaining))
-            except TimeoutError:
-                yield ": keepalive\n\n"
-                continue
-            if event is None:
-                return
-            yield _frame(event.type, event.data)
-    finally:
-        live.unsubscribe(sub)
-
-
-router = APIRouter(prefix="/api/v1", tags=["live"], route_class=StrictRoute)
-
-
-@router.get(
-    "/events",
-    summary="Live updates (server-sent events)",
-    description=(
-        "A `text/event-stream` of changes, each published after it is committed: `incident` (an incident "
-        "opened, was pressed again, changed state or got a note; `data` is the incident as in the list), "
-        "`escalation` (an incident escalated; `data` is the incident) and `fault` (a device fault was "
-        "reported: `device_id`, `fault`, `active`, `at`; fetch `/api/v1/devices/faults` for the current "
-        "list). The first event, `hello`, carries the server's time. Agency viewers receive only incidents "
-        f"dispatched to their agency. A comment line comes every {KEEPALIVE_S:.0f} s; the stream ends after "
-        f"{STREAM_MAX_S:.0f} s (and when the server stops), and the client reconnects and fetches the list "
-        "again, so it never misses a change."
-    ),
-    response_class=StreamingResponse,
-    responses={
-        200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
-        401: {"model": ErrorOut, "description": "not signed in"},
-    },
-)
-async def events(svc: ServicesDep, who: PrincipalDep) -> StreamingResponse:
-    return StreamingResponse(
-        _stream(svc.live, who),
-        media_type="text/event-stream",
-        # no-transform and X-Accel-Buffering: proxies (nginx) must pass each event on at once.
-        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
-    )

@@ -550,7 +550,7 @@ class AuditOut(BaseModel):
     at: UtcTime
     actor: str
     action: str = Field(description="login, login_failed, logout, acknowledged, dispatched, resolved, "
-                        "false_alarm, note, export")
+                        "false_alarm, note, export, gateway_silent, gateway_back, gateway_forgotten")
     target: str | None
     detail: dict[str, Any] | None
 

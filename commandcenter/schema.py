@@ -227,6 +227,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # none and end at the upgrade: everybody signs in once more.
         "ALTER TABLE sessions ADD COLUMN credential TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Version 5: path supervision of the gateways (commandcenter/plumbing.py). The latest
+        # self-report of each gateway instance, as received (`report`, JSON); `received_at` is this
+        # command center's clock, what silence is measured from, `reported_at` the gateway's.
+        # `silent_at`: when the silence was raised as a room-wide fault; NULL while it reports.
+        """CREATE TABLE gateway_reports (
+            gateway_id  TEXT NOT NULL,
+            instance    TEXT NOT NULL,
+            report      TEXT NOT NULL,
+            reported_at TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            first_at    TEXT NOT NULL,
+            silent_at   TEXT,
+            PRIMARY KEY (gateway_id, instance)
+        )""",
+    ),
 )
 
 

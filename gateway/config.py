@@ -66,6 +66,7 @@ class Person:
 # A destination's name: in metrics labels, URLs (/api/v1/destinations/<name>/state) and the outbox.
 DESTINATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PRIMARY_NAME = "command-center"   # the destination [commandcenter] stands for
+REPORT_EVERY_S = 30.0             # the gateway's self-report to the command center (gateway/liveness.py)
 EventKind = Literal["alarm", "fault", "state"]
 # What each type of destination takes unless its `events` says otherwise (docs/integration.md):
 # CAP carries alerts and their updates, not device faults; an alarm receiving centre's DC-09
@@ -129,6 +130,8 @@ class GatewayConfig:
     instance: str | None = None      # this instance's name among several of one gateway id
     # Where events go. Empty: the reference command center of cc_url alone (built in __post_init__).
     destinations: tuple[Destination, ...] = ()
+    # The self-report to each `siaga` destination (gateway/liveness.py); 0: none.
+    report_every_s: float = REPORT_EVERY_S
     # token -> person, the admin token's person included: what the admin API checks a token against
     credentials: Mapping[str, Person] = field(init=False, repr=False)
 
@@ -312,6 +315,8 @@ class CommandCenterTable(_Table):
     url: Annotated[str, AfterValidator(_http_url), Field(examples=["http://127.0.0.1:8300"])]
     token_file: Text | None = None
     token_env: Text | None = None
+    # Path supervision: the gateway's self-report to the command center every so many seconds; 0: none.
+    report_every_s: Annotated[float, Field(ge=0, le=3600)] = REPORT_EVERY_S
 
 
 def _destination_name(value: str) -> str:
@@ -495,6 +500,7 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
                                 max_connections=api.max_connections),
         api_throttle=ThrottleRules(per_address=api.throttle_per_address),
         forwarded_allow_ips=api.forwarded_allow_ips,
+        report_every_s=cc.report_every_s if cc is not None else REPORT_EVERY_S,
     )
 
 

@@ -27,6 +27,7 @@ from .events import alarm_event, fault_event, state_event
 from .forwarding import Forwarder
 from .grouping import Group
 from .limits import BreakerState, CircuitBreaker, FloodLimiter
+from .liveness import report_forever
 from .metrics import Metrics
 from .mqtt import Inbound, MqttLink
 from .replay import ReplayWindow, Verdict
@@ -173,7 +174,8 @@ class Gateway:
                           tg.create_task(self._take_over(), name="takeover"),
                           tg.create_task(self.link.run(), name="mqtt-link"),  # raises if the login is refused
                           tg.create_task(flush_every(FAILURES_EVERY_S, lambda: record_failures(app)),
-                                         name="failed-credentials")]
+                                         name="failed-credentials"),
+                          tg.create_task(report_forever(self, self.cfg.report_every_s), name="self-report")]
                 api = tg.create_task(server.serve(), name="api")
                 self.ready.set()
                 log.info("gateway %s running: API on %s:%d", self.cfg.gateway_id, self.cfg.api_host, self.cfg.api_port)

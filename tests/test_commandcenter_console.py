@@ -808,10 +808,11 @@ async def test_a_version_2_database_is_migrated_to_the_current_version(tmp_path:
         await store.close()
 
 
-async def test_schema_version_4_is_the_current_one() -> None:
-    # A reminder that a fifth version is a new MIGRATIONS entry, and needs a migration test like
-    # the one above (version 4's: tests/test_http_entrances.py, sessions bound to a credential).
-    assert store_module.SCHEMA_VERSION == 4
+async def test_schema_version_5_is_the_current_one() -> None:
+    # A reminder that a sixth version is a new MIGRATIONS entry, and needs a migration test like
+    # the one above (version 4's: tests/test_http_entrances.py, sessions bound to a credential;
+    # version 5's: tests/test_gateway_liveness.py, the gateways' self-reports).
+    assert store_module.SCHEMA_VERSION == 5
 
 
 # ---- configuration ------------------------------------------------------------------------------------------------

@@ -586,3 +586,37 @@ def test_console_screenshot_with_several_live_incidents(
 def _contains(cls: str) -> re.Pattern[str]:
     return re.compile(rf"(^|\s){re.escape(cls)}(\s|$)")
 
+
+
+# ---- the room sees its own plumbing: a silent gateway is a banner for everyone ------------------------
+
+
+def test_a_silent_gateway_is_a_banner_on_every_console_and_clears_when_it_reports(
+    tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
+) -> None:
+    def report() -> None:
+        r = httpx.post(f"{cc.url}/api/v1/gateways/report", headers={"Authorization": f"Bearer {cc.intake_token}"},
+                       json={"gateway_id": "gw-1", "instance": "gw-1", "version": "1", "uptime_s": 1.0,
+                             "outbox": {"total": 0}, "broker_connected": True,
+                             "buttons": {"online": 1, "registered": 1},
+                             "at": datetime.now(UTC).isoformat()}, timeout=5)
+        assert r.status_code == 204, r.text
+
+    with CommandCenterProcess(tmp_path, extra_toml="[plumbing]\nsilence_s = 2\n") as cc:
+        report()
+        consoles = [open_console(cc).sign_in(cc.operator_name, cc.operator_token),
+                    open_console(cc).sign_in(cc.agency_name, cc.agency_token)]
+        for console in consoles:
+            banner = console.page.locator("[data-testid=plumbing-banner]")
+            pw_expect(banner).to_contain_text(re.compile(r"Gateway gw-1 tidak melapor sejak \d\d:\d\d"), timeout=10_000)
+            pw_expect(banner).to_contain_text("Gateway gw-1 silent since")
+        # Reporting again (more often than the silence), the banner goes.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(
+            c.page.locator("[data-testid=plumbing-banner]").is_hidden() for c in consoles
+        ):
+            report()
+            consoles[0].page.wait_for_timeout(500)
+        for console in consoles:
+            pw_expect(console.page.locator("[data-testid=plumbing-banner]")).to_be_hidden()
+            console.assert_clean()

@@ -24,6 +24,7 @@
   const REMIND_EVERY_MS = 10000; // repeat the alarm sound while anything is unacknowledged
   const MUTE_MS = 120000; // muting is always temporary
   const LOW_BATTERY_MV = 3400;
+  const PLUMBING_EVERY_MS = 5000; // how often the gateways' state is asked for (the silence banner)
 
   const state = {
     me: null,
@@ -196,7 +197,9 @@
       initMap();
       state.ticker = setInterval(tick, 1000);
       tick();
+      setInterval(loadPlumbing, PLUMBING_EVERY_MS);
     }
+    loadPlumbing();
     connect();
   }
 
@@ -738,6 +741,43 @@
     if (state.muteUntil > Date.now()) state.muteUntil = 0;
     else if (state.audio && state.audio.state === "running") state.muteUntil = Date.now() + MUTE_MS;
     updateSoundButton();
+  }
+
+  // ---- plumbing: gateways that stopped reporting ------------------------------------------------
+
+  function clockTime(iso) {
+    return new Date(iso).toLocaleTimeString(undefined, {hourCycle: "h23", hour: "2-digit", minute: "2-digit"});
+  }
+
+  async function loadPlumbing() {
+    if (!state.me) return;
+    let answer;
+    try {
+      answer = await api("GET", "/api/v1/gateways", undefined, {signInOn401: false});
+    } catch (_) {
+      return; // the banner stays as it was; the connection indicator tells of a lost server
+    }
+    const banner = $("plumbing-banner");
+    banner.replaceChildren();
+    const silent = answer.gateways.filter((g) => g.status === "silent");
+    const unlinked = answer.gateways.filter((g) => g.status !== "silent" && !g.broker_connected);
+    for (const g of silent) {
+      const name = g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`;
+      const at = clockTime(g.last_report_at);
+      const line = document.createElement("span");
+      line.className = "plumbing-line";
+      line.textContent = `Gateway ${name} tidak melapor sejak ${at} / Gateway ${name} silent since ${at}`;
+      banner.append(line);
+    }
+    for (const g of unlinked) {
+      const name = g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`;
+      const line = document.createElement("span");
+      line.className = "plumbing-line plumbing-warn";
+      line.textContent = `Gateway ${name} terputus dari broker MQTT / Gateway ${name} lost its MQTT broker`;
+      banner.append(line);
+    }
+    banner.hidden = silent.length + unlinked.length === 0;
+    document.body.dataset.gatewaysSilent = String(silent.length);
   }
 
   function tick() {

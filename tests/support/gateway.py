@@ -25,12 +25,13 @@ class GatewayProcess:
                  gateway_settings: str = "", extra_toml: str = "", mqtt_settings: str = "",
                  python: str = sys.executable, people: Mapping[str, str] | None = None, db: str = "gateway.sqlite3",
                  # Most tests try wrong tokens on purpose, all from 127.0.0.1: far above the default.
-                 api_settings: str = 'throttle_per_address = "10000/minute"') -> None:
+                 api_settings: str = 'throttle_per_address = "10000/minute"', cc_settings: str = "") -> None:
         """gateway_settings: TOML lines for the [gateway] table; extra_toml: more lines for the
         [forwarding] table, then further tables; python: the interpreter (another install of
         Siaga, to compare versions in a benchmark); people: name -> role of [[api.people]] entries,
         each with a token of its own (`people_tokens`, `headers_of(name)`), beside the admin token;
-        api_settings: more lines for the [api] table; db: the [gateway] db setting (a SQLite file in
+        api_settings: more lines for the [api] table; cc_settings: more lines for the [commandcenter]
+        table (e.g. "report_every_s = 1"); db: the [gateway] db setting (a SQLite file in
         the gateway's folder, or a postgresql:// URL)."""
         self.python = python
         self.dir = Path(tmp_path) / "gateway"
@@ -77,6 +78,7 @@ cc_token_file = "secrets/cc-callback-token"
 [commandcenter]
 url = "{cc_url}"
 token_file = "secrets/cc-intake-token"
+{cc_settings}
 
 [forwarding]
 retry_first_s = 0.2

@@ -1,0 +1,123 @@
+"""Operator actions on an incident (acknowledge, dispatch, resolve, false alarm) and notes: each in
+one transaction with its history entry, its audit entry and, for an action, the state reports to
+the gateway."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from ..domain import Action, callback_body, can_apply, incident_ref, rfc3339
+from ..engine import Conn
+from .audit import _audit
+from .base import StoreBase
+from .changes import Change
+from .queries import _incident
+from .records import Incident, IncidentNotFoundError, InvalidTransitionError
+
+# Columns written by each action besides `state`.
+_ACTION_COLUMNS: dict[Action, tuple[str, str]] = {
+    Action.ACKNOWLEDGE: ("acknowledged_at", "acknowledged_by"),
+    Action.DISPATCH: ("dispatched_at", "dispatched_by"),
+    Action.RESOLVE: ("closed_at", "closed_by"),
+    Action.FALSE_ALARM: ("closed_at", "closed_by"),
+}
+
+
+class IncidentActions(StoreBase):
+    async def apply_action(
+        self,
+        number: int,
+        action: Action,
+        *,
+        actor: str,
+        now: datetime,
+        agency: str | None = None,
+        note: str | None = None,
+    ) -> Incident:
+        """Move an incident to the action's state, record who did it, and queue one state report
+        per event of the incident, all in one transaction (the transactional-outbox pattern: the
+        report exists if and only if the change does). The incident's row is locked first, so an
+        action in another process waits and then judges the state this one left."""
+
+        async def work(db: Conn) -> Incident:
+            incident = await _locked_incident(db, number)
+            if incident is None:
+                raise IncidentNotFoundError(incident_ref(number))
+            if not can_apply(action, incident.state):
+                raise InvalidTransitionError(incident.state, action)
+            at = rfc3339(now)
+            at_col, by_col = _ACTION_COLUMNS[action]
+            assignments = f"state = ?, updated_at = ?, {at_col} = ?, {by_col} = ?"
+            params: list[Any] = [action.target.value, at, at, actor]
+            if action is Action.DISPATCH:
+                assignments += ", agency = ?"
+                params.append(agency)
+            await db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*params, number))
+            detail = {k: v for k, v in (("agency", agency), ("note", note)) if v is not None}
+            detail_json = json.dumps(detail, ensure_ascii=False) if detail else None
+            await db.execute(
+                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (number, at, actor, incident.state.value, action.target.value, detail_json),
+            )
+            await _audit(db, at, actor, action.value, incident_ref(number), detail or None)
+            events = await db.fetchall(
+                "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
+                (number,),
+            )
+            for ev in events:
+                body = callback_body(
+                    event_id=ev["event_id"],
+                    device_id=ev["device_id"],
+                    seq=ev["seq"],
+                    state=action,
+                    incident=incident_ref(number),
+                    at=now,
+                    by=actor,
+                )
+                await db.execute(
+                    """INSERT INTO callback_outbox (event_id, gateway_id, state, body, created_at,
+                           next_attempt_at)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    (ev["event_id"], ev["gateway_id"], action.value, body, at, now.timestamp()),
+                )
+            updated = await _incident(db, number)
+            assert updated is not None
+            await self._announce(db, Change(self.origin, "incident", incidents=(number,), wake=("callbacks",)))
+            return updated
+
+        return await self._write(work)
+
+    async def add_note(self, number: int, note: str, *, actor: str, now: datetime) -> Incident:
+        """Record an operator's note in the incident's history; the state stays as it is."""
+
+        async def work(db: Conn) -> Incident:
+            incident = await _locked_incident(db, number)
+            if incident is None:
+                raise IncidentNotFoundError(incident_ref(number))
+            at = rfc3339(now)
+            await db.execute("UPDATE incidents SET updated_at = ? WHERE id = ?", (at, number))
+            await db.execute(
+                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail, kind)
+                   VALUES (?, ?, ?, ?, ?, ?, 'note')""",
+                (number, at, actor, incident.state.value, incident.state.value,
+                 json.dumps({"note": note}, ensure_ascii=False)),
+            )
+            await _audit(db, at, actor, "note", incident_ref(number), {"note": note})
+            updated = await _incident(db, number)
+            assert updated is not None
+            await self._announce(db, Change(self.origin, "incident", incidents=(number,)))
+            return updated
+
+        return await self._write(work)
+
+
+async def _locked_incident(db: Conn, number: int) -> Incident | None:
+    """The incident, its row locked until the transaction ends (PostgreSQL; SQLite's write
+    transaction already excludes every other writer). Read after the lock is granted, so it is the
+    state the previous holder committed."""
+    if db.shared:
+        await db.fetchone(f"SELECT id FROM incidents WHERE id = ?{db.lock()}", (number,))
+    return await _incident(db, number)

@@ -1,0 +1,170 @@
+"""Reading incidents (one, several, a list for the console, a period for the figures), the alarm
+events of an incident and its history; and the row readers the writing parts share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from ..domain import HistoryKind, IncidentState, parse_rfc3339, rfc3339
+from ..engine import Conn, Row
+from .base import StoreBase
+from .records import AlarmEvent, HistoryEntry, Incident
+
+_INCIDENT_SELECT = """
+    SELECT i.*, (SELECT COUNT(*) FROM alarms a WHERE a.incident_id = i.id) AS event_count,
+           (SELECT b.battery_mv FROM device_battery b WHERE b.device_id = i.device_id) AS battery_mv
+    FROM incidents i
+"""
+
+
+class IncidentQueries(StoreBase):
+    async def get_incident(self, number: int) -> Incident | None:
+        async with self._tx(write=False) as db:
+            return await _incident(db, number)
+
+    async def get_incidents(self, numbers: Sequence[int]) -> list[Incident]:
+        """The incidents with these numbers (unknown ones left out), in the order given."""
+        async with self._tx(write=False) as db:
+            return await _incidents(db, numbers)
+
+    async def incidents_created_between(self, start: datetime, end: datetime, *, limit: int) -> list[Incident]:
+        """Incidents whose first press arrived in [start, end), oldest first."""
+        async with self._tx(write=False) as db:
+            rows = await db.fetchall(
+                f"{_INCIDENT_SELECT} WHERE i.created_at >= ? AND i.created_at < ? ORDER BY i.created_at, i.id LIMIT ?",
+                (rfc3339(start), rfc3339(end), limit),
+            )
+            sources = await _sources_of(db, [r["id"] for r in rows])
+        return [_to_incident(r, sources.get(r["id"], ())) for r in rows]
+
+    async def list_incidents(
+        self,
+        *,
+        states: Sequence[IncidentState] | None = None,
+        limit: int = 100,
+        agency: str | None = None,
+    ) -> list[Incident]:
+        """Unacknowledged first, then the other open ones, then closed ones; newest first in each.
+        `agency`: only incidents dispatched to that agency."""
+        conditions, params = [], []
+        if states:
+            conditions.append(f"i.state IN ({', '.join('?' for _ in states)})")
+            params = [s.value for s in states]
+        if agency is not None:
+            conditions.append("i.agency = ?")
+            params.append(agency)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"""{_INCIDENT_SELECT} {where}
+            ORDER BY CASE i.state WHEN 'new' THEN 0
+                                  WHEN 'acknowledged' THEN 1 WHEN 'dispatched' THEN 1
+                                  ELSE 2 END,
+                     i.id DESC
+            LIMIT ?"""
+        async with self._tx(write=False) as db:
+            rows = await db.fetchall(sql, (*params, limit))
+            sources = await _sources_of(db, [r["id"] for r in rows])
+        return [_to_incident(r, sources.get(r["id"], ())) for r in rows]
+
+    async def incident_events(self, number: int) -> list[AlarmEvent]:
+        async with self._tx(write=False) as db:
+            rows = await db.fetchall("SELECT * FROM alarms WHERE incident_id = ? ORDER BY id", (number,))
+        return [
+            AlarmEvent(
+                event_id=r["event_id"],
+                gateway_id=r["gateway_id"],
+                device_id=r["device_id"],
+                seq=r["seq"],
+                kind=r["kind"],
+                test=bool(r["test"]),
+                raised_at=_time(r["raised_at"]),
+                received_at=parse_rfc3339(r["received_at"]),
+                intake_at=parse_rfc3339(r["intake_at"]),
+                incident_key=r["incident_key"],
+                press_count=r["press_count"],
+                sources=None if r["sources"] is None else tuple(json.loads(r["sources"])),
+            )
+            for r in rows
+        ]
+
+    async def incident_history(self, number: int) -> list[HistoryEntry]:
+        async with self._tx(write=False) as db:
+            rows = await db.fetchall("SELECT * FROM incident_history WHERE incident_id = ? ORDER BY id", (number,))
+        return [
+            HistoryEntry(
+                at=parse_rfc3339(r["at"]),
+                actor=r["actor"],
+                from_state=IncidentState(r["from_state"]) if r["from_state"] else None,
+                to_state=IncidentState(r["to_state"]),
+                detail=json.loads(r["detail"]) if r["detail"] else None,
+                kind=HistoryKind(r["kind"]),
+            )
+            for r in rows
+        ]
+
+
+async def _incidents(db: Conn, numbers: Sequence[int]) -> list[Incident]:
+    if not numbers:
+        return []
+    rows = await db.fetchall(f"{_INCIDENT_SELECT} WHERE i.id IN ({db.members('bigint')})", (db.array(numbers),))
+    sources = await _sources_of(db, [r["id"] for r in rows])
+    found = {r["id"]: _to_incident(r, sources.get(r["id"], ())) for r in rows}
+    return [found[n] for n in numbers if n in found]
+
+
+async def _incident(db: Conn, number: int) -> Incident | None:
+    row = await db.fetchone(f"{_INCIDENT_SELECT} WHERE i.id = ?", (number,))
+    if row is None:
+        return None
+    sources = await _sources_of(db, [number])
+    return _to_incident(row, sources.get(number, ()))
+
+
+async def _sources_of(db: Conn, numbers: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """The devices of each incident in order of first appearance. A separate query rather than
+    json_group_array in the incident query: the order of an aggregate's input is not guaranteed
+    before SQLite 3.44."""
+    if not numbers:
+        return {}
+    rows = await db.fetchall(
+        f"""SELECT incident_id, device_id FROM incident_sources
+           WHERE incident_id IN ({db.members('bigint')}) ORDER BY id""",
+        (db.array(numbers),),
+    )
+    found: dict[int, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["incident_id"], []).append(r["device_id"])
+    return {number: tuple(devices) for number, devices in found.items()}
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else parse_rfc3339(text)
+
+
+def _to_incident(r: Row, sources: tuple[str, ...]) -> Incident:
+    return Incident(
+        number=r["id"],
+        state=IncidentState(r["state"]),
+        device_id=r["device_id"],
+        kind=r["kind"],
+        test=bool(r["test"]),
+        lat=r["lat"],
+        lon=r["lon"],
+        address=r["address"],
+        area=r["area"],
+        created_at=parse_rfc3339(r["created_at"]),
+        updated_at=parse_rfc3339(r["updated_at"]),
+        acknowledged_at=_time(r["acknowledged_at"]),
+        acknowledged_by=r["acknowledged_by"],
+        dispatched_at=_time(r["dispatched_at"]),
+        dispatched_by=r["dispatched_by"],
+        agency=r["agency"],
+        closed_at=_time(r["closed_at"]),
+        closed_by=r["closed_by"],
+        event_count=r["event_count"],
+        incident_key=r["incident_key"],
+        sources=sources,
+        escalated_at=_time(r["escalated_at"]),
+        battery_mv=r["battery_mv"],
+    )
