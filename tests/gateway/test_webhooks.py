@@ -6,6 +6,7 @@ which a city's system reports states."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import time
@@ -24,8 +25,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from siaga.commandcenter.callbacks import signed_body
 from siaga.commandcenter.domain import IncidentState
 from siaga.commandcenter.escalation import webhook_body
+from siaga.commandcenter.plumbing import GatewayState
+from siaga.commandcenter.plumbing import webhook_body as webhook_body_of_plumbing
 from siaga.commandcenter.store import Incident
 from siaga.gateway import webhooks as wh
 from siaga.gateway.adapters import Accepted, Failed
@@ -232,7 +236,8 @@ def test_signing_refuses_what_a_header_cannot_carry() -> None:
 
 def test_every_schema_is_valid_draft_2020_12() -> None:
     files = sorted(SCHEMAS.glob("webhook-*.json"))
-    assert {f.name for f in files} == {f"webhook-{t}.json" for t in wh.EVENT_TYPES} | {"webhook-state-report.json"}
+    assert {f.name for f in files} == {f"webhook-{t}.json" for t in wh.EVENT_TYPES} | {
+        "webhook-state-report.json", "webhook-gateway.silent.json", "webhook-gateway.back.json"}
     for f in files:
         schema = json.loads(f.read_text())
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -265,6 +270,20 @@ def test_the_command_centers_escalation_fits_the_escalated_schema() -> None:
     assert check_payload(wh.payload(wh.ALARM_ESCALATED, body["at"], json.dumps(data))) == wh.ALARM_ESCALATED
     assert set(data["incident"]) == set(json.loads((SCHEMAS / "webhook-alarm.escalated.json").read_text())
                                         ["$defs"]["incident"]["properties"])
+
+
+def test_a_gateways_silence_and_return_fit_their_schemas() -> None:
+    """The command center's plumbing events (commandcenter/plumbing.py), signed as webhooks, are
+    messages of their own types, each with a schema in docs/schemas."""
+    t = datetime(2026, 11, 24, 3, 12, 9, 412000, tzinfo=UTC)
+    state = GatewayState("gw-1", "a", t, None, t, t, {"gateway_id": "gw-1", "outbox": {"total": 0}})
+    silent = webhook_body_of_plumbing(state, "silent", now=t, silence_s=75.0)
+    back = webhook_body_of_plumbing(dataclasses.replace(state, silent_at=t), "back", now=t, silence_s=75.0)
+    for stored, kind in ((silent, "gateway.silent"), (back, "gateway.back")):
+        msg_id, body = signed_body(stored)
+        assert msg_id == json.loads(stored)["event_id"]
+        schema_validator(kind).validate(json.loads(body))
+        assert json.loads(body)["type"] == kind
 
 
 def test_events_without_a_webhook_type_are_refused() -> None:
