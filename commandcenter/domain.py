@@ -44,6 +44,15 @@ ALLOWED_FROM: dict[Action, frozenset[IncidentState]] = {
     Action.FALSE_ALARM: frozenset({IncidentState.NEW, IncidentState.ACKNOWLEDGED, IncidentState.DISPATCHED}),
 }
 
+# "Not an emergency, referred to a complaint channel" (LAPOR! or the city's own) closes an incident
+# from the same states as a false alarm. It is not a state of its own: the incident becomes
+# `resolved` with the referral recorded beside it (incidents.referred_to), and the button is told
+# `resolved` (protocol §7): the call was handled, and the firmware needs no new indicator.
+REFER_FROM: frozenset[IncidentState] = ALLOWED_FROM[Action.FALSE_ALARM]
+
+# The channel a referral names when the request gives none.
+DEFAULT_REFERRAL_CHANNEL = "LAPOR!"
+
 CLOSED_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FALSE_ALARM})
 OPEN_STATES = frozenset({IncidentState.NEW, IncidentState.ACKNOWLEDGED, IncidentState.DISPATCHED})
 

@@ -13,7 +13,15 @@ from siaga.web import StrictRoute
 from .config import Role
 from .deps import ActorDep, Principal, PrincipalDep, Services, ServicesDep
 from .domain import Action, IncidentState, parse_incident_ref, utc_now
-from .models import ActionRequest, DispatchRequest, ErrorOut, IncidentDetail, IncidentOut, NoteRequest
+from .models import (
+    ActionRequest,
+    DispatchRequest,
+    ErrorOut,
+    IncidentDetail,
+    IncidentOut,
+    NoteRequest,
+    ReferRequest,
+)
 from .store import Incident, IncidentNotFoundError, InvalidTransitionError
 
 log = logging.getLogger(__name__)
@@ -143,6 +151,26 @@ async def false_alarm(
 
 
 @router.post(
+    "/{incident_id}/refer",
+    summary="Close an incident as not an emergency, referred to a complaint channel",
+    description=(
+        "Allowed from `new`, `acknowledged` and `dispatched`, as a false alarm is. The caller is referred to "
+        "LAPOR! (the default `channel`) or the city's own complaint channel. The incident becomes `resolved` "
+        "with `referred_to` and `referral_ref` set, and the button is told `resolved`: the call was handled."
+    ),
+    response_model=IncidentOut,
+    responses=_ACTION_RESPONSES,
+)
+async def refer(
+    incident_id: str, svc: ServicesDep, operator: ActorDep, body: Annotated[ReferRequest | None, Body()] = None
+) -> IncidentOut:
+    req = body if body is not None else ReferRequest()
+    return await _act(
+        svc, incident_id, Action.RESOLVE, operator, note=req.note, referral=(req.channel, req.reference)
+    )
+
+
+@router.post(
     "/{incident_id}/notes",
     summary="Add a note",
     description="Recorded in the incident's history with who and when; the state stays. Allowed in every state.",
@@ -169,17 +197,19 @@ async def _act(
     *,
     agency: str | None = None,
     note: str | None = None,
+    referral: tuple[str, str | None] | None = None,
 ) -> IncidentOut:
     number = _number(incident_id)
     try:
         incident = await svc.store.apply_action(
-            number, action, actor=operator.name, now=utc_now(), agency=agency, note=note
+            number, action, actor=operator.name, now=utc_now(), agency=agency, note=note, referral=referral
         )
     except IncidentNotFoundError:
         raise HTTPException(404, f"no incident {incident_id}") from None
     except InvalidTransitionError as exc:
-        raise HTTPException(409, f"{incident_id} is {exc.current.value}; it cannot become {action.value}") from None
-    log.info("%s %s by %s", incident_id, action.value, operator.name)
+        target = "referred" if referral is not None else action.value
+        raise HTTPException(409, f"{incident_id} is {exc.current.value}; it cannot become {target}") from None
+    log.info("%s %s by %s", incident_id, "referred" if referral is not None else action.value, operator.name)
     svc.notify_callbacks()
     await svc.publish_one(incident)
     return IncidentOut.of(incident)

@@ -22,7 +22,16 @@ from pydantic import (
 from siaga import contract
 
 from .config import Role
-from .domain import KNOWN_KINDS, FaultKind, HistoryKind, IncidentState, event_id_for, incident_ref, rfc3339
+from .domain import (
+    DEFAULT_REFERRAL_CHANNEL,
+    KNOWN_KINDS,
+    FaultKind,
+    HistoryKind,
+    IncidentState,
+    event_id_for,
+    incident_ref,
+    rfc3339,
+)
 from .store import AlarmEvent, AuditEntry, DeviceFault, HistoryEntry, Incident
 
 # Times go out as RFC 3339 UTC with milliseconds and a 'Z', like every other time in the protocol.
@@ -353,6 +362,20 @@ class DispatchRequest(ActionRequest):
     )
 
 
+class ReferRequest(ActionRequest):
+    channel: str = Field(
+        default=DEFAULT_REFERRAL_CHANNEL,
+        min_length=1,
+        max_length=100,
+        examples=["LAPOR!"],
+        description="the complaint channel the caller was referred to: LAPOR! or the city's own",
+    )
+    reference: str | None = Field(
+        default=None, min_length=1, max_length=100, examples=["LAPOR-2026-0412"],
+        description="the channel's reference or ticket number, if one was made",
+    )
+
+
 class NoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str = Field(min_length=1, max_length=2000)
@@ -392,6 +415,11 @@ class IncidentOut(BaseModel):
         default=None, description="when it escalated for being unacknowledged too long; null if it did not"
     )
     battery_mv: int | None = Field(default=None, description="latest known battery voltage of `device_id`, mV")
+    referred_to: str | None = Field(
+        default=None,
+        description="closed as not an emergency (state `resolved`): the complaint channel it was referred to",
+    )
+    referral_ref: str | None = Field(default=None, description="that channel's reference or ticket number")
 
     @classmethod
     def of(cls, i: Incident) -> IncidentOut:
@@ -550,7 +578,7 @@ class AuditOut(BaseModel):
     at: UtcTime
     actor: str
     action: str = Field(description="login, login_failed, logout, acknowledged, dispatched, resolved, "
-                        "false_alarm, note, export, gateway_silent, gateway_back, gateway_forgotten")
+                        "false_alarm, referred, note, export, gateway_silent, gateway_back, gateway_forgotten")
     target: str | None
     detail: dict[str, Any] | None
 
@@ -586,6 +614,8 @@ def _incident_fields(i: Incident) -> dict[str, Any]:
         "closed_by": i.closed_by,
         "escalated_at": i.escalated_at,
         "battery_mv": i.battery_mv,
+        "referred_to": i.referred_to,
+        "referral_ref": i.referral_ref,
     }
 
 
@@ -600,9 +630,10 @@ class GroupFiguresOut(BaseModel):
     incidents: int
     unacknowledged: int = Field(description="still new now")
     false_alarms: int
+    referrals: int = Field(description="closed as not an emergency, referred to a complaint channel")
     acknowledge: FigureOut = Field(description="first press -> acknowledged")
     dispatch: FigureOut = Field(description="first press -> dispatched")
-    resolve: FigureOut = Field(description="first press -> resolved (not counting false alarms)")
+    resolve: FigureOut = Field(description="first press -> resolved (not counting false alarms and referrals)")
 
 
 class DeviceFalseAlarmsOut(BaseModel):
@@ -612,6 +643,7 @@ class DeviceFalseAlarmsOut(BaseModel):
     incidents: int = Field(description="incidents this device opened in the period")
     false_alarms: int
     rate: float = Field(description="false_alarms / incidents")
+    referrals: int = Field(description="incidents of this device closed as not an emergency, referred")
 
 
 class StatsOut(BaseModel):

@@ -243,6 +243,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (gateway_id, instance)
         )""",
     ),
+    (
+        # Version 6: "not an emergency, referred to a complaint channel". Such an incident is
+        # `resolved` with the channel (e.g. LAPOR!) in `referred_to` and its ticket number, if any,
+        # in `referral_ref`; both NULL for every other incident.
+        "ALTER TABLE incidents ADD COLUMN referred_to TEXT",
+        "ALTER TABLE incidents ADD COLUMN referral_ref TEXT",
+    ),
 )
 
 

@@ -1,4 +1,4 @@
-"""Response-time figures and false-alarm rates from recorded timestamps. Pure: values in, values out.
+"""Response-time figures, false alarms and referrals from recorded timestamps. Pure: values in, out.
 
 Every interval is measured from the first press the command center received (the incident's
 `created_at`): press -> acknowledge, press -> dispatch, press -> resolve. For each group the figures
@@ -29,9 +29,10 @@ class GroupFigures:
     incidents: int
     unacknowledged: int  # still `new` now
     false_alarms: int
+    referrals: int  # not an emergency: resolved with a referral to a complaint channel
     acknowledge: Figure  # press -> acknowledge
     dispatch: Figure  # press -> dispatch
-    resolve: Figure  # press -> resolve (resolved incidents only, not false alarms)
+    resolve: Figure  # press -> resolve (resolved incidents only, not false alarms nor referrals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class DeviceFalseAlarms:
     incidents: int
     false_alarms: int
     rate: float  # false_alarms / incidents
+    referrals: int  # not an emergency, referred to a complaint channel
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -86,13 +88,14 @@ def group_figures(key: str, incidents: Sequence[Incident]) -> GroupFigures:
     resolves = [
         s
         for i in incidents
-        if i.state is IncidentState.RESOLVED and (s := _since_press(i, i.closed_at)) is not None
+        if i.state is IncidentState.RESOLVED and not i.referred and (s := _since_press(i, i.closed_at)) is not None
     ]
     return GroupFigures(
         key=key,
         incidents=len(incidents),
         unacknowledged=sum(i.state is IncidentState.NEW for i in incidents),
         false_alarms=sum(i.state is IncidentState.FALSE_ALARM for i in incidents),
+        referrals=sum(i.referred for i in incidents),
         acknowledge=figure(acks),
         dispatch=figure(dispatches),
         resolve=figure(resolves),
@@ -115,8 +118,10 @@ def local_day(zone: tzinfo) -> Callable[[Incident], str]:
 
 
 def false_alarm_rates(incidents: Iterable[Incident]) -> list[DeviceFalseAlarms]:
-    """Per device that opened incidents: how many were false alarms. Most false alarms first, so an
-    abused button (to be moved or explained to the neighbourhood) is at the top."""
+    """Per device that opened incidents: how many were false alarms, and how many were not an
+    emergency (referred to a complaint channel). Most false alarms first, so an abused button (to be
+    moved or explained to the neighbourhood) is at the top; then most referrals, so a button used as
+    a complaint line is next."""
     per: dict[str, list[Incident]] = {}
     for i in incidents:
         per.setdefault(i.device_id, []).append(i)
@@ -132,7 +137,8 @@ def false_alarm_rates(incidents: Iterable[Incident]) -> list[DeviceFalseAlarms]:
                 incidents=len(found),
                 false_alarms=false,
                 rate=round(false / len(found), 4),
+                referrals=sum(i.referred for i in found),
             )
         )
-    rows.sort(key=lambda r: (-r.false_alarms, -r.rate, r.device_id))
+    rows.sort(key=lambda r: (-r.false_alarms, -r.rate, -r.referrals, r.device_id))
     return rows

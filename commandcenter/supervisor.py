@@ -96,6 +96,7 @@ def _group(g: stats.GroupFigures) -> GroupFiguresOut:
         incidents=g.incidents,
         unacknowledged=g.unacknowledged,
         false_alarms=g.false_alarms,
+        referrals=g.referrals,
         acknowledge=FigureOut(**asdict(g.acknowledge)),
         dispatch=FigureOut(**asdict(g.dispatch)),
         resolve=FigureOut(**asdict(g.resolve)),
@@ -163,6 +164,8 @@ CSV_COLUMNS = (
     "seconds_to_acknowledge",
     "seconds_to_dispatch",
     "seconds_to_close",
+    "referred_to",
+    "referral_ref",
 )
 
 
@@ -208,6 +211,8 @@ def csv_row(i: Incident) -> list[Any]:
         _seconds(i, i.acknowledged_at),
         _seconds(i, i.dispatched_at),
         _seconds(i, i.closed_at),
+        _text(i.referred_to),
+        _text(i.referral_ref),
     ]
 
 
@@ -217,7 +222,8 @@ def csv_row(i: Incident) -> list[Any]:
     description=(
         "Every incident (test presses included, marked in `test`) whose first press arrived between `from` "
         "and `to`, oldest first, one row each, UTF-8 with a header row. Times are RFC 3339 UTC; the "
-        "`seconds_to_*` columns count from the first press. Text cells that a spreadsheet would run as a "
+        "`seconds_to_*` columns count from the first press; `referred_to` and `referral_ref` are set for an "
+        "incident closed as not an emergency. Text cells that a spreadsheet would run as a "
         "formula start with an apostrophe. The export is recorded in the audit log. `from` may not be "
         f"after `to`, and the period is at most {MAX_DAYS} days (422)."
     ),

@@ -355,6 +355,11 @@ def test_transition_rules_only_move_up_the_button_order() -> None:
         [("acknowledge", 200), ("dispatch", 200), ("dispatch", 409), ("acknowledge", 409)],
         [("acknowledge", 200), ("resolve", 200), ("false-alarm", 409), ("dispatch", 409), ("resolve", 409)],
         [("false-alarm", 200), ("acknowledge", 409), ("resolve", 409)],
+        [("refer", 200)],
+        [("acknowledge", 200), ("refer", 200), ("acknowledge", 409)],
+        [("acknowledge", 200), ("dispatch", 200), ("refer", 200), ("false-alarm", 409), ("refer", 409)],
+        [("acknowledge", 200), ("resolve", 200), ("refer", 409)],
+        [("false-alarm", 200), ("refer", 409)],
     ],
     ids=lambda steps: "-".join(f"{a}:{s}" for a, s in steps),
 )
@@ -460,6 +465,100 @@ async def test_actions_queue_one_state_report_per_event(api: Api) -> None:
     }
 
 
+# ---- not an emergency: referred to LAPOR! -------------------------------------------------------
+
+
+async def test_an_incident_referred_to_lapor_is_resolved_with_the_referral_recorded(api: Api) -> None:
+    incident = await api.new_incident()
+    assert (await api.act(incident, "acknowledge")).status_code == 200
+    r = await api.act(incident, "refer", headers=OPERATOR2, channel="LAPOR!", reference="LPR-2026-0412",
+                      note="jalan berlubang, bukan darurat")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["state"], out["referred_to"], out["referral_ref"], out["closed_by"]) == (
+        "resolved", "LAPOR!", "LPR-2026-0412", "operator-2")
+    inc = (await api.client.get(f"/api/v1/incidents/{incident}", headers=OPERATOR)).json()
+    assert (inc["state"], inc["referred_to"], inc["referral_ref"]) == ("resolved", "LAPOR!", "LPR-2026-0412")
+    assert inc["closed_at"] is not None
+    last = inc["history"][-1]
+    assert (last["kind"], last["actor"], last["from_state"], last["to_state"]) == (
+        "state", "operator-2", "acknowledged", "resolved")
+    assert last["detail"] == {"referred_to": "LAPOR!", "reference": "LPR-2026-0412",
+                              "note": "jalan berlubang, bukan darurat"}
+    audit = db_rows(api.cfg.db_path, "SELECT actor, target, detail FROM audit_log WHERE action = 'referred'")
+    assert [(actor, target, json.loads(detail)) for actor, target, detail in audit] == [
+        ("operator-2", incident, last["detail"])]
+    # The button is told `resolved` (protocol §7): the call was handled; there is no referral state.
+    rows = db_rows(api.cfg.db_path, "SELECT event_id, state, body FROM callback_outbox ORDER BY id")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("gw-1:jkt-menteng-0042:4711", "acknowledged"), ("gw-1:jkt-menteng-0042:4711", "resolved")]
+    body = json.loads(rows[1][2])
+    assert (body["state"], body["incident_id"], body["by"]) == ("resolved", incident, "operator-2")
+    # Other closings leave the referral empty.
+    other = await api.new_incident(seq=5000, device="jkt-menteng-0043")
+    await api.act(other, "false-alarm")
+    got = (await api.client.get(f"/api/v1/incidents/{other}", headers=OPERATOR)).json()
+    assert (got["state"], got["referred_to"], got["referral_ref"]) == ("false_alarm", None, None)
+
+
+async def test_a_referral_without_a_body_goes_to_lapor_from_new(api: Api) -> None:
+    incident = await api.new_incident()
+    r = await api.act(incident, "refer")
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["referred_to"], r.json()["referral_ref"]) == ("resolved", "LAPOR!", None)
+    assert db_rows(api.cfg.db_path, "SELECT state FROM callback_outbox") == [("resolved",)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"channel": ""}, {"channel": "x" * 101}, {"reference": ""}, {"reference": "7" * 101},
+     {"note": "x" * 2001}, {"channel": 7}, {"reference": ["LPR-1"]}, {"channel": "LAPOR!", "ticket": "1"}],
+)
+async def test_a_referral_with_a_bad_field_is_refused_and_changes_nothing(api: Api, body: dict[str, Any]) -> None:
+    incident = await api.new_incident()
+    r = await api.act(incident, "refer", **body)
+    assert r.status_code == 422, (body, r.text)
+    inc = (await api.client.get(f"/api/v1/incidents/{incident}", headers=OPERATOR)).json()
+    assert (inc["state"], inc["referred_to"]) == ("new", None)
+    assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM callback_outbox") == [(0,)]
+
+
+async def test_a_closed_incident_cannot_be_referred(api: Api) -> None:
+    incident = await api.new_incident()
+    await api.act(incident, "acknowledge")
+    await api.act(incident, "resolve")
+    r = await api.act(incident, "refer", channel="LAPOR!")
+    assert r.status_code == 409
+    assert r.json()["detail"] == f"{incident} is resolved; it cannot become referred"
+    inc = (await api.client.get(f"/api/v1/incidents/{incident}", headers=OPERATOR)).json()
+    assert inc["referred_to"] is None
+    assert (await api.act("inc-999999", "refer")).status_code == 404
+
+
+async def test_a_version_5_database_is_migrated_to_record_referrals(tmp_path: Path) -> None:
+    path = tmp_path / "cc.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        for statement in [s for version in store_module.MIGRATIONS[:5] for s in version]:
+            db.execute(statement)
+        db.execute(
+            """INSERT INTO incidents (state, device_id, kind, test, lat, lon, address, area, created_at, updated_at,
+                   closed_at, closed_by)
+               VALUES ('resolved', 'jkt-menteng-0042', 'medical', 0, -6.2, 106.8, 'Jl. Menteng Raya 12',
+                   '31.71.06.1001', '2026-11-24T03:00:00.000Z', '2026-11-24T03:10:00.000Z',
+                   '2026-11-24T03:10:00.000Z', 'operator-1')"""
+        )
+        db.execute("PRAGMA user_version = 5")
+        db.commit()
+    store = await Store.open(path)
+    try:
+        old = await store.get_incident(1)
+        assert old is not None
+        assert (old.state, old.referred_to, old.referral_ref) == (IncidentState.RESOLVED, None, None)
+    finally:
+        await store.close()
+    assert db_rows(path, "PRAGMA user_version") == [(6,)]
+
+
 async def test_intake_queues_no_state_report(api: Api) -> None:
     await api.new_incident()
     assert db_rows(api.cfg.db_path, "SELECT COUNT(*) FROM callback_outbox") == [(0,)]
@@ -477,6 +576,7 @@ async def test_openapi_documents_the_api(api: Api) -> None:
         "/api/v1/incidents/{incident_id}/dispatch",
         "/api/v1/incidents/{incident_id}/resolve",
         "/api/v1/incidents/{incident_id}/false-alarm",
+        "/api/v1/incidents/{incident_id}/refer",
         "/api/v1/alarms/batch",
         "/api/v1/faults",
         "/api/v1/devices/faults",

@@ -117,6 +117,8 @@ ACCESS: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
     ("POST", "/api/v1/incidents/{inc}/acknowledge", None, {"operator": 200, "supervisor": 200, "agency": 403}),
     ("POST", "/api/v1/incidents/{fire}/resolve", None, {"operator": 200, "supervisor": 200, "agency": 403}),
     ("POST", "/api/v1/incidents/{inc}/false-alarm", None, {"operator": 200, "supervisor": 200, "agency": 403}),
+    ("POST", "/api/v1/incidents/{fire}/refer", {"channel": "LAPOR!"},
+     {"operator": 200, "supervisor": 200, "agency": 403}),
     ("POST", "/api/v1/incidents/{fire}/notes", {"note": "on site"},
      {"operator": 201, "supervisor": 201, "agency": 403}),
     ("GET", "/api/v1/devices/faults", None, {"operator": 200, "supervisor": 200, "agency": 403}),
@@ -627,9 +629,10 @@ def figure(count: int, median_s: float | None = None, p90_s: float | None = None
     return {"count": count, "median_s": median_s, "p90_s": p90_s}
 
 
-def group(key: str, incidents: int, unack: int, false: int, ack: dict, dispatch: dict, resolve: dict) -> dict:
+def group(key: str, incidents: int, unack: int, false: int, ack: dict, dispatch: dict, resolve: dict,
+          referrals: int = 0) -> dict:
     return {"key": key, "incidents": incidents, "unacknowledged": unack, "false_alarms": false,
-            "acknowledge": ack, "dispatch": dispatch, "resolve": resolve}
+            "referrals": referrals, "acknowledge": ack, "dispatch": dispatch, "resolve": resolve}
 
 
 async def test_response_time_figures_are_computed_from_recorded_timestamps(tmp_path: Path) -> None:
@@ -683,6 +686,55 @@ async def test_response_time_figures_are_computed_from_recorded_timestamps(tmp_p
     ]
     assert [(f["device_id"], f["since"]) for f in s["devices_offline"]] == [
         ("jkt-pasarbaru-0005", "2026-11-21T04:00:00.000Z")
+    ]
+
+
+async def test_referrals_are_counted_per_button_next_to_false_alarms(tmp_path: Path) -> None:
+    # Bandung's reports: most presses were not emergencies but complaints, referred to LAPOR!.
+    path = tmp_path / "cc.sqlite3"
+    t0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    store = await Store.open(path)
+    try:
+        closings: list[tuple[str, Action, tuple[str, str | None] | None]] = [
+            ("bdg-coblong-0001", Action.RESOLVE, ("LAPOR!", "LPR-1")),
+            ("bdg-coblong-0001", Action.RESOLVE, ("LAPOR!", None)),
+            ("bdg-coblong-0001", Action.FALSE_ALARM, None),
+            ("bdg-coblong-0001", Action.RESOLVE, None),
+            ("bdg-sukajadi-0002", Action.RESOLVE, ("Hotline Sampurasun", None)),
+            ("bdg-sukajadi-0002", Action.ACKNOWLEDGE, None),
+        ]
+        for n, (device, action, referral) in enumerate(closings, 1):
+            t = t0 + timedelta(hours=n)
+            number = (await store.record_alarm(_new_alarm(n, device), now=t)).incident
+            await store.apply_action(number, Action.ACKNOWLEDGE, actor="operator-1", now=t + timedelta(seconds=10))
+            if action is not Action.ACKNOWLEDGE:
+                await store.apply_action(number, action, actor="operator-1", now=t + timedelta(seconds=100 * n),
+                                         referral=referral)
+        with pytest.raises(ValueError, match="referral"):
+            await store.apply_action(number, Action.FALSE_ALARM, actor="operator-1", now=t0, referral=("LAPOR!", None))
+    finally:
+        await store.close()
+    async with running_api(path, **ROLES) as api:
+        r = await api.client.get("/api/v1/stats?from=2026-11-20&to=2026-11-20", headers=SUPERVISOR)
+        assert r.status_code == 200, r.text
+        s = r.json()
+        export = await api.client.get("/api/v1/export/incidents.csv?from=2026-11-20&to=2026-11-20",
+                                      headers=SUPERVISOR)
+        assert [(row["state"], row["referred_to"], row["referral_ref"])
+                for row in csv.DictReader(io.StringIO(export.text))][:2] == [
+            ("resolved", "LAPOR!", "LPR-1"), ("resolved", "LAPOR!", "")]
+        # An agency viewer may not refer (nor close) an incident.
+        fresh = await api.new_incident(seq=99, device="bdg-coblong-0001")
+        assert (await api.act(fresh, "refer", headers=AGENCY, channel="LAPOR!")).status_code == 403
+        assert (await api.act(fresh, "refer", headers=SUPERVISOR, channel="LAPOR!")).status_code == 200
+    o = s["overall"]
+    assert (o["incidents"], o["false_alarms"], o["referrals"], o["unacknowledged"]) == (6, 1, 3, 0)
+    # Press -> resolve counts only incidents resolved as emergencies: the fourth, at 400 s.
+    assert o["resolve"] == figure(1, 400.0, 400.0)
+    assert [(d["device_id"], d["incidents"], d["false_alarms"], d["rate"], d["referrals"])
+            for d in s["false_alarms_by_device"]] == [
+        ("bdg-coblong-0001", 4, 1, 0.25, 2),
+        ("bdg-sukajadi-0002", 2, 0, 0.0, 1),
     ]
 
 
@@ -808,11 +860,12 @@ async def test_a_version_2_database_is_migrated_to_the_current_version(tmp_path:
         await store.close()
 
 
-async def test_schema_version_5_is_the_current_one() -> None:
-    # A reminder that a sixth version is a new MIGRATIONS entry, and needs a migration test like
+async def test_schema_version_6_is_the_current_one() -> None:
+    # A reminder that a seventh version is a new MIGRATIONS entry, and needs a migration test like
     # the one above (version 4's: tests/test_http_entrances.py, sessions bound to a credential;
-    # version 5's: tests/test_gateway_liveness.py, the gateways' self-reports).
-    assert store_module.SCHEMA_VERSION == 5
+    # version 5's: tests/test_gateway_liveness.py, the gateways' self-reports; version 6's:
+    # tests/test_commandcenter.py, referrals of incidents that were not an emergency).
+    assert store_module.SCHEMA_VERSION == 6
 
 
 # ---- configuration ------------------------------------------------------------------------------------------------

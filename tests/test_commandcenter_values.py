@@ -91,7 +91,7 @@ FAR_IDS = [f"inc-{2**63}", "inc-99999999999999999999", f"inc-{2**64}", "inc-" + 
            "inc-" + "\u0660" * 5 + "\u0661"]
 INCIDENT_REQUESTS = [("GET", "", None), ("POST", "/acknowledge", None), ("POST", "/resolve", {"note": "x"}),
                      ("POST", "/false-alarm", None), ("POST", "/dispatch", {"agency": "fire"}),
-                     ("POST", "/notes", {"note": "x"})]
+                     ("POST", "/notes", {"note": "x"}), ("POST", "/refer", {"channel": "LAPOR!"})]
 
 
 @pytest.mark.parametrize(("method", "suffix", "body"), INCIDENT_REQUESTS)
@@ -489,7 +489,7 @@ def test_arbitrary_json_in_a_batch_entry_rejects_at_most_that_entry(client: Clie
 
 
 _ACTIONS = [("acknowledge", "note"), ("resolve", "note"), ("false-alarm", "note"), ("dispatch", "agency"),
-            ("dispatch", "note"), ("notes", "note")]
+            ("dispatch", "note"), ("notes", "note"), ("refer", "channel"), ("refer", "reference"), ("refer", "note")]
 
 
 @_SWEEP
@@ -503,6 +503,8 @@ def test_arbitrary_json_in_an_operator_action_is_never_a_server_error(client: Cl
     if path in ("resolve", "dispatch"):
         _post(client, f"/api/v1/incidents/{ref}/acknowledge", None, OPERATOR)
     valid: dict[str, Any] = {"agency": "fire"} if path == "dispatch" else {"note": "on site"}
+    if path == "refer":
+        valid = {"channel": "LAPOR!", "reference": "LPR-2026-0412", "note": "bukan darurat"}
     body = _replace(valid, name if field == "field" else field, value)
     _post(client, f"/api/v1/incidents/{ref}/{path}", body, OPERATOR)
     got = client.get(f"/api/v1/incidents/{ref}", headers=OPERATOR)

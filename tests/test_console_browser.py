@@ -267,6 +267,35 @@ def test_dispatch_resolve_false_alarm_and_notes_from_the_console_reach_the_butto
         prank.close()
 
 
+@pytest.mark.mosquitto
+def test_not_an_emergency_is_referred_to_lapor_from_the_console_and_the_button_shows_resolved(
+    system: System, open_console: Callable[[CommandCenterProcess], Console]
+) -> None:
+    console = open_console(system.cc).sign_in(system.cc.operator_name, system.cc.operator_token)
+    complaint = SimButton(system.new_device("jkt-senen-0203"), system.broker.port).connect()
+    try:
+        seq = press(complaint, "general")
+        row = console.row_of_device(complaint.device_id)
+        row.wait_for()
+        refer = row.locator("[data-testid=refer]")
+        pw_expect(refer).to_have_text("Bukan darurat — dirujuk ke LAPOR! / Not an emergency — referred to LAPOR!")
+        refer.click()
+        row.locator("[data-testid=refer-reference]").fill("LPR-2026-0412")
+        row.locator("[data-testid=refer-note]").fill("Lampu jalan mati, bukan darurat")
+        pw_expect(row).to_have_attribute("data-state", "new")  # the form alone changes nothing
+        row.locator("[data-testid=refer-save]").click()
+        complaint.wait_ack(seq, "resolved")
+        [incident] = incidents_of(system.cc, complaint.device_id)
+        closed = console.page.locator(f"[data-testid=closed-list] [data-testid=incident-{incident['id']}]")
+        pw_expect(closed).to_have_attribute("data-state", "resolved")
+        pw_expect(closed.locator(".state-badge")).to_contain_text("LAPOR! (LPR-2026-0412)")
+        assert (incident["state"], incident["referred_to"], incident["referral_ref"], incident["closed_by"]) == (
+            "resolved", "LAPOR!", "LPR-2026-0412", "operator-1")
+        console.assert_clean()
+    finally:
+        complaint.close()
+
+
 # ---- acceptance 2: escalation, visible and by webhook ---------------------------------------------
 
 

@@ -18,6 +18,12 @@
     resolved: "Resolved",
     false_alarm: "False alarm / prank",
   };
+  // Closing as "not an emergency": the incident becomes `resolved` with `referred_to` set.
+  const REFER_LABEL = "Bukan darurat — dirujuk ke LAPOR! / Not an emergency — referred to LAPOR!";
+  const REFERRAL_CHANNEL = "LAPOR!";
+  const stateLabel = (inc) => (inc.referred_to
+    ? `Bukan darurat · Not an emergency → ${inc.referred_to}${inc.referral_ref ? ` (${inc.referral_ref})` : ""}`
+    : STATE_LABELS[inc.state] || inc.state);
   const STATE_COLORS = {new: "#ef4444", acknowledged: "#f59e0b", dispatched: "#3b82f6"};
   const OPEN = new Set(["new", "acknowledged", "dispatched"]);
   const CLOSED_SHOWN = 30;
@@ -402,7 +408,7 @@
     kind.textContent = kindLabel(inc.kind);
     kind.className = `kind kind-${KIND_LABELS[inc.kind] ? inc.kind : "other"}`;
     q("inc-id").textContent = inc.id;
-    q("state-badge").textContent = STATE_LABELS[inc.state] || inc.state;
+    q("state-badge").textContent = stateLabel(inc);
     q("escalated-badge").hidden = !(inc.escalated_at && inc.state === "new");
     q("test-badge").hidden = !inc.test;
     q("address").textContent = inc.location.address || "(no address)";
@@ -488,6 +494,9 @@
         }, 5000);
       });
       box.append(fa);
+      const refer = button(REFER_LABEL, "btn-refer", "refer");
+      refer.addEventListener("click", () => toggleReferForm(li, id));
+      box.append(refer);
     }
     const note = button("Note", "btn-note", "note");
     note.addEventListener("click", () => toggleNoteForm(li, id));
@@ -498,6 +507,38 @@
     const ids = state.settings.agencies.map((a) => a.id);
     const guess = {fire: "fire", medical: "ambulance", crime: "police", disaster: "disaster"}[kind];
     return ids.includes(guess) ? guess : ids[0];
+  }
+
+  // Not an emergency: the caller is referred to LAPOR! (the city's complaint channel). A small form
+  // with the optional ticket number and note, so that it too takes a second, deliberate click.
+  function toggleReferForm(li, id) {
+    let form = li.querySelector("form.refer-form");
+    if (form) { form.remove(); return; }
+    form = el("form", "refer-form");
+    const ref = el("input");
+    ref.maxLength = 100;
+    ref.placeholder = "Nomor tiket LAPOR! (opsional) / ticket number (optional)";
+    ref.setAttribute("data-testid", "refer-reference");
+    const text = el("textarea");
+    text.maxLength = 2000;
+    text.rows = 2;
+    text.placeholder = "Catatan (opsional) / note (optional)";
+    text.setAttribute("data-testid", "refer-note");
+    const save = el("button", "btn btn-small", "Rujuk / Refer");
+    save.type = "submit";
+    save.setAttribute("data-testid", "refer-save");
+    form.append(ref, text, save);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = {channel: REFERRAL_CHANNEL};
+      if (ref.value.trim()) body.reference = ref.value.trim();
+      if (text.value.trim()) body.note = text.value.trim();
+      save.disabled = true;
+      form.remove();
+      await act(id, "refer", body);
+    });
+    li.append(form);
+    ref.focus();
   }
 
   function toggleNoteForm(li, id) {
@@ -540,7 +581,7 @@
     try {
       const inc = await api("POST", `/api/v1/incidents/${id}/${action}`, body);
       onIncident(inc, false);
-      toast(`${id}: ${STATE_LABELS[inc.state]}${inc.agency && action === "dispatch" ? ` → ${agencyName(inc.agency)}` : ""}`);
+      toast(`${id}: ${stateLabel(inc)}${inc.agency && action === "dispatch" ? ` → ${agencyName(inc.agency)}` : ""}`);
     } catch (e) {
       buttons.forEach((b) => { b.disabled = false; });
       toast(`${id}: ${e.message}`, true);
@@ -579,7 +620,7 @@
     if (state.selected !== id) return;
     const box = $("detail");
     box.replaceChildren();
-    const h = el("h3", null, `${d.id} · ${kindLabel(d.kind)} · ${STATE_LABELS[d.state] || d.state}`);
+    const h = el("h3", null, `${d.id} · ${kindLabel(d.kind)} · ${stateLabel(d)}`);
     const where = el("p", null, `${d.location.address} · area ${d.location.area} · ` +
       `${d.location.lat.toFixed(6)}, ${d.location.lon.toFixed(6)}`);
     const first = el("p", "muted", `First press received ${fmtTime(d.created_at)}; ${d.press_count} press(es) ` +
@@ -845,14 +886,14 @@
   }
 
   const FIGURE_HEADERS = ["", "Incidents", "→ Acknowledge (median · p90)", "→ Dispatch (median · p90)",
-    "→ Resolve (median · p90)", "False alarms"];
+    "→ Resolve (median · p90)", "False alarms", "Bukan darurat / Not an emergency"];
 
   function pair(f) {
     return f.count ? `${fmtSeconds(f.median_s)} · ${fmtSeconds(f.p90_s)}` : "–";
   }
 
   function figureRow(label, g) {
-    return [label, g.incidents, pair(g.acknowledge), pair(g.dispatch), pair(g.resolve), g.false_alarms];
+    return [label, g.incidents, pair(g.acknowledge), pair(g.dispatch), pair(g.resolve), g.false_alarms, g.referrals];
   }
 
   async function loadSupervisor() {
@@ -875,6 +916,7 @@
       ["Press → dispatch", `${fmtSeconds(o.dispatch.median_s)} median`, `p90 ${fmtSeconds(o.dispatch.p90_s)}`],
       ["Press → resolve", `${fmtSeconds(o.resolve.median_s)} median`, `p90 ${fmtSeconds(o.resolve.p90_s)}`],
       ["False alarms", String(o.false_alarms), o.incidents ? `${Math.round(100 * o.false_alarms / o.incidents)} %` : ""],
+      ["Bukan darurat / Not an emergency", String(o.referrals), o.incidents ? `${Math.round(100 * o.referrals / o.incidents)} %` : ""],
       ["Unacknowledged now", String(o.unacknowledged)],
     ];
     for (const [label, value, sub] of cards) {
@@ -886,9 +928,9 @@
     table("by-day", FIGURE_HEADERS, s.by_day.map((g) => figureRow(g.key, g)));
     table("by-agency", FIGURE_HEADERS, s.by_agency.map((g) => figureRow(agencyName(g.key), g)));
     table("by-area", FIGURE_HEADERS, s.by_area.map((g) => figureRow(g.key, g)));
-    table("false-alarms", ["Device", "Location", "Incidents", "False alarms", "Rate"],
+    table("false-alarms", ["Device", "Location", "Incidents", "False alarms", "Rate", "Bukan darurat / Not an emergency"],
       s.false_alarms_by_device.map((d) => [d.device_id, `${d.address} (${d.area})`, d.incidents, d.false_alarms,
-        `${Math.round(d.rate * 100)} %`]));
+        `${Math.round(d.rate * 100)} %`, d.referrals]));
     table("offline", ["Device", "Offline since", "Location"], s.devices_offline.map((f) => [
       f.device_id, `${fmtTime(f.since)} (${fmtElapsed(serverNow() - Date.parse(f.since))})`,
       f.location ? `${f.location.address} (${f.location.area})` : "–"]), "none: every button is reporting");

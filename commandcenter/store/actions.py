@@ -1,6 +1,6 @@
-"""Operator actions on an incident (acknowledge, dispatch, resolve, false alarm) and notes: each in
-one transaction with its history entry, its audit entry and, for an action, the state reports to
-the gateway."""
+"""Operator actions on an incident (acknowledge, dispatch, resolve, false alarm, referral as not an
+emergency) and notes: each in one transaction with its history entry, its audit entry and, for an
+action, the state reports to the gateway."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..domain import Action, callback_body, can_apply, incident_ref, rfc3339
+from ..domain import REFER_FROM, Action, callback_body, can_apply, incident_ref, rfc3339
 from ..engine import Conn
 from .audit import _audit
 from .base import StoreBase
@@ -35,17 +35,25 @@ class IncidentActions(StoreBase):
         now: datetime,
         agency: str | None = None,
         note: str | None = None,
+        referral: tuple[str, str | None] | None = None,
     ) -> Incident:
         """Move an incident to the action's state, record who did it, and queue one state report
         per event of the incident, all in one transaction (the transactional-outbox pattern: the
         report exists if and only if the change does). The incident's row is locked first, so an
-        action in another process waits and then judges the state this one left."""
+        action in another process waits and then judges the state this one left.
+
+        `referral` (channel, reference) closes it as not an emergency, referred to that channel:
+        only with RESOLVE, allowed from the states a false alarm is (domain.REFER_FROM), recorded
+        in the incident's row, history and audit (action `referred`)."""
+        if referral is not None and action is not Action.RESOLVE:
+            raise ValueError("a referral closes an incident as resolved")
 
         async def work(db: Conn) -> Incident:
             incident = await _locked_incident(db, number)
             if incident is None:
                 raise IncidentNotFoundError(incident_ref(number))
-            if not can_apply(action, incident.state):
+            allowed = incident.state in REFER_FROM if referral is not None else can_apply(action, incident.state)
+            if not allowed:
                 raise InvalidTransitionError(incident.state, action)
             at = rfc3339(now)
             at_col, by_col = _ACTION_COLUMNS[action]
@@ -54,15 +62,21 @@ class IncidentActions(StoreBase):
             if action is Action.DISPATCH:
                 assignments += ", agency = ?"
                 params.append(agency)
+            channel, reference = referral if referral is not None else (None, None)
+            if referral is not None:
+                assignments += ", referred_to = ?, referral_ref = ?"
+                params += [channel, reference]
             await db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*params, number))
-            detail = {k: v for k, v in (("agency", agency), ("note", note)) if v is not None}
+            fields = (("agency", agency), ("referred_to", channel), ("reference", reference), ("note", note))
+            detail = {k: v for k, v in fields if v is not None}
             detail_json = json.dumps(detail, ensure_ascii=False) if detail else None
             await db.execute(
                 """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
                    VALUES (?, ?, ?, ?, ?, ?)""",
                 (number, at, actor, incident.state.value, action.target.value, detail_json),
             )
-            await _audit(db, at, actor, action.value, incident_ref(number), detail or None)
+            audit_action = "referred" if referral is not None else action.value
+            await _audit(db, at, actor, audit_action, incident_ref(number), detail or None)
             events = await db.fetchall(
                 "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
                 (number,),

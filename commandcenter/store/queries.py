@@ -167,4 +167,6 @@ def _to_incident(r: Row, sources: tuple[str, ...]) -> Incident:
         sources=sources,
         escalated_at=_time(r["escalated_at"]),
         battery_mv=r["battery_mv"],
+        referred_to=r["referred_to"],
+        referral_ref=r["referral_ref"],
     )

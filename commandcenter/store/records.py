@@ -118,6 +118,12 @@ class Incident:
     sources: tuple[str, ...]  # devices, in order of first appearance
     escalated_at: datetime | None = None
     battery_mv: int | None = None  # the latest known battery voltage of `device_id`
+    referred_to: str | None = None  # resolved as not an emergency: the channel it was referred to
+    referral_ref: str | None = None  # that channel's reference or ticket number, if given
+
+    @property
+    def referred(self) -> bool:
+        return self.referred_to is not None
 
     @property
     def ref(self) -> str:
