@@ -65,11 +65,14 @@ GATEWAY_ROLES: list[Role] = [
 ]
 
 
-CITY_WEBHOOK = f"""
+def city_webhook(cc_url: str) -> str:
+    """A webhook destination whose receiver refuses every delivery for good (the command center
+    answers its unknown path 404), so the gateway does not keep opening connections to retry."""
+    return f"""
 [[destinations]]
 name = "city-cad"
 type = "webhook"
-url = "http://127.0.0.1:{free_port()}/nobody-listens"
+url = "{cc_url}/nobody-takes-webhooks-here"
 secret_files = ["secrets/city.whsec"]
 inbound_secret_files = ["secrets/city-in.whsec"]
 """
@@ -85,7 +88,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     cc = CommandCenterProcess(tmp, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     gateway = GatewayProcess(tmp, mqtt_port=broker.port, mqtt_password=broker.gateway_password, cc_url=cc.url,
                              cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,
-                             people={"tech-1": "technician"}, extra_toml=CITY_WEBHOOK)
+                             people={"tech-1": "technician"}, extra_toml=city_webhook(cc.url))
     # A city's system that reports states through a signed inbound webhook (docs/integration.md):
     # its route answers for a real destination, so a run reaches the signature check and beyond.
     for name, key in (("city.whsec", secrets.token_bytes(32)), ("city-in.whsec", secrets.token_bytes(32))):
