@@ -458,7 +458,7 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
     legacy = api.admin_token_file is not None or api.admin_token_env is not None
     if not legacy and not api.people:
         raise ConfigError(NOBODY)
-    destinations = _destinations(f.destinations, base, gw.id)
+    destinations = _destinations(f.destinations, base)
     if cc is None and not destinations:
         raise ConfigError("nowhere to forward alarms to: add [commandcenter] (Siaga's command center) or "
                           "[[destinations]] (docs/integration.md)")
@@ -504,7 +504,7 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
     )
 
 
-def _destinations(entries: list[dict[str, Any]], base: Path, gateway_id: str) -> list[Destination]:
+def _destinations(entries: list[dict[str, Any]], base: Path) -> list[Destination]:
     """The [[destinations]] entries, each checked against its type; messages name the entry."""
     out: list[Destination] = []
     for i, entry in enumerate(entries):
@@ -522,7 +522,7 @@ def _destinations(entries: list[dict[str, Any]], base: Path, gateway_id: str) ->
         where = f"{where} ({t.name})"
         events = tuple(t.events) if t.events is not None else DEFAULT_EVENTS[t.type]
         try:
-            settings = _destination_settings(t, entry, base, where, gateway_id)
+            settings = _destination_settings(t, entry, base, where)
         except ValueError as exc:  # the settings' own checks
             raise ConfigError(f"{where}: {exc}") from None
         out.append(Destination(t.name, t.type, events, settings, primary=t.primary))
@@ -540,8 +540,7 @@ def _read_files(names: list[str], base: Path, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _destination_settings(t: DestinationTable, entry: dict[str, Any], base: Path, where: str,
-                          gateway_id: str) -> Any:
+def _destination_settings(t: DestinationTable, entry: dict[str, Any], base: Path, where: str) -> Any:
     """The adapter's settings of one destination, secrets read from their files."""
     token = load_secret(entry, "token", base=base, where=where) if ("token_file" in entry or "token_env" in entry) \
         else None
@@ -551,8 +550,7 @@ def _destination_settings(t: DestinationTable, entry: dict[str, Any], base: Path
         assert t.url is not None
         return ReferenceSettings(t.url, token, t.timeout_s)
     from . import destinations  # the adapters' modules import this one
-    return destinations.settings_of(t, token, lambda names, key: _read_files(names, base, f"{where}.{key}"),
-                                    lambda name, key: readable_file(_path(base, name), f"{where}.{key}"), gateway_id)
+    return destinations.settings_of(t, token, lambda names, key: _read_files(names, base, f"{where}.{key}"))
 
 
 _PERSON_KEYS = ("name", "role", "token_file", "token_env")  # "token" inline is explained by check_keys

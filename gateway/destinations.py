@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapters import Accepted, Adapter, ReferenceAdapter
@@ -22,9 +21,8 @@ from .store import OutboundEvent
 if TYPE_CHECKING:
     from .config import DestinationTable
 
-# (file names, key) -> the secrets in them; (file name, key) -> the checked path
+# (file names, key) -> the secrets in them
 ReadSecrets = Callable[[list[str], str], tuple[str, ...]]
-Readable = Callable[[str, str], Path]
 
 
 def make_adapter(dest: Destination, gateway_id: str) -> Adapter:
@@ -48,8 +46,7 @@ def make_adapters(cfg: GatewayConfig) -> dict[str, Adapter]:
     return {d.name: make_adapter(d, cfg.gateway_id) for d in cfg.destinations}
 
 
-def settings_of(t: DestinationTable, token: str | None, read_secrets: ReadSecrets, readable: Readable,
-                gateway_id: str) -> Any:
+def settings_of(t: DestinationTable, token: str | None, read_secrets: ReadSecrets) -> Any:
     """The settings of a cap, webhook or dc09 destination; ValueError names what is wrong. Keys
     not given keep the settings class's default."""
     given = {k: v for k, v in t.model_dump().items() if v is not None and k in t.model_fields_set}
