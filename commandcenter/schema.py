@@ -250,6 +250,94 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE incidents ADD COLUMN referred_to TEXT",
         "ALTER TABLE incidents ADD COLUMN referral_ref TEXT",
     ),
+    (
+        # Version 7: several agencies per incident, each dispatch with its own status, set by the
+        # agency's staff (or by the room on its behalf): requested -> accepted -> en_route ->
+        # on_scene -> done, or declined with a reason. At most one dispatch per agency and incident
+        # that is not declined; a declined agency can be asked again. `escalated_at`: when a dispatch
+        # nobody accepted in time was escalated (at most once). `incidents.agency` stays the first
+        # agency dispatched, for clients of versions 1-6.
+        """CREATE TABLE dispatches (
+            id           INTEGER PRIMARY KEY,
+            incident_id  INTEGER NOT NULL REFERENCES incidents (id),
+            agency       TEXT NOT NULL,
+            status       TEXT NOT NULL CHECK (status IN
+                             ('requested', 'accepted', 'en_route', 'on_scene', 'done', 'declined')),
+            reason       TEXT,
+            requested_at TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            accepted_at  TEXT,
+            en_route_at  TEXT,
+            on_scene_at  TEXT,
+            done_at      TEXT,
+            declined_at  TEXT,
+            updated_at   TEXT NOT NULL,
+            updated_by   TEXT NOT NULL,
+            escalated_at TEXT
+        )""",
+        """CREATE UNIQUE INDEX dispatches_one_per_agency ON dispatches (incident_id, agency)
+           WHERE status <> 'declined'""",
+        "CREATE INDEX dispatches_by_agency ON dispatches (agency, status)",
+        """CREATE INDEX dispatches_unanswered ON dispatches (requested_at)
+           WHERE status = 'requested' AND escalated_at IS NULL""",
+        # Every status change of a dispatch, with who and when (the incident's history keeps the
+        # incident's own states).
+        """CREATE TABLE dispatch_history (
+            id          INTEGER PRIMARY KEY,
+            dispatch_id INTEGER NOT NULL REFERENCES dispatches (id),
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            at          TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            from_status TEXT,
+            to_status   TEXT NOT NULL,
+            reason      TEXT
+        )""",
+        "CREATE INDEX dispatch_history_by_incident ON dispatch_history (incident_id, id)",
+        # Dispatches of versions 1-6 were one agency, taken as accepted by the room when recorded;
+        # those of closed incidents are done.
+        """INSERT INTO dispatches (incident_id, agency, status, requested_at, requested_by, accepted_at,
+               done_at, updated_at, updated_by)
+           SELECT id, agency, CASE WHEN state = 'dispatched' THEN 'accepted' ELSE 'done' END,
+                  COALESCE(dispatched_at, updated_at), COALESCE(dispatched_by, 'unknown'),
+                  COALESCE(dispatched_at, updated_at),
+                  CASE WHEN state = 'dispatched' THEN NULL ELSE closed_at END,
+                  updated_at, COALESCE(dispatched_by, 'unknown')
+           FROM incidents WHERE agency IS NOT NULL ORDER BY id""",
+    ),
+    (
+        # Version 8: shifts, per-person language, a second escalation level, data retention.
+        # A shift: an operator or supervisor signed on from `started_at` until the handover
+        # (`ended_at`), with the note handed over, to whom, and the incidents still open then
+        # (`open_at_handover`, JSON list of ids): they carry over to the next shift.
+        """CREATE TABLE shifts (
+            id               INTEGER PRIMARY KEY,
+            operator         TEXT NOT NULL,
+            role             TEXT NOT NULL,
+            started_at       TEXT NOT NULL,
+            ended_at         TEXT,
+            handover_note    TEXT,
+            handed_to        TEXT,
+            open_at_handover TEXT
+        )""",
+        "CREATE UNIQUE INDEX shifts_one_open ON shifts (operator) WHERE ended_at IS NULL",
+        "CREATE INDEX shifts_by_start ON shifts (started_at)",
+        # The language each person reads the console in (`id` unless they chose `en`).
+        """CREATE TABLE operator_preferences (
+            operator   TEXT PRIMARY KEY,
+            language   TEXT NOT NULL CHECK (language IN ('id', 'en')),
+            updated_at TEXT NOT NULL
+        )""",
+        # Second escalation level: an escalated incident still unacknowledged after a further
+        # configured time goes to the supervisor on duty (at most once).
+        "ALTER TABLE incidents ADD COLUMN escalated2_at TEXT",
+        """CREATE INDEX incidents_awaiting_second_escalation ON incidents (escalated_at)
+           WHERE state = 'new' AND escalated_at IS NOT NULL AND escalated2_at IS NULL""",
+        # Retention: when the personal details (notes, address, exact location) of a closed
+        # incident were purged; its figures stay.
+        "ALTER TABLE incidents ADD COLUMN purged_at TEXT",
+        """CREATE INDEX incidents_awaiting_purge ON incidents (closed_at)
+           WHERE closed_at IS NOT NULL AND purged_at IS NULL""",
+    ),
 )
 
 

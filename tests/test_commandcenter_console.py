@@ -861,12 +861,47 @@ async def test_a_version_2_database_is_migrated_to_the_current_version(tmp_path:
         await store.close()
 
 
-async def test_schema_version_6_is_the_current_one() -> None:
-    # A reminder that a seventh version is a new MIGRATIONS entry, and needs a migration test like
-    # the one above (version 4's: tests/test_http_entrances.py, sessions bound to a credential;
+async def test_a_version_6_database_keeps_its_dispatches_as_dispatch_rows(tmp_path: Path) -> None:
+    # Versions 1-6 recorded one agency per incident; version 7 turns each into a dispatch row:
+    # accepted while the incident is dispatched, done once it is closed.
+    path = tmp_path / "cc.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        for statements in store_module.MIGRATIONS[:6]:
+            for statement in statements:
+                db.execute(statement)
+        for number, state, closed in ((1, "dispatched", None), (2, "resolved", "2026-11-24T04:00:00.000Z"),
+                                      (3, "acknowledged", None)):
+            db.execute(
+                """INSERT INTO incidents (id, state, device_id, kind, test, lat, lon, address, area, created_at,
+                       updated_at, acknowledged_at, acknowledged_by, dispatched_at, dispatched_by, agency,
+                       closed_at, closed_by)
+                   VALUES (?, ?, 'jkt-0001', 'fire', 0, -6.19, 106.83, 'Jl. Menteng Raya 12', '31.71.06.1001',
+                       '2026-11-24T03:00:00.000Z', '2026-11-24T03:10:00.000Z', '2026-11-24T03:01:00.000Z', 'op',
+                       ?, ?, ?, ?, ?)""",
+                (number, state, None if number == 3 else "2026-11-24T03:02:00.000Z", None if number == 3 else "op",
+                 None if number == 3 else "fire", closed, "op" if closed else None),
+            )
+        db.execute("PRAGMA user_version = 6")
+        db.commit()
+    store = await Store.open(path)
+    await store.close()
+    assert db_rows(path, "PRAGMA user_version") == [(store_module.SCHEMA_VERSION,)]
+    assert db_rows(path, "SELECT incident_id, agency, status, requested_at, requested_by, accepted_at, done_at "
+                         "FROM dispatches ORDER BY incident_id") == [
+        (1, "fire", "accepted", "2026-11-24T03:02:00.000Z", "op", "2026-11-24T03:02:00.000Z", None),
+        (2, "fire", "done", "2026-11-24T03:02:00.000Z", "op", "2026-11-24T03:02:00.000Z", "2026-11-24T04:00:00.000Z"),
+    ]
+    assert db_rows(path, "SELECT count(*) FROM shifts") == [(0,)]
+
+
+async def test_schema_version_8_is_the_current_one() -> None:
+    # A reminder that a ninth version is a new MIGRATIONS entry, and needs a migration test like
+    # the ones above (version 4's: tests/test_http_entrances.py, sessions bound to a credential;
     # version 5's: tests/test_gateway_liveness.py, the gateways' self-reports; version 6's:
-    # tests/test_commandcenter.py, referrals of incidents that were not an emergency).
-    assert store_module.SCHEMA_VERSION == 6
+    # tests/test_commandcenter.py, referrals of incidents that were not an emergency; version 7's
+    # above, dispatches; version 8's: shifts, preferences, second escalation and retention columns,
+    # empty or NULL after the upgrade, as the test above checks for shifts).
+    assert store_module.SCHEMA_VERSION == 8
 
 
 # ---- configuration ------------------------------------------------------------------------------------------------
