@@ -1,12 +1,26 @@
-"""The label stuck on (and inside) every button: what to do in Indonesian and English, a QR code
-with the device id and the support contact, and the site. 62 mm wide at 300 dpi, the width of the
-common continuous label rolls of thermal label printers; PNG or PDF (with its physical size)."""
+"""The label stuck on (and inside) every button: what to do and what the light says, in Bahasa
+Indonesia first and English below, a QR code with the device id and the support contact, and the
+site. 62 mm wide at 300 dpi, the width of the common continuous label rolls of thermal label
+printers; PNG or PDF (with its physical size).
+
+Every word comes from the `label` message catalog (siaga/locale/label.json): a label cannot know who
+will read it, so it carries both languages, and a translator corrects them without touching code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from siaga import i18n
+
 from .validate import Location
+
+DOMAIN = "label"
+# The lights the label explains; the sign on the enclosure explains them all (hardware/enclosure.md).
+# A 62 x 100 mm label has room for three: the two a resident waits for, which must never be
+# confused (an operator has seen the alarm; an agency is on its way), and the one that says to
+# phone 112 instead.
+LIGHTS = ("light.acknowledged", "light.dispatched", "light.undelivered")
 
 DPI = 300
 WIDTH_MM, HEIGHT_MM = 62, 100
@@ -21,7 +35,16 @@ def _px(mm: float) -> int:
 
 def qr_payload(device_id: str, support: str) -> str:
     """What a phone shows when it scans the label: plain text, readable without any app."""
-    return f"Siaga {device_id}\nSupport: {support}"
+    return f"Siaga {device_id}\n{i18n.both(DOMAIN, 'qr.support')}: {support}"
+
+
+def instructions(hold_s: float) -> list[tuple[str, str]]:
+    """The label's sentences as (Bahasa Indonesia, English) pairs, top to bottom: hold, cancel, and
+    what the light says."""
+    keys: list[tuple[str, dict[str, str]]] = [("hold", {"seconds": f"{hold_s:g}"}), ("cancel", {})]
+    keys += [(key, {}) for key in LIGHTS]
+    return [(i18n.text(DOMAIN, key, "id", **params), i18n.text(DOMAIN, key, "en", **params))
+            for key, params in keys]
 
 
 def render(device_id: str, *, support: str, organisation: str = "", location: Location | None = None,
@@ -58,28 +81,29 @@ def render(device_id: str, *, support: str, organisation: str = "", location: Lo
         return centred(y, line, size_pt, fill) if line else y
 
     # Red band: what this is, in both languages.
-    band = _px(17)
+    band = _px(13)
     draw.rectangle((0, 0, width, band), fill=RED)
-    y = centred(_px(2.5), "TOMBOL DARURAT", 17, "white", bold=True)
-    centred(y, "EMERGENCY BUTTON", 11, "white")
+    y = centred(_px(1.8), i18n.text(DOMAIN, "title", "id"), 15, "white", bold=True)
+    centred(y, i18n.text(DOMAIN, "title", "en"), 10, "white")
 
-    # What to do: the one instruction a resident needs.
-    secs = f"{hold_s:g}"
-    y = band + _px(3)
-    y = centred(y, f"Tekan & tahan {secs} detik", 15, bold=True)
-    y = centred(y, f"Press and hold for {secs} seconds", 10.5)
-    y = wrapped(y + _px(1), "Lampu menyala terus = bantuan datang. Tekan lagi segera untuk membatalkan.", 8.5, GREY)
-    y = wrapped(y, "Steady light = help is coming. Press again at once to cancel.", 8, GREY)
+    # What to do, the one instruction a resident needs, large; then cancelling and the lights.
+    (hold_id, hold_en), *rest = instructions(hold_s)
+    y = band + _px(2)
+    y = centred(y, hold_id, 13.5, bold=True)
+    y = centred(y, hold_en, 9.5)
+    for ind, eng in rest:
+        y = wrapped(y + _px(0.6), ind, 7.5)
+        y = wrapped(y, eng, 7, GREY)
 
     # QR code: device id and support contact.
     qr = segno.make(qr_payload(device_id, support), error="m")
-    scale = max(1, (_px(30)) // qr.symbol_size(scale=1, border=2)[0])
+    scale = max(1, _px(19) // qr.symbol_size(scale=1, border=2)[0])
     qr_img = _qr_image(qr, scale)
     qx = (width - qr_img.width) // 2
     img.paste(qr_img.convert("RGB"), (qx, y + _px(1)))
-    y += qr_img.height + _px(2)
+    y += qr_img.height + _px(1.5)
 
-    y = centred(y, device_id, 12, bold=True)
+    y = centred(y, device_id, 11, bold=True)
     y = wrapped(y, support, 8.5)
     if location is not None:
         y = wrapped(y + _px(0.5), location.address, 7.5, GREY)

@@ -7,15 +7,21 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from siaga.broker.process import MosquittoProcess
 from siaga.devices.fleet import Fleet, disaster, power_cut
 from siaga.devices.sites import fleet_sites
+from siagafw import proto
 from tests.support.firmware import device_config
+from tests.support.mosquitto import MqttClient
 from tests.support.system import System
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -108,3 +114,56 @@ def test_power_cut_takes_buttons_offline_together_and_back(system: System, tmp_p
         assert time.monotonic() > restored
     finally:
         fleet.stop()
+
+
+def dark_spells(read: Callable[[], bool], seconds: float, every_s: float = 0.01) -> list[int]:
+    """How many samples each stretch of darkness lasted while `read` was watched for `seconds`
+    (a light that was dark at the start or at the end counts too)."""
+    spells: list[int] = []
+    lit_before = True
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lit = read()
+        if not lit:
+            if lit_before:
+                spells.append(0)
+            spells[-1] += 1
+        lit_before = lit
+        time.sleep(every_s)
+    return spells
+
+
+def test_fleet_button_pulses_for_dispatched_unlike_acknowledged(
+        mosquitto: MosquittoProcess, mqtt_client: Callable[..., MqttClient], tmp_path: Path) -> None:
+    """A simulated button given the gateway's signed "dispatched" ack (published on the real broker,
+    signed here with the button's key) shows its own state and light: the steady light of
+    "acknowledged" starts to dip, twice in every 1.4 s (firmware/lib/siagafw/indicator.py)."""
+    device_id, secret_hex, password = "fleet-disp-01", "6b" * 32, "fleet-disp-password"
+    mosquitto.add_device(device_id, password)
+    cfg = device_config(device_id, secret_hex, mosquitto.port, password)
+    fleet = Fleet([cfg], tmp_path / "fleet", round_ms=20).start()
+    gateway = mqtt_client(mosquitto, mosquitto.gateway_user, mosquitto.gateway_password)
+    signer = proto.Signer(proto.secret_from_hex(secret_hex))
+    hal, log = fleet.hals[device_id], fleet.log[device_id]
+
+    def ack(seq: int, state: str) -> None:
+        body = proto.encode(proto.ack_body(device_id, seq, state, "inc-1", 0))
+        gateway.publish(proto.topic(device_id, "ack"), signer.seal(body))
+        wait_for(lambda: log.shown == state, what=f"{state} shown")
+
+    try:
+        wait_for(lambda: log.shown == "idle", what="button connected")
+        fleet.press(device_id, hold_s=0.6)                # past the 300 ms long press
+        seq = wait_for(lambda: log.alarms, what="an alarm raised")[0]
+        ack(seq, "received")
+        ack(seq, "acknowledged")
+        acknowledged = dark_spells(lambda: hal.led, 1.5)
+        ack(seq, "dispatched")
+        dispatched = dark_spells(lambda: hal.led, 3.0)
+    finally:
+        fleet.stop()
+    assert fleet.shown() == Counter({"dispatched": 1}) and log.states[seq] == "dispatched"
+    assert acknowledged == [], acknowledged                # steady: never dark
+    # Four dips of 200 ms in 3 s (the first may come before the watching starts), each seen in
+    # roughly 10 to 40 samples of 10 ms (the fleet steps its buttons every 20 ms, the machine is shared).
+    assert 3 <= len(dispatched) <= 5 and all(5 <= n <= 40 for n in dispatched[1:-1]), dispatched

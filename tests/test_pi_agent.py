@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from siaga.broker.process import MosquittoProcess
 from siaga.devices.agent import Agent, GpioHal
 from siaga.devices.pins import PINS
+from siagafw import proto
 from tests.support.firmware import device_config
+from tests.support.mosquitto import MqttClient
 from tests.support.net import free_port
 from tests.support.system import System
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
-
 
 
 def incidents(system: System) -> list[dict]:
@@ -71,6 +74,55 @@ def test_pi_agent_long_press_sends_one_alarm_and_led_follows_the_acks(system: Sy
     finally:
         agent.stop()
     assert len(incidents(system)) == 1
+
+
+def led_levels(pin, seconds: float) -> list[tuple[float, bool]]:
+    """The ring light over `seconds`, from gpiozero's mock pin, which records every change with the
+    time spent in the level before: the level at the start, then (seconds before, new level)."""
+    pin.clear_states()
+    time.sleep(seconds)
+    return [(round(s.timestamp, 2), bool(s.state)) for s in pin.states]
+
+
+def test_pi_agent_ring_light_pulses_for_dispatched_unlike_acknowledged(
+        mosquitto: MosquittoProcess, mqtt_client: Callable[..., MqttClient], tmp_path: Path) -> None:
+    """The gateway's signed acks, published on the real broker as the gateway does (the test signs
+    them with the button's key): "acknowledged" keeps the light on without a break, "dispatched"
+    (an agency accepted) makes it dip twice in every 1.4 s (firmware/lib/siagafw/indicator.py)."""
+    device_id, secret_hex, password = "pi-disp-01", "5a" * 32, "pi-disp-password"
+    mosquitto.add_device(device_id, password)
+    factory = MockFactory()
+    hal = GpioHal(pin_factory=factory, network_up=lambda: True)
+    factory.pin(PINS["tamper"]).drive_low()
+    agent = Agent(device_config(device_id, secret_hex, mosquitto.port, password), tmp_path / "state", hal).start()
+    gateway = mqtt_client(mosquitto, mosquitto.gateway_user, mosquitto.gateway_password)
+    signer = proto.Signer(proto.secret_from_hex(secret_hex))
+    sos, led = factory.pin(PINS["sos"]), factory.pin(PINS["led"])
+
+    def ack(seq: int, state: str) -> None:
+        body = proto.encode(proto.ack_body(device_id, seq, state, "inc-1", 0))
+        gateway.publish(proto.topic(device_id, "ack"), signer.seal(body))
+        wait_for(lambda: hal.shown == state, what=f"{state} shown")
+
+    try:
+        wait_for(lambda: hal.shown == "idle", what="agent connected")
+        sos.drive_low()
+        time.sleep(0.6)                                 # past the 300 ms long press
+        sos.drive_high()
+        seq = wait_for(agent.device.outbox.seqs, what="an alarm in the outbox")[0]
+        ack(seq, "received")
+        ack(seq, "acknowledged")
+        acknowledged = led_levels(led, 1.5)
+        ack(seq, "dispatched")
+        dispatched = led_levels(led, 3.0)
+    finally:
+        agent.stop()
+    # Acknowledged: lit all along. Dispatched: two short dips per 1.4 s cycle, so four in 3 s (the
+    # first may fall before the sampling starts), each about 200 ms dark.
+    assert acknowledged == [(0.0, True)], acknowledged
+    dark = [held for (held, on) in dispatched[2:] if on]
+    assert dispatched != acknowledged and 3 <= len(dark) <= 5, dispatched
+    assert all(0.1 <= held <= 0.4 for held in dark), dispatched
 
 
 def test_agent_command_runs_as_a_service_would_and_stops_on_sigterm(system: System, tmp_path: Path) -> None:

@@ -223,15 +223,41 @@ def test_pattern_levels_repeat_or_play_once(tmp):
     assert not indicator.level(None, 0)
 
 
+def _timeline(pattern, period_ms=6000, step_ms=20):
+    """The levels of a pattern every step_ms from its start: what an eye (or a sound meter) sees."""
+    return [indicator.level(pattern, t) for t in range(0, period_ms, step_ms)]
+
+
 def test_patterns_of_distinct_states_look_different(tmp):
-    # A technician must tell the states apart by the LED alone (docs/firmware.md table).
+    # A technician must tell the states apart by the LED alone (docs/firmware.md table); compared as
+    # what they show over 6 s, so that two byte strings spelling the same light (b"\x32\x00" and
+    # b"\x19\x00", say) count as one.
     seen = {}
     for state in indicator.STATES:
-        if state in (indicator.DISPATCHED, indicator.FALSE_ALARM, indicator.CANCELLED):
-            continue  # deliberately as acknowledged / resolved (the buzzer differs); cancelled is dark
-        led = indicator.LED[state]
-        assert led not in seen, (state, seen.get(led))
-        seen[led] = state
+        if state in (indicator.FALSE_ALARM, indicator.CANCELLED):
+            continue  # deliberately as resolved: either way the incident is closed; cancelled is dark
+        shown = tuple(_timeline(indicator.LED[state]))
+        assert shown not in seen, (state, seen.get(shown))
+        seen[shown] = state
+
+
+def test_dispatched_looks_and_sounds_unlike_every_other_state(tmp):
+    # "Help is on the way" must not read as "an operator has seen it" (issue 16), nor as anything else.
+    led = _timeline(indicator.LED[indicator.DISPATCHED])
+    buzzer = _timeline(indicator.BUZZER[indicator.DISPATCHED])
+    for state in indicator.STATES:
+        if state == indicator.DISPATCHED:
+            continue
+        assert led != _timeline(indicator.LED.get(state)), state
+        assert buzzer != _timeline(indicator.BUZZER.get(state)), state
+    # It pulses: mostly lit, yet dark twice in each 1.4 s, for no less than 200 ms each time.
+    assert indicator.ms(indicator.LED[indicator.DISPATCHED]) == (800, 200, 200, 200)
+    cycle = _timeline(indicator.LED[indicator.DISPATCHED], 1400)
+    dips = [i for i in range(1, len(cycle)) if cycle[i - 1] and not cycle[i]]
+    assert len(dips) == 2 and sum(cycle) * 100 // len(cycle) >= 70, cycle
+    # The buzzer cue plays once, when the state begins: short, short, long.
+    assert indicator.ms(indicator.BUZZER[indicator.DISPATCHED]) == (100, 100, 100, 100, 600)
+    assert len(indicator.BUZZER[indicator.DISPATCHED]) % 2 == 1
 
 
 def test_indicator_plays_the_buzzer_once_and_silent_mode_keeps_it_off(tmp):
@@ -604,6 +630,10 @@ def test_device_signed_ack_clears_the_outbox_and_states_only_move_forward(tmp):
     assert hal.shown[-1] == indicator.ACKNOWLEDGED
     dev.mqtt.on_message(topic, _ack(seq, "received"), True)   # late or replayed: ignored
     assert hal.shown[-1] == indicator.ACKNOWLEDGED
+    dev.mqtt.on_message(topic, _ack(seq, "dispatched"), False)
+    assert hal.shown[-1] == indicator.DISPATCHED
+    dev.mqtt.on_message(topic, _ack(seq, "acknowledged"), True)   # behind: ignored
+    assert hal.shown[-1] == indicator.DISPATCHED
     dev.mqtt.on_message(topic, _ack(seq, "resolved"), False)
     assert hal.shown[-1] == indicator.RESOLVED
     _run(dev, hal, 31000)                     # shown for a while, then ready again
@@ -773,6 +803,7 @@ TESTS = [
     test_every_state_has_a_pattern_and_the_ack_states_too,
     test_pattern_levels_repeat_or_play_once,
     test_patterns_of_distinct_states_look_different,
+    test_dispatched_looks_and_sounds_unlike_every_other_state,
     test_indicator_plays_the_buzzer_once_and_silent_mode_keeps_it_off,
     test_nmea_parses_real_sentences_to_millionths_of_a_degree,
     test_nmea_rejects_checksum_errors_and_reports_no_fix,

@@ -18,8 +18,8 @@ CANCELLED = "cancelled"        # the person took the alarm back
 SENDING = "sending"            # in the flash outbox, no "received" ack yet
 RECEIVED = "received"          # the gateway has it (its signed ack)
 UNDELIVERED = "undelivered"    # the gateway has it, the command center refused it: use another way
-ACKNOWLEDGED = "acknowledged"  # an operator acknowledged it: help is coming
-DISPATCHED = "dispatched"
+ACKNOWLEDGED = "acknowledged"  # an operator acknowledged it: someone has seen the alarm
+DISPATCHED = "dispatched"      # an agency accepted the dispatch: help is on the way
 RESOLVED = "resolved"
 FALSE_ALARM = "false_alarm"
 FAULT = "fault"                # flash, login or battery problem: call a technician
@@ -35,8 +35,16 @@ LED = {
     SENDING: b"\x19\x19",                        # 500, 500: 1 Hz flash
     RECEIVED: b"\x4b\x19",                       # 1500, 500: mostly on
     UNDELIVERED: b"\x32\x0a\x05\x0a\x05\x46",      # 1000, 200, 100, 200, 100, 1400: one long, two short
-    ACKNOWLEDGED: STEADY,                        # steady: help is coming
-    DISPATCHED: STEADY,
+    ACKNOWLEDGED: STEADY,                        # steady: an operator has seen it
+    # 800 on, 200 off, 200 on, 200 off: a "heartbeat", lit with two short dips every 1.4 s. Why:
+    # - lit 71 % of the time, so in sunlight it is as easy to spot from 10 m as the steady light it
+    #   follows (a dip is the LED fully off: whoever can see it lit sees it go dark);
+    # - each dip lasts 200 ms, far longer than the ~10 ms gaps the eye smooths over (flicker
+    #   fusion, 50-60 Hz), so it reads as "pulsing" and never as "steady";
+    # - a double dip is a rhythm no other state has (RECEIVED: one 500 ms dip every 2 s;
+    #   UNDELIVERED: mostly dark);
+    # - at most two flashes in any second, under the three of photosensitivity guidance (WCAG 2.3.1).
+    DISPATCHED: b"\x28\x0a\x0a\x0a",
     RESOLVED: b"\x32\x32",                       # 1000, 1000: slow flash
     FALSE_ALARM: b"\x32\x32",
     FAULT: b"\x05\x08\x05\x08\x05\x77",           # 100, 160, 100, 160, 100, 2380: triple flash every 3 s
@@ -51,6 +59,7 @@ BUZZER = {
     RECEIVED: b"\x08\x05\x08",                    # 160, 100, 160: two beeps
     UNDELIVERED: b"\x05\x05\x05\x05\x05\x05\x05\x05\x05",  # 100 x 5 beeps with 100 gaps: unlike any other
     ACKNOWLEDGED: b"\x14\x08\x14\x08\x14",          # 400, 160, 400, 160, 400: three long beeps
+    DISPATCHED: b"\x05\x05\x05\x05\x1e",            # 100, 100, 100, 100, 600: short, short, long
     RESOLVED: b"\x28",                          # 800: one long beep
     FALSE_ALARM: b"\x28",
 }
