@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
 from siaga.settings import ConfigError
 from siaga.web import (
@@ -28,7 +28,7 @@ from siaga.web import (
     guard_entrance,
 )
 
-from . import console, devices, events, incidents, intake, plumbing, sessions, supervisor
+from . import console, devices, dispatches, events, incidents, intake, models, plumbing, sessions, shifts, supervisor
 from .callbacks import CallbackSender, WebhookSender
 from .cluster import Leadership
 from .config import CCConfig
@@ -37,7 +37,8 @@ from .domain import rfc3339
 from .escalation import Escalator
 from .live import Broadcaster, Relay
 from .models import Health
-from .store import Incident, Store, Wake
+from .retention import RetentionTask
+from .store import SECOND_WEBHOOK_OUTBOX, Incident, Store, Wake
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
     # Made here rather than in the lifespan, so that the server can end the live streams before it
     # waits for open connections at shutdown (see server.py and close_live_streams).
     broadcaster = Broadcaster()
+    models.use_agency_names(cfg.agencies)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +130,7 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
     app.state.config = cfg
     app.state.live = broadcaster
     guard_entrance(app, authenticate, cfg.throttle, BODY_MAX)  # before the routers: they inherit BODY_MAX
+    app.state.person_language = _session_language  # the language of error messages (siaga/errortext.py)
     app.include_router(_health)
     app.include_router(intake.router)
     app.include_router(incidents.router)
@@ -136,9 +139,21 @@ def create_app(cfg: CCConfig, *, config_path: str | Path | None = None) -> FastA
     app.include_router(sessions.router)
     app.include_router(supervisor.router)
     app.include_router(plumbing.router)
+    app.include_router(shifts.router)
     app.include_router(console.router)
     console.mount_static(app)
     return app
+
+
+async def _session_language(request: Request) -> str | None:
+    """A console session's person's language (their choice, else their account's), for the `message`
+    of an error answer; None for API clients and people without one: Accept-Language decides then."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    services: Services | None = getattr(request.app.state, "services", None)
+    if principal is None or principal.session_hash is None or services is None:
+        return None
+    account = services.config.operators.get(principal.name)
+    return await services.store.get_language(principal.name) or (account.language if account else None)
 
 
 def close_live_streams(app: FastAPI) -> None:
@@ -160,7 +175,10 @@ class _Background:
         self._sender: CallbackSender | None = None
         self._webhooks: WebhookSender | None = None
         self._escalator: Escalator | None = None
+        self._unanswered: dispatches.UnansweredDispatches | None = None
         self._plumbing: plumbing.PlumbingSupervisor | None = None
+        self._second_webhooks: WebhookSender | None = None  # [escalation] second_webhook_url
+        self._retention: RetentionTask | None = None
 
     def start(self) -> None:
         cfg = self._cfg
@@ -184,12 +202,36 @@ class _Background:
             self._webhooks.start()
         self._escalator = Escalator(self._store, cfg.escalation, on_escalated=self._escalated)
         self._escalator.start()
+        self._unanswered = dispatches.UnansweredDispatches(
+            self._store, cfg.dispatch, webhook=cfg.escalation.webhook_url is not None, on_escalated=self._escalated)
+        self._unanswered.start()
         self._plumbing = plumbing.PlumbingSupervisor(
             self._store, cfg.plumbing, webhook=cfg.escalation.webhook_url is not None, on_change=self._plumbing_changed)
         self._plumbing.start()
+        self._start_second_level_and_retention()
+
+    def _start_second_level_and_retention(self) -> None:
+        esc = self._cfg.escalation
+        if esc.second_webhook_url is not None and esc.second_after_s > 0:
+            self._second_webhooks = WebhookSender(
+                self._store, url=esc.second_webhook_url, token=None, settings=self._cfg.callbacks,
+                secrets=esc.second_webhook_secrets, outbox=SECOND_WEBHOOK_OUTBOX,
+            )
+            self._second_webhooks.start()
+        self._retention = RetentionTask(self._store, self._cfg.retention)
+        self._retention.start()
 
     async def stop(self) -> None:
+        second, self._second_webhooks = self._second_webhooks, None
+        retention, self._retention = self._retention, None
+        if retention is not None:
+            await retention.stop()
+        if second is not None:
+            await second.stop()
         escalator, webhooks, sender = self._escalator, self._webhooks, self._sender
+        unanswered, self._unanswered = self._unanswered, None
+        if unanswered is not None:
+            await unanswered.stop()
         self._escalator = self._webhooks = self._sender = None
         watcher, self._plumbing = self._plumbing, None
         if watcher is not None:
@@ -205,6 +247,8 @@ class _Background:
         self._live.publish_incidents(found, "escalation")
         if self._webhooks is not None:
             self._webhooks.notify()
+        if self._second_webhooks is not None:
+            self._second_webhooks.notify()
 
     def _plumbing_changed(self, _changes: list[plumbing.Transition]) -> None:
         if self._webhooks is not None:
@@ -219,6 +263,8 @@ class _Background:
     def notify_escalation(self) -> None:
         if self._escalator is not None:
             self._escalator.notify()
+        if self._unanswered is not None:
+            self._unanswered.notify()
 
     def wake(self, what: Iterable[Wake]) -> None:
         """Another process's change gave these loops work (live.Relay)."""
@@ -227,8 +273,10 @@ class _Background:
                 self.notify_callbacks()
             elif loop == "escalation":
                 self.notify_escalation()
-            elif loop == "webhooks" and self._webhooks is not None:
-                self._webhooks.notify()
+            elif loop == "webhooks":
+                for sender in (self._webhooks, self._second_webhooks):
+                    if sender is not None:
+                        sender.notify()
 
 
 async def _record_failures(app: FastAPI) -> None:
@@ -256,7 +304,8 @@ def reload_people(app: FastAPI, new: CCConfig) -> int:
         old, intake_token=new.intake_token, operator_tokens=new.operator_tokens, operators=new.operators
     )
     for name in ("host", "port", "db_path", "db_url", "db_password", "db_pool_size", "gateway_url", "gateway_urls",
-                 "callbacks", "agencies", "escalation", "console", "plumbing", "limits", "throttle", "log_level",
+                 "callbacks", "agencies", "escalation", "console", "plumbing", "retention", "limits", "throttle",
+                 "log_level",
                  "forwarded_allow_ips", "reuse_port", "direct_port"):
         if getattr(new, name) != getattr(old, name):
             log.warning("configuration: %s changed; it takes effect at the next restart", name)

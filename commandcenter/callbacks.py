@@ -38,6 +38,7 @@ import httpx
 from siaga.gateway.webhooks import ALARM_ESCALATED, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, payload, sign
 
 from .config import CallbackSettings
+from .dispatches import WEBHOOK_EVENT as UNANSWERED_EVENT
 from .domain import utc_now
 from .plumbing import BACK_EVENT, SILENT_EVENT
 from .store import CALLBACK_OUTBOX, WEBHOOK_OUTBOX, Outbox, OutboxRow, Store
@@ -268,9 +269,10 @@ class WebhookSender(OutboxSender):
         secrets: Sequence[bytes] = (),
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        outbox: Outbox = WEBHOOK_OUTBOX,  # SECOND_WEBHOOK_OUTBOX: the second escalation level's receiver
     ) -> None:
         what = "signed webhook event" if secrets else "webhook event"
-        super().__init__(store, WEBHOOK_OUTBOX, urls=[url], token=token, settings=settings, what=what, rng=rng)
+        super().__init__(store, outbox, urls=[url], token=token, settings=settings, what=what, rng=rng)
         self._secrets = tuple(secrets)
         self._clock = clock
 
@@ -302,5 +304,7 @@ def signed_body(stored: str) -> tuple[str, bytes]:
         raise ValueError(f"an escalation body without its fields: {exc!r}"[:200]) from None
     event = fields.pop("event", None)  # the message's "type" says it
     data = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-    # A gateway's silence and its return (plumbing.py) are messages of their own types.
-    return msg_id, payload(event if event in (SILENT_EVENT, BACK_EVENT) else ALARM_ESCALATED, at, data)
+    # A gateway's silence and its return (plumbing.py), and an unanswered dispatch (dispatches.py), are
+    # messages of their own types.
+    own_types = (SILENT_EVENT, BACK_EVENT, UNANSWERED_EVENT)
+    return msg_id, payload(event if event in own_types else ALARM_ESCALATED, at, data)

@@ -40,24 +40,44 @@ class Operator:
     name: str
     role: Role = Role.OPERATOR
     agency: str | None = None  # the agency id of an agency viewer; None for the other roles
+    language: str | None = None  # the console's language until the person picks one: `id` or `en`
 
 
 @dataclass(frozen=True, slots=True)
 class Agency:
-    """An agency incidents are dispatched to. `id` is what the API records; `name` is for people."""
+    """An agency incidents are dispatched to. `id` is what the API records; `name` is for people, in
+    Bahasa Indonesia, and `name_en` the same in English (None: `name` serves both)."""
 
     id: str
     name: str
+    name_en: str | None = None
 
 
-# The agencies an Indonesian 112 center dispatches to; a city lists its own with [[agencies]].
+# The agencies (OPD) an Indonesian 112 center dispatches to; a city lists its own with [[agencies]].
 DEFAULT_AGENCIES: tuple[Agency, ...] = (
-    Agency("fire", "Fire and rescue (Damkar)"),
-    Agency("ambulance", "Health / ambulance"),
-    Agency("police", "Police (Polri)"),
-    Agency("disaster", "Disaster agency (BPBD)"),
-    Agency("public-order", "Public order (Satpol PP)"),
+    Agency("fire", "Pemadam Kebakaran dan Penyelamatan (Damkar)", "Fire and rescue (Damkar)"),
+    Agency("ambulance", "Dinas Kesehatan / ambulans", "Health / ambulance"),
+    Agency("police", "Kepolisian (Polri)", "Police (Polri)"),
+    Agency("disaster", "Badan Penanggulangan Bencana Daerah (BPBD)", "Disaster agency (BPBD)"),
+    Agency("public-order", "Satuan Polisi Pamong Praja (Satpol PP)", "Public order (Satpol PP)"),
+    Agency("sar", "Pencarian dan Pertolongan (Basarnas)", "Search and rescue (Basarnas)"),
+    Agency("transport", "Dinas Perhubungan (Dishub)", "Transport agency (Dishub)"),
+    Agency("electricity", "Listrik (PLN)", "Electricity (PLN)"),
+    Agency("water", "Air minum (PDAM)", "Water utility (PDAM)"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """`[dispatch]`: a dispatch still `requested` `accept_within_s` after it was made escalates (once):
+    the agency has not answered on screen, and the room should phone it. Two minutes by default: about
+    what a call-taker waits before calling the agency's own control room."""
+
+    accept_within_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.accept_within_s <= 86_400:
+            raise ConfigError("dispatch.accept_within_s must be at least 1 and at most 86400 (one day)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +91,17 @@ class EscalationSettings:
     # POSTed as it is. Otherwise each delivery is an `alarm.escalated` message signed with every one of
     # them (the first is the current one; an old one stays listed while the receiver changes over).
     webhook_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    # Second level (docs/commandcenter.md, "Second escalation"): an escalated incident still `new`
+    # `second_after_s` after its first escalation escalates again, once, to the supervisors on duty
+    # and to `second_webhook_url` (the first webhook when none is set). 0: no second level.
+    second_after_s: float = 300.0
+    second_webhook_url: str | None = None
+    second_webhook_secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.after_s <= 86_400:
             raise ConfigError("escalation.after_s must be more than 0 and at most 86400 (one day)")
+        self._check_second_level()
         if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
             raise ConfigError(f"escalation.webhook_url {self.webhook_url!r} must start with http:// or https://")
         if self.webhook_token is not None:
@@ -96,6 +123,41 @@ class EscalationSettings:
             if self.webhook_token is not None and _key_of(self.webhook_token) in self.webhook_secrets:
                 # The token travels in a header that proxies may log; the key must not travel at all.
                 raise ConfigError("escalation: the webhook token must differ from the webhook secret")
+
+    def _check_second_level(self) -> None:
+        if not 0 <= self.second_after_s <= 86_400:
+            raise ConfigError("escalation.second_after_s must be from 0 (no second level) to 86400 (one day)")
+        url = self.second_webhook_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"escalation.second_webhook_url {url!r} must start with http:// or https://")
+        object.__setattr__(self, "second_webhook_secrets", tuple(self.second_webhook_secrets))
+        if self.second_webhook_secrets and url is None:
+            raise ConfigError("escalation: a second_webhook_secret without second_webhook_url; set the URL or "
+                              "leave the secret out")
+        for key in self.second_webhook_secrets:
+            if not isinstance(key, bytes) or not SECRET_MIN_BYTES <= len(key) <= SECRET_MAX_BYTES:
+                raise ConfigError(f"escalation: a second webhook secret's key must be {SECRET_MIN_BYTES} to "
+                                  f"{SECRET_MAX_BYTES} bytes")
+
+    @property
+    def second_webhook(self) -> bool:
+        """The second level sends a webhook event: to its own URL, or else to the first one."""
+        return self.second_after_s > 0 and (self.second_webhook_url is not None or self.webhook_url is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """Personal details of incidents closed more than `days` ago are purged every `every_s` seconds by
+    the process that runs the background loops (docs/retention.md). 0 days: kept forever."""
+
+    days: int = 365
+    every_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.days <= 36_500:
+            raise ConfigError("retention.days must be from 0 (keep forever) to 36500 (a hundred years)")
+        if not 1 <= self.every_s <= 7 * 86_400:
+            raise ConfigError("retention.every_s must be at least 1 and at most 604800 (a week)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +268,11 @@ class CCConfig:
     # only knows names and tokens, like the demo, keeps working).
     operators: Mapping[str, Operator] = field(default_factory=dict)
     agencies: tuple[Agency, ...] = DEFAULT_AGENCIES
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     plumbing: PlumbingSettings = field(default_factory=PlumbingSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
     throttle: ThrottleRules = field(default_factory=ThrottleRules)
     # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's setting).
@@ -268,8 +332,8 @@ class CCConfig:
         for a in self.agencies:
             if not _AGENCY_ID.fullmatch(a.id):
                 raise ConfigError(f"agency id {a.id!r}: use 1-64 of a-z 0-9 . _ - (it is recorded with dispatches)")
-            if not 1 <= len(a.name) <= 100:
-                raise ConfigError(f"agency {a.id!r}: name must be 1-100 characters")
+            if not 1 <= len(a.name) <= 100 or (a.name_en is not None and not 1 <= len(a.name_en) <= 100):
+                raise ConfigError(f"agency {a.id!r}: name and name_en must be 1-100 characters")
         if len(set(agency_ids)) != len(agency_ids):
             raise ConfigError("an agency id is configured twice")
         unknown = sorted(set(self.operators) - names)
@@ -329,6 +393,10 @@ class CCConfig:
     def agency_name(self, agency_id: str) -> str:
         return next((a.name for a in self.agencies if a.id == agency_id), agency_id)
 
+    def answers_on_screen(self, agency_id: str) -> bool:
+        """The agency has an account of its own: its dispatches wait for it to accept them."""
+        return any(op.role is Role.AGENCY and op.agency == agency_id for op in self.operators.values())
+
     @classmethod
     def load(cls, path: str | Path) -> CCConfig:
         """Read a TOML config; relative paths in it are relative to the config file's folder."""
@@ -346,6 +414,7 @@ class CCConfig:
         console = _table(doc, "console")
         throttle = _table(doc, "throttle")
         plumbing = _table(doc, "plumbing")
+        retention = _table(doc, "retention")
 
         operators = doc.get("operators", [])
         if not isinstance(operators, list):
@@ -364,7 +433,10 @@ class CCConfig:
             role = _get(op, "role", str, where, "operator")
             if role not in tuple(Role):
                 raise ConfigError(f"{where}: role must be one of {', '.join(Role)}")
-            accounts[op["name"]] = Operator(op["name"], Role(role), _get(op, "agency", str, where, None))
+            language = _get(op, "language", str, where, None)
+            if language not in (None, "id", "en"):
+                raise ConfigError(f"{where}: language must be \"id\" (Bahasa Indonesia) or \"en\" (English)")
+            accounts[op["name"]] = Operator(op["name"], Role(role), _get(op, "agency", str, where, None), language)
 
         agencies_raw = doc.get("agencies")
         agencies = DEFAULT_AGENCIES
@@ -378,7 +450,7 @@ class CCConfig:
                 check_keys(a, _KEYS["agencies"], f"agencies[{i}]")
                 if not isinstance(a.get("id"), str) or not isinstance(a.get("name"), str):
                     raise ConfigError(f"agencies[{i}]: needs string 'id' and 'name'")
-                found.append(Agency(a["id"], a["name"]))
+                found.append(Agency(a["id"], a["name"], _get(a, "name_en", str, f"agencies[{i}]", None)))
             agencies = tuple(found)
 
         webhook_url = _get(escalation, "webhook_url", str, "escalation", None)
@@ -391,6 +463,14 @@ class CCConfig:
                 else None
             ),
             webhook_secrets=_webhook_secrets(escalation, base),
+            second_after_s=float(_get(escalation, "second_after_s", (int, float), "escalation", 300.0)),
+            second_webhook_url=_get(escalation, "second_webhook_url", str, "escalation", None),
+            second_webhook_secrets=(
+                (_webhook_key(load_secret(escalation, "second_webhook_secret", base=base, where="escalation"),
+                              "escalation.second_webhook_secret"),)
+                if any(k.startswith("second_webhook_secret") for k in escalation)
+                else ()
+            ),
         )
         center = _get(console, "map_center", list, "console", None)
         if center is not None and (len(center) != 2 or not all(
@@ -462,10 +542,15 @@ class CCConfig:
             callbacks=cb,
             operators=accounts,
             agencies=agencies,
+            dispatch=DispatchSettings(accept_within_s=float(
+                _get(_table(doc, "dispatch"), "accept_within_s", (int, float), "dispatch", 120.0))),
             escalation=esc,
             console=con,
             plumbing=PlumbingSettings(
                 silence_s=float(_get(plumbing, "silence_s", (int, float), "plumbing", PlumbingSettings().silence_s))),
+            retention=RetentionSettings(
+                days=_get(retention, "days", int, "retention", RetentionSettings().days),
+                every_s=float(_get(retention, "every_s", (int, float), "retention", RetentionSettings().every_s))),
             limits=limits,
             throttle=rules,
             forwarded_allow_ips=_get(server, "forwarded_allow_ips", str, "server", "127.0.0.1"),
@@ -532,19 +617,23 @@ def _check_token(what: str, token: str) -> None:
 _SECRET_KEYS = ("token", "token_file", "token_env")  # "token" so that load_secret can explain
 _KEYS: dict[str, tuple[str, ...]] = {
     "": ("server", "store", "intake", "operators", "gateway", "callbacks", "agencies", "escalation", "console",
-         "throttle", "plumbing"),
+         "throttle", "plumbing", "retention", "dispatch"),
     "plumbing": ("silence_s",),
+    "retention": ("days", "every_s"),
     "server": ("host", "port", "log_level", "header_timeout_s", "body_timeout_s", "max_connections",
                "forwarded_allow_ips", "reuse_port", "direct_port"),
     "throttle": ("per_address", "per_name", "record_every_s"),
     "store": ("path", "url", "password", "password_file", "password_env", "pool_size"),
     "intake": _SECRET_KEYS,
-    "operators": ("name", "role", "agency", *_SECRET_KEYS),
+    "operators": ("name", "role", "agency", "language", *_SECRET_KEYS),
     "gateway": ("url", "urls", *_SECRET_KEYS),
     "callbacks": tuple(_CALLBACK_TYPES),
-    "agencies": ("id", "name"),
+    "agencies": ("id", "name", "name_en"),
+    "dispatch": ("accept_within_s",),
     "escalation": ("after_s", "webhook_url", "webhook_token", "webhook_token_file", "webhook_token_env",
-                   "webhook_secret", "webhook_secret_file", "webhook_secret_env", "webhook_secret_files"),
+                   "webhook_secret", "webhook_secret_file", "webhook_secret_env", "webhook_secret_files",
+                   "second_after_s", "second_webhook_url", "second_webhook_secret", "second_webhook_secret_file",
+                   "second_webhook_secret_env"),
     "console": (
         "session_hours",
         "secure_cookie",

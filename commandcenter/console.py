@@ -1,8 +1,12 @@
 """The operator console: one HTML page with plain JavaScript and CSS (no build step), and the vendored
-Leaflet for the map. Everything it shows comes from the same HTTP API other clients use."""
+Leaflet for the map. Everything it shows comes from the same HTTP API other clients use; its words
+come from the message catalog siaga/locale/console.json, served here as /console/i18n.json."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
@@ -12,6 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from .config import CCConfig
 
 STATIC_DIR = Path(__file__).parent / "static"
+# The catalog ships with the siaga package (siaga/i18n.py reads the same file for Python's words).
+CATALOG = Path(str(resources.files("siaga") / "locale" / "console.json"))
 
 router = APIRouter(include_in_schema=False)
 
@@ -52,6 +58,25 @@ async def console(request: Request) -> Response:
             "Cache-Control": "no-cache",
         },
     )
+
+
+@router.get("/console/i18n.json")
+async def console_catalog(request: Request) -> Response:
+    """The console's message catalog, both languages: the page looks its words up itself, so that a
+    person's switch of language needs no reload. Public, like the page: it holds words, no data."""
+    body, etag = _catalog()
+    # Revalidated each time, so that a new version's words come with its code; unchanged, 304.
+    headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@functools.cache
+def _catalog() -> tuple[bytes, str]:
+    """The catalog file and its ETag: read once, it changes only with the installed version."""
+    body = CATALOG.read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def mount_static(app: FastAPI) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from siaga.web import Guard, bearer_token, client_address, find_holder, token_matches
@@ -207,7 +207,20 @@ async def require_supervisor(principal: Annotated[Principal, Depends(require_pri
     return principal
 
 
+async def require_dispatch_actor(
+    agency: Annotated[str, Path(max_length=100, description="the agency id of the dispatch")],
+    principal: Annotated[Principal, Depends(require_principal)],
+) -> Principal:
+    """Who may set a dispatch's status: operators and supervisors any agency's (the room answers for
+    an agency it phoned); an agency account only its own agency's. To an agency account another
+    agency's dispatch does not exist (404), as another agency's incident does not."""
+    if principal.may_act or (principal.role is Role.AGENCY and principal.agency == agency):
+        return principal
+    raise HTTPException(404, f"no dispatch to {agency} that you may answer")
+
+
 PrincipalDep = Annotated[Principal, Depends(require_principal)]
+DispatchActorDep = Annotated[Principal, Depends(require_dispatch_actor)]
 ActorDep = Annotated[Principal, Depends(require_actor)]
 SupervisorDep = Annotated[Principal, Depends(require_supervisor)]
 # The name the routers used before roles existed: someone who may act on incidents.

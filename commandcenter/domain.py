@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Literal
@@ -67,6 +68,69 @@ class HistoryKind(StrEnum):
 
 def can_apply(action: Action, current: IncidentState) -> bool:
     return current in ALLOWED_FROM[action]
+
+
+# ---- dispatches: one per agency asked to help with an incident ----------------------------------
+
+
+class DispatchStatus(StrEnum):
+    """Where one agency's part in an incident stands; set by the agency's staff on screen, or by the
+    room on its behalf (it phoned or radioed them)."""
+
+    REQUESTED = "requested"
+    ACCEPTED = "accepted"
+    EN_ROUTE = "en_route"
+    ON_SCENE = "on_scene"
+    DONE = "done"
+    DECLINED = "declined"
+
+
+# The forward order of a dispatch. A move may skip steps (a unit that reports only "on scene"), never
+# go back: the times recorded for each step are what the figures and an inquiry rely on.
+DISPATCH_ORDER: tuple[DispatchStatus, ...] = (
+    DispatchStatus.REQUESTED,
+    DispatchStatus.ACCEPTED,
+    DispatchStatus.EN_ROUTE,
+    DispatchStatus.ON_SCENE,
+    DispatchStatus.DONE,
+)
+# An agency may decline before it has committed a unit; after that it finishes or the room closes.
+DECLINE_FROM = frozenset({DispatchStatus.REQUESTED, DispatchStatus.ACCEPTED})
+# A dispatch that counts as "help is on the way" for the incident and its buttons.
+ANSWERED = frozenset(DISPATCH_ORDER[1:])
+# The incident states a dispatch may be requested in: after an operator has seen the alarm, and while
+# it is being handled (to add agencies).
+DISPATCH_FROM = frozenset({IncidentState.ACKNOWLEDGED, IncidentState.DISPATCHED})
+
+
+def can_move_dispatch(current: DispatchStatus, target: DispatchStatus) -> bool:
+    if target is DispatchStatus.DECLINED:
+        return current in DECLINE_FROM
+    if current is DispatchStatus.DECLINED:
+        return False
+    return DISPATCH_ORDER.index(target) > DISPATCH_ORDER.index(current)
+
+
+def incident_moves(state: IncidentState, statuses: Iterable[DispatchStatus]) -> tuple[Action, ...]:
+    """The moves an incident in `state` makes because its dispatches stand at `statuses`: dispatched
+    once one of them has answered; resolved once every one not declined is done (at least one). Both,
+    in that order, when the first answer is already "done", so the incident's times stay complete."""
+    statuses = list(statuses)
+    live = [s for s in statuses if s is not DispatchStatus.DECLINED]
+    moves: list[Action] = []
+    current = state
+    if current is IncidentState.ACKNOWLEDGED and any(s in ANSWERED for s in live):
+        moves.append(Action.DISPATCH)
+        current = IncidentState.DISPATCHED
+    if current is IncidentState.DISPATCHED and live and all(s is DispatchStatus.DONE for s in live):
+        moves.append(Action.RESOLVE)
+    return tuple(moves)
+
+
+def needs_dispatch(state: IncidentState, statuses: Iterable[DispatchStatus]) -> bool:
+    """Every agency asked has declined: the incident is back with the room until another is asked."""
+    statuses = list(statuses)
+    return state in OPEN_STATES and bool(statuses) and all(s is DispatchStatus.DECLINED for s in statuses)
 
 
 # Alarm kinds of protocol §4.1. Intake accepts other well-formed kinds too (see models.AlarmIn).

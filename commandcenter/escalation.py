@@ -5,7 +5,15 @@ webhook outbox (store-and-forward, retried until 2xx, like the state reports to 
 
 With several processes on one PostgreSQL database the escalator runs in one of them (cluster.Leadership);
 the others' consoles hear of an escalation through live.Relay, and the leader hears of the incidents
-other processes open the same way (`notify()`), so its timer is set for them at once."""
+other processes open the same way (`notify()`), so its timer is set for them at once.
+
+Second level (`[escalation] second_after_s`): an escalated incident still `new` that long after its
+first escalation escalates again, once, naming the supervisors on duty then (the open shifts of
+shifts.py), with an audit entry `escalated_2`, an `escalation` event to every console (the
+supervisors' consoles raise a banner for `escalated2_at`) and an `incident.escalated` webhook event
+with `"level": 2`, to `second_webhook_url` (its own outbox lane and sender) or else to the first
+webhook. The same task and timer run both levels: an incident's second due time follows from its
+first escalation, which this task made."""
 
 from __future__ import annotations
 
@@ -28,6 +36,26 @@ IDLE_POLL_S = 30.0
 # Never spin: after a round that escalated nothing, wait at least this long.
 MIN_WAIT_S = 0.05
 WEBHOOK_EVENT = "incident.escalated"
+
+
+def second_webhook_body(incident: Incident, at: datetime, after_s: float, second_after_s: float,
+                        supervisors: list[str]) -> str:
+    """The JSON of a second-level escalation (docs/commandcenter.md, "Second escalation"): the first
+    level's fields, a distinct `event_id`, the level and the supervisors on duty."""
+    return json.dumps(
+        {
+            "event": WEBHOOK_EVENT,
+            "event_id": f"{incident.ref}:escalated:2",
+            "at": rfc3339(at),
+            "level": 2,
+            "after_s": after_s,
+            "second_after_s": second_after_s,
+            "supervisors_on_duty": supervisors,
+            "incident": IncidentOut.of(incident).model_dump(mode="json"),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def webhook_body(incident: Incident, at: datetime, after_s: float) -> str:
@@ -68,6 +96,8 @@ class Escalator:
             raise RuntimeError("escalation already started")
         self._task = asyncio.create_task(self._run(), name="siaga-cc-escalation")
         log.info("unacknowledged incidents escalate after %.1f s", self._settings.after_s)
+        if self._settings.second_after_s > 0:
+            log.info("and a second time, to the supervisors on duty, %.1f s later", self._settings.second_after_s)
 
     def notify(self) -> None:
         self._wake.set()
@@ -99,15 +129,53 @@ class Escalator:
                         (now - incident.created_at).total_seconds(), incident.kind, incident.address[:80])
         if escalated:
             self._on_escalated(escalated)
+        return escalated + await self._run_second_level(now)
+
+    async def _run_second_level(self, now: datetime) -> list[Incident]:
+        settings = self._settings
+        if settings.second_after_s <= 0:
+            return []
+
+        def body(incident: Incident, at: datetime, supervisors: list[str]) -> str:
+            return second_webhook_body(incident, at, settings.after_s, settings.second_after_s, supervisors)
+
+        escalated = await self._store.escalate_second_due(
+            now=now,
+            after_s=settings.second_after_s,
+            webhook_body=body if settings.second_webhook else None,
+            second_receiver=settings.second_webhook_url is not None,
+        )
+        for incident in escalated:
+            # ERROR: escalated once already, and still nobody has answered.
+            log.error("%s escalated a second time: unacknowledged for %.0f s (%s at %s)", incident.ref,
+                      (now - incident.created_at).total_seconds(), incident.kind, incident.address[:80])
+        if escalated:
+            self._on_escalated(escalated)
         return escalated
 
+    async def _next_due(self) -> datetime | None:
+        due = await self._store.next_escalation_due(after_s=self._settings.after_s)
+        if self._settings.second_after_s > 0:
+            second = await self._store.next_second_escalation_due(after_s=self._settings.second_after_s)
+            if second is not None and (due is None or second < due):
+                due = second
+        return due
+
     async def _run(self) -> None:
+        if self._settings.second_webhook_url is None:
+            try:
+                moved = await self._store.reroute_second_level_webhooks()
+                if moved:
+                    log.warning("%d second-level escalation events waited for a second_webhook_url that is no "
+                                "longer configured; they go to the first webhook", moved)
+            except Exception:
+                log.exception("escalation: could not re-route second-level webhook events")
         while not self._stopping.is_set():
             self._wake.clear()  # before looking, so a notify() while we look is not lost
             try:
                 if await self.run_once(utc_now()):
                     continue  # there may be more than one round's worth
-                due = await self._store.next_escalation_due(after_s=self._settings.after_s)
+                due = await self._next_due()
             except Exception:
                 log.exception("escalation: database access failed; trying again in 1 s")
                 await self._sleep(1.0)

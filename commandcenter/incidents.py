@@ -11,18 +11,26 @@ from siaga import contract
 from siaga.web import StrictRoute
 
 from .config import Role
-from .deps import ActorDep, Principal, PrincipalDep, Services, ServicesDep
-from .domain import Action, IncidentState, parse_incident_ref, utc_now
+from .deps import ActorDep, DispatchActorDep, Principal, PrincipalDep, Services, ServicesDep
+from .domain import Action, DispatchStatus, IncidentState, parse_incident_ref, utc_now
 from .models import (
     ActionRequest,
     DispatchRequest,
+    DispatchStatusRequest,
     ErrorOut,
     IncidentDetail,
     IncidentOut,
     NoteRequest,
     ReferRequest,
 )
-from .store import Incident, IncidentNotFoundError, InvalidTransitionError
+from .store import (
+    DispatchExistsError,
+    DispatchNotFoundError,
+    Incident,
+    IncidentNotFoundError,
+    InvalidDispatchMoveError,
+    InvalidTransitionError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +68,20 @@ def _number(incident_id: str) -> int:
 
 
 def _visible(incident: Incident | None, who: Principal) -> bool:
-    """Agency viewers see only incidents dispatched to their agency; to them others do not exist."""
+    """Agency accounts see only incidents with a dispatch to their agency (in any status); to them
+    others do not exist."""
     if incident is None:
         return False
-    return who.role is not Role.AGENCY or incident.agency == who.agency
+    return who.role is not Role.AGENCY or any(d.agency == who.agency for d in incident.dispatches)
 
 
 @router.get(
     "",
     summary="List incidents",
     description=(
-        "Unacknowledged first, then the other open ones, then closed ones; newest first in each. Agency "
-        "viewers get only the incidents dispatched to their agency."
+        "Open incidents whose every dispatch was declined (`needs_dispatch`) first, then unacknowledged ones, "
+        "then the other open ones, then closed ones; newest first in each. Agency accounts get only the "
+        "incidents with a dispatch to their agency."
     ),
     response_model=list[IncidentOut],
 )
@@ -99,7 +109,8 @@ async def get_incident(incident_id: str, svc: ServicesDep, who: PrincipalDep) ->
         raise HTTPException(404, f"no incident {incident_id}")
     events = await svc.store.incident_events(number)
     history = await svc.store.incident_history(number)
-    return IncidentDetail.build(incident, events, history)
+    dispatch_history = await svc.store.dispatch_history(number)
+    return IncidentDetail.build(incident, events, history, dispatch_history)
 
 
 @router.post(
@@ -117,13 +128,98 @@ async def acknowledge(
 
 @router.post(
     "/{incident_id}/dispatch",
-    summary="Record that an agency was dispatched",
-    description="Allowed from `acknowledged`.",
+    summary="Dispatch one or more agencies",
+    description=(
+        "Allowed from `acknowledged`, and from `dispatched` to add agencies. A dispatch to an agency that "
+        "answers on screen (it has an account) starts `requested` and waits for the agency to accept; one to "
+        "any other agency, or with `accepted: true` (the room phoned or radioed it), is recorded as `accepted` "
+        "on its behalf. The incident becomes `dispatched` (and the buttons are told so) once a dispatch is "
+        "accepted. `{\"agency\": id}` is the older form for one agency."
+    ),
     response_model=IncidentOut,
-    responses=_ACTION_RESPONSES,
+    responses={
+        **_ACTION_RESPONSES,
+        409: {"model": ErrorOut, "description": "the incident's state does not allow a dispatch, or an agency "
+              "already has a dispatch on it that it has not declined"},
+        422: {"model": ErrorOut, "description": "an agency id that is not configured, or a malformed body"},
+    },
 )
 async def dispatch(incident_id: str, body: DispatchRequest, svc: ServicesDep, operator: ActorDep) -> IncidentOut:
-    return await _act(svc, incident_id, Action.DISPATCH, operator, agency=body.agency, note=body.note)
+    number = _number(incident_id)
+    configured = {a.id for a in svc.config.agencies}
+    unknown = [a for a in body.agency_ids if a not in configured]
+    if unknown:
+        raise HTTPException(422, f"no agency {unknown[0][:100]} is configured; see GET /api/v1/console/settings")
+    requests = [(a, _first_status(svc, a, body.accepted)) for a in body.agency_ids]
+    try:
+        incident = await svc.store.request_dispatches(
+            number, requests, actor=operator.name, now=utc_now(), note=body.note
+        )
+    except IncidentNotFoundError:
+        raise HTTPException(404, f"no incident {incident_id}") from None
+    except InvalidTransitionError as exc:
+        raise HTTPException(409, f"{incident_id} is {exc.current.value}; it cannot be dispatched") from None
+    except DispatchExistsError as exc:
+        raise HTTPException(
+            409, f"{incident_id} is {exc.current.value}: {exc.agency} already has a dispatch on it"
+        ) from None
+    log.info("%s dispatched to %s by %s", incident_id, ", ".join(body.agency_ids), operator.name)
+    await _after_dispatch_change(svc, incident)
+    return IncidentOut.of(incident)
+
+
+@router.post(
+    "/{incident_id}/dispatches/{agency}",
+    summary="Set the status of an agency's dispatch",
+    description=(
+        "Forward only along requested -> accepted -> en_route -> on_scene -> done (steps may be skipped); "
+        "`declined` only from requested or accepted, with a `reason`. Operators and supervisors may set any "
+        "agency's dispatch; an agency account only its own agency's. The incident becomes `dispatched` when "
+        "its first dispatch is accepted, and `resolved` when every dispatch not declined is done."
+    ),
+    response_model=IncidentOut,
+    responses={
+        **_NOT_FOUND,
+        403: {"model": ErrorOut, "description": "a session without X-CSRF-Token"},
+        404: {"model": ErrorOut, "description": "no such incident, or no dispatch to that agency that you may set"},
+        409: {"model": ErrorOut, "description": "the dispatch's status does not allow this move"},
+    },
+)
+async def set_dispatch_status(
+    incident_id: str, agency: str, body: DispatchStatusRequest, svc: ServicesDep, who: DispatchActorDep
+) -> IncidentOut:
+    number = _number(incident_id)
+    if who.role is Role.AGENCY and not _visible(await svc.store.get_incident(number), who):
+        raise HTTPException(404, f"no incident {incident_id}")
+    status = DispatchStatus(body.status)
+    try:
+        incident = await svc.store.set_dispatch_status(
+            number, agency, status, actor=who.name, now=utc_now(), reason=body.reason, note=body.note
+        )
+    except IncidentNotFoundError:
+        raise HTTPException(404, f"no incident {incident_id}") from None
+    except DispatchNotFoundError:
+        raise HTTPException(404, f"{incident_id} has no dispatch to {agency}") from None
+    except InvalidDispatchMoveError as exc:
+        raise HTTPException(
+            409, f"the dispatch to {agency} is {exc.current.value}; it cannot become {exc.target.value}"
+        ) from None
+    log.info("%s: dispatch to %s %s by %s", incident_id, agency, status.value, who.name)
+    await _after_dispatch_change(svc, incident)
+    return IncidentOut.of(incident)
+
+
+def _first_status(svc: Services, agency: str, accepted: bool | None) -> DispatchStatus:
+    """`requested` for an agency that answers on screen, unless the room says it already accepted."""
+    if accepted is not True and svc.config.answers_on_screen(agency):
+        return DispatchStatus.REQUESTED
+    return DispatchStatus.ACCEPTED
+
+
+async def _after_dispatch_change(svc: Services, incident: Incident) -> None:
+    svc.notify_callbacks()  # when the incident moved, its state reports are queued
+    svc.notify_escalation()  # a new request sets the unanswered-dispatch timer
+    await svc.publish_one(incident)
 
 
 @router.post(
@@ -195,14 +291,13 @@ async def _act(
     action: Action,
     operator: Principal,
     *,
-    agency: str | None = None,
     note: str | None = None,
     referral: tuple[str, str | None] | None = None,
 ) -> IncidentOut:
     number = _number(incident_id)
     try:
         incident = await svc.store.apply_action(
-            number, action, actor=operator.name, now=utc_now(), agency=agency, note=note, referral=referral
+            number, action, actor=operator.name, now=utc_now(), note=note, referral=referral
         )
     except IncidentNotFoundError:
         raise HTTPException(404, f"no incident {incident_id}") from None

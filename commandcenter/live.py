@@ -47,13 +47,13 @@ EventType = Literal["incident", "escalation", "fault"]
 class LiveEvent:
     type: EventType
     data: str  # JSON, one line
-    agency: str | None = None  # for incident events: the incident's agency
+    agencies: frozenset[str] = frozenset()  # for incident events: the agencies the incident was dispatched to
 
 
 def visible_to(event: LiveEvent, who: Principal) -> bool:
-    """The same rule as the API: agency viewers only see incidents dispatched to their agency."""
+    """The same rule as the API: agency accounts only see incidents with a dispatch to their agency."""
     if who.role is Role.AGENCY:
-        return event.type in ("incident", "escalation") and event.agency is not None and event.agency == who.agency
+        return event.type in ("incident", "escalation") and who.agency in event.agencies
     return True
 
 
@@ -102,7 +102,8 @@ class Broadcaster:
 
     def publish_incidents(self, incidents: Iterable[Incident], type_: EventType = "incident") -> None:
         for i in incidents:
-            self.publish(LiveEvent(type_, IncidentOut.of(i).model_dump_json(), i.agency))
+            agencies = frozenset(d.agency for d in i.dispatches)
+            self.publish(LiveEvent(type_, IncidentOut.of(i).model_dump_json(), agencies))
 
     def publish_fault(self, device_id: str, fault: str, active: bool, at: datetime) -> None:
         data = {"device_id": device_id, "fault": fault, "active": active, "at": rfc3339(at)}

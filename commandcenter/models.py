@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -21,10 +22,11 @@ from pydantic import (
 
 from siaga import contract
 
-from .config import Role
+from .config import DEFAULT_AGENCIES, Agency, Role
 from .domain import (
     DEFAULT_REFERRAL_CHANNEL,
     KNOWN_KINDS,
+    DispatchStatus,
     FaultKind,
     HistoryKind,
     IncidentState,
@@ -32,7 +34,15 @@ from .domain import (
     incident_ref,
     rfc3339,
 )
-from .store import AlarmEvent, AuditEntry, DeviceFault, HistoryEntry, Incident
+from .store import (
+    AlarmEvent,
+    AuditEntry,
+    DeviceFault,
+    Dispatch,
+    DispatchHistoryEntry,
+    HistoryEntry,
+    Incident,
+)
 
 # Times go out as RFC 3339 UTC with milliseconds and a 'Z', like every other time in the protocol.
 UtcTime = Annotated[
@@ -353,13 +363,74 @@ class ActionRequest(BaseModel):
     note: str | None = Field(default=None, max_length=2000)
 
 
+# One request dispatches to at most this many agencies (more than the default list holds).
+MAX_AGENCIES_PER_DISPATCH = 20
+AgencyId = Annotated[str, Field(min_length=1, max_length=100, examples=["fire"])]
+
+
 class DispatchRequest(ActionRequest):
-    agency: str = Field(
+    # At least one of the two forms, said in the schema too (a validator alone would refuse bodies
+    # the document allows).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["agencies"], "properties": {"agencies": {"type": "array"}}},
+        {"required": ["agency"], "properties": {"agency": {"type": "string"}}},
+    ]})
+
+    agencies: list[AgencyId] | None = Field(
+        default=None,
         min_length=1,
-        max_length=100,
-        examples=["ambulance"],
-        description="an agency id; the console offers the configured agencies (GET /api/v1/console/settings)",
+        max_length=MAX_AGENCIES_PER_DISPATCH,
+        examples=[["fire", "ambulance"]],
+        description="agency ids, each once; the console offers the configured agencies (GET /api/v1/console/settings)",
+        json_schema_extra={"uniqueItems": True},
     )
+    agency: AgencyId | None = Field(
+        default=None,
+        description="one agency id: the form of versions before several agencies; with `agencies`, it is added to them",
+    )
+    accepted: bool | None = Field(
+        default=None,
+        description="true: the room asked the agencies by phone or radio and they accepted; otherwise an agency "
+        "that answers on screen starts `requested`",
+    )
+
+    @model_validator(mode="after")
+    def _agencies_given(self) -> Self:
+        if self.agencies is None and self.agency is None:
+            raise ValueError("give `agencies`: a list of agency ids")
+        if self.agencies is not None and len(set(self.agencies)) != len(self.agencies):
+            raise ValueError("an agency is named twice in `agencies`")
+        return self
+
+    @property
+    def agency_ids(self) -> list[str]:
+        """The agencies asked, in the order given, each once."""
+        ids = [self.agency] if self.agency is not None else []
+        return list(dict.fromkeys(ids + (self.agencies or [])))
+
+
+class DispatchStatusRequest(BaseModel):
+    # A decline needs its reason: in the schema too, so that the document and the service agree.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"required": ["status"], "properties": {"status": {"const": "declined"}}},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string"}}},
+    })
+
+    status: Literal["accepted", "en_route", "on_scene", "done", "declined"] = Field(
+        description="forward only along accepted -> en_route -> on_scene -> done (steps may be skipped); "
+        "`declined` only from requested or accepted, with a `reason`"
+    )
+    reason: str | None = Field(
+        default=None, min_length=1, max_length=500, pattern=r"\S",
+        description="why: required to decline; kept in the dispatch's history with any other status",
+    )
+    note: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _reason_for_decline(self) -> Self:
+        if self.status == "declined" and self.reason is None:
+            raise ValueError("a declined dispatch needs a `reason`")
+        return self
 
 
 class ReferRequest(ActionRequest):
@@ -391,6 +462,43 @@ class LocationOut(BaseModel):
     area: str
 
 
+# The configured agencies' names, for DispatchOut.agency_name: configuration, set by create_app
+# (one configuration per process), so that every place that turns an incident into JSON (the API,
+# the live stream, the webhooks) names agencies alike. An id not configured is shown as it is.
+_agency_names: dict[str, str] = {a.id: a.name for a in DEFAULT_AGENCIES}
+
+
+def use_agency_names(agencies: Iterable[Agency]) -> None:
+    _agency_names.clear()
+    _agency_names.update((a.id, a.name) for a in agencies)
+
+
+class DispatchOut(BaseModel):
+    agency: str = Field(examples=["fire"])
+    agency_name: str = Field(description="the configured name (Bahasa Indonesia); the id if it is not configured")
+    status: DispatchStatus
+    reason: str | None = Field(description="why it was declined")
+    requested_at: UtcTime
+    requested_by: str
+    accepted_at: UtcTime | None
+    en_route_at: UtcTime | None
+    on_scene_at: UtcTime | None
+    done_at: UtcTime | None
+    declined_at: UtcTime | None
+    updated_at: UtcTime
+    updated_by: str
+    escalated_at: UtcTime | None = Field(description="when it escalated for being unanswered; null if it did not")
+
+    @classmethod
+    def of(cls, d: Dispatch) -> DispatchOut:
+        return cls(
+            agency=d.agency, agency_name=_agency_names.get(d.agency, d.agency), status=d.status, reason=d.reason,
+            requested_at=d.requested_at, requested_by=d.requested_by, accepted_at=d.accepted_at,
+            en_route_at=d.en_route_at, on_scene_at=d.on_scene_at, done_at=d.done_at, declined_at=d.declined_at,
+            updated_at=d.updated_at, updated_by=d.updated_by, escalated_at=d.escalated_at,
+        )
+
+
 class IncidentOut(BaseModel):
     id: str = Field(examples=["inc-000017"])
     state: IncidentState
@@ -408,7 +516,7 @@ class IncidentOut(BaseModel):
     acknowledged_by: str | None
     dispatched_at: UtcTime | None
     dispatched_by: str | None
-    agency: str | None
+    agency: str | None = Field(description="the first agency dispatched (see `dispatches` for all)")
     closed_at: UtcTime | None = Field(description="when it was resolved or declared a false alarm")
     closed_by: str | None
     escalated_at: UtcTime | None = Field(
@@ -420,6 +528,16 @@ class IncidentOut(BaseModel):
         description="closed as not an emergency (state `resolved`): the complaint channel it was referred to",
     )
     referral_ref: str | None = Field(default=None, description="that channel's reference or ticket number")
+    dispatches: list[DispatchOut] = Field(default_factory=list, description="every agency asked, in request order")
+    needs_dispatch: bool = Field(
+        default=False, description="every agency asked declined: back with the room until another is dispatched"
+    )
+    escalated2_at: UtcTime | None = Field(
+        default=None, description="when it escalated a second time, to the supervisor on duty; null if it did not"
+    )
+    purged_at: UtcTime | None = Field(
+        default=None, description="when the retention policy removed its notes, address and exact location"
+    )
 
     @classmethod
     def of(cls, i: Incident) -> IncidentOut:
@@ -478,16 +596,40 @@ class HistoryOut(BaseModel):
         )
 
 
+class DispatchHistoryOut(BaseModel):
+    agency: str
+    at: UtcTime
+    actor: str = Field(description="who set it: the agency's account, or an operator on its behalf")
+    from_status: DispatchStatus | None = Field(description="null for the request itself")
+    to_status: DispatchStatus
+    reason: str | None = Field(description="why it was declined")
+
+    @classmethod
+    def of(cls, h: DispatchHistoryEntry) -> DispatchHistoryOut:
+        return cls(agency=h.agency, at=h.at, actor=h.actor, from_status=h.from_status, to_status=h.to_status,
+                   reason=h.reason)
+
+
 class IncidentDetail(IncidentOut):
     events: list[EventOut]
     history: list[HistoryOut]
+    dispatch_history: list[DispatchHistoryOut] = Field(
+        default_factory=list, description="every status change of the incident's dispatches, oldest first"
+    )
 
     @classmethod
-    def build(cls, i: Incident, events: list[AlarmEvent], history: list[HistoryEntry]) -> IncidentDetail:
+    def build(
+        cls,
+        i: Incident,
+        events: list[AlarmEvent],
+        history: list[HistoryEntry],
+        dispatch_history: list[DispatchHistoryEntry] | None = None,
+    ) -> IncidentDetail:
         return cls(
             **_incident_fields(i),
             events=[EventOut.of(e) for e in events],
             history=[HistoryOut.of(h) for h in history],
+            dispatch_history=[DispatchHistoryOut.of(h) for h in dispatch_history or ()],
         )
 
 
@@ -543,11 +685,23 @@ class SessionOut(BaseModel):
         description="send it as `X-CSRF-Token` with every POST and DELETE made with the session cookie; "
         "null for bearer tokens, which need none"
     )
+    language: Literal["id", "en"] = Field(
+        default="id", description="the language this person reads the console in (PUT /api/v1/session/language)"
+    )
+
+
+class LanguageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    language: Literal["id", "en"] = Field(description="`id` (Bahasa Indonesia) or `en` (English)")
 
 
 class AgencyOut(BaseModel):
     id: str
-    name: str
+    name: str = Field(description="in Bahasa Indonesia")
+    name_en: str | None = Field(default=None, description="in English; null: `name` serves both")
+    answers_on_screen: bool = Field(
+        default=False, description="it has an account of its own: a dispatch to it starts `requested`"
+    )
 
 
 class ConsoleSettingsOut(BaseModel):
@@ -560,6 +714,9 @@ class ConsoleSettingsOut(BaseModel):
     map_center: tuple[float, float]
     map_zoom: int
     server_time: UtcTime
+    timezone: str | None = Field(
+        default=None, description="the room's IANA time zone for the times shown; null: the browser's own"
+    )
 
 
 class SettingsOut(BaseModel):
@@ -578,7 +735,9 @@ class AuditOut(BaseModel):
     at: UtcTime
     actor: str
     action: str = Field(description="login, login_failed, logout, acknowledged, dispatched, resolved, "
-                        "false_alarm, referred, note, export, gateway_silent, gateway_back, gateway_forgotten")
+                        "false_alarm, referred, note, export, gateway_silent, gateway_back, gateway_forgotten, "
+                        "dispatch_requested, dispatch_<status> (accepted, en_route, on_scene, done, declined), "
+                        "dispatch_escalated")
     target: str | None
     detail: dict[str, Any] | None
 
@@ -588,7 +747,10 @@ class AuditOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: Any
+    detail: Any = Field(description="what is wrong, in English: a sentence, or a list of validation errors "
+                        "(loc, msg, type)")
+    message: str | None = Field(None, description="the same in the caller's language (the person's choice, "
+                                "else Accept-Language, else Bahasa Indonesia), for people to read")
 
 
 def _incident_fields(i: Incident) -> dict[str, Any]:
@@ -616,6 +778,10 @@ def _incident_fields(i: Incident) -> dict[str, Any]:
         "battery_mv": i.battery_mv,
         "referred_to": i.referred_to,
         "referral_ref": i.referral_ref,
+        "dispatches": [DispatchOut.of(d) for d in i.dispatches],
+        "needs_dispatch": i.needs_dispatch,
+        "escalated2_at": i.escalated2_at,
+        "purged_at": i.purged_at,
     }
 
 
@@ -658,3 +824,45 @@ class StatsOut(BaseModel):
     by_area: list[GroupFiguresOut]
     false_alarms_by_device: list[DeviceFalseAlarmsOut]
     devices_offline: list[DeviceFaultOut] = Field(description="devices whose offline fault is active now")
+
+
+# ---- shifts and per-operator figures (commandcenter/shifts.py) -------------------------------------
+
+OPERATOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"  # config._OPERATOR_NAME
+
+
+class ShiftOut(BaseModel):
+    id: int
+    operator: str
+    role: Role
+    started_at: UtcTime = Field(description="when the person signed on")
+    ended_at: UtcTime | None = Field(description="when they handed over; null while on duty")
+    handover_note: str | None = Field(description="what they handed over; empty once purged by retention")
+    handed_to: str | None = Field(description="the person they handed over to, if they named one")
+    open_at_handover: list[str] = Field(
+        description="incidents still open at the handover: they carry over to the next shift", examples=[["inc-000017"]]
+    )
+
+
+class HandoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(min_length=1, max_length=4000, description="what the next shift must know")
+    to: str | None = Field(default=None, pattern=OPERATOR_NAME,
+                           description="the name of the person taking over, as they sign in; null: whoever comes")
+
+
+class OperatorFiguresOut(BaseModel):
+    operator: str
+    answered: int = Field(description="incidents this person acknowledged in the period")
+    ack_s_mean: float | None = Field(description="first press -> acknowledged, mean in seconds; null if none")
+    ack_s_median: float | None
+    ack_s_max: float | None
+    dispatched: int = Field(description="incidents whose first dispatch this person requested in the period")
+    dispatch_s_mean: float | None = Field(description="first press -> first dispatch requested, mean in seconds")
+    dispatch_s_median: float | None
+
+
+class ShiftFiguresOut(OperatorFiguresOut):
+    """The figures of the shift's operator over the shift's time window (until now while it is open)."""
+
+    shift: ShiftOut

@@ -15,9 +15,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from siaga.web import KIB, Guard, StrictRoute, client_address
 
 from .config import Role
-from .deps import SESSION_COOKIE, PrincipalDep, ServicesDep, find_operator, session_hash
+from .deps import SESSION_COOKIE, PrincipalDep, Services, ServicesDep, find_operator, session_hash
 from .domain import KNOWN_KINDS, utc_now
-from .models import AgencyOut, ConsoleSettingsOut, ErrorOut, LoginRequest, SessionOut
+from .models import AgencyOut, ConsoleSettingsOut, ErrorOut, LanguageRequest, LoginRequest, SessionOut
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ async def login(body: LoginRequest, svc: ServicesDep, request: Request, response
     )
     op = cfg.operator(name)
     log.info("%s signed in (%s)", name, op.role.value)
-    return SessionOut(name=name, role=op.role, agency=op.agency, via="session", csrf_token=csrf)
+    language = await language_of(svc, name)
+    return SessionOut(name=name, role=op.role, agency=op.agency, via="session", csrf_token=csrf, language=language)
 
 
 @router.get(
@@ -89,9 +90,35 @@ async def login(body: LoginRequest, svc: ServicesDep, request: Request, response
     response_model=SessionOut,
     responses={401: {"model": ErrorOut, "description": "not signed in"}},
 )
-async def whoami(who: PrincipalDep) -> SessionOut:
+async def whoami(who: PrincipalDep, svc: ServicesDep) -> SessionOut:
     via: Literal["session", "token"] = "session" if who.session_hash is not None else "token"
-    return SessionOut(name=who.name, role=who.role, agency=who.agency, via=via, csrf_token=who.csrf_token)
+    return SessionOut(name=who.name, role=who.role, agency=who.agency, via=via, csrf_token=who.csrf_token,
+                      language=await language_of(svc, who.name))
+
+
+@router.put(
+    "/session/language",
+    summary="Choose the console's language",
+    description=(
+        "Stores the signed-in person's language, `id` (Bahasa Indonesia, the default) or `en` (English): "
+        "the console shows it from then on, at every desk. Without a choice, the person's `language` in the "
+        "command center's configuration applies, else `id`."
+    ),
+    response_model=SessionOut,
+    responses={401: {"model": ErrorOut, "description": "not signed in"}},
+)
+async def choose_language(body: LanguageRequest, who: PrincipalDep, svc: ServicesDep) -> SessionOut:
+    await svc.store.set_language(who.name, body.language, now=utc_now())
+    via: Literal["session", "token"] = "session" if who.session_hash is not None else "token"
+    return SessionOut(name=who.name, role=who.role, agency=who.agency, via=via, csrf_token=who.csrf_token,
+                      language=body.language)
+
+
+async def language_of(svc: Services, name: str) -> Literal["id", "en"]:
+    """The person's own choice, else their configured language, else Bahasa Indonesia."""
+    account = svc.config.operators.get(name)
+    chosen = await svc.store.get_language(name) or (account.language if account else None)
+    return "en" if chosen == "en" else "id"
 
 
 @router.delete(
@@ -124,11 +151,14 @@ async def console_settings(who: PrincipalDep, svc: ServicesDep) -> ConsoleSettin
     if who.role is Role.AGENCY:
         agencies = tuple(a for a in agencies if a.id == who.agency)
     return ConsoleSettingsOut(
-        agencies=[AgencyOut(id=a.id, name=a.name) for a in agencies],
+        agencies=[AgencyOut(id=a.id, name=a.name, name_en=a.name_en,
+                            answers_on_screen=svc.config.answers_on_screen(a.id)) for a in agencies],
         kinds=list(KNOWN_KINDS),
         tile_url=c.tile_url,
         tile_attribution=c.tile_attribution,
         map_center=c.map_center,
         map_zoom=c.map_zoom,
         server_time=utc_now(),
+        # "UTC" is also the setting's default: a room in Indonesia that set nothing sees the browser's zone.
+        timezone=None if c.timezone == "UTC" else c.timezone,
     )

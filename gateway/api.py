@@ -151,6 +151,8 @@ class ErrorOut(BaseModel):
 
     detail: str | list[dict[str, Any]] = Field(
         description="what is wrong: a sentence, or a list of validation errors (loc, msg, type)")
+    message: str | None = Field(None, description="the same in the caller's language (Accept-Language, else "
+                                "Bahasa Indonesia), for people to read")
 
 
 class DestinationHealthOut(BaseModel):

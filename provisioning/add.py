@@ -26,6 +26,7 @@ from .gateway import GatewayClient
 from .keystore import Keystore
 from .provision import hold_seconds
 from .settings import DeviceDefaults, Settings
+from .text import t
 from .ui import Rollback, Ui
 from .validate import Location
 
@@ -54,25 +55,22 @@ def add_device(settings: Settings, req: Request, ui: Ui) -> Added:
     device_id = req.device_id
     logins = BrokerLogins(settings.broker)
     if not logins.managed:
-        ui.warn("the provisioning config has no [broker] section: no broker login is made; make it on the broker's "
-                f"machine with `siaga broker set-password --passwd <password file> {device_id}` and the password "
-                "shown below")
+        ui.warn(t("add.no_broker_section", device=device_id))
     fresh = Identity.new(device_id)
     identity = Identity(device_id, req.secret_hex or fresh.secret_hex, req.mqtt_password or fresh.mqtt_password)
     with GatewayClient.of(settings) as gw:
         _check_free(gw, logins, settings, device_id)
-        ui.step(f"gateway {settings.gateway_url}: reachable; {device_id} is free")
+        ui.step(t("add.free", url=settings.gateway_url, device=device_id))
         tx = Rollback(ui)
         maybe_registered = False
         try:
             with tx:
                 if settings.broker is not None:
                     logins.set(device_id, identity.mqtt_password)
-                    tx.add("broker login", lambda: (logins.remove(device_id), logins.reload()),
-                           f"siaga broker remove-user --passwd {settings.broker.password_file} {device_id}, then "
-                           "reload the broker")
+                    tx.add(t("step.broker_login"), lambda: (logins.remove(device_id), logins.reload()),
+                           t("add.undo_login", path=settings.broker.password_file, device=device_id))
                     logins.reload()
-                    ui.step(f"broker: login {device_id} made; the broker reloaded")
+                    ui.step(t("add.login_made", device=device_id))
                 try:
                     gw.register(device_id, identity.secret_hex, req.location, req.site)
                 except BaseException as exc:
@@ -81,18 +79,16 @@ def add_device(settings: Settings, req: Request, ui: Ui) -> Added:
                     maybe_registered = not isinstance(exc, GatewayError) or (
                         isinstance(exc, GatewayUnreachable) and exc.sent)
                     if maybe_registered:
-                        tx.add("gateway registration",
+                        tx.add(t("step.gateway_registration"),
                                lambda: gw.device(device_id) is not None and gw.decommission(device_id),
-                               f"`siaga devices show {device_id}`; if it is there, `siaga devices decommission "
-                               f"{device_id}`")
+                               t("add.undo_registration", device=device_id))
                     raise
-                ui.step(f"gateway: {device_id} registered at {req.location.address} ({req.location.area})"
-                        + (f", site {req.site}" if req.site else ""))
+                ui.step(t("add.registered", device=device_id, address=req.location.address, area=req.location.area)
+                        + (t("add.site", site=req.site) if req.site else ""))
                 tx.commit()
         except ProvisionError as exc:
             if not maybe_registered and not tx.failed_undos:
-                again = f"nothing of {device_id} is left at the broker or the gateway: once that is fixed, run the " \
-                        "same command again"
+                again = t("add.nothing_left", device=device_id)
                 exc.hint = f"{exc.hint}\n  {again}" if exc.hint else again
             raise
     return Added(identity, req.secret_hex is None, req.mqtt_password is None, logins.managed,
@@ -103,23 +99,19 @@ def _check_free(gw: GatewayClient, logins: BrokerLogins, settings: Settings, dev
     found = gw.device(device_id)
     if found is not None:
         state = status(found)
-        hint = ("a decommissioned id is not given out again (the gateway keeps its history); choose another id"
-                if state == "decommissioned" else
-                f"choose another id; `siaga devices show {device_id}` shows the registered one")
-        raise UsageError(f"device {device_id} is already registered at the gateway ({state}); nothing was changed",
-                         hint)
+        hint = (t("add.id_decommissioned.hint") if state == "decommissioned" else
+                t("add.id_taken.hint", device=device_id))
+        raise UsageError(t("add.id_taken", device=device_id, state=state), hint)
     if settings.broker is None:
         return
     try:
         taken = logins.has(device_id)
     except OSError as exc:
-        raise BrokerError(f"cannot read the broker password file {settings.broker.password_file}: {exc.strerror}",
-                          "run the tool as a user that may read and write it (or with sudo)") from None
+        raise BrokerError(t("broker.passwd_unreadable", path=settings.broker.password_file, error=exc.strerror),
+                          t("broker.passwd_unreadable.hint")) from None
     if taken:
-        raise UsageError(f"the broker already has a login {device_id}, but the gateway has no such device; nothing "
-                         "was changed",
-                         f"if it is left over, remove it (`siaga broker remove-user --passwd "
-                         f"{settings.broker.password_file} {device_id}`) and reload the broker; or choose another id")
+        raise UsageError(t("add.login_taken", device=device_id),
+                         t("add.login_taken.hint", path=settings.broker.password_file, device=device_id))
 
 
 def _record(settings: Settings, req: Request, ui: Ui) -> Path | None:
@@ -131,42 +123,43 @@ def _record(settings: Settings, req: Request, ui: Ui) -> Path | None:
                      secret_source="file" if req.secret_hex else "generated",
                      mqtt_password_source="file" if req.mqtt_password else "generated")
     except OSError as exc:
-        ui.warn(f"the install log in {keystore.root} was not written ({exc.strerror}); the device is registered")
+        ui.warn(t("add.log_not_written", path=keystore.root, error=exc.strerror))
     try:
         path = label.save(req.label_path or keystore.label_path(req.device_id), req.device_id,
                           support=settings.support, organisation=settings.organisation, location=req.location,
                           hold_s=hold_seconds(settings))
     except Exception as exc:  # a label can be printed later; the credentials below cannot be shown later
-        ui.warn(f"the label was not made ({type(exc).__name__}: {exc}); the device is registered")
+        ui.warn(t("add.label_not_made", error=f"{type(exc).__name__}: {exc}"))
         return None
-    ui.step(f"label: {path}")
+    ui.step(t("provision.label", path=path))
     return path
 
 
 def broker_text(devices: DeviceDefaults) -> str:
     where = f"{devices.broker_host}:{devices.broker_port}"
     if devices.ca_file is None:
-        return f"{where}, plain MQTT (no TLS)"
-    name = f", server name {devices.server_hostname}" if devices.server_hostname else ""
-    return f"{where}, TLS with the CA in {devices.ca_file}{name}"
+        return t("add.broker_plain", where=where)
+    name = t("add.server_name", name=devices.server_hostname) if devices.server_hostname else ""
+    return t("add.broker_tls", where=where, ca=devices.ca_file, name=name)
 
 
 def credentials_text(added: Added, devices: DeviceDefaults) -> str:
     """The block the operator copies into the button or a password store; shown once."""
     ident = added.identity
-    login = "" if added.broker_login else "  (make this login at the broker: see the warning above)"
+    login = "" if added.broker_login else "  " + t("creds.make_login")
+    from_file = t("creds.from_file")
+    # The BEGIN and END lines stay the same in every language: scripts look for them.
     lines = [
         f"----- BEGIN SIAGA DEVICE CREDENTIALS {ident.device_id} -----",
-        f"device id        {ident.device_id} (also its MQTT username and client id)",
-        f"broker           {broker_text(devices)}",
-        f"device secret    {ident.secret_hex if added.secret_generated else '(from the file given; not shown)'}",
-        f"broker password  {ident.mqtt_password if added.password_generated else '(from the file given; not shown)'}"
-        + login,
-        f"topics           siaga/v1/dev/{ident.device_id}/alarm, status, will and ack (docs/protocol.md)",
+        t("creds.device_id", device=ident.device_id),
+        t("creds.broker", broker=broker_text(devices)),
+        t("creds.secret", secret=ident.secret_hex if added.secret_generated else from_file),
+        t("creds.password", password=ident.mqtt_password if added.password_generated else from_file) + login,
+        t("creds.topics", device=ident.device_id),
     ]
     if added.secret_generated or added.password_generated:
-        lines.append("NOT SHOWN AGAIN: this laptop does not keep them and the gateway never gives them back.")
-        lines.append("Put them into the button or a password store now.")
+        lines.append(t("creds.not_again"))
+        lines.append(t("creds.store_now"))
     lines.append(f"----- END SIAGA DEVICE CREDENTIALS {ident.device_id} -----")
     return "\n".join(lines)
 

@@ -33,6 +33,7 @@ from .gateway import GatewayClient
 from .keystore import Keystore, StagedDevice
 from .provision import hold_seconds, next_id
 from .settings import Settings
+from .text import t
 from .ui import Rollback, Ui
 
 COLUMNS = {"id", "lat", "lon", "latlon", "address", "area", "site", "notes", "types", "kind"}
@@ -52,10 +53,10 @@ def parse(text: str, settings: Settings) -> list[Row]:
     header = {(h or "").strip().lower() for h in reader.fieldnames or []}
     unknown = header - COLUMNS
     if not reader.fieldnames:
-        raise UsageError("the CSV file is empty", "the first row names the columns: id,latlon,address,area,notes")
+        raise UsageError(t("batch.empty"), t("batch.empty.hint"))
     if unknown:
-        raise UsageError(f"unknown CSV column(s): {', '.join(sorted(unknown))}",
-                         "columns are: " + ", ".join(sorted(COLUMNS)))
+        raise UsageError(t("batch.unknown_columns", columns=", ".join(sorted(unknown))),
+                         t("batch.unknown_columns.hint", columns=", ".join(sorted(COLUMNS))))
     rows: list[Row] = []
     problems: list[str] = []
     for n, raw in enumerate(reader, start=2):
@@ -72,16 +73,15 @@ def parse(text: str, settings: Settings) -> list[Row]:
             dev_id = validate.device_id(cells["id"]) if cells.get("id") else None
             rows.append(Row(n, dev_id, loc, options))
         except Invalid as exc:
-            problems.append(f"row {n}: {exc.message}; {exc.hint}")
+            problems.append(t("batch.row_problem", row=n, message=exc.message, hint=exc.hint))
     if len(rows) > MAX_ROWS:
-        problems.append(f"{len(rows)} rows: at most {MAX_ROWS} per file")
+        problems.append(t("batch.too_many_rows", rows=len(rows), most=MAX_ROWS))
     ids = [r.device_id for r in rows if r.device_id]
-    problems += [f"device id {d} appears more than once" for d in sorted({d for d in ids if ids.count(d) > 1})]
+    problems += [t("batch.duplicate_id", device=d) for d in sorted({d for d in ids if ids.count(d) > 1})]
     if problems:
-        raise UsageError(f"{len(problems)} problem(s) in the CSV file; nothing was registered:\n  "
-                         + "\n  ".join(problems))
+        raise UsageError(t("batch.problems", count=len(problems)) + "\n  " + "\n  ".join(problems))
     if not rows:
-        raise UsageError("the CSV file has no devices")
+        raise UsageError(t("batch.no_devices"))
     return rows
 
 
@@ -89,24 +89,23 @@ def stage(settings: Settings, csv_path: Path, id_prefix: str | None, ui: Ui) -> 
     try:
         text = Path(csv_path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"cannot read {csv_path}: {exc.strerror}") from None
+        raise UsageError(t("batch.unreadable", path=csv_path, error=exc.strerror)) from None
     rows = parse(text, settings)
     keystore = Keystore(settings.state_dir)
     logins = BrokerLogins(settings.broker)
     if not logins.managed:
-        ui.warn("the provisioning config has no [broker] section: no broker logins are made")
+        ui.warn(t("batch.no_broker_section"))
     prefix = id_prefix or settings.devices.id_prefix
     staged: list[StagedDevice] = []
     with GatewayClient.of(settings) as gw:
         taken = {d["id"] for d in gw.devices()}
-        ui.step(f"gateway {settings.gateway_url}: reachable, {len(taken)} devices registered")
+        ui.step(t("provision.gateway_reachable", url=settings.gateway_url, devices=len(taken)))
         clash = sorted(r.device_id for r in rows if r.device_id in taken)
         if clash:
-            raise UsageError(f"already registered at the gateway: {', '.join(clash)}; nothing was registered",
-                             "remove those rows or change their ids")
+            raise UsageError(t("batch.clash", devices=", ".join(clash)), t("batch.clash.hint"))
         if any(r.device_id is None for r in rows) and not prefix:
-            raise UsageError("some rows have no id", "give --id-prefix (or set [devices] id_prefix)")
-        with Rollback(ui) as tx, ui.bar(len(rows), f"registering {len(rows)} devices") as advance:
+            raise UsageError(t("batch.no_id"), t("batch.no_id.hint"))
+        with Rollback(ui) as tx, ui.bar(len(rows), t("batch.registering", count=len(rows))) as advance:
             for row in rows:
                 device_id = row.device_id or next_id(prefix or "", taken)
                 taken.add(device_id)
@@ -115,23 +114,23 @@ def stage(settings: Settings, csv_path: Path, id_prefix: str | None, ui: Ui) -> 
                                    row.options.site, row.options.notes, row.options.kind, row.options.types,
                                    int(time.time() * 1000))
                 keystore.save_staged(dev)
-                tx.add(f"keystore entry {device_id}", lambda d=device_id: keystore.forget(d))
+                tx.add(t("step.keystore_entry", device=device_id), lambda d=device_id: keystore.forget(d))
                 logins.set(device_id, identity.mqtt_password)
-                tx.add(f"broker login {device_id}", lambda d=device_id: logins.remove(d))
+                tx.add(t("step.broker_login_of", device=device_id), lambda d=device_id: logins.remove(d))
                 gw.register(device_id, identity.secret_hex, row.location, row.options.site)
-                tx.add(f"gateway registration {device_id}", lambda d=device_id: gw.decommission(d),
+                tx.add(t("step.gateway_registration_of", device=device_id), lambda d=device_id: gw.decommission(d),
                        f"siaga devices decommission {device_id}")
                 staged.append(dev)
                 advance(1)
             # Removed logins take effect at a reload too: reload once after the rollback's removals.
-            tx.add("broker reload", logins.reload)
+            tx.add(t("step.broker_reload"), logins.reload)
             logins.reload()
             tx.commit()
     for dev in staged:
         label.save(keystore.label_path(dev.device_id), dev.device_id, support=settings.support,
                    organisation=settings.organisation, location=dev.location, hold_s=hold_seconds(settings))
         keystore.log("staged", dev.device_id, location=dev.location.device_loc(), site=dev.site, notes=dev.notes)
-    ui.step(f"staged {len(staged)} devices; labels in {keystore.labels}")
+    ui.step(t("batch.staged", count=len(staged), path=keystore.labels))
     return staged
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .errors import BoardCodeError, BoardError, BoardWriteError, NoBoardError, UsageError, WifiError, WrongPortError
 from .rawrepl import Port, RawRepl
+from .text import t
 
 # USB vendor ids of the serial bridges and native USB of the boards Siaga supports.
 USB_VENDORS = {
@@ -200,12 +201,10 @@ def find_port() -> str:
     """The one USB serial port that looks like a Siaga board, or a NoBoardError/UsageError."""
     candidates = [p for p in list_ports() if p[2]]
     if not candidates:
-        raise NoBoardError("no board found on USB",
-                           "plug the board in with a data USB cable (a charge-only cable has no data lines), wait "
-                           "a few seconds, and run again; or name the port with --port")
+        raise NoBoardError(t("board.none_found"), t("board.none_found.hint"))
     if len(candidates) > 1:
-        raise UsageError("several boards are connected: " + ", ".join(f"{d} ({desc})" for d, desc, _ in candidates),
-                         "choose one with --port")
+        raise UsageError(t("board.several", boards=", ".join(f"{d} ({desc})" for d, desc, _ in candidates)),
+                         t("board.several.hint"))
     return candidates[0][0]
 
 
@@ -217,16 +216,13 @@ def open_port(name: str, baud: int) -> Port:
         return serial.serial_for_url(name, baudrate=baud, timeout=0.05, write_timeout=10)
     except (serial.SerialException, OSError, ValueError) as exc:
         code = getattr(exc, "errno", None)
-        others = ", ".join(d for d, _, _ in list_ports()) or "none"
+        others = ", ".join(d for d, _, _ in list_ports()) or t("board.no_ports")
         if code == errno.EACCES:
-            raise WrongPortError(f"no permission to open {name}",
-                                 "add yourself to the dialout group (sudo usermod -aG dialout $USER), log out and in "
-                                 "again, then run again") from None
+            raise WrongPortError(t("board.port_denied", port=name), t("board.port_denied.hint")) from None
         if code == errno.EBUSY:
-            raise WrongPortError(f"{name} is in use by another program",
-                                 "close the serial monitor (Thonny, screen, minicom, mpremote) and run again") from None
-        raise WrongPortError(f"cannot open serial port {name}: {exc}",
-                             f"check the port name; serial ports on this machine: {others}") from None
+            raise WrongPortError(t("board.port_busy", port=name), t("board.port_busy.hint")) from None
+        raise WrongPortError(t("board.port_unopenable", port=name, error=exc),
+                             t("board.port_unopenable.hint", ports=others)) from None
 
 
 class Board:
@@ -254,7 +250,7 @@ class Board:
     def enter(self) -> None:
         """Interrupt whatever runs, enter the raw REPL and load the helper functions."""
         self.repl.enter()
-        self.repl.run(_HELPERS, what="loading the provisioning helpers")
+        self.repl.run(_HELPERS, what=t("board.do.helpers"))
 
     def close(self) -> None:
         try:
@@ -265,7 +261,7 @@ class Board:
     # ---------------------------------------------------------------- facts
 
     def detect(self) -> BoardInfo:
-        self.info = BoardInfo.from_json(self._last_line(self.repl.run(_DETECT, what="detecting the board")))
+        self.info = BoardInfo.from_json(self._last_line(self.repl.run(_DETECT, what=t("board.do.detect"))))
         if self.info.platform in ("esp32", "rp2"):
             # Boards start in "/" but code run earlier may have changed directory.
             self.repl.run("os.chdir('/')")
@@ -275,7 +271,7 @@ class Board:
     def _last_line(output: str) -> str:
         lines = [line for line in output.splitlines() if line.strip()]
         if not lines:
-            raise BoardError("the board printed nothing where an answer was expected")
+            raise BoardError(t("board.no_answer"))
         return lines[-1]
 
     # ---------------------------------------------------------------- files
@@ -284,16 +280,16 @@ class Board:
         """sha256 (hex) of each file on the board, None where there is no such file."""
         wanted = list(paths)
         out = self.repl.run(f"print(json.dumps({{p: _sgh(p) for p in {wanted!r}}}))", timeout_s=60,
-                            what="reading the board's files")
+                            what=t("board.do.read_files"))
         return json.loads(self._last_line(out))
 
     def makedirs(self, folders: Iterable[str]) -> None:
         for folder in sorted(set(folders)):
             try:
-                self.repl.run(f"_sgmk({folder!r})", what=f"making folder {folder}")
+                self.repl.run(f"_sgmk({folder!r})", what=t("board.do.mkdir", folder=folder))
             except BoardCodeError as exc:
-                raise BoardWriteError(f"cannot make folder {folder} on the board: {_reason(exc)}",
-                                      _WRITE_HINT) from None
+                raise BoardWriteError(t("board.mkdir_failed", folder=folder, error=_reason(exc)),
+                                      t("board.write.hint")) from None
 
     def listdir(self, folder: str) -> list[str] | None:
         return json.loads(self._last_line(self.repl.run(f"print(json.dumps(_sgls({folder!r})))")))
@@ -302,13 +298,13 @@ class Board:
         wanted = list(paths)
         if not wanted:
             return 0
-        out = self.repl.run(f"print(sum(_sgrm(p) for p in {wanted!r}))", what="removing files")
+        out = self.repl.run(f"print(sum(_sgrm(p) for p in {wanted!r}))", what=t("board.do.remove"))
         return int(self._last_line(out))
 
     def read_file(self, path: str) -> bytes | None:
         code = (f"try:\n f = open({path!r}, 'rb')\nexcept OSError:\n print('-')\nelse:\n"
                 " print(binascii.b2a_base64(f.read()).decode().strip()); f.close()\n")
-        line = self._last_line(self.repl.run(code, what=f"reading {path}"))
+        line = self._last_line(self.repl.run(code, what=t("board.do.read", path=path)))
         return None if line == "-" else base64.b64decode(line)
 
     def write_file(self, path: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
@@ -338,46 +334,43 @@ class Board:
             self.repl.run("_sgf.close()", what=f"writing {path}")
         except BoardCodeError as exc:
             self.repl.exec(f"try:\n _sgf.close()\nexcept Exception:\n pass\n_sgrm({part!r})")
-            raise BoardWriteError(f"writing {path} to the board failed: {_reason(exc)}",
-                                  _WRITE_HINT) from None
+            raise BoardWriteError(t("board.write_failed", path=path, error=_reason(exc)),
+                                  t("board.write.hint")) from None
         got = self.hashes([part])[part]
         if got != hashlib.sha256(data).hexdigest():
             self.remove([part])
-            raise BoardWriteError(f"{path} did not arrive intact on the board (checksum mismatch)",
-                                  "check the USB cable (a long or loose cable corrupts data) and run again")
+            raise BoardWriteError(t("board.checksum", path=path), t("board.checksum.hint"))
         try:
-            self.repl.run(f"_sgrm({path!r}); os.rename({part!r}, {path!r})", what=f"putting {path} in place")
+            self.repl.run(f"_sgrm({path!r}); os.rename({part!r}, {path!r})", what=t("board.do.place", path=path))
         except BoardCodeError as exc:
             self.remove([part])
-            raise BoardWriteError(f"writing {path} to the board failed: {_reason(exc)}",
-                                  _WRITE_HINT) from None
+            raise BoardWriteError(t("board.write_failed", path=path, error=_reason(exc)),
+                                  t("board.write.hint")) from None
 
     def wipe_folder(self, folder: str) -> None:
         """Remove every file in `folder` and its direct subfolders (the firmware's state: sequence
         counter and outbox belong to one identity and must not carry over to another)."""
         code = (f"def _sgwipe(d):\n for n in (_sgls(d) or []):\n  p = d + '/' + n\n  if not _sgrm(p):\n"
                 f"   _sgwipe(p)\n   try:\n    os.rmdir(p)\n   except OSError:\n    pass\n_sgwipe({folder!r})")
-        self.repl.run(code, what=f"clearing {folder}")
+        self.repl.run(code, what=t("board.do.clear", folder=folder))
 
     # ---------------------------------------------------------------- Wi-Fi, reboot, console
 
     def wifi_check(self, ssid: str, password: str, timeout_s: float) -> WifiResult:
-        self.repl.run(_WIFI_CHECK, what="loading the Wi-Fi check")
+        self.repl.run(_WIFI_CHECK, what=t("board.do.wifi_load"))
         out = self.repl.run(f"_sgw({ssid!r}, {password!r}, {int(timeout_s * 1000)})", timeout_s=timeout_s + 10,
-                            what="the Wi-Fi check")
+                            what=t("board.do.wifi"))
         d = json.loads(self._last_line(out))
         result = WifiResult(bool(d["ok"]), str(d["status"]), int(d["ms"]), d.get("ip"), d.get("rssi"))
         if result.ok:
             return result
         if result.status in ("STAT_WRONG_PASSWORD", "STAT_HANDSHAKE_TIMEOUT", "STAT_ASSOC_FAIL"):
-            raise WifiError(f"Wi-Fi {ssid!r} refused the password ({result.status})",
-                            "check the Wi-Fi password (letters are case-sensitive) and run again")
+            raise WifiError(t("wifi.wrong_password", ssid=repr(ssid), status=result.status),
+                            t("wifi.wrong_password.hint"))
         if result.status == "STAT_NO_AP_FOUND":
-            raise WifiError(f"Wi-Fi network {ssid!r} is not in range of the board ({result.status})",
-                            "check the network name (exact spelling, 2.4 GHz: the boards have no 5 GHz radio) "
-                            "and that the access point is on")
-        raise WifiError(f"the board could not join Wi-Fi {ssid!r} within {timeout_s:.0f} s ({result.status})",
-                        "check the Wi-Fi name and password, and the signal at the pole (hardware/install.md §1)")
+            raise WifiError(t("wifi.not_in_range", ssid=repr(ssid), status=result.status), t("wifi.not_in_range.hint"))
+        raise WifiError(t("wifi.not_joined", ssid=repr(ssid), seconds=f"{timeout_s:.0f}", status=result.status),
+                        t("wifi.not_joined.hint"))
 
     def reboot(self) -> None:
         """Soft reset: the board runs boot.py and main.py as after power-on."""
@@ -406,10 +399,6 @@ def describe(exception: str) -> str:
     code = int(match.group(1))
     name = errno.errorcode.get(code, "?")
     return f"OSError {code} ({name}: {os.strerror(code)})"
-
-
-_WRITE_HINT = ("the board's filesystem may be full or damaged: erase the board and flash MicroPython again "
-               "(ESP32: esptool.py erase_flash; Pico W: flash_nuke.uf2), then run again")
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, step_s: float = 0.1) -> bool:

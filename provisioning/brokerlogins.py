@@ -13,6 +13,7 @@ from siaga.broker.passwd import read_entries, remove_user, set_password
 
 from .errors import BrokerError
 from .settings import BrokerFiles
+from .text import t
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class BrokerLogins:
         try:
             set_password(self.files.password_file, device_id, password)
         except OSError as exc:
-            raise BrokerError(f"cannot write the broker password file {self.files.password_file}: {exc.strerror}",
-                              "run the tool as a user that may write it (or with sudo)") from None
+            raise BrokerError(t("broker.passwd_unwritable", path=self.files.password_file, error=exc.strerror),
+                              t("broker.passwd_unwritable.hint")) from None
 
     def remove(self, device_id: str) -> bool:
         if self.files is None:
@@ -40,8 +41,8 @@ class BrokerLogins:
         try:
             return remove_user(self.files.password_file, device_id)
         except OSError as exc:
-            raise BrokerError(f"cannot write the broker password file {self.files.password_file}: {exc.strerror}",
-                              "run the tool as a user that may write it (or with sudo)") from None
+            raise BrokerError(t("broker.passwd_unwritable", path=self.files.password_file, error=exc.strerror),
+                              t("broker.passwd_unwritable.hint")) from None
 
     def has(self, device_id: str) -> bool:
         return self.files is not None and device_id in read_entries(self.files.password_file)
@@ -56,17 +57,17 @@ class BrokerLogins:
                 proc = subprocess.run(list(self.files.reload_command), capture_output=True, text=True, timeout=30,
                                       check=False)
             except OSError as exc:
-                raise BrokerError(f"cannot run the broker reload command {self.files.reload_command[0]}: {exc}") \
-                    from None
+                raise BrokerError(t("broker.reload_unrunnable", command=self.files.reload_command[0],
+                                    error=exc)) from None
             if proc.returncode != 0:
-                raise BrokerError(f"the broker reload command failed ({proc.returncode}): "
-                                  f"{(proc.stderr or proc.stdout).strip()[:200]}")
+                raise BrokerError(t("broker.reload_failed", code=proc.returncode,
+                                    output=(proc.stderr or proc.stdout).strip()[:200]))
             return
         assert self.files.pid_file is not None
         try:
             pid = int(self.files.pid_file.read_text().strip())
             os.kill(pid, signal.SIGHUP)
         except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot signal the broker through {self.files.pid_file}: {exc}",
-                              "is Mosquitto running? check [broker] pid_file, or use reload_command") from None
+            raise BrokerError(t("broker.signal_failed", path=self.files.pid_file, error=exc),
+                              t("broker.signal_failed.hint")) from None
         log.info("sent SIGHUP to the broker (pid %d)", pid)

@@ -21,6 +21,7 @@ from .devconfig import DeviceOptions
 from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Invalid, ProvisionError, UsageError
 from .provision import Request, provision
 from .settings import Settings, Wifi, load
+from .text import t
 from .ui import Ui
 
 CONFIG_ENV = "SIAGA_PROVISION_CONFIG"
@@ -39,8 +40,7 @@ def _settings(opts: dict[str, Any], ui: Ui) -> Settings:
         except OSError:
             readable_by_others = False
         if readable_by_others:
-            ui.warn(f"{token_file}, the file with your token, can be read by other users of this machine: "
-                    f"chmod 600 {token_file}")
+            ui.warn(t("token.file_readable", path=token_file))
     return settings
 
 
@@ -52,17 +52,16 @@ def _wifi(opts: dict[str, Any], settings: Settings) -> Wifi | None:
         try:
             password = Path(opts["wifi_password_file"]).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise UsageError(f"cannot read the Wi-Fi password file: {exc.strerror}") from None
+            raise UsageError(t("wifi.password_file_unreadable", error=exc.strerror)) from None
     elif opts.get("wifi_password_env"):
         password = os.environ.get(opts["wifi_password_env"], "")
     elif settings.wifi is not None and settings.wifi.ssid == ssid:
         password = settings.wifi.password
     elif sys.stdin.isatty():
-        password = click.prompt(f"Wi-Fi password for {ssid!r} (empty for an open network)", hide_input=True,
+        password = click.prompt(t("wifi.password_prompt", ssid=repr(ssid)), hide_input=True,
                                 default="", show_default=False)
     else:
-        raise UsageError(f"no password for Wi-Fi {ssid!r}", "give --wifi-password-file or --wifi-password-env "
-                                                             "(a password is never a command-line argument)")
+        raise UsageError(t("wifi.no_password", ssid=repr(ssid)), t("wifi.no_password.hint"))
     power_save = settings.wifi.power_save if settings.wifi is not None else False
     return Wifi(validate.wifi_ssid(ssid), validate.wifi_password(password), power_save)
 
@@ -71,9 +70,9 @@ def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
     if opts.get("list_ports"):
         ports = list_ports()
         for device, desc, known in ports:
-            ui.say(f"{device:20} {desc}{'  <- looks like a board' if known else ''}")
+            ui.say(f"{device:20} {desc}" + ("  " + t("ports.looks_like_board") if known else ""))
         if not ports:
-            ui.say("no serial ports found")
+            ui.say(t("ports.none"))
         return EXIT_OK
     settings = _settings(opts, ui)
     if opts.get("batch"):
@@ -110,17 +109,15 @@ def _secret_from_file(path: str, what: str, check: Callable[[str], str], ui: Ui)
         text = p.read_text(encoding="utf-8")
         mode = p.stat().st_mode
     except OSError as exc:
-        raise UsageError(f"cannot read {p}, the file with the {what}: {exc.strerror}") from None
+        raise UsageError(t("secret.unreadable", path=p, what=what, error=exc.strerror)) from None
     except UnicodeDecodeError:
-        raise UsageError(f"{p}, the file with the {what}, is not text", f"it holds the {what} alone, on one line") \
-            from None
+        raise UsageError(t("secret.not_text", path=p, what=what), t("secret.not_text.hint", what=what)) from None
     try:
         value = check(text)
     except Invalid as exc:
-        raise UsageError(f"the {what} in {p} is not valid", exc.expected) from None
+        raise UsageError(t("secret.invalid", path=p, what=what), exc.expected) from None
     if mode & 0o077:
-        ui.warn(f"{p} can be read by other users of this machine: chmod 600 it, and delete it once the button "
-                f"has the {what}")
+        ui.warn(t("secret.file_readable", path=p, what=what))
     return value
 
 
@@ -135,9 +132,9 @@ def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
                                    address_text=opts.get("address"), area=opts.get("area")),
         site=validate.site(opts.get("site")),
         notes=validate.notes(opts.get("notes")),
-        secret_hex=_secret_from_file(opts["secret_file"], "device secret", validate.secret_hex, ui)
+        secret_hex=_secret_from_file(opts["secret_file"], t("secret.device_secret"), validate.secret_hex, ui)
         if opts.get("secret_file") else None,
-        mqtt_password=_secret_from_file(opts["mqtt_password_file"], "device's broker password",
+        mqtt_password=_secret_from_file(opts["mqtt_password_file"], t("secret.broker_password"),
                                         validate.mqtt_password, ui)
         if opts.get("mqtt_password_file") else None,
         label_path=Path(opts["label"]) if opts.get("label") else None)
@@ -146,8 +143,7 @@ def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
     if fmt == "json":
         ui.say(json.dumps(add.credentials_json(added, settings.devices), indent=1))
         if added.secret_generated or added.password_generated:
-            ui.warn(f"the credentials of {req.device_id} were shown once, on standard output; they are not shown "
-                    "again")
+            ui.warn(t("add.credentials_shown_once", device=req.device_id))
     else:
         ui.say(add.credentials_text(added, settings.devices))
     return EXIT_OK
@@ -179,13 +175,13 @@ def _confirm(opts: dict[str, Any], question: str) -> None:
     if opts.get("yes") or not sys.stdin.isatty():
         return
     if not click.confirm(question, default=False):
-        raise UsageError("cancelled; nothing was changed")
+        raise UsageError(t("confirm.cancelled"))
 
 
 def cmd_revoke(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
     settings = _settings(opts, ui)
-    _confirm(opts, f"Revoke {device_id}? It stops working at once.")
+    _confirm(opts, t("confirm.revoke", device=device_id))
     return fleet.revoke(settings, device_id, ui)
 
 
@@ -197,7 +193,7 @@ def cmd_rotate_key(opts: dict[str, Any], ui: Ui) -> int:
 def cmd_decommission(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
     settings = _settings(opts, ui)
-    _confirm(opts, f"Decommission {device_id} for good? Its history is kept.")
+    _confirm(opts, t("confirm.decommission", device=device_id))
     return fleet.decommission(settings, device_id, opts.get("port"), ui)
 
 
@@ -221,20 +217,20 @@ def dispatch(name: str, opts: dict[str, Any], *, verbose: bool = False, quiet: b
     except ProvisionError as exc:
         if verbose:
             raise
-        click.echo(click.style("error: ", fg="red", bold=True) + exc.message, err=True)
+        click.echo(click.style(t("ui.error") + " ", fg="red", bold=True) + exc.message, err=True)
         if exc.hint:
             click.echo(f"  {exc.hint}", err=True)
         return exc.exit_code
     except ConfigError as exc:
         if verbose:
             raise
-        click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+        click.echo(click.style(t("ui.error") + " ", fg="red", bold=True) + str(exc), err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo(t("ui.interrupted"), err=True)
         return 130
     except Exception as exc:
         if verbose:
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc}; run again with --verbose and report it", err=True)
+        click.echo(t("ui.internal_error", error=f"{type(exc).__name__}: {exc}"), err=True)
         return EXIT_INTERNAL

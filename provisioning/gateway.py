@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from . import text
 from .errors import GatewayError, GatewayUnreachable
+from .text import t
 from .validate import Location
 
 if TYPE_CHECKING:
@@ -23,7 +25,9 @@ class GatewayClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         self.token_from = token_from  # where the token came from, for the messages
-        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+        # The gateway's refusals carry a `message` in the language asked for (siaga/errortext.py).
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}",
+                                                              "Accept-Language": text.current()},
                                   timeout=timeout_s, transport=transport)
 
     @classmethod
@@ -44,49 +48,37 @@ class GatewayClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise GatewayUnreachable(f"the gateway at {self.url} did not answer in time",
-                                     "check the laptop's network (VPN, hotspot) and the [gateway] url",
+            raise GatewayUnreachable(t("gateway.timeout", url=self.url), t("gateway.timeout.hint"),
                                      sent=not isinstance(exc, httpx.ConnectTimeout)) from None
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
-            raise GatewayUnreachable(f"cannot reach the gateway at {self.url} ({reason})",
-                                     "check the laptop's network (VPN, hotspot) and the [gateway] url in the "
-                                     "provisioning config", sent=not isinstance(exc, httpx.ConnectError)) from None
+            raise GatewayUnreachable(t("gateway.unreachable", url=self.url, reason=reason),
+                                     t("gateway.unreachable.hint"),
+                                     sent=not isinstance(exc, httpx.ConnectError)) from None
         if resp.status_code in ok:
             return resp
         detail = _detail(resp)
         if resp.status_code == 401:
             raise self._refused_token()
         if resp.status_code == 403:
-            raise GatewayError(f"the gateway at {self.url} refused {_action(method, path)} (403): {detail}",
-                               "the role of the person whose token this is may not do it: a technician may list, "
-                               "show, export, add and provision devices and correct their place (set-location); "
-                               "revoke, rotate-key, decommission and the audit log need an administrator: ask one "
-                               "to do it with their own token")
+            raise GatewayError(t("gateway.forbidden", url=self.url, action=_action(method, path), detail=detail),
+                               t("gateway.forbidden.hint"))
         if resp.status_code == 429:
             wait = resp.headers.get("Retry-After", "")
-            raise GatewayError(f"the gateway at {self.url} refuses requests from this address for a while "
-                               "(429), after too many wrong tokens",
-                               f"wait{f' {wait} s' if wait.isdigit() else ' a minute'}, and check the token "
-                               "first (--token-file, $SIAGA_TOKEN or [gateway] admin_token_file / admin_token_env)")
-        raise GatewayError(f"the gateway answered {resp.status_code} to {method} {path}: {detail}")
+            raise GatewayError(t("gateway.throttled", url=self.url),
+                               t("gateway.throttled.hint", wait=t("gateway.wait_s", seconds=wait) if wait.isdigit()
+                                 else t("gateway.wait_minute")))
+        raise GatewayError(t("gateway.answered", status=resp.status_code, request=f"{method} {path}", detail=detail))
 
     def _refused_token(self) -> GatewayError:
         """The gateway knows no person with this token (401); the message says which token it was."""
         src = self.token_from
         if src is None:
-            return GatewayError(f"the gateway at {self.url} refused the token (personal or admin)",
-                                "give your personal token with --token-file or $SIAGA_TOKEN, or check [gateway] "
-                                "admin_token_file / admin_token_env in the provisioning config")
+            return GatewayError(t("gateway.token_refused", url=self.url), t("gateway.token_refused.hint"))
         if src.personal:
-            return GatewayError(f"the gateway at {self.url} refused your personal token (from {src.where})",
-                                "it may be mistyped, or rotated or revoked at the gateway: ask the gateway's "
-                                "administrator for your current token, put it alone on one line into a file of "
-                                "mode 600 and give that with --token-file (or put it in $SIAGA_TOKEN)")
-        return GatewayError(f"the gateway at {self.url} refused the admin token of the provisioning config "
-                            f"({src.where})",
-                            "the token there is not the gateway's: check that file or variable with the gateway's "
-                            "administrator, or give your personal token with --token-file or $SIAGA_TOKEN")
+            return GatewayError(t("gateway.personal_refused", url=self.url, where=src.where),
+                                t("gateway.personal_refused.hint"))
+        return GatewayError(t("gateway.admin_refused", url=self.url, where=src.where), t("gateway.admin_refused.hint"))
 
     # ---------------------------------------------------------------- devices
 
@@ -100,7 +92,7 @@ class GatewayClient:
     def require(self, device_id: str) -> dict[str, Any]:
         found = self.device(device_id)
         if found is None:
-            raise GatewayError(f"the gateway has no device {device_id}", "`siaga devices list` shows the devices")
+            raise GatewayError(t("gateway.no_device", device=device_id), t("gateway.no_device.hint"))
         return found
 
     def register(self, device_id: str, secret_hex: str, location: Location, site: str | None) -> dict[str, Any]:
@@ -108,8 +100,7 @@ class GatewayClient:
                 "address": location.address, "area": location.area, "site": site}
         resp = self._call("POST", "/api/v1/devices", json=body, ok=(201, 409))
         if resp.status_code == 409:
-            raise GatewayError(f"device {device_id} is already registered at the gateway",
-                               "choose another id, or leave --id out to get the next free number")
+            raise GatewayError(t("provision.id_taken", device=device_id), t("provision.id_taken.hint"))
         log.info("registered %s at %s", device_id, self.url)
         return resp.json()
 
@@ -144,15 +135,15 @@ def _action(method: str, path: str) -> str:
     if found is not None:
         device_id, what = found.groups()
         if method == "POST" and what == "/revoke":
-            return f"to revoke {device_id}"
+            return t("gateway.action.revoke", device=device_id)
         if method == "POST" and what == "/rotate-key":
-            return f"a new key for {device_id}"
+            return t("gateway.action.rotate", device=device_id)
         if method == "POST" and what == "/decommission":
-            return f"to decommission {device_id}"
+            return t("gateway.action.decommission", device=device_id)
         if method == "PATCH" and what is None:
-            return f"to change {device_id}"
+            return t("gateway.action.change", device=device_id)
     if path == "/api/v1/audit":
-        return "to show the audit log"
+        return t("gateway.action.audit")
     return f"{method} {path}"
 
 
@@ -161,6 +152,8 @@ def _detail(resp: httpx.Response) -> str:
         body = resp.json()
     except ValueError:
         return resp.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and text.current() != "en":
+        return body["message"][:300]  # the gateway's own words, in the technician's language
     if isinstance(body, dict) and "detail" in body:
         return str(body["detail"])[:300]
     return str(body)[:200]

@@ -41,6 +41,7 @@ from .firmware import (
 from .gateway import GatewayClient
 from .keystore import Keystore, StagedDevice
 from .settings import Settings, Wifi
+from .text import t
 from .ui import Rollback, Ui
 from .validate import Location
 
@@ -96,20 +97,19 @@ def sync_firmware(board: Board, profile: BoardProfile, info: BoardInfo, settings
     on_board = board.hashes([f.path for f in bundle.files] + list(bundle.stale))
     plan = plan_sync(bundle, on_board, board.listdir(LIB_DIR))
     if info.free_bytes is not None and plan.bytes_to_send > info.free_bytes:
-        raise BoardError(f"the board has {info.free_bytes // 1024} KiB free, the firmware needs "
-                         f"{plan.bytes_to_send // 1024} KiB",
-                         "erase the board's filesystem and flash MicroPython again")
-    kind = ".mpy" if bundle.compiled else "source"
+        raise BoardError(t("firmware.no_room", free=info.free_bytes // 1024, needed=plan.bytes_to_send // 1024),
+                         t("firmware.no_room.hint"))
+    kind = ".mpy" if bundle.compiled else t("firmware.source")
     if not plan.send and not plan.remove:
-        ui.step(f"firmware {bundle.version}: up to date on the board ({len(bundle.files)} files, {kind})")
+        ui.step(t("firmware.up_to_date", version=bundle.version, files=len(bundle.files), kind=kind))
         return 0, len(bundle.files), 0, bundle.compiled
     board.makedirs(bundle.folders)
-    with ui.bar(plan.bytes_to_send, f"sending {len(plan.send)} files") as advance:
+    with ui.bar(plan.bytes_to_send, t("firmware.sending", files=len(plan.send))) as advance:
         for f in plan.send:
             board.write_file(f.path, f.data, advance)
     board.remove(plan.remove)
-    ui.step(f"firmware {bundle.version}: sent {len(plan.send)} of {len(bundle.files)} files "
-            f"({plan.bytes_to_send / 1024:.1f} KiB, {kind}), {plan.unchanged} unchanged, {len(plan.remove)} removed")
+    ui.step(t("firmware.sent", version=bundle.version, sent=len(plan.send), files=len(bundle.files),
+              kib=f"{plan.bytes_to_send / 1024:.1f}", kind=kind, unchanged=plan.unchanged, removed=len(plan.remove)))
     return len(plan.send), len(bundle.files), plan.bytes_to_send, bundle.compiled
 
 
@@ -118,7 +118,7 @@ def write_config(board: Board, cfg: dict, settings: Settings) -> None:
         try:
             ca = settings.devices.ca_file.read_bytes()
         except OSError as exc:
-            raise UsageError(f"cannot read the broker CA {settings.devices.ca_file}: {exc.strerror}") from None
+            raise UsageError(t("config.ca_unreadable", path=settings.devices.ca_file, error=exc.strerror)) from None
         board.write_file(CA_PATH, ca)
     board.write_file(CONFIG_PATH, devconfig.render(cfg))
 
@@ -135,43 +135,40 @@ def provision(settings: Settings, req: Request, ui: Ui) -> Result:
     keystore = Keystore(settings.state_dir)
     logins = BrokerLogins(settings.broker)
     if not logins.managed:
-        ui.warn("the provisioning config has no [broker] section: no broker login is made, and the broker "
-                "will not refuse this device after a revoke")
+        ui.warn(t("provision.no_broker_section"))
     staged = keystore.staged(req.device_id) if req.device_id else None
     location = req.location or (staged.location if staged else None)
     if location is None:
-        raise UsageError("the location is missing",
-                         'give --latlon "-6.175392, 106.827153" (or --lat/--lon), --address and --area')
+        raise UsageError(t("provision.no_location"), t("provision.no_location.hint"))
     options = req.options or (DeviceOptions(staged.kind, staged.types, staged.site, staged.notes) if staged else
                               DeviceOptions(settings.devices.kind, settings.devices.types))
     wifi = req.wifi or settings.wifi
 
     port_name = req.port or find_port()
-    ui.step(f"board on {port_name}: connecting")
+    ui.step(t("provision.connecting", port=port_name))
     board = Board.connect(port_name, settings.baud)
     try:
         info = board.detect()
         profile = profile_for(info.platform, req.board_type)
-        free = f", {info.free_bytes // 1024} KiB free" if info.free_bytes is not None else ""
-        ui.step(f"board: MicroPython {info.version_text} on {profile.title} ({info.machine or info.platform}), "
-                f".mpy {info.mpy_version or 'unknown'}{free}")
+        free = t("provision.board_free", kib=info.free_bytes // 1024) if info.free_bytes is not None else ""
+        ui.step(t("provision.board", version=info.version_text, title=profile.title,
+                  machine=info.machine or info.platform, mpy=info.mpy_version or t("provision.unknown"), free=free))
         if info.device_id and not req.force and info.device_id != (staged.device_id if staged else None):
-            raise UsageError(f"this board is already provisioned as {info.device_id}",
-                             f"to give it a new key: siaga devices rotate-key {info.device_id} --port {port_name}; "
-                             f"to make it a new device: run again with --force (then decommission {info.device_id})")
+            raise UsageError(t("provision.already_provisioned", device=info.device_id),
+                             t("provision.already_provisioned.hint", device=info.device_id, port=port_name))
         if profile.name != UNIX and wifi is None:
-            raise UsageError("no Wi-Fi network given", "give --wifi-ssid (the password is asked for), or set [wifi] "
-                                                       "in the provisioning config")
+            raise UsageError(t("provision.no_wifi"), t("provision.no_wifi.hint"))
         with GatewayClient.of(settings) as gw:
             taken = {d["id"] for d in gw.devices()}
-            ui.step(f"gateway {settings.gateway_url}: reachable, {len(taken)} devices registered")
+            ui.step(t("provision.gateway_reachable", url=settings.gateway_url, devices=len(taken)))
             device_id = _choose_id(req, staged, taken, settings)
             if wifi is not None and info.has_wifi:
                 joined = board.wifi_check(wifi.ssid, wifi.password, settings.wifi_timeout_s)
                 signal = f", {joined.rssi} dBm" if joined.rssi is not None else ""
-                ui.step(f"Wi-Fi {wifi.ssid!r}: joined in {joined.elapsed_ms / 1000:.1f} s{signal}")
+                ui.step(t("provision.wifi_joined", ssid=repr(wifi.ssid), seconds=f"{joined.elapsed_ms / 1000:.1f}",
+                          signal=signal))
             elif wifi is not None:
-                ui.step("Wi-Fi: this board has no radio; check skipped")
+                ui.step(t("provision.wifi_no_radio"))
             sent, total, sent_bytes, compiled = sync_firmware(board, profile, info, settings, ui, req.use_mpy)
             result = _register_and_test(board, gw, logins, keystore, settings, req, ui, device_id=device_id,
                                         staged=staged, location=location, options=options, wifi=wifi,
@@ -187,10 +184,10 @@ def provision(settings: Settings, req: Request, ui: Ui) -> Result:
                          "acked_s": round(result.acked_s, 3)},
                      seconds=round(seconds, 2))
         if result is not None:
-            ui.step(f"PASSED: {device_id} works end to end; self-test passed {seconds:.1f} s after the start")
+            ui.step(t("provision.passed", device=device_id, seconds=f"{seconds:.1f}"))
         else:
-            ui.step(f"DONE without self-test: {device_id} is registered and written to the board")
-        ui.step(f"label: {label_path}")
+            ui.step(t("provision.done_untested", device=device_id))
+        ui.step(t("provision.label", path=label_path))
         return Result(device_id, sent, total, sent_bytes, compiled, result, seconds, label_path)
     finally:
         board.close()
@@ -199,19 +196,17 @@ def provision(settings: Settings, req: Request, ui: Ui) -> Result:
 def _choose_id(req: Request, staged: StagedDevice | None, taken: set[str], settings: Settings) -> str:
     if staged is not None:
         if staged.device_id not in taken:
-            raise UsageError(f"{staged.device_id} is staged on this laptop but not registered at the gateway",
-                             f"stage it again (siaga provision --batch) or delete "
-                             f"{Keystore(settings.state_dir).keys / (staged.device_id + '.json')}")
+            raise UsageError(t("provision.staged_unregistered", device=staged.device_id),
+                             t("provision.staged_unregistered.hint",
+                               path=Keystore(settings.state_dir).keys / (staged.device_id + ".json")))
         return staged.device_id
     if req.device_id:
         if req.device_id in taken:
-            raise UsageError(f"device {req.device_id} is already registered at the gateway",
-                             "choose another id, or leave --id out to get the next free number")
+            raise UsageError(t("provision.id_taken", device=req.device_id), t("provision.id_taken.hint"))
         return req.device_id
     prefix = req.id_prefix or settings.devices.id_prefix
     if not prefix:
-        raise UsageError("no device id given", "give --id jkt-gambir-0001, or --id-prefix jkt-gambir (or set [devices] "
-                                               "id_prefix) to number devices automatically")
+        raise UsageError(t("provision.no_id"), t("provision.no_id.hint"))
     return next_id(prefix, taken)
 
 
@@ -229,26 +224,27 @@ def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, ke
             if req.location is not None and req.location != staged.location:
                 gw.update(device_id, {"lat": location.lat, "lon": location.lon, "address": location.address,
                                       "area": location.area})
-            ui.step(f"identity: {device_id} (pre-staged)")
+            ui.step(t("provision.identity_staged", device=device_id))
         else:
             logins.set(device_id, identity.mqtt_password)
-            tx.add("broker login", lambda: (logins.remove(device_id), logins.reload()),
+            tx.add(t("step.broker_login"), lambda: (logins.remove(device_id), logins.reload()),
                    f"siaga broker remove-user --passwd <password file> {device_id}")
             logins.reload()
             # Undo first: a registration whose answer is lost (a timeout) may still have happened.
-            tx.add("gateway registration", lambda: gw.device(device_id) is not None and gw.decommission(device_id),
+            tx.add(t("step.gateway_registration"),
+                   lambda: gw.device(device_id) is not None and gw.decommission(device_id),
                    f"siaga devices decommission {device_id}")
             gw.register(device_id, identity.secret_hex, location, options.site)
-            ui.step(f"identity: {device_id} registered at the gateway" +
-                    (" and the broker" if logins.managed else ""))
-        tx.add("config on the board", lambda: unconfigure(board))
+            ui.step(t("provision.identity_registered_both" if logins.managed else "provision.identity_registered",
+                      device=device_id))
+        tx.add(t("step.board_config"), lambda: unconfigure(board))
         write_config(board, cfg, settings)
         board.wipe_folder(STATE_DIR)
         board.makedirs([STATE_DIR])
-        ui.step(f"config: written to {CONFIG_PATH} and verified ({len(devconfig.render(cfg))} bytes)")
+        ui.step(t("provision.config_written", path=CONFIG_PATH, size=len(devconfig.render(cfg))))
         result = None
         board.reboot()
-        ui.step("board: rebooting into the new firmware")
+        ui.step(t("provision.rebooting"))
         if req.self_test:
             result = selftest.run(board, gw, device_id, broker=f"{settings.devices.broker_host}:"
                                   f"{settings.devices.broker_port}", timeout_s=settings.selftest_timeout_s, ui=ui,

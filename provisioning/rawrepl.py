@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import BoardCodeError, BoardError, NoBoardError, NoMicroPythonError
+from .text import t
 
 INTERRUPT = b"\r\x03\x03"
 ENTER_RAW = b"\x01"
@@ -144,9 +145,9 @@ class RawRepl:
     the acknowledgement before it is not lost.
     """
 
-    def __init__(self, port: Port, *, name: str = "the board") -> None:
+    def __init__(self, port: Port, *, name: str | None = None) -> None:
         self.port = port
-        self.name = name
+        self.name = t("board.the_board") if name is None else name
         self.in_raw = False
         self._raw_paste: bool | None = None  # unknown until the first exec
         self._buf = bytearray()
@@ -162,8 +163,7 @@ class RawRepl:
             waiting = self.port.in_waiting
             data = self.port.read(waiting or 1)
         except OSError as exc:  # serial.SerialException is an OSError
-            raise BoardError(f"{self.name} stopped answering: {exc}",
-                             "check the USB cable; a board that resets on its own may lack power") from None
+            raise BoardError(t("repl.stopped", board=self.name, error=exc), t("repl.stopped.hint")) from None
         self._buf += data
         return bool(data)
 
@@ -192,7 +192,7 @@ class RawRepl:
         try:
             self.port.write(data)
         except OSError as exc:
-            raise BoardError(f"cannot write to {self.name}: {exc}", "check the USB cable") from None
+            raise BoardError(t("repl.write_failed", board=self.name, error=exc), t("repl.write_failed.hint")) from None
 
     # ---------------------------------------------------------------- modes
 
@@ -212,13 +212,9 @@ class RawRepl:
                 self.in_raw = True
                 return
         if not self.seen.strip(b"\r\n\x00"):
-            raise NoBoardError(f"nothing answers on {self.name}",
-                               "check that the board is plugged in and powered; a charge-only USB cable has no "
-                               "data lines; or pick another port with --port (`siaga provision --list-ports`)")
-        raise NoMicroPythonError(
-            f"{self.name} answers, but not as MicroPython (it sent: {printable(self.seen)!r})",
-            "flash MicroPython first (ESP32: esptool.py write_flash 0x1000 <firmware>.bin; Pico W: copy the "
-            ".uf2 file to the RPI-RP2 drive), then run this again")
+            raise NoBoardError(t("repl.silent", board=self.name), t("repl.silent.hint"))
+        raise NoMicroPythonError(t("repl.not_micropython", board=self.name, sent=repr(printable(self.seen))),
+                                 t("repl.not_micropython.hint"))
 
     def exit(self) -> None:
         """Leave the raw REPL for the friendly one."""
@@ -237,7 +233,7 @@ class RawRepl:
     def exec(self, code: str, *, timeout_s: float = 10.0) -> ExecReply:
         """Run `code` on the board and return what it printed (a failed run is a reply too)."""
         if not self.in_raw:
-            raise BoardError(f"{self.name} is not in the raw REPL")
+            raise BoardError(t("repl.not_raw", board=self.name))
         data = code.encode("utf-8")
         if self._raw_paste is not False:
             self._write(RAW_PASTE_REQUEST)
@@ -261,8 +257,7 @@ class RawRepl:
         self._write(END)
         ok = self._read_exactly(2, timeout_s)
         if ok != b"OK":
-            raise BoardError(f"{self.name} did not accept the code (it answered {printable(ok)!r})",
-                             "unplug and replug the board, then run again")
+            raise BoardError(t("repl.refused", board=self.name, answer=repr(printable(ok))), t("repl.replug.hint"))
         return self._reply(timeout_s)
 
     def _paste(self, data: bytes, window: int, timeout_s: float) -> None:
@@ -277,13 +272,12 @@ class RawRepl:
                     return
                 room += window
             if self._buf:
-                raise BoardError(f"unexpected bytes {bytes(self._buf[:20])!r} from {self.name} during a transfer")
+                raise BoardError(t("repl.unexpected", data=repr(bytes(self._buf[:20])), board=self.name))
             if sent == len(data):
                 break
             if room == 0:
                 if not self._fill(deadline) and time.monotonic() >= deadline:
-                    raise BoardError(f"{self.name} stopped taking code during a transfer",
-                                     "unplug and replug the board, then run again")
+                    raise BoardError(t("repl.stalled", board=self.name), t("repl.replug.hint"))
                 continue
             piece = data[sent:sent + room]
             self._write(piece)
@@ -298,7 +292,7 @@ class RawRepl:
             self._fill(end_deadline)
         ack = self._take(self._buf.find(END) + 1) if END in self._buf else b""
         if not ack.endswith(END) or ack.strip(RAW_PASTE_MORE + END):
-            raise BoardError(f"{self.name} did not confirm the end of the code (it answered {printable(ack)!r})")
+            raise BoardError(t("repl.no_end", board=self.name, answer=repr(printable(ack))))
 
     def _reply(self, timeout_s: float) -> ExecReply:
         deadline = time.monotonic() + timeout_s
@@ -306,15 +300,16 @@ class RawRepl:
             self._fill(deadline)
         size = ExecReply.complete_length(bytes(self._buf))
         if size is None:
-            raise BoardError(f"{self.name} did not finish running the code within {timeout_s:.0f} s",
-                             "unplug and replug the board, then run again")
+            raise BoardError(t("repl.too_slow", board=self.name, seconds=f"{timeout_s:.0f}"), t("repl.replug.hint"))
         return ExecReply.from_bytes(self._take(size))
 
-    def run(self, code: str, *, timeout_s: float = 10.0, what: str = "code") -> str:
+    def run(self, code: str, *, timeout_s: float = 10.0, what: str | None = None) -> str:
         """Run `code`; its output, or BoardCodeError with the board's exception."""
         reply = self.exec(code, timeout_s=timeout_s)
         if not reply.ok:
-            raise BoardCodeError(f"{what} failed on {self.name}: {reply.exception}", detail=reply.stderr)
+            # board._reason takes the exception from after the first ": " of this message.
+            raise BoardCodeError(t("repl.code_failed", what=what or t("repl.code"), board=self.name,
+                                   exception=reply.exception), detail=reply.stderr)
         return reply.stdout
 
     def read_line(self, timeout_s: float) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .board import Board
 from .errors import SelfTestError
 from .gateway import GatewayClient
+from .text import t
 from .ui import Ui
 
 _EVT = re.compile(r"^EVT (\S+) ?(.*)$")
@@ -61,12 +62,9 @@ class _Console:
                 continue
             name, detail = match.group(1), match.group(2)
             if name == "fault" and detail.startswith("config"):
-                raise SelfTestError(f"the board refused its config: {detail}",
-                                    "report this: the tool checked the config with the firmware's own parser")
+                raise SelfTestError(t("selftest.config_refused", detail=detail), t("selftest.config_refused.hint"))
             if name == "fault" and detail.startswith("login"):
-                raise SelfTestError("the broker refused the button's login",
-                                    "the broker's password file did not take the new login: check [broker] in the "
-                                    "provisioning config and that Mosquitto was reloaded")
+                raise SelfTestError(t("selftest.login_refused"), t("selftest.login_refused.hint"))
             if name == "connect_failed":
                 self.last_connect_error = detail
             return name, detail
@@ -80,9 +78,8 @@ class _Console:
             lines.append(line)
             if line and not line.startswith(" "):
                 break
-        raise SelfTestError(f"the firmware stopped with an error: {lines[-1] if lines else 'Traceback'}",
-                            "the board's MicroPython may be too old for the firmware: flash a current release "
-                            "(1.22 or later), or run again with --no-mpy")
+        raise SelfTestError(t("selftest.crashed", line=lines[-1] if lines else "Traceback"),
+                            t("selftest.crashed.hint"))
 
 
 def run(board: Board, gw: GatewayClient, device_id: str, *, broker: str, timeout_s: float, ui: Ui,
@@ -94,27 +91,23 @@ def run(board: Board, gw: GatewayClient, device_id: str, *, broker: str, timeout
         while True:
             event = console.next_event(console.deadline)
             if event is None:
-                raise SelfTestError(f"{what} within {timeout_s:.0f} s", hint)
+                raise SelfTestError(t("selftest.timed_out", what=what, seconds=f"{timeout_s:.0f}"), hint)
             name, detail = event
             if name in names and (seq is None or _seq(detail) == seq):
                 return event
 
-    _, boot_detail = wait_for(("boot",), "the board did not start the new firmware",
-                              "unplug and replug the board, then run again; if it persists, erase the board and "
-                              "flash MicroPython again")
+    _, boot_detail = wait_for(("boot",), t("selftest.no_boot"), t("selftest.no_boot.hint"))
     firmware = dict(kv.split("=", 1) for kv in boot_detail.split() if "=" in kv).get("fw", "?")
     booted = time.monotonic()
-    ui.step(f"self-test: firmware {firmware} running ({booted - start:.1f} s after the reboot)")
+    ui.step(t("selftest.running", firmware=firmware, seconds=f"{booted - start:.1f}"))
     try:
-        wait_for(("connected",), f"the button did not log in at the broker {broker}",
-                 "check the broker address in [devices] and that the network at the pole lets the button out "
-                 "(outbound TCP to the broker's port; no captive portal)")
+        wait_for(("connected",), t("selftest.no_login", broker=broker), t("selftest.no_login.hint"))
     except SelfTestError as exc:
         if console.last_connect_error:
-            exc.message += f" (last error on the board: {console.last_connect_error})"
+            exc.message += " " + t("selftest.last_error", error=console.last_connect_error)
         raise
     connected = time.monotonic()
-    ui.step(f"self-test: logged in at the broker ({connected - booted:.1f} s)")
+    ui.step(t("selftest.logged_in", seconds=f"{connected - booted:.1f}"))
 
     trigger = time.monotonic()
     if console_trigger:
@@ -127,15 +120,15 @@ def run(board: Board, gw: GatewayClient, device_id: str, *, broker: str, timeout
         if event is None:
             if not asked:
                 asked = True
-                ui.say("         >>> open the lid and HOLD the SOS button for 2 seconds (test mode) <<<")
+                ui.say("         >>> " + t("selftest.ask_press") + " <<<")
                 continue
-            raise SelfTestError(f"no test alarm within {timeout_s:.0f} s",
-                                "with the lid open, hold the SOS button until it beeps; check the button wiring")
+            raise SelfTestError(t("selftest.timed_out", what=t("selftest.no_alarm"), seconds=f"{timeout_s:.0f}"),
+                                t("selftest.no_alarm.hint"))
         name, detail = event
         if name == "alarm" and "test=1" in detail.split():
             seq = _seq(detail)
     raised = time.monotonic()
-    ui.step(f"self-test: test alarm seq={seq} raised on the board")
+    ui.step(t("selftest.raised", seq=seq))
 
     stored_at: float | None = None
     acked_at: float | None = None
@@ -146,22 +139,20 @@ def run(board: Board, gw: GatewayClient, device_id: str, *, broker: str, timeout
             if stored_at is None:
                 reason = _audit_reason(gw, device_id)
                 raise SelfTestError(
-                    f"the gateway did not store test alarm seq={seq} from {device_id}"
-                    + (f" (the gateway rejected a message from it as {reason})" if reason else ""),
-                    "check the gateway's audit log (GET /api/v1/audit) and that the gateway is connected to the "
-                    "broker (GET /health)")
-            raise SelfTestError(f"the gateway stored test alarm seq={seq}, but its ack did not reach the button",
-                                "check the broker ACL (docs/broker.md §4) and the gateway's log")
+                    t("selftest.not_stored", seq=seq, device=device_id)
+                    + (" " + t("selftest.rejected_as", reason=reason) if reason else ""),
+                    t("selftest.not_stored.hint"))
+            raise SelfTestError(t("selftest.no_ack", seq=seq), t("selftest.no_ack.hint"))
         if stored_at is None and now >= next_poll:
             next_poll = now + GATEWAY_POLL_S
             if any(a.get("seq") == seq and a.get("test") for a in gw.alarms(device_id, limit=10)):
                 stored_at = time.monotonic()
-                ui.step(f"self-test: the gateway stored test alarm seq={seq} ({stored_at - trigger:.2f} s)")
+                ui.step(t("selftest.stored", seq=seq, seconds=f"{stored_at - trigger:.2f}"))
         if acked_at is None:
             event = console.next_event(min(next_poll, console.deadline) if stored_at is None else console.deadline)
             if event is not None and event[0] == "delivered" and _seq(event[1]) == seq:
                 acked_at = time.monotonic()
-                ui.step(f"self-test: the gateway's ack reached the button ({acked_at - trigger:.2f} s)")
+                ui.step(t("selftest.acked", seconds=f"{acked_at - trigger:.2f}"))
         elif stored_at is None:
             time.sleep(max(0.0, min(next_poll, console.deadline) - time.monotonic()))
     assert stored_at is not None

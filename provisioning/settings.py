@@ -23,6 +23,7 @@ from siaga.settings import ConfigError, load_secret, load_toml
 
 from . import validate
 from .errors import UsageError
+from .text import t
 
 DEFAULT_SELFTEST_TIMEOUT_S = 60.0
 DEFAULT_WIFI_TIMEOUT_S = 20.0
@@ -31,9 +32,6 @@ DEFAULT_WIFI_TIMEOUT_S = 20.0
 TOKEN_ENV = "SIAGA_TOKEN"
 # What the gateway accepts as a person's token (gateway/config.py): at least 16 visible ASCII characters.
 _TOKEN = re.compile(r"[\x21-\x7e]{16,}")
-_TOKEN_HINT = "it holds your token alone, on one line, as the gateway's administrator gave it to you"
-NO_TOKEN_HINT = (f"give your personal token with --token-file <file> or in ${TOKEN_ENV}, or name the shared admin "
-                 "token in the provisioning config's [gateway] admin_token_file / admin_token_env")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +101,7 @@ class Settings:
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
-        raise UsageError(f"[{name}] in the provisioning config must be a table")
+        raise UsageError(t("config.not_table", name=name))
     return value
 
 
@@ -118,7 +116,7 @@ def default_state_dir() -> Path:
 
 
 def _wrap(exc: ConfigError, path: Path) -> UsageError:
-    return UsageError(f"provisioning config {path}: {exc}")
+    return UsageError(t("config.problem", path=path, problem=exc))
 
 
 def personal_token(token_file: str | Path | None = None) -> Token | None:
@@ -129,9 +127,9 @@ def personal_token(token_file: str | Path | None = None) -> Token | None:
         try:
             value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise UsageError(f"cannot read {p}, the file with your token: {exc.strerror}", _TOKEN_HINT) from None
+            raise UsageError(t("token.unreadable", path=p, error=exc.strerror), t("token.hint")) from None
         except UnicodeDecodeError:
-            raise UsageError(f"{p}, the file with your token, is not text", _TOKEN_HINT) from None
+            raise UsageError(t("token.not_text", path=p), t("token.hint")) from None
         source = TokenSource(personal=True, where=f"--token-file {p}", file=p)
         what = str(p)
     else:
@@ -141,7 +139,7 @@ def personal_token(token_file: str | Path | None = None) -> Token | None:
         what = f"${TOKEN_ENV}"
         source = TokenSource(personal=True, where=what)
     if not _TOKEN.fullmatch(value):
-        raise UsageError(f"{what} does not hold a token (at least 16 visible ASCII characters)", _TOKEN_HINT)
+        raise UsageError(t("token.not_a_token", what=what), t("token.hint"))
     return Token(value, source)
 
 
@@ -149,19 +147,17 @@ def load_token(gw: Mapping[str, Any], path: Path, base: Path, token_file: str | 
     """The token for the gateway's admin API: the one in `token_file`, else in $SIAGA_TOKEN, else the
     one [gateway] admin_token_file / admin_token_env names (`gw`: that table of config `path`)."""
     if "admin_token" in gw:  # a secret written into the file is a mistake even when another is used
-        raise UsageError(f"provisioning config {path}: [gateway] admin_token must not be written inline",
-                         "put it in a file named by admin_token_file, or in the variable named by admin_token_env")
+        raise UsageError(t("config.problem", path=path, problem=t("token.inline")), t("token.inline.hint"))
     own = personal_token(token_file)
     if own is not None:
         return own
     if "admin_token_file" not in gw and "admin_token_env" not in gw:
-        raise UsageError(f"no token for the gateway's admin API: no --token-file was given, ${TOKEN_ENV} is not set, "
-                         f"and provisioning config {path} names no [gateway] admin_token_file or admin_token_env",
-                         NO_TOKEN_HINT)
+        raise UsageError(t("token.none", env=TOKEN_ENV, path=path), t("token.none.hint", env=TOKEN_ENV))
     try:
         value = load_secret(gw, "admin_token", base=base)
     except ConfigError as exc:
-        raise UsageError(f"provisioning config {path}: [gateway] {exc}", NO_TOKEN_HINT) from None
+        raise UsageError(t("config.problem", path=path, problem=f"[gateway] {exc}"),
+                         t("token.none.hint", env=TOKEN_ENV)) from None
     key = "admin_token_file" if "admin_token_file" in gw else "admin_token_env"
     return Token(value, TokenSource(personal=False, where=f"[gateway] {key} of {path}"))
 
@@ -173,8 +169,7 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
     try:
         data = load_toml(p)
     except ConfigError as exc:
-        raise UsageError(str(exc), "give the provisioning config with --config (docs/technician.md has an "
-                                   "example)") from None
+        raise UsageError(str(exc), t("config.unreadable.hint")) from None
     base = p.resolve().parent
     gw = _table(data, "gateway")
     dev = _table(data, "devices")
@@ -184,10 +179,9 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
     prov = _table(data, "provisioning")
     token = load_token(gw, p, base, token_file)
     if "url" not in gw:
-        raise UsageError(f"provisioning config {p}: [gateway] url is missing", "e.g. url = \"https://gw.example\"")
+        raise UsageError(t("config.missing", path=p, key="[gateway] url"), t("config.url.hint"))
     if "broker_host" not in dev:
-        raise UsageError(f"provisioning config {p}: [devices] broker_host is missing",
-                         "the broker's host name as the buttons reach it, e.g. broker_host = \"mqtt.example\"")
+        raise UsageError(t("config.missing", path=p, key="[devices] broker_host"), t("config.broker_host.hint"))
     ca = dev.get("ca_file")
     button = {k: int(dev[k]) for k in ("long_ms", "cancel_ms", "debounce_ms") if k in dev}
     extra = {k: dev[k] for k in ("buzzer", "silent", "gps", "ntp", "battery_low_mv") if k in dev}
@@ -206,15 +200,15 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
     broker = None
     if broker_t:
         if "password_file" not in broker_t:
-            raise UsageError(f"provisioning config {p}: [broker] password_file is missing")
+            raise UsageError(t("config.missing", path=p, key="[broker] password_file"))
         command = broker_t.get("reload_command")
         if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
-            raise UsageError(f"provisioning config {p}: [broker] reload_command must be a list of strings",
-                             'e.g. reload_command = ["systemctl", "reload", "mosquitto"]')
+            raise UsageError(t("config.problem", path=p, problem=t("config.reload_command")),
+                             t("config.reload_command.hint"))
         pid_file = broker_t.get("pid_file")
         if pid_file is None and command is None:
-            raise UsageError(f"provisioning config {p}: [broker] needs pid_file or reload_command",
-                             "Mosquitto reads its password file only at start and on SIGHUP")
+            raise UsageError(t("config.problem", path=p, problem=t("config.reload_missing")),
+                             t("config.reload_missing.hint"))
         broker = BrokerFiles(_path(base, broker_t["password_file"]), _path(base, pid_file) if pid_file else None,
                              tuple(command) if command else None)
     wifi = None
@@ -223,7 +217,7 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
             password = load_secret(wifi_t, "password", base=base) if (
                 "password_file" in wifi_t or "password_env" in wifi_t or "password" in wifi_t) else ""
         except ConfigError as exc:
-            raise UsageError(f"provisioning config {p}: [wifi] {exc}") from None
+            raise UsageError(t("config.problem", path=p, problem=f"[wifi] {exc}")) from None
         wifi = Wifi(validate.wifi_ssid(wifi_t["ssid"]), validate.wifi_password(password),
                     bool(wifi_t.get("power_save", False)))
     return Settings(
@@ -236,9 +230,9 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
         wifi=wifi,
         wifi_timeout_s=float(wifi_t.get("join_timeout_s", DEFAULT_WIFI_TIMEOUT_S)),
         support=validate.text_field(label.get("support", ""), "support contact", max_bytes=120, required=True,
-                                    example="Call 112 or WhatsApp +62 811 0000 112"),
+                                    example=t("config.support_example")),
         organisation=validate.text_field(label.get("organisation", ""), "organisation", max_bytes=80,
-                                         required=False, example="Command Center 112 Jakarta"),
+                                         required=False, example=t("config.organisation_example")),
         state_dir=_path(base, prov["state_dir"]) if "state_dir" in prov else default_state_dir(),
         baud=int(prov.get("baud", 115200)),
         selftest_timeout_s=float(prov.get("selftest_timeout_s", DEFAULT_SELFTEST_TIMEOUT_S)),

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import click
 
+from .text import t
+
 
 class Ui:
     def __init__(self, *, quiet: bool = False) -> None:
@@ -27,7 +29,7 @@ class Ui:
             click.echo(f"         {text}")
 
     def warn(self, text: str) -> None:
-        click.echo(click.style("warning: ", fg="yellow") + text, err=True)
+        click.echo(click.style(t("ui.warning") + " ", fg="yellow") + text, err=True)
 
     def say(self, text: str) -> None:
         """A result line (tables, summaries): shown even in quiet mode."""
@@ -67,13 +69,13 @@ class Rollback:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None or not self._undo:
             return
-        self.ui.warn("rolling back: " + ", ".join(what for what, _, _ in reversed(self._undo)))
+        self.ui.warn(t("rollback.start", steps=", ".join(what for what, _, _ in reversed(self._undo))))
         while self._undo:
             what, undo, by_hand = self._undo.pop()
             try:
                 undo()
-                self.ui.warn(f"  undone: {what}")
+                self.ui.warn("  " + t("rollback.undone", step=what))
             except Exception as undo_exc:  # every undo must get its turn
                 self.failed_undos.append(what)
-                manual = f"; do it by hand: {by_hand}" if by_hand else ""
-                self.ui.warn(f"  COULD NOT undo {what}: {undo_exc}{manual}")
+                manual = t("rollback.by_hand", command=by_hand) if by_hand else ""
+                self.ui.warn("  " + t("rollback.failed", step=what, error=undo_exc) + manual)

@@ -13,6 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from .errors import Invalid
+from .text import t
 
 DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,31}")
 RESERVED_IDS = frozenset({"siaga-gateway"})  # the broker ACL's gateway user (docs/broker.md §4)
@@ -32,18 +33,16 @@ _DMS = re.compile(r"""^\s*(\d{1,3})\s*[°º:d ]\s*(\d{1,2})\s*['′:m ]?\s*(?:(\
 def device_id(value: object) -> str:
     text = str(value).strip().lower() if value is not None else ""
     if not DEVICE_ID_RE.fullmatch(text):
-        raise Invalid("device id", value, "3-32 characters of a-z, 0-9 and '-', starting with a letter or digit, "
-                                          "e.g. jkt-menteng-0042")
+        raise Invalid("device id", value, t("valid.device_id"))
     if text in RESERVED_IDS:
-        raise Invalid("device id", value, f"{text} is the gateway's broker login; choose another id")
+        raise Invalid("device id", value, t("valid.device_id_reserved", id=text))
     return text
 
 
 def id_prefix(value: object) -> str:
     text = str(value).strip().lower().rstrip("-")
     if not ID_PREFIX_RE.fullmatch(text):
-        raise Invalid("id prefix", value, "1-27 characters of a-z, 0-9 and '-', e.g. jkt-menteng (ids become "
-                                          "jkt-menteng-0001, jkt-menteng-0002, ...)")
+        raise Invalid("id prefix", value, t("valid.id_prefix"))
     return text
 
 
@@ -76,8 +75,7 @@ def _degrees(text: str) -> Decimal:
 
 
 def _coordinate(value: object, field: str, limit: int, positive: str, negative: str, example: str) -> int:
-    expected = (f"decimal degrees as a map app shows them, e.g. {example} (south and west are negative), "
-                f"or with a letter, e.g. 6.175392 S")
+    expected = t("valid.degrees", example=example)
     if isinstance(value, bool) or value is None:
         raise Invalid(field, value, expected)
     if isinstance(value, int | float | Decimal):
@@ -90,15 +88,15 @@ def _coordinate(value: object, field: str, limit: int, positive: str, negative: 
         except ValueError:
             raise Invalid(field, value, expected) from None
         if sign and number < 0:
-            raise Invalid(field, value, f"either a minus sign or the letter {negative}, not both")
+            raise Invalid(field, value, t("valid.sign_twice", letter=negative))
     if not number.is_finite():
         raise Invalid(field, value, expected)
     if sign:
         number = abs(number) * sign
     if not -limit <= number <= limit:
-        hint = f"a {field} lies between -{limit} and {limit}"
+        hint = t("valid.latitude_range" if field == "latitude" else "valid.longitude_range", limit=limit)
         if field == "latitude" and abs(number) <= 180:
-            hint += "; this looks like a longitude: give the latitude first (-6.17..., then 106.82...)"
+            hint += t("valid.looks_like_longitude")
         raise Invalid(field, value, hint)
     return int((number / _E6).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
@@ -125,7 +123,7 @@ def latlon(value: object) -> tuple[int, int]:
     else:
         parts = text.split()
     if len(parts) != 2:
-        raise Invalid("location", value, 'latitude and longitude separated by a comma, e.g. "-6.175392, 106.827153"')
+        raise Invalid("location", value, t("valid.latlon"))
     lat, lon = latitude(parts[0]), longitude(parts[1])
     return lat, lon
 
@@ -133,11 +131,11 @@ def latlon(value: object) -> tuple[int, int]:
 def text_field(value: object, field: str, *, max_bytes: int, required: bool, example: str) -> str:
     text = " ".join(str(value).split()) if value is not None else ""  # one line, single spaces
     if not text and required:
-        raise Invalid(field, value, f"it must not be empty, e.g. {example}")
+        raise Invalid(field, value, t("valid.not_empty", example=example))
     if _CONTROL.search(text):
-        raise Invalid(field, value, "plain text without control characters")
+        raise Invalid(field, value, t("valid.no_control"))
     if len(text.encode()) > max_bytes:
-        raise Invalid(field, value, f"at most {max_bytes} bytes (UTF-8); shorten it, e.g. {example}")
+        raise Invalid(field, value, t("valid.too_long", max_bytes=max_bytes, example=example))
     return text
 
 
@@ -148,7 +146,7 @@ def address(value: object) -> str:
 
 def notes(value: object) -> str:
     return text_field(value, "notes", max_bytes=MAX_NOTES, required=False,
-                      example="pole 3 m south of the bus stop, fed from the street light")
+                      example=t("valid.notes_example"))
 
 
 def area_code(value: object) -> str:
@@ -160,8 +158,7 @@ def area_code(value: object) -> str:
     elif re.fullmatch(r"\d{6}", text):
         text = f"{text[:2]}.{text[2:4]}.{text[4:6]}"
     if not AREA_RE.fullmatch(text):
-        raise Invalid("area", value, "an administrative-area code: letters, digits, '.', '-', '_' or '/', "
-                                     "e.g. 31.71.01.1001 (kelurahan) or 31.71.01 (kecamatan)")
+        raise Invalid("area", value, t("valid.area"))
     return text
 
 
@@ -170,15 +167,14 @@ def site(value: object) -> str | None:
     if not text:
         return None
     if not SITE_RE.fullmatch(text):
-        raise Invalid("site", value, "up to 64 letters, digits, '.', '_', ':' or '-', e.g. pasar-baru "
-                                     "(buttons of one site report one incident)")
+        raise Invalid("site", value, t("valid.site"))
     return text
 
 
 def kind(value: object) -> str:
     text = str(value).strip().lower() if value is not None else ""
     if text not in KINDS:
-        raise Invalid("kind", value, "one of " + ", ".join(KINDS))
+        raise Invalid("kind", value, t("valid.one_of", choices=", ".join(KINDS)))
     return text
 
 
@@ -193,10 +189,9 @@ def type_buttons(value: object) -> tuple[str, ...]:
         if not name:
             continue
         if name not in TYPE_BUTTONS:
-            raise Invalid("types", value,
-                          "a comma-separated list of " + ", ".join(TYPE_BUTTONS) + ", e.g. medical,fire")
+            raise Invalid("types", value, t("valid.types", choices=", ".join(TYPE_BUTTONS)))
         if name in out:
-            raise Invalid("types", value, f"each type at most once ({name} is given twice)")
+            raise Invalid("types", value, t("valid.type_twice", name=name))
         out.append(name)
     return tuple(out)
 
@@ -204,7 +199,7 @@ def type_buttons(value: object) -> tuple[str, ...]:
 def wifi_ssid(value: object) -> str:
     text = str(value) if value is not None else ""
     if not 1 <= len(text.encode()) <= 32:
-        raise Invalid("Wi-Fi SSID", value, "the network name exactly as the phone shows it, 1-32 bytes")
+        raise Invalid("Wi-Fi SSID", value, t("valid.ssid"))
     return text
 
 
@@ -214,8 +209,7 @@ def wifi_password(value: str) -> str:
         return value
     if not 8 <= len(value) <= 63 or not all(32 <= ord(c) < 127 for c in value):
         # The password itself is never echoed back.
-        raise Invalid("Wi-Fi password", "(hidden)", "8-63 printable ASCII characters (WPA2), or empty for an "
-                                                    "open network")
+        raise Invalid("Wi-Fi password", t("valid.hidden"), t("valid.wifi_password"))
     return value
 
 
@@ -224,10 +218,9 @@ def secret_hex(value: str) -> str:
     The secret itself is never echoed back."""
     text = value.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise Invalid("device secret", "(hidden)", "64 hex digits (32 random bytes) and nothing else, e.g. made "
-                                                   "with `openssl rand -hex 32`")
+        raise Invalid("device secret", t("valid.hidden"), t("valid.secret"))
     if len(set(text)) == 1:
-        raise Invalid("device secret", "(hidden)", "a random key; one digit repeated 64 times is a placeholder")
+        raise Invalid("device secret", t("valid.hidden"), t("valid.secret_placeholder"))
     return text
 
 
@@ -236,15 +229,14 @@ def mqtt_password(value: str) -> str:
     has 32), so that every MQTT client library and config format carries it unchanged."""
     text = value.strip()
     if not 16 <= len(text) <= 128 or not all(33 <= ord(c) < 127 for c in text):
-        raise Invalid("broker password", "(hidden)", "16-128 printable ASCII characters without spaces; or leave "
-                                                     "--mqtt-password-file out to have one generated")
+        raise Invalid("broker password", t("valid.hidden"), t("valid.broker_password"))
     return text
 
 
 def host(value: object, field: str = "broker host") -> str:
     text = str(value).strip() if value is not None else ""
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?", text):
-        raise Invalid(field, value, "a host name or IP address the buttons can reach, e.g. mqtt.siaga.example.go.id")
+        raise Invalid(field, value, t("valid.host"))
     return text
 
 
@@ -252,9 +244,9 @@ def port(value: object, field: str = "port") -> int:
     try:
         number = int(str(value).strip())
     except ValueError:
-        raise Invalid(field, value, "a TCP port number, 1-65535, e.g. 8883") from None
+        raise Invalid(field, value, t("valid.port")) from None
     if not 0 < number < 65536:
-        raise Invalid(field, value, "a TCP port number, 1-65535, e.g. 8883")
+        raise Invalid(field, value, t("valid.port"))
     return number
 
 
@@ -262,7 +254,7 @@ def url(value: object, field: str = "gateway url") -> str:
     text = str(value).strip().rstrip("/") if value is not None else ""
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise Invalid(field, value, "an http:// or https:// address, e.g. https://gateway.siaga.example.go.id")
+        raise Invalid(field, value, t("valid.url"))
     return text
 
 
@@ -278,7 +270,7 @@ class Location:
     def __post_init__(self) -> None:
         if (self.lat_e6, self.lon_e6) == (0, 0):
             # "0, 0" (in the Gulf of Guinea) is what an unset GPS or an empty form gives.
-            raise Invalid("location", "0, 0", "the real coordinates of the pole; 0, 0 means none were captured")
+            raise Invalid("location", "0, 0", t("valid.zero_location"))
 
     @property
     def lat(self) -> float:
@@ -301,11 +293,10 @@ def location(*, lat: object = None, lon: object = None, latlon_text: object = No
     """Build a Location from separate coordinates or one "lat, lon" text (exactly one of the two)."""
     if latlon_text not in (None, ""):
         if lat not in (None, "") or lon not in (None, ""):
-            raise Invalid("location", latlon_text, "either --latlon or --lat and --lon, not both")
+            raise Invalid("location", latlon_text, t("valid.latlon_twice"))
         lat_e6, lon_e6 = latlon(latlon_text)
     else:
         if lat in (None, "") or lon in (None, ""):
-            raise Invalid("location", "(missing)", 'the pole\'s coordinates: --latlon "-6.175392, 106.827153" '
-                                                   "or --lat and --lon")
+            raise Invalid("location", t("valid.missing"), t("valid.no_coordinates"))
         lat_e6, lon_e6 = latitude(lat), longitude(lon)
     return Location(lat_e6, lon_e6, address(address_text), area_code(area))

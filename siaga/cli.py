@@ -2,18 +2,27 @@
 
 Errors a person can fix (a missing config file, a refused login) are printed as one line and
 exit with status 2; a traceback appears only with --verbose.
+
+Everything it prints is in the run's language (provisioning/text.py: --lang, $SIAGA_LANG, the
+locale, else Bahasa Indonesia). The help texts are written here in English, where they document
+the code, and shown from the `cli` catalog's `help.*` entry whose English is the same text; a test
+(tests/test_i18n_cli.py) keeps the two equal.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
 import click
 
-from . import logs
+from . import i18n, logs
+from .provisioning.text import DOMAIN, t, use
 from .settings import ConfigError
 
 
@@ -31,22 +40,80 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (ConfigError, OSError) as exc:
             if _State.verbose:
                 raise
-            click.echo(f"siaga: {exc}", err=True)
+            click.echo(t("cli.failed", error=exc), err=True)
             sys.exit(2)
         except ExceptionGroup as group:  # errors out of a TaskGroup arrive grouped
             if _State.verbose:
                 raise
             for failure in group.exceptions:
-                click.echo(f"siaga: {type(failure).__name__}: {failure}", err=True)
+                click.echo(t("cli.failed", error=f"{type(failure).__name__}: {failure}"), err=True)
             sys.exit(2)
     return wrapper
 
 
-@click.group()
+@functools.cache
+def _help_keys() -> dict[str, str]:
+    """English help text -> its catalog key."""
+    return {entry["en"]: key for key, entry in i18n.catalog(DOMAIN).items() if key.startswith("help.")}
+
+
+def help_text(english: str) -> str:
+    """A help text in the run's language (a text the catalog does not know: as written)."""
+    key = _help_keys().get(inspect.cleandoc(english))
+    return t(key) if key is not None else english
+
+
+@contextmanager
+def _in_language(items: list[Any]) -> Iterator[None]:
+    """Show the help of `items` (commands and options) in the run's language while in the block."""
+    saved = [(item, item.help) for item in items if getattr(item, "help", None)]
+    for item, english in saved:
+        item.help = help_text(english)
+    try:
+        yield
+    finally:
+        for item, english in saved:
+            item.help = english
+
+
+class _Command(click.Command):
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with _in_language([self, *self.get_params(ctx)]):
+            super().format_help(ctx, formatter)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        with _in_language([self]):
+            return super().get_short_help_str(limit)
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with _in_language([self, *self.get_params(ctx)]):
+            super().format_help(ctx, formatter)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        with _in_language([self]):
+            return super().get_short_help_str(limit)
+
+
+def _choose_language(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--lang is eager, so that `siaga --lang en --help` is already in English."""
+    use(value)
+    return value
+
+
+@click.group(cls=_Group)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging and full tracebacks.")
-def main(verbose: bool) -> None:
+@click.option("--lang", type=click.Choice(["id", "en"]), default=None, is_eager=True, callback=_choose_language,
+              help="Language of the messages: id (Bahasa Indonesia) or en [default: $SIAGA_LANG, else the locale, "
+                   "else id].")
+def main(verbose: bool, lang: str | None) -> None:
     """Siaga: panic buttons for emergency command centers."""
     _State.verbose = verbose
+    use(lang)
     logs.setup(verbose)
 
 
@@ -132,7 +199,7 @@ def broker_config(port: int, bind: str, data_dir: str, password_file: str, acl_f
     tls = None
     if tls_port is not None:
         if not (cafile and certfile and keyfile):
-            raise ConfigError("--tls-port needs --cafile, --certfile and --keyfile")
+            raise ConfigError(t("broker.tls_needs_files"))
         tls = TlsListener(tls_port, Path(cafile), Path(certfile), Path(keyfile))
     click.echo(render_config(port=port, bind=bind, data_dir=Path(data_dir), password_file=Path(password_file),
                              acl_file=Path(acl_file), tls=tls, log_file=Path(log_file) if log_file else None,
@@ -150,7 +217,7 @@ def broker_acl(out: str) -> None:
     from .broker.config import write_acl
 
     write_acl(Path(out))
-    click.echo(f"wrote {out}")
+    click.echo(t("broker.acl_written", path=out))
 
 
 @broker.command("set-password")
@@ -168,13 +235,14 @@ def broker_set_password(password_file: str, user: str) -> None:
     from .broker.passwd import set_password
 
     if sys.stdin.isatty():
-        password = click.prompt(f"password for {user}", hide_input=True, confirmation_prompt=True)
+        password = click.prompt(t("broker.password_prompt", user=user), hide_input=True,
+                                confirmation_prompt=t("broker.password_again"))
     else:
         password = sys.stdin.readline().rstrip("\n")
     if not password:
-        raise ConfigError("empty password")
+        raise ConfigError(t("broker.empty_password"))
     set_password(Path(password_file), user, password)
-    click.echo(f"set the password of {user} in {password_file}; reload Mosquitto (SIGHUP) to apply")
+    click.echo(t("broker.password_set", user=user, path=password_file))
 
 
 @broker.command("remove-user")
@@ -188,8 +256,8 @@ def broker_remove_user(password_file: str, user: str) -> None:
     from .broker.passwd import remove_user
 
     if not remove_user(Path(password_file), user):
-        raise ConfigError(f"{user} has no login in {password_file}")
-    click.echo(f"removed {user} from {password_file}; reload Mosquitto (SIGHUP) to apply")
+        raise ConfigError(t("broker.no_such_user", user=user, path=password_file))
+    click.echo(t("broker.user_removed", user=user, path=password_file))
 
 
 @main.group()

@@ -5,6 +5,9 @@ the gateway and a few virtual buttons running the firmware core. One resident ho
 alarm reaches the command center; the demo's operator acknowledges it and the button shows that
 help is coming. Everything runs in this process and its temporary folder, which are gone after
 Ctrl-C.
+
+The narration is in the run's language (`siaga --lang`, $SIAGA_LANG, the locale, else Bahasa
+Indonesia), from the `demo` message catalog that the simulator page shares.
 """
 
 from __future__ import annotations
@@ -19,26 +22,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from siaga import i18n
 from siaga.asgi import EmbeddedServer, embedded_server
 from siaga.demo_web import create_sim_app
 from siaga.devices.sites import OFFICES
 from siaga.devices.virtual import VirtualButton
 from siaga.net import free_port
+from siaga.provisioning.text import current
 from siaga.stack import OPERATOR, LocalStack
 
 HOLD_S = 2.0
 LONG_PRESS_MS = 1500
-WHAT_LEDS_MEAN = {
-    "no_network": "no network",
-    "idle": "ready",
-    "armed": "held long enough: release, or press again to cancel",
-    "sending": "sending",
-    "received": "the gateway has the alarm",
-    "acknowledged": "HELP IS COMING (an operator acknowledged)",
-    "dispatched": "help dispatched",
-    "resolved": "resolved",
-    "false_alarm": "closed as a false alarm",
-}
+
+
+def _t(key: str, /, **params: Any) -> str:
+    return i18n.text("demo", key, current(), **params)
+
+
+def what_leds_mean(state: str) -> str:
+    """The button's lights in the terminal's words (`led.<state>`; an unknown state as it is)."""
+    key = f"led.{state}"
+    return _t(key) if key in i18n.catalog("demo") else state
 
 
 class Narrator:
@@ -65,11 +69,11 @@ class ButtonWatch:
     def _record(self, device_id: str, name: str, detail: str) -> None:
         if name == "indicate":
             self.shown[device_id] = detail
-            self.narrator.say(f"button {device_id}", f"LED: {WHAT_LEDS_MEAN.get(detail, detail)}")
+            self.narrator.say(_t("who.button", device=device_id), _t("say.led", meaning=what_leds_mean(detail)))
             self._pending.add(task := asyncio.ensure_future(self._notify()))
             task.add_done_callback(self._pending.discard)
         elif name == "alarm":
-            self.narrator.say(f"button {device_id}", f"alarm raised ({detail}), kept in flash until acked")
+            self.narrator.say(_t("who.button", device=device_id), _t("say.alarm_raised", detail=detail))
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -96,15 +100,15 @@ async def _run(buttons: int, presses: int, exit_after: bool, broker_kind: str, w
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    print("Siaga demo: broker, gateway, command center and virtual buttons, all on this machine.\n", flush=True)
+    print(_t("say.start") + "\n", flush=True)
     watch = ButtonWatch(narrator)
     started: list[VirtualButton] = []
     sim: EmbeddedServer | None = None
     sim_task: asyncio.Future[None] | None = None
     async with LocalStack(workdir, broker_kind, narrator.say) as stack:
         try:
-            narrator.say("command center", f"{stack.cc_url}/docs (API), operator token in this process only")
-            narrator.say("gateway", f"{stack.gw_url}/health")
+            narrator.say(_t("who.cc"), _t("say.cc_api", url=f"{stack.cc_url}/docs"))
+            narrator.say(_t("who.gateway"), f"{stack.gw_url}/health")
             sites = OFFICES[:max(1, min(buttons, len(OFFICES)))]
             for cfg in await stack.register(sites, long_ms=LONG_PRESS_MS):
                 started.append(VirtualButton(cfg, workdir / "flash" / cfg["dev"], watch.listener).start())
@@ -120,48 +124,44 @@ async def _run(buttons: int, presses: int, exit_after: bool, broker_kind: str, w
             if exit_after:
                 stop.set()
             else:
-                print(f"""
-The system keeps running. In a browser:
-  virtual buttons      http://127.0.0.1:{sim_port}/   (hold a red button for 2 s)
-  operator console     {stack.cc_url}/console   (sign in: name {OPERATOR}, token {stack.operator_token})
-  command center API   {stack.cc_url}/docs
-Press Ctrl-C to stop.""", flush=True)
+                print("\n" + _t("say.running", sim=f"http://127.0.0.1:{sim_port}/", console=f"{stack.cc_url}/console",
+                                   name=OPERATOR, token=stack.operator_token, api=f"{stack.cc_url}/docs"), flush=True)
             while not stop.is_set():
                 stack.check_running()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
-            narrator.say("demo", "stopping buttons, gateway, command center and broker ...")
+            narrator.say(_t("who.demo"), _t("say.stopping"))
             if sim is not None and sim_task is not None:
                 sim.should_exit = True
                 await asyncio.gather(sim_task, return_exceptions=True)
             await asyncio.gather(*(asyncio.to_thread(b.stop) for b in started))
-    print("Stopped cleanly; nothing is left running.", flush=True)
+    print(_t("say.stopped"), flush=True)
     return 0
 
 
 async def _round_trip(button: VirtualButton, watch: ButtonWatch, narrator: Narrator, stack: LocalStack,
                       known: set[str]) -> None:
     device_id = button.device_id
-    narrator.say("resident", f"holds the SOS button of {device_id} for {HOLD_S:.0f} s")
+    narrator.say(_t("who.resident"), _t("say.holds", device=device_id, seconds=f"{HOLD_S:.0f}"))
     pressed = time.monotonic()
     button.hold(HOLD_S)
     incident = await _new_incident(stack, device_id, known)
     known.add(incident["id"])
     at_cc = time.monotonic() - pressed
     loc = incident["location"]
-    narrator.say("command center", f"NEW incident {incident['id']}: {incident['kind']} at {loc['address']} "
-                                   f"({loc['lat']:.6f}, {loc['lon']:.6f}), area {loc['area']}")
+    narrator.say(_t("who.cc"), _t("say.new_incident", incident=incident["id"], kind=incident["kind"],
+                                  address=loc["address"], lat=f"{loc['lat']:.6f}", lon=f"{loc['lon']:.6f}",
+                                  area=loc["area"]))
     await watch.wait(device_id, "received")
     await asyncio.sleep(1.0)  # the operator reads the screen
-    narrator.say("operator-demo", f"acknowledges {incident['id']}")
+    narrator.say(OPERATOR, _t("say.acknowledges", incident=incident["id"]))
     acked = time.monotonic()
     resp = await stack.operator.post(f"/api/v1/incidents/{incident['id']}/acknowledge")
     resp.raise_for_status()
     await watch.wait(device_id, "acknowledged")
-    narrator.say("demo", f"round trip done: press to command center {at_cc:.2f} s (of which "
-                         f"{LONG_PRESS_MS / 1000:.1f} s is the deliberate long press), operator ack to button "
-                         f"{time.monotonic() - acked:.2f} s")
+    narrator.say(_t("who.demo"), _t("say.round_trip", to_cc=f"{at_cc:.2f}", long=f"{LONG_PRESS_MS / 1000:.1f}",
+                                    back=f"{time.monotonic() - acked:.2f}"))
 
 
 def run_demo(*, buttons: int = 3, presses: int = 1, exit_after: bool = False, broker: str = "auto") -> int:
@@ -169,7 +169,7 @@ def run_demo(*, buttons: int = 3, presses: int = 1, exit_after: bool = False, br
     try:
         return asyncio.run(_run(buttons, presses, exit_after, broker, workdir))
     except TimeoutError:
-        print("siaga demo: a step did not complete in time; see the messages above.", file=sys.stderr)
+        print(_t("say.timed_out"), file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

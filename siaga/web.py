@@ -4,7 +4,8 @@ entrance, before any handler runs (docs/security.md):
 - `StrictRoute`: JSON bodies are parsed strictly (no NaN or Infinity, no number that overflows a
   float, nesting deeper than the parser can take is a 422, not a crash);
 - `install_error_handlers`: every validation problem becomes a 4xx with the documented shape
-  `{"detail": ...}` (never an echo of the input, which may hold a credential or a non-finite number);
+  `{"detail": ..., "message": ...}` (never an echo of the input, which may hold a credential or a
+  non-finite number; `message` says it in the caller's language, siaga/errortext.py);
 - `AuthGate`: authentication from the headers alone, before a byte of the body is read;
 - `Throttle` and `FailureLog`: failed credentials are limited per client address and per name, and
   recorded as one line per address and name and minute rather than one row per attempt;
@@ -40,11 +41,13 @@ from fastapi.routing import APIRoute
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException  # the base of fastapi.HTTPException: handles both
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from . import errortext, i18n
 from .settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         if item["type"] == "json_invalid" and isinstance(ctx, dict) and "error" in ctx:
             item["msg"] = f"invalid JSON: {_text(ctx['error'])[:200]}"
         detail.append(item)
-    return JSONResponse({"detail": detail}, status_code=422)
+    message = errortext.validation_message((item["loc"] for item in detail), await errortext.language_of(request))
+    return JSONResponse({"detail": detail, "message": message}, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -135,7 +139,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail: Any = _text(exc.detail) if isinstance(exc.detail, str) else exc.detail
     if exc.status_code == 413:
         detail = _too_large(request.scope)
-    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    body = {"detail": detail}
+    if isinstance(detail, str):  # in the caller's language beside the English (siaga/errortext.py)
+        body["message"] = errortext.message(detail, await errortext.language_of(request), exc.status_code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _too_large(scope: Scope) -> str:
@@ -145,14 +152,19 @@ def _too_large(scope: Scope) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every 4xx in the shape `{"detail": ...}`: a string, or for validation problems a list of
-    `{type, loc, msg}`. The input is never echoed."""
+    """Every 4xx in the shape `{"detail": ..., "message": ...}`: `detail` a string in English, or for
+    validation problems a list of `{type, loc, msg}`; `message` one sentence in the caller's language.
+    The input is never echoed."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
 
 
-def error_json(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": _text(detail)}, status_code=status, headers=dict(headers) if headers else None)
+def error_json(status: int, detail: str, headers: Mapping[str, str] | None = None,
+               lang: str = i18n.DEFAULT_LANGUAGE) -> JSONResponse:
+    """A refusal written before any handler runs: the English `detail` and its `message` in `lang`."""
+    detail = _text(detail)
+    return JSONResponse({"detail": detail, "message": errortext.message(detail, lang, status)},
+                        status_code=status, headers=dict(headers) if headers else None)
 
 
 # ---- authentication before the body --------------------------------------------------------------
@@ -201,14 +213,16 @@ class AuthGate:
             if methods is not None:
                 method = scope["method"]
                 schemes = methods.get("GET" if method == "HEAD" else method)
+                # Nobody is signed in yet: the header says the language.
+                lang = errortext.from_headers(Headers(scope=scope))
                 if schemes is None:
                     allow = ", ".join(sorted(methods))
-                    await error_json(405, "method not allowed", {"Allow": allow})(scope, receive, send)
+                    await error_json(405, "method not allowed", {"Allow": allow}, lang)(scope, receive, send)
                     return
                 try:
                     await self.authenticate(Request(scope), schemes)
                 except HTTPException as exc:
-                    await error_json(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
+                    await error_json(exc.status_code, str(exc.detail), exc.headers, lang)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -235,7 +249,9 @@ class JsonRefusals:
             if rewriting:
                 if message["type"] == "http.response.start":
                     return  # sent with the body, whose length is known then
-                body = json.dumps({"detail": _too_large(scope)}).encode()
+                detail = _too_large(scope)
+                lang = errortext.from_headers(Headers(scope=scope))
+                body = json.dumps({"detail": detail, "message": errortext.message(detail, lang, 413)}).encode()
                 await send({"type": "http.response.start", "status": 413,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})
@@ -251,7 +267,8 @@ def document_entrance(app: FastAPI) -> None:
     """Add to the app's OpenAPI document what the entrance may answer to any operation: 413 where
     there is a body, 429 where a credential is needed."""
     generate = app.openapi
-    error = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}
+    shape = {"type": "object", "properties": {"detail": {}, "message": {"type": "string"}}, "required": ["detail"]}
+    error = {"application/json": {"schema": shape}}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:

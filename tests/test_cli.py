@@ -15,6 +15,12 @@ from siaga.net import free_port
 from tests.support.net import wait_port
 
 
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 def siaga(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "siaga.cli", *args], input=stdin, capture_output=True,
                           text=True, timeout=60, cwd=cwd, check=False)

@@ -26,6 +26,7 @@ import pytest
 
 from siaga.commandcenter import store as store_module
 from siaga.commandcenter.config import (
+    DEFAULT_AGENCIES,
     Agency,
     CCConfig,
     ConsoleSettings,
@@ -102,7 +103,9 @@ def new_incident(cc: CommandCenterProcess, device: str = "jkt-menteng-0042", **c
 
 def dispatched_to(cc: CommandCenterProcess, agency: str) -> str:
     ref = new_incident(cc)
-    for action, body in (("acknowledge", None), ("dispatch", {"agency": agency})):
+    # Accepted by the room on the agency's behalf, so that it is dispatched whether or not the agency
+    # answers on screen (the fire brigade does: it has an account).
+    for action, body in (("acknowledge", None), ("dispatch", {"agency": agency, "accepted": True})):
         r = httpx.post(f"{cc.url}/api/v1/incidents/{ref}/{action}", json=body, headers=cc.operator_headers())
         assert r.status_code == 200, r.text
     return ref
@@ -169,7 +172,7 @@ def test_an_agency_viewer_lists_only_incidents_dispatched_to_its_agency(cc: Comm
     settings = httpx.get(f"{cc.url}/api/v1/console/settings", headers=cc.agency_headers()).json()
     assert [a["id"] for a in settings["agencies"]] == ["fire"]
     everyone = httpx.get(f"{cc.url}/api/v1/console/settings", headers=cc.operator_headers()).json()
-    assert [a["id"] for a in everyone["agencies"]] == ["fire", "ambulance", "police", "disaster", "public-order"]
+    assert [a["id"] for a in everyone["agencies"]] == [a.id for a in DEFAULT_AGENCIES]
 
 
 # ---- sessions --------------------------------------------------------------------------------------
@@ -360,7 +363,7 @@ def test_the_event_stream_carries_every_change_and_filters_for_agency_viewers(tm
 
         ref = new_incident(cc)
         operator.wait(lambda ev: any(n == "incident" and d["id"] == ref for n, d in ev))
-        for action, body in (("acknowledge", None), ("dispatch", {"agency": "fire"})):
+        for action, body in (("acknowledge", None), ("dispatch", {"agency": "fire", "accepted": True})):
             httpx.post(f"{cc.url}/api/v1/incidents/{ref}/{action}", json=body, headers=cc.operator_headers())
         httpx.post(f"{cc.url}/api/v1/incidents/{ref}/notes", json={"note": "crew on site"},
                    headers=cc.operator_headers())
@@ -410,11 +413,12 @@ def test_a_console_that_falls_too_far_behind_is_cut_off_not_buffered() -> None:
 def test_who_sees_which_live_event() -> None:
     fire_viewer = Principal("viewer-fire", Role.AGENCY, "fire")
     operator = Principal("operator-1", Role.OPERATOR, None)
-    assert visible_to(LiveEvent("incident", "{}", "fire"), fire_viewer)
-    assert not visible_to(LiveEvent("incident", "{}", "police"), fire_viewer)
-    assert not visible_to(LiveEvent("incident", "{}", None), fire_viewer)
+    assert visible_to(LiveEvent("incident", "{}", frozenset({"fire"})), fire_viewer)
+    assert visible_to(LiveEvent("incident", "{}", frozenset({"police", "fire"})), fire_viewer)
+    assert not visible_to(LiveEvent("incident", "{}", frozenset({"police"})), fire_viewer)
+    assert not visible_to(LiveEvent("incident", "{}"), fire_viewer)
     assert not visible_to(LiveEvent("fault", "{}"), fire_viewer)
-    assert all(visible_to(LiveEvent(t, "{}", None), operator) for t in ("incident", "escalation", "fault"))
+    assert all(visible_to(LiveEvent(t, "{}"), operator) for t in ("incident", "escalation", "fault"))
 
 
 def test_closing_the_broadcaster_ends_every_stream() -> None:
@@ -466,6 +470,7 @@ async def test_every_action_is_in_the_audit_log_with_who_and_when(api: Api) -> N
     audit = (await api.client.get("/api/v1/audit", headers=SUPERVISOR)).json()
     assert [(a["actor"], a["action"], a["target"], a["detail"]) for a in reversed(audit)] == [
         ("operator-1", "acknowledged", ref, None),
+        ("supervisor-1", "dispatch_requested", ref, {"agencies": ["ambulance"], "note": "unit 7"}),
         ("supervisor-1", "dispatched", ref, {"agency": "ambulance", "note": "unit 7"}),
         ("operator-1", "note", ref, {"note": "arrived"}),
         ("operator-1", "resolved", ref, None),
@@ -970,7 +975,8 @@ def test_config_defaults_keep_older_files_working(tmp_path: Path) -> None:
     cfg = CCConfig.load(_config_file(tmp_path, '[intake]\ntoken_file = "intake.token"\n[[operators]]\n'
                                      'name = "operator-1"\ntoken_file = "op1.token"\n'))
     assert cfg.operator("operator-1").role is Role.OPERATOR
-    assert [a.id for a in cfg.agencies] == ["fire", "ambulance", "police", "disaster", "public-order"]
+    assert [a.id for a in cfg.agencies][:5] == ["fire", "ambulance", "police", "disaster", "public-order"]
+    assert {"sar", "transport", "electricity", "water"} <= {a.id for a in cfg.agencies}
     assert cfg.escalation == EscalationSettings()
     assert cfg.escalation.after_s == 60
     assert cfg.console.timezone == "UTC"

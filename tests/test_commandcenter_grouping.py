@@ -185,7 +185,7 @@ async def test_a_press_joining_an_incident_already_acted_on_is_told_its_state(
     ref = (await api.post_alarm(pressed(1, "jkt-menteng-0042"))).json()["incident_id"]
     for action in steps:
         if action == "dispatch":  # by the other operator, so the report must name who did the latest
-            r = await api.act(ref, action, headers=OPERATOR2, agency="ambulance-jakpus")
+            r = await api.act(ref, action, headers=OPERATOR2, agency="ambulance")
         else:
             r = await api.act(ref, action)
         assert r.status_code == 200, r.text

@@ -300,7 +300,7 @@ async def test_an_entry_that_passes_validation_but_cannot_be_stored_is_rejected_
     assert r.json()["results"][1]["error"] == "alarm: cannot be stored (OverflowError)"
     r = await api.post_alarm(alarm(seq=13))
     assert r.status_code == 422, r.text
-    assert r.json() == {"detail": "the body cannot be stored (OverflowError)"}
+    assert r.json()["detail"] == "the body cannot be stored (OverflowError)"
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ aborted, as on a machine without internet, and the console must work all the sam
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import re
@@ -23,11 +24,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 
+from siaga import i18n
 from siaga.commandcenter.domain import Action
 from siaga.commandcenter.store import NewAlarm, NewFault, Store
 from tests.support.ccproc import CommandCenterProcess
 from tests.support.devices import SimButton
+from tests.support.firmware import button as firmware_button
+from tests.support.firmware import indicator_states, seq_of
 from tests.support.system import System
 from tests.test_commandcenter import GatewayStandIn, Received
 
@@ -131,6 +136,11 @@ def open_console(browser: Browser) -> Iterator[Callable[[CommandCenterProcess], 
 
 
 
+def tx(key: str, lang: str = "id", **params: Any) -> str:
+    """What the console shows for `key`: Bahasa Indonesia unless the person chose English."""
+    return i18n.text("console", key, lang, **params)
+
+
 def incidents_of(cc: CommandCenterProcess, device_id: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{cc.url}/api/v1/incidents", headers=cc.operator_headers(), timeout=5)
     r.raise_for_status()
@@ -171,11 +181,11 @@ def test_a_press_appears_in_the_open_console_within_a_second_and_acknowledge_rea
         assert row.get_attribute("data-testid") == f"incident-{incident['id']}"
         pw_expect(row).to_have_attribute("data-state", "new")
         pw_expect(row).to_have_class(_contains("state-new"))
-        pw_expect(row.locator(".kind")).to_have_text("Medical · Medis")
+        pw_expect(row.locator(".kind")).to_have_text(tx("kind.medical"))
         pw_expect(row.locator(".address")).to_have_text("Jl. Medan Merdeka Barat 12")
         pw_expect(row.locator(".area")).to_contain_text("31.71.01.1001")
         pw_expect(row.locator(".coords")).to_have_text("-6.17539, 106.82715")
-        pw_expect(row.locator(".presses")).to_have_text("Pressed once")
+        pw_expect(row.locator(".presses")).to_have_text(tx("row.pressed_once"))
         pw_expect(console.page.locator("#alert-banner")).to_be_visible()
         pw_expect(console.page.locator("#count-new")).to_have_text("1")
         assert console.body_data("lastSound") == "new-alarm"
@@ -227,7 +237,7 @@ def test_dispatch_resolve_false_alarm_and_notes_from_the_console_reach_the_butto
         fire_row.locator("[data-testid=dispatch]").click()
         fire.wait_ack(fire_seq, "dispatched")
         pw_expect(fire_row).to_have_attribute("data-state", "dispatched")
-        pw_expect(fire_row.locator(".agency-line")).to_contain_text("BPBD")
+        pw_expect(fire_row).to_contain_text("BPBD")
 
         fire_row.locator("[data-testid=note]").click()
         fire_row.locator("[data-testid=note-text]").fill("Two units on site, market cleared")
@@ -242,7 +252,7 @@ def test_dispatch_resolve_false_alarm_and_notes_from_the_console_reach_the_butto
         # A false alarm needs a second click to confirm: it must never be a slip of the mouse.
         false_button = prank_row.locator("[data-testid=false-alarm]")
         false_button.click()
-        pw_expect(false_button).to_have_text("Confirm: false alarm?")
+        pw_expect(false_button).to_have_text(tx("action.false_alarm_confirm"))
         pw_expect(prank_row).to_have_attribute("data-state", "new")
         false_button.click()
         prank.wait_ack(prank_seq, "false_alarm")
@@ -278,7 +288,7 @@ def test_not_an_emergency_is_referred_to_lapor_from_the_console_and_the_button_s
         row = console.row_of_device(complaint.device_id)
         row.wait_for()
         refer = row.locator("[data-testid=refer]")
-        pw_expect(refer).to_have_text("Bukan darurat — dirujuk ke LAPOR! / Not an emergency — referred to LAPOR!")
+        pw_expect(refer).to_have_text(tx("action.refer", channel="LAPOR!"))
         refer.click()
         row.locator("[data-testid=refer-reference]").fill("LPR-2026-0412")
         row.locator("[data-testid=refer-note]").fill("Lampu jalan mati, bukan darurat")
@@ -377,7 +387,7 @@ def _seconds_between(a: str, b: str) -> float:
 # ---- roles in the page (the API enforces them too: tests/test_commandcenter_console.py) ------------
 
 
-def test_an_agency_viewer_sees_only_its_incidents_and_cannot_act(
+def test_an_agency_sees_only_its_incidents_and_answers_its_dispatch_on_its_screen(
     tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
 ) -> None:
     with CommandCenterProcess(tmp_path) as cc:
@@ -393,10 +403,21 @@ def test_an_agency_viewer_sees_only_its_incidents_and_cannot_act(
         pw_expect(console.row(to_fire)).to_be_visible()
         pw_expect(console.row(to_police)).to_have_count(0)
         pw_expect(console.row(not_yet)).to_have_count(0)
-        pw_expect(console.row(to_fire).locator(".row-actions button")).to_have_count(0)
+        row = console.row(to_fire)
+        # The agency answers for its own dispatch only: no incident actions, its five buttons instead.
+        pw_expect(row.locator("[data-testid=acknowledge], [data-testid=resolve], [data-testid=note]")).to_have_count(0)
+        pw_expect(row.locator(".row-actions button")).to_have_count(5)
+        pw_expect(row.locator("[data-testid=chip-fire]")).to_have_attribute("data-status", "requested")
+        pw_expect(row).to_have_attribute("data-state", "acknowledged")  # nobody has accepted yet
+        pw_expect(row.locator("[data-testid=agency-done]")).to_be_enabled()  # steps may be skipped
+        row.locator("[data-testid=agency-accepted]").click()
+        pw_expect(row.locator("[data-testid=chip-fire]")).to_have_attribute("data-status", "accepted")
+        pw_expect(row).to_have_attribute("data-state", "dispatched")
+        pw_expect(row.locator("[data-testid=agency-accepted]")).to_be_disabled()  # forward only
+        pw_expect(row.locator("[data-testid=agency-declined]")).to_be_enabled()  # not yet set out
         pw_expect(console.page.locator("[data-testid=tab-supervisor]")).to_be_hidden()
         pw_expect(console.page.locator("[data-testid=tab-devices]")).to_be_hidden()
-        pw_expect(console.page.locator("#agency-note")).to_contain_text("Fire and rescue")
+        pw_expect(console.page.locator("#agency-note")).to_contain_text("Damkar")
 
         # Live: the third incident appears once it is dispatched to the fire brigade.
         httpx.post(f"{cc.url}/api/v1/incidents/{not_yet}/acknowledge", headers=cc.operator_headers())
@@ -404,6 +425,139 @@ def test_an_agency_viewer_sees_only_its_incidents_and_cannot_act(
                    json={"agency": "fire"})
         pw_expect(console.row(not_yet)).to_be_visible()
         pw_expect(console.row(to_police)).to_have_count(0)
+        console.assert_clean()
+
+
+@pytest.mark.mosquitto
+def test_two_agencies_answer_on_their_own_screens_and_the_button_light_follows(
+    system: System, tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
+) -> None:
+    """Issue 16, acceptance 1: a real button (the firmware under MicroPython) is pressed; the room
+    dispatches the fire brigade and search and rescue from the incident panel; each agency accepts,
+    sets out, arrives and finishes on its own screen. The button's light follows: acknowledged
+    (steady) while both dispatches wait, dispatched (pulsing: help is on the way) from the first
+    acceptance, resolved when the last agency is done, and never anything in between."""
+    cc = system.cc
+    creds, fw = firmware_button(system, tmp_path, "jkt-pasar-0901")
+    with fw:
+        fw.expect("EVT connected")
+        fw.hold(500)
+        seq = seq_of(fw.expect("EVT alarm"))
+        fw.expect(f"EVT delivered seq={seq}")
+
+        room = open_console(cc).sign_in(cc.operator_name, cc.operator_token)
+        row = room.row_of_device(creds.device_id)
+        row.locator("[data-testid=acknowledge]").click()
+        fw.expect(f"EVT ack seq={seq} state=acknowledged")
+        incident = (row.get_attribute("data-testid") or "").removeprefix("incident-")
+        row = room.row(incident)  # in the open list now, in the closed list at the end
+
+        row.locator(".row-where").click()
+        form = room.page.locator("[data-testid=dispatch-form]")
+        for agency in ("fire", "sar"):
+            pw_expect(form.locator(f"label:has([data-testid=dispatch-agency-{agency}]) .on-screen")).to_have_count(1)
+            form.locator(f"[data-testid=dispatch-agency-{agency}]").check()
+        form.locator("[data-testid=dispatch-send]").click()
+        for agency in ("fire", "sar"):
+            pw_expect(row.locator(f"[data-testid=chip-{agency}]")).to_have_attribute("data-status", "requested")
+        pw_expect(row).to_have_attribute("data-state", "acknowledged")  # asked, not yet accepted
+
+        screens = {"fire": open_console(cc).sign_in(cc.agency_name, cc.agency_token),
+                   "sar": open_console(cc).sign_in(cc.sar_name, cc.sar_token)}
+        for step in ("accepted", "en_route", "on_scene", "done"):
+            for agency, screen in screens.items():
+                own = screen.row(incident)
+                own.locator(f"[data-testid=agency-{step}]").click()
+                pw_expect(own.locator(f"[data-testid=chip-{agency}]")).to_have_attribute("data-status", step)
+                # The room sees each answer live.
+                pw_expect(row.locator(f"[data-testid=chip-{agency}]")).to_have_attribute("data-status", step)
+                if (step, agency) == ("accepted", "fire"):
+                    fw.expect(f"EVT ack seq={seq} state=dispatched")
+                    fw.expect("IND dispatched")
+                if (step, agency) == ("done", "fire"):
+                    pw_expect(row).to_have_attribute("data-state", "dispatched")  # search and rescue still at work
+        fw.expect(f"EVT ack seq={seq} state=resolved")
+        fw.expect("IND resolved")
+
+    states = indicator_states(fw)
+    assert states[states.index("received"):] == ["received", "acknowledged", "dispatched", "resolved"], states
+    detail = httpx.get(f"{cc.url}/api/v1/incidents/{incident}", headers=cc.operator_headers(), timeout=5).json()
+    assert detail["state"] == "resolved" and detail["closed_by"] == cc.sar_name
+    steps = [(h["agency"], h["to_status"], h["actor"]) for h in detail["dispatch_history"]]
+    assert steps == [("fire", "requested", cc.operator_name), ("sar", "requested", cc.operator_name)] + [
+        (agency, step, {"fire": cc.agency_name, "sar": cc.sar_name}[agency])
+        for step in ("accepted", "en_route", "on_scene", "done") for agency in ("fire", "sar")
+    ], steps
+    for screen in (room, *screens.values()):
+        screen.assert_clean()
+
+
+def test_a_supervisor_signs_on_dispatches_to_two_agencies_sees_a_decline_and_hands_over(
+    tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
+) -> None:
+    """The room's own work in the page: a shift, a second-level escalation, a dispatch to two agencies
+    from the incident panel (one answers on its own screen, one was phoned), an agency declining on
+    the phone (set by the room on its behalf), and the hand-over."""
+    with CommandCenterProcess(tmp_path, extra_toml="[escalation]\nafter_s = 1\nsecond_after_s = 1\n") as cc:
+        console = open_console(cc).sign_in(cc.supervisor_name, cc.supervisor_token)
+        page = console.page
+        page.click("[data-testid=shift-sign-on]")
+        pw_expect(page.locator("[data-testid=on-duty]")).to_contain_text(cc.supervisor_name)
+        pw_expect(page.locator("[data-testid=shift-sign-on]")).to_be_hidden()
+
+        # Nobody answers for two seconds: escalated twice, and the supervisors' banner names it.
+        medical = post_alarm(cc, 1, "jkt-gambir-0701", "medical")
+        banner = page.locator("[data-testid=escalation2-banner]")
+        pw_expect(banner).to_contain_text(medical, timeout=10_000)
+        row = console.row(medical)
+        row.locator("[data-testid=acknowledge]").click()
+        pw_expect(banner).to_be_hidden()
+
+        # Two agencies at once from the panel: the fire brigade answers on its own screen (it has an
+        # account), so its dispatch waits for it; the ambulance service was phoned, so it is accepted.
+        row.locator(".row-where").click()
+        pw_expect(page.locator("#detail h3")).to_contain_text(medical)
+        form = page.locator("[data-testid=dispatch-form]")
+        pw_expect(form.locator("label:has([data-testid=dispatch-agency-fire]) .on-screen")).to_have_count(1)
+        pw_expect(form.locator("label:has([data-testid=dispatch-agency-ambulance]) .on-screen")).to_have_count(0)
+        form.locator("[data-testid=dispatch-agency-fire]").check()
+        form.locator("[data-testid=dispatch-agency-ambulance]").check()
+        form.locator("[data-testid=dispatch-send]").click()
+        pw_expect(row.locator("[data-testid=chip-fire]")).to_have_attribute("data-status", "requested")
+        pw_expect(row.locator("[data-testid=chip-ambulance]")).to_have_attribute("data-status", "accepted")
+        pw_expect(row).to_have_attribute("data-state", "dispatched")
+        pw_expect(page.locator("[data-testid=dispatch-form] [data-testid=dispatch-agency-fire]")).to_be_disabled()
+
+        # The fire brigade phones back: no truck free. Every dispatch of the other incident declined, it
+        # is back with the room: first in the list, highlighted, with the reason.
+        fire = post_alarm(cc, 2, "jkt-menteng-0702", "fire")
+        other = console.row(fire)
+        other.locator("[data-testid=acknowledge]").click()
+        other.locator("[data-testid=agency-select]").select_option("fire")
+        other.locator("[data-testid=dispatch]").click()
+        pw_expect(other.locator("[data-testid=chip-fire]")).to_have_attribute("data-status", "requested")
+        other.locator(".row-where").click()
+        pw_expect(page.locator("#detail h3")).to_contain_text(fire)
+        page.click("[data-testid=dispatch-fire-declined]")
+        page.fill("[data-testid=dispatch-fire-decline-reason]", "Semua unit sedang bertugas")
+        page.click("[data-testid=dispatch-fire-decline-send]")
+        pw_expect(other).to_have_class(_contains("needs-dispatch"))
+        pw_expect(other.locator("[data-testid=needs-dispatch]")).to_contain_text("Semua unit sedang bertugas")
+        pw_expect(page.locator("#incident-list li.incident").first).to_have_attribute(
+            "data-testid", f"incident-{fire}")
+
+        page.click("[data-testid=tab-supervisor]")
+        pw_expect(page.locator("[data-testid=operator-figures]")).to_contain_text(cc.supervisor_name)
+        page.click("[data-testid=tab-incidents]")
+        page.click("[data-testid=shift-handover]")
+        page.fill("[data-testid=handover-note]", "Kebakaran Menteng belum ada instansi")
+        page.fill("[data-testid=handover-to]", cc.operator_name)  # not on duty yet: typed
+        page.click("[data-testid=handover-send]")
+        pw_expect(page.locator("[data-testid=shift-sign-on]")).to_be_visible()
+        pw_expect(page.locator("[data-testid=on-duty]")).to_contain_text(tx("shift.nobody"))
+        shifts = httpx.get(f"{cc.url}/api/v1/shifts", headers=cc.supervisor_headers(), timeout=5).json()
+        assert [(s["handover_note"], s["handed_to"], sorted(s["open_at_handover"])) for s in shifts] == [
+            ("Kebakaran Menteng belum ada instansi", cc.operator_name, sorted([medical, fire]))]
         console.assert_clean()
 
 
@@ -417,7 +571,7 @@ def test_the_supervisor_view_shows_figures_and_exports_csv(
         console = open_console(cc).sign_in(cc.supervisor_name, cc.supervisor_token)
         console.page.click("[data-testid=tab-supervisor]")
         kpis = console.page.locator("[data-testid=kpis]")
-        pw_expect(kpis).to_contain_text("Press → acknowledge")
+        pw_expect(kpis).to_contain_text(tx("kpi.acknowledge"))
         pw_expect(console.page.locator("[data-testid=false-alarms]")).to_contain_text("jkt-menteng-0501")
         pw_expect(console.page.locator("[data-testid=false-alarms]")).to_contain_text("100 %")
         pw_expect(console.page.locator("[data-testid=audit]")).to_contain_text("false_alarm")
@@ -437,7 +591,7 @@ def test_the_supervisor_view_shows_figures_and_exports_csv(
         assert r.status_code == 201
         row = console.page.locator("[data-testid=faults] tbody tr")
         pw_expect(row).to_contain_text("jkt-pasarbaru-0505")
-        pw_expect(row).to_contain_text("Offline")
+        pw_expect(row).to_contain_text(tx("fault.offline"))
         pw_expect(row).to_contain_text("3 heartbeats missed")
         console.assert_clean()
 
@@ -451,7 +605,7 @@ def test_a_wrong_token_is_refused_at_sign_in(
         console.page.fill("#login-name", cc.operator_name)
         console.page.fill("#login-token", cc.supervisor_token)  # someone else's token
         console.page.click("#login-submit")
-        pw_expect(console.page.locator("#login-error")).to_have_text("Unknown name or wrong token.")
+        pw_expect(console.page.locator("#login-error")).to_have_text(tx("login.wrong"))
         pw_expect(console.page.locator("#app")).to_be_hidden()
         console.assert_clean()
 
@@ -577,11 +731,70 @@ async def seed_scene(db_path: Path, now: datetime) -> None:
         await store.close()
 
 
-def test_console_screenshot_with_several_live_incidents(
+# What the page shows, read back: every visible text node and person-facing attribute that is not
+# inside an element marked data-value (ids, names, addresses, numbers, times). Text without a word
+# in it (separators, arrows, "12", "3 s") is left out: it has nothing to translate.
+SHOWN_TEXT_JS = """() => {
+  const words = /\\p{L}{2,}/u;
+  const shown = (e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== "hidden";
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const parent = n.parentElement;
+    const text = n.textContent.replace(/\\s+/g, " ").trim();
+    if (!words.test(text) || parent.closest("[data-value], script, style")) continue;
+    const box = parent.closest("select") || parent;  // an option shows when its select does
+    if (shown(box)) out.push({where: parent.tagName + "." + parent.className, text});
+  }
+  for (const e of document.body.querySelectorAll("[title], [placeholder], [aria-label]")) {
+    if (!shown(e) || e.closest("[data-value]")) continue;
+    for (const a of ["title", "placeholder", "aria-label"]) {
+      const text = (e.getAttribute(a) || "").trim();
+      if (words.test(text)) out.push({where: `${e.tagName}[${a}]`, text});
+    }
+  }
+  return out;
+}"""
+
+
+def small_screenshot(page: Page, path: Path) -> None:
+    """A screenshot in 256 colours: the console's flat dark surfaces lose nothing, and the picture
+    stays small enough to keep in the repository (docs/console-id.png, docs/console-en.png)."""
+    picture = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    picture.quantize(colors=256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def catalog_matcher(lang: str) -> Callable[[str], bool]:
+    """Whether a text is one of the catalog's texts in `lang`, a template's placeholders matching
+    anything (tests/test_i18n_console.py makes sure no template is placeholders alone)."""
+    exact: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
+    for entry in i18n.catalog("console").values():
+        text = " ".join(entry[lang].split())
+        if i18n.placeholders(text):
+            parts = re.split(r"\{\w+\}", text)
+            patterns.append(re.compile(".+?".join(re.escape(p) for p in parts), re.S))
+        else:
+            exact.add(text)
+    return lambda shown: shown in exact or any(p.fullmatch(shown) for p in patterns)
+
+
+def untranslated(console: Console, lang: str) -> list[str]:
+    is_catalog_text = catalog_matcher(lang)
+    return [f"{s['where']}: {s['text']!r}" for s in console.page.evaluate(SHOWN_TEXT_JS)
+            if not is_catalog_text(s["text"])]
+
+
+def test_the_console_shows_only_catalog_words_in_either_language_with_screenshots(
     tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
 ) -> None:
-    """Makes docs/console.png and docs/console-supervisor.png when SIAGA_UPDATE_SCREENSHOTS=1;
-    otherwise the same scene is drawn and checked, and the pictures go to the test's folder."""
+    """A shift's console (incidents in every state, one escalated, one sent to two agencies, a device
+    fault, the incident panel open) read back in Bahasa Indonesia, then switched to English without a
+    reload: every word shown is the catalog's, in the chosen language.
+
+    Pictures: docs/console-id.png and docs/console-en.png when SIAGA_SCREENSHOTS=1, docs/console.png
+    and docs/console-supervisor.png when SIAGA_UPDATE_SCREENSHOTS=1; otherwise to the test's folder."""
+    pictures = DOCS if os.environ.get("SIAGA_SCREENSHOTS") == "1" else tmp_path
     out = DOCS if os.environ.get("SIAGA_UPDATE_SCREENSHOTS") == "1" else tmp_path
     cc = CommandCenterProcess(tmp_path, escalation_after_s=120)
     # In a thread of its own: Playwright's sync API already runs an event loop in this one.
@@ -589,27 +802,77 @@ def test_console_screenshot_with_several_live_incidents(
         pool.submit(asyncio.run, seed_scene(cc.db_path, datetime.now(UTC))).result()
     with cc:
         console = open_console(cc).sign_in(cc.supervisor_name, cc.supervisor_token)
-        pw_expect(console.page.locator("li.incident.escalated")).to_have_count(1)
+        page = console.page
+        pw_expect(page.locator("li.incident.escalated")).to_have_count(1)
         fresh = post_alarm(cc, 1, "jkt-kemayoran-0010", "medical",
                            location={"lat": -6.1591, "lon": 106.8493, "address": "Stasiun Kemayoran, Jl. Garuda",
                                      "area": "31.71.03.1001"}, battery_mv=3780)
         console.row(fresh).wait_for()
-        # Open: four new (one escalated, one pressed twice), one acknowledged, one dispatched.
-        pw_expect(console.page.locator("#incident-list li.incident")).to_have_count(6)
-        pw_expect(console.page.locator("#incident-list li.incident .presses.many")).to_have_text("Pressed 2×")
-        escalated = console.page.locator("li.incident.escalated")
-        escalated.locator(".row-where").click()
-        pw_expect(console.page.locator("#detail .hist-escalation")).to_have_count(1)
-        console.page.wait_for_timeout(2200)  # the arrival flash is over; the rows pulse as usual
-        console.page.screenshot(path=str(out / "console.png"))
+        # The robbery at the bus stop: police and an ambulance, both confirmed by phone.
+        [robbery] = [i for i in incidents_of(cc, "jkt-senen-0007") if i["state"] == "acknowledged"]
+        r = httpx.post(f"{cc.url}/api/v1/incidents/{robbery['id']}/dispatch", headers=cc.operator_headers(),
+                       json={"agencies": ["police", "ambulance"], "note": None, "accepted": True}, timeout=5)
+        assert r.status_code == 200, r.text
+        row = console.row(robbery["id"])
+        pw_expect(row.locator("[data-testid^=chip-]")).to_have_count(2)
+        # Open: four new (one escalated, one pressed twice), two dispatched.
+        pw_expect(page.locator("#incident-list li.incident")).to_have_count(6)
+        twice = page.locator("#incident-list li.incident .presses.many")
+        pw_expect(twice).to_have_text(tx("row.pressed_many", count=2))
+        row.locator(".row-where").click()
+        pw_expect(page.locator("#detail [data-testid=dispatch-list] .dispatch-item")).to_have_count(2)
+        page.wait_for_timeout(2200)  # the arrival flash is over; the rows pulse as usual
 
-        console.page.click("[data-testid=tab-supervisor]")
-        pw_expect(console.page.locator("[data-testid=false-alarms] tbody tr").first).to_contain_text("jkt-senen-0007")
-        pw_expect(console.page.locator("[data-testid=offline]")).to_contain_text("jkt-sawahbesar-0005")
-        console.page.wait_for_timeout(300)
-        console.page.screenshot(path=str(out / "console-supervisor.png"))
+        def read_back(lang: str) -> list[str]:
+            """Every view's words, in `lang`."""
+            assert len(page.evaluate(SHOWN_TEXT_JS)) > 60  # the read-back reads the page
+            offenders = untranslated(console, lang)
+            page.click("[data-testid=tab-devices]")
+            pw_expect(page.locator("[data-testid=faults] tbody tr")).to_contain_text(tx("fault.offline", lang))
+            offenders += untranslated(console, lang)
+            page.click("[data-testid=tab-supervisor]")
+            pw_expect(page.locator("[data-testid=false-alarms] tbody tr").first).to_contain_text("jkt-senen-0007")
+            pw_expect(page.locator("[data-testid=kpis]")).to_contain_text(tx("kpi.acknowledge", lang))
+            offenders += untranslated(console, lang)
+            return offenders
+
+        assert page.evaluate("document.documentElement.lang") == "id"
+        small_screenshot(page, pictures / "console-id.png")
+        page.screenshot(path=str(out / "console.png"))
+        assert read_back("id") == []
+
+        page.evaluate("window.__notReloaded = true")
+        page.click("[data-testid=lang-en]")
+        pw_expect(page.locator("html")).to_have_attribute("lang", "en")
+        pw_expect(page.locator("[data-testid=kpis]")).to_contain_text(tx("kpi.acknowledge", "en"))
+        pw_expect(page.locator("[data-testid=audit]")).to_contain_text("false_alarm")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(out / "console-supervisor.png"))
+        offenders = untranslated(console, "en")
+        page.click("[data-testid=tab-incidents]")
+        pw_expect(page.locator("#detail h4").first).to_have_text(tx("dispatch.list_title", "en"))
+        page.wait_for_timeout(300)
+        small_screenshot(page, pictures / "console-en.png")
+        assert offenders + read_back("en") == []
+        assert page.evaluate("window.__notReloaded") is True
+        # Remembered for the person, not the browser: the API answers with it.
+        me = httpx.get(f"{cc.url}/api/v1/session", headers=cc.supervisor_headers(), timeout=5).json()
+        assert me["language"] == "en"
         console.assert_clean()
-    assert (out / "console.png").stat().st_size > 20_000
+
+        # The read-back can fail: a word put in by hand is found, in either language; data is not.
+        page.evaluate("""() => {
+            const p = document.createElement("p"); p.textContent = "Hard-coded words"; document.body.prepend(p);
+            const d = document.createElement("p"); d.textContent = "Jl. Garuda"; d.dataset.value = "";
+            document.body.prepend(d);
+            document.getElementById("sound").title = "Untranslated tooltip";
+        }""")
+        found = untranslated(console, "en")
+        assert any("Hard-coded words" in f for f in found) and any("Untranslated tooltip" in f for f in found)
+        assert not any("Garuda" in f for f in found)
+        assert any(tx("sound.on", "en") in f for f in untranslated(console, "id"))
+    for picture in ("console-id.png", "console-en.png"):
+        assert 20_000 < (pictures / picture).stat().st_size < 300_000
 
 
 def _contains(cls: str) -> re.Pattern[str]:
@@ -637,8 +900,9 @@ def test_a_silent_gateway_is_a_banner_on_every_console_and_clears_when_it_report
                     open_console(cc).sign_in(cc.agency_name, cc.agency_token)]
         for console in consoles:
             banner = console.page.locator("[data-testid=plumbing-banner]")
-            pw_expect(banner).to_contain_text(re.compile(r"Gateway gw-1 tidak melapor sejak \d\d:\d\d"), timeout=10_000)
-            pw_expect(banner).to_contain_text("Gateway gw-1 silent since")
+            # Indonesian clock times are written 14.05 (id-ID), English ones 14:05.
+            silent = re.escape(tx("plumbing.silent", name="gw-1", at="@")).replace("@", r"\d\d[.:]\d\d")
+            pw_expect(banner).to_contain_text(re.compile(silent), timeout=10_000)
         # Reporting again (more often than the silence), the banner goes.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not all(

@@ -16,6 +16,12 @@ from tests.support.demo import DemoProcess
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal's narration in English, as these tests read it (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 def _demo_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("siaga-demo-*"))
 

@@ -1,7 +1,8 @@
 """The demo in a browser, as `make demo` leaves it running: hold a virtual button on the simulator
 page, see the incident appear in the operator console, acknowledge it there, and see that button's
-light change to "help is coming". Headless Debian Chromium through Playwright; only loopback
-requests are allowed."""
+light change to "help is coming" (Bahasa Indonesia first, English after the page's ID | EN switch);
+dispatched ("help is on the way") looks different from it. Headless Debian Chromium through
+Playwright; only loopback requests are allowed."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ from playwright.sync_api import Page, Route, sync_playwright  # noqa: E402
 from playwright.sync_api import expect as pw_expect  # noqa: E402
 
 pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal's narration in English, as these tests read it (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
 
 
 @pytest.fixture
@@ -76,7 +83,8 @@ def test_hold_a_virtual_button_acknowledge_in_the_console_and_its_light_says_hel
             buttons.goto(sim_url)
             card = buttons.locator('.card[data-id="jkt-menteng-01"]')
             pw_expect(card).to_have_attribute("data-state", "idle")
-            pw_expect(card.locator(".state")).to_have_text("ready")
+            pw_expect(card.locator(".state")).to_have_text("siap")  # Bahasa Indonesia unless switched
+            pw_expect(buttons.locator("html")).to_have_attribute("lang", "id")
             sos = card.locator(".sos")
             sos.hover()
             buttons.mouse.down()
@@ -90,8 +98,27 @@ def test_hold_a_virtual_button_acknowledge_in_the_console_and_its_light_says_hel
             row.locator("[data-testid=acknowledge]").click()
 
             pw_expect(card).to_have_attribute("data-state", "acknowledged", timeout=10_000)
-            pw_expect(card.locator(".state")).to_have_text("help is coming")
+            pw_expect(card.locator(".state")).to_have_text("bantuan segera datang")
             pw_expect(card).to_have_class("card lit")   # "help is coming" is the ring light steady on
+            ring = card.locator(".ring")
+            assert ring.evaluate("el => getComputedStyle(el).animationName") == "none"
+            buttons.click(".lang button[data-lang=en]")
+            pw_expect(card.locator(".state")).to_have_text("help is coming")
+            pw_expect(buttons.locator("#intro")).to_contain_text("Hold a red button for two seconds")
+            pw_expect(buttons.locator("html")).to_have_attribute("lang", "en")
+
+            # Dispatched: "help is on the way" must not look like "help is coming".
+            headers = {"Authorization": f"Bearer {token}"}
+            incident = operator.request.get(f"{console_url.removesuffix('/console')}/api/v1/incidents",
+                                            headers=headers).json()[0]["id"]
+            done = operator.request.post(f"{console_url.removesuffix('/console')}/api/v1/incidents/{incident}/dispatch",
+                                         headers=headers, data={"agency": "fire"})
+            assert done.ok, done.text()
+            pw_expect(card).to_have_attribute("data-state", "dispatched", timeout=10_000)
+            pw_expect(card.locator(".state")).to_have_text("help is on the way")
+            assert ring.evaluate("el => getComputedStyle(el).animationName") == "on-the-way"
+            buttons.click(".lang button[data-lang=id]")
+            pw_expect(card.locator(".state")).to_have_text("petugas dalam perjalanan")
             if os.environ.get("SIAGA_UPDATE_SCREENSHOTS"):
                 buttons.set_viewport_size({"width": 1000, "height": 400})
                 buttons.screenshot(path=str(DOCS / "demo-buttons.png"))

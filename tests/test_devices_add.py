@@ -34,6 +34,12 @@ DEV = "jkt-vendor-0001"
 LOC = proto.location(-6175392, 106827153, "Jl. Medan Merdeka Barat 12", "31.71.01.1001")
 
 
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 def add(cfg: Path, device_id: str = DEV, *extra: str) -> Any:
     return siaga("devices", "add", device_id, "--config", str(cfg), *LOCATION, *extra)
 

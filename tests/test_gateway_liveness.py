@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from siaga import i18n
 from siaga.commandcenter import plumbing
 from siaga.commandcenter.callbacks import signed_body
 from siaga.commandcenter.plumbing import GatewayReportIn, GatewayState, apply_transitions, decide, record_report
@@ -127,7 +128,9 @@ def test_the_console_asks_for_the_gateways_and_has_a_banner() -> None:
     js = (STATIC / "console.js").read_text(encoding="utf-8")
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     assert '"/api/v1/gateways"' in js
-    assert "tidak melapor sejak" in js and "silent since" in js
+    assert 't("plumbing.silent"' in js  # the banner's words come from the console's catalog
+    silent = i18n.catalog("console")["plumbing.silent"]
+    assert "tidak melapor sejak" in silent["id"] and "silent since" in silent["en"]
     assert 'id="plumbing-banner"' in html
 
 

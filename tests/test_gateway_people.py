@@ -23,6 +23,13 @@ from siaga.settings import ConfigError
 from tests.support.board import provisioning_config, siaga
 from tests.support.gateway import GatewayProcess, lone_gateway
 
+
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
 ADMIN, TECH = "budi", "siti"

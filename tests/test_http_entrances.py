@@ -106,7 +106,8 @@ def test_non_finite_numbers_and_bad_json_are_a_422_in_the_documented_shape(cc: C
     # Too large, by its announced length alone: 413 in the same shape.
     r = httpx.post(f"{cc.url}/api/v1/session", json={"name": "x" * 5000, "token": "y"})
     assert (r.status_code, r.headers["content-type"]) == (413, "application/json"), r.text
-    assert r.json() == {"detail": "request body too large: at most 4096 bytes here"}
+    assert r.json() == {"detail": "request body too large: at most 4096 bytes here",
+                        "message": "isi permintaan terlalu besar: paling banyak 4096 byte di sini"}
     # A malformed body without a credential: 401, as documented, not 422.
     r = httpx.post(f"{cc.url}/api/v1/alarms", content=b"{nope", headers={"Content-Type": "application/json"})
     assert r.status_code == 401

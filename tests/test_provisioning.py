@@ -20,6 +20,13 @@ from tests.support.firmware import UNIX_BOARD
 from tests.support.net import free_port
 from tests.support.system import System
 
+
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 LOCATION = ["--latlon", "-6.175392, 106.827153", "--address", "Jl. Medan Merdeka Barat 12", "--area",

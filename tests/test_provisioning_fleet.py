@@ -23,6 +23,13 @@ from tests.support.system import System
 from tests.support.waiting import wait_for
 from tests.test_provisioning import config_for, device_logins, devices_at_gateway, provision
 
+
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 pytestmark = [pytest.mark.e2e, pytest.mark.micropython, pytest.mark.mosquitto]
 
 DEV = "jkt-gambir-0001"

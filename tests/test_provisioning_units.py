@@ -27,6 +27,12 @@ from tests.support.receiver import Answer, HttpReceiver, Request
 # ------------------------------------------------------------------------------------------ validators
 
 
+@pytest.fixture(autouse=True)
+def _english(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the tool's English messages (its default is Bahasa Indonesia)."""
+    monkeypatch.setenv("SIAGA_LANG", "en")
+
+
 @pytest.mark.parametrize(("text", "e6"), [
     ("-6.175392", -6175392),
     ("-6,175392", -6175392),          # decimal comma
@@ -310,9 +316,36 @@ def test_label_is_a_printable_png_with_the_qr_payload(tmp_path: Path) -> None:
                       location=validate.Location(-6175392, 106827153, "Jl. X", "31.71.01.1001"))
     with Image.open(path) as img:
         assert img.size == (732, 1181) and img.info["dpi"][0] == pytest.approx(300, abs=0.01)
-    assert label.qr_payload("jkt-gambir-0001", "Call 112") == "Siaga jkt-gambir-0001\nSupport: Call 112"
+    assert label.qr_payload("jkt-gambir-0001", "Call 112") == "Siaga jkt-gambir-0001\nDukungan / Support: Call 112"
     pdf = label.save(tmp_path / "l.pdf", "jkt-gambir-0001", support="Call 112")
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_label_words_come_from_the_catalog_indonesian_first_and_match_the_sign() -> None:
+    from siaga import i18n
+
+    words = i18n.catalog("label")
+    lines = label.instructions(1.5)
+    assert lines[0] == (words["hold"]["id"].format(seconds="1.5"), words["hold"]["en"].format(seconds="1.5"))
+    assert lines[1:] == [(words[k]["id"], words[k]["en"]) for k in ("cancel", *label.LIGHTS)]
+    # "An operator has seen it" and "help is on the way" are both on the label, and told apart.
+    assert {"light.acknowledged", "light.dispatched"} <= set(label.LIGHTS)
+    assert words["light.acknowledged"]["id"] != words["light.dispatched"]["id"]
+    # The enclosure sign says the same, Bahasa Indonesia with the English beside it.
+    sign = (Path(__file__).parent.parent / "hardware" / "enclosure.md").read_text(encoding="utf-8")
+    for key in label.LIGHTS:
+        assert f"{words[key]['id']}  /  {words[key]['en']}" in sign, key
+
+
+def test_label_content_fits_above_its_bottom_margin() -> None:
+    # The example of docs/technician.md (docs/label-example.png): every line of text, a long support
+    # contact, the address and the organisation; the last 2 mm must stay blank, not hold clipped text.
+    img = label.render("jkt-gambir-0007", support="Call 112 or WhatsApp +62 811 0000 112",
+                       organisation="Command Center 112 DKI Jakarta",
+                       location=validate.Location(-6175392, 106827153, "Jl. Medan Merdeka Barat 12, Gambir",
+                                                  "31.71.01.1001"))
+    bottom = img.crop((0, img.height - round(2 / 25.4 * label.DPI), img.width, img.height)).convert("L")
+    assert bottom.getextrema() == (255, 255)
 
 
 # ------------------------------------------------------------------- the token for the gateway's admin API

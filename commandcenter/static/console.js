@@ -1,29 +1,52 @@
 // Siaga operator console: plain JavaScript, no build step. Everything shown comes from the command
 // center's HTTP API (docs/commandcenter.md); live changes arrive as server-sent events. Data from the
 // API is only ever put into the page as text (textContent), never as HTML.
+//
+// Every word the console shows comes from the message catalog (siaga/locale/console.json, served as
+// /console/i18n.json), in the language the person chose: `t(key, params)` here, `data-i18n` and
+// `data-i18n-attr` in index.html. What is data (ids, names, addresses, numbers, times) is marked
+// with `data-value`, so that a test can tell the two apart and find any word left untranslated.
 "use strict";
 
 (() => {
-  const KIND_LABELS = {
-    general: "General SOS · Umum",
-    medical: "Medical · Medis",
-    fire: "Fire · Kebakaran",
-    crime: "Crime · Kejahatan",
-    disaster: "Disaster · Bencana",
+  const KIND_KEYS = {
+    general: "kind.general", medical: "kind.medical", fire: "kind.fire", crime: "kind.crime",
+    disaster: "kind.disaster",
   };
-  const STATE_LABELS = {
-    new: "NEW · not acknowledged",
-    acknowledged: "Acknowledged",
-    dispatched: "Dispatched",
-    resolved: "Resolved",
-    false_alarm: "False alarm / prank",
+  const STATE_KEYS = {
+    new: "state.new", acknowledged: "state.acknowledged", dispatched: "state.dispatched",
+    resolved: "state.resolved", false_alarm: "state.false_alarm",
   };
-  // Closing as "not an emergency": the incident becomes `resolved` with `referred_to` set.
-  const REFER_LABEL = "Bukan darurat — dirujuk ke LAPOR! / Not an emergency — referred to LAPOR!";
-  const REFERRAL_CHANNEL = "LAPOR!";
-  const stateLabel = (inc) => (inc.referred_to
-    ? `Bukan darurat · Not an emergency → ${inc.referred_to}${inc.referral_ref ? ` (${inc.referral_ref})` : ""}`
-    : STATE_LABELS[inc.state] || inc.state);
+  // The short names, where a state is one word of a sentence (the history: "Baru → Diterima").
+  const STATE_SHORT_KEYS = {
+    new: "state.short.new", acknowledged: "state.short.acknowledged", dispatched: "state.short.dispatched",
+    resolved: "state.short.resolved", false_alarm: "state.short.false_alarm",
+  };
+  const ROLE_KEYS = {operator: "role.operator", supervisor: "role.supervisor", agency: "role.agency"};
+  const FAULT_KEYS = {
+    offline: "fault.offline", low_battery: "fault.low_battery", tamper: "fault.tamper",
+    bad_message: "fault.bad_message", undelivered: "fault.undelivered",
+  };
+  // A dispatch moves forward only, in this order (the API refuses anything else); `declined` is
+  // possible from requested or accepted, with a reason.
+  const DISPATCH_STEPS = ["requested", "accepted", "en_route", "on_scene", "done"];
+  const DISPATCH_KEYS = {
+    requested: "dispatch.status.requested", accepted: "dispatch.status.accepted",
+    en_route: "dispatch.status.en_route", on_scene: "dispatch.status.on_scene", done: "dispatch.status.done",
+    declined: "dispatch.status.declined",
+  };
+  // The agency's buttons, in the order the work goes: the words an agency officer says.
+  const DISPATCH_BUTTON_KEYS = {
+    accepted: "dispatch.do.accepted", en_route: "dispatch.do.en_route", on_scene: "dispatch.do.on_scene",
+    done: "dispatch.do.done", declined: "dispatch.do.declined",
+  };
+  const DISPATCH_TIME_KEYS = {
+    requested_at: "dispatch.time.requested", accepted_at: "dispatch.time.accepted",
+    en_route_at: "dispatch.time.en_route", on_scene_at: "dispatch.time.on_scene", done_at: "dispatch.time.done",
+    declined_at: "dispatch.time.declined",
+  };
+  const LOCALES = {id: "id-ID", en: "en-GB"};
+  const REFERRAL_CHANNEL = "LAPOR!"; // the city's complaint channel: a name, the same in both languages
   const STATE_COLORS = {new: "#ef4444", acknowledged: "#f59e0b", dispatched: "#3b82f6"};
   const OPEN = new Set(["new", "acknowledged", "dispatched"]);
   const CLOSED_SHOWN = 30;
@@ -31,10 +54,13 @@
   const MUTE_MS = 120000; // muting is always temporary
   const LOW_BATTERY_MV = 3400;
   const PLUMBING_EVERY_MS = 5000; // how often the gateways' state is asked for (the silence banner)
+  const SHIFTS_EVERY_MS = 30000; // who is on duty: changes rarely, and a hand-over reloads it at once
 
   const state = {
     me: null,
     settings: null,
+    lang: "id",
+    catalog: {},
     incidents: new Map(), // id -> incident as the API returns it
     rows: new Map(), // id -> <li>
     seenSinceHello: new Set(),
@@ -42,6 +68,7 @@
     offsetMs: 0, // server clock - browser clock
     es: null,
     map: null,
+    zoom: null,
     markers: new Map(),
     tilesFailed: false,
     fitted: false,
@@ -51,6 +78,9 @@
     sounds: 0,
     started: false,
     ticker: null,
+    shift: undefined, // the person's open shift; null: none; undefined: not known (or no shifts here)
+    onDuty: [],
+    faultsShown: false,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -60,6 +90,78 @@
       super(message);
       this.status = status;
     }
+  }
+
+  // ---- language ---------------------------------------------------------------------------------
+
+  /** The text of `key` in the person's language, `{name}` placeholders filled from `params`. */
+  function t(key, params) {
+    const entry = state.catalog[key];
+    let text = entry ? (entry[state.lang] || entry.en) : undefined;
+    if (text === undefined) {
+      if (Object.keys(state.catalog).length) console.warn("no catalog text for", key);
+      text = key;
+    }
+    if (!params) return text;
+    return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
+  }
+
+  /** Puts the catalog's texts into the page's static elements: `data-i18n="key"` for the text,
+   *  `data-i18n-attr="title:key,aria-label:key"` for attributes. */
+  function applyI18n(root = document) {
+    for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+    for (const node of root.querySelectorAll("[data-i18n-attr]")) {
+      for (const pair of node.dataset.i18nAttr.split(",")) {
+        const [attr, key] = pair.split(":").map((s) => s.trim());
+        node.setAttribute(attr, t(key));
+      }
+    }
+    document.documentElement.lang = state.lang;
+    for (const b of document.querySelectorAll("[data-lang]")) {
+      b.classList.toggle("active", b.dataset.lang === state.lang);
+      b.setAttribute("aria-pressed", String(b.dataset.lang === state.lang));
+    }
+  }
+
+  async function loadCatalog() {
+    const resp = await fetch("/console/i18n.json", {credentials: "same-origin"});
+    state.catalog = await resp.json();
+  }
+
+  /** Switches the page to `lang` at once, without a reload; remembered for the person when signed in
+   *  (and in this browser for the sign-in page). */
+  async function setLanguage(lang) {
+    if (!LOCALES[lang]) return;
+    state.lang = lang;
+    try { localStorage.setItem("siaga.lang", lang); } catch (_) { /* private mode: fine */ }
+    redraw();
+    if (state.me) {
+      try {
+        state.me = await api("PUT", "/api/v1/session/language", {language: lang});
+      } catch (e) {
+        toast(t("toast.language_not_saved", {message: e.message}), true);
+      }
+    }
+  }
+
+  /** Everything drawn from data again, in the current language. */
+  function redraw() {
+    applyI18n();
+    if (!state.me || !state.settings) return;
+    drawWho();
+    setConnected(document.body.dataset.live === "1");
+    for (const row of state.rows.values()) row.remove();
+    state.rows.clear();
+    render();
+    if (state.map) drawMapControls();
+    releaseDetail();
+    if (state.selected) showDetail(state.selected);
+    updateSoundButton();
+    tick();
+    loadPlumbing();
+    drawShift();
+    if (!$("view-devices").hidden) loadFaults().catch((e) => toast(e.message, true));
+    if (!$("view-supervisor").hidden) loadSupervisor().catch((e) => toast(e.message, true));
   }
 
   // ---- HTTP -------------------------------------------------------------------------------------
@@ -78,9 +180,11 @@
       let detail = resp.statusText;
       try {
         const j = await resp.json();
-        detail = typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail);
+        // `message` is the same error in the person's language, where the API has it.
+        const said = j.message || j.detail;
+        detail = typeof said === "string" ? said : JSON.stringify(said);
       } catch (_) { /* not JSON */ }
-      if (resp.status === 401 && signInOn401) showLogin("Your session has ended. Please sign in again.");
+      if (resp.status === 401 && signInOn401) showLogin(t("login.session_ended"));
       throw new ApiError(resp.status, detail);
     }
     return resp.status === 204 ? null : resp.json();
@@ -95,55 +199,105 @@
     return e;
   }
 
+  /** An element holding data (an id, a name, an address, a number, a time): never translated. */
+  function val(tag, cls, value) {
+    const e = el(tag, cls, value === null || value === undefined ? "–" : String(value));
+    e.dataset.value = "";
+    return e;
+  }
+
+  function setVal(node, value) {
+    node.textContent = value;
+    node.dataset.value = "";
+  }
+
+  function setText(node, text) {
+    node.textContent = text;
+    delete node.dataset.value;
+  }
+
   function serverNow() {
     return Date.now() + state.offsetMs;
   }
 
   function fmtElapsed(ms) {
     const s = Math.max(0, Math.floor(ms / 1000));
-    if (s < 60) return `${s} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+    if (s < 60) return t("time.s", {s});
+    if (s < 3600) return t("time.min_s", {m: Math.floor(s / 60), s: String(s % 60).padStart(2, "0")});
     const m = Math.floor(s / 60);
-    if (m < 48 * 60) return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
-    return `${Math.floor(m / 1440)} days`;
+    if (m < 48 * 60) return t("time.h_min", {h: Math.floor(m / 60), m: String(m % 60).padStart(2, "0")});
+    return t("time.days", {d: Math.floor(m / 1440)});
   }
 
   function fmtSeconds(s) {
     if (s === null || s === undefined) return "–";
-    if (s < 60) return `${s.toFixed(1)} s`;
-    if (s < 3600) return `${Math.floor(s / 60)}m ${String(Math.round(s % 60)).padStart(2, "0")}s`;
-    return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+    const locale = LOCALES[state.lang];
+    if (s < 60) return t("time.s", {s: s.toLocaleString(locale, {minimumFractionDigits: 1, maximumFractionDigits: 1})});
+    if (s < 3600) return t("time.min_s", {m: Math.floor(s / 60), s: String(Math.round(s % 60)).padStart(2, "0")});
+    return t("time.h_min", {h: Math.floor(s / 3600), m: String(Math.floor((s % 3600) / 60)).padStart(2, "0")});
+  }
+
+  /** Times in the room's time zone when the command center names one, else the browser's. */
+  function zoneOptions() {
+    const zone = state.settings && state.settings.timezone;
+    return zone ? {timeZone: zone} : {};
+  }
+
+  // Made once per language, zone and shape: the clock and every row's times use them each second.
+  const formatters = new Map();
+
+  function formatter(shape) {
+    const options = {...shape, hourCycle: "h23", ...zoneOptions()};
+    const key = `${state.lang} ${JSON.stringify(options)}`;
+    if (!formatters.has(key)) formatters.set(key, new Intl.DateTimeFormat(LOCALES[state.lang], options));
+    return formatters.get(key);
   }
 
   function fmtTime(iso) {
     if (!iso) return "–";
-    const d = new Date(iso);
-    return d.toLocaleString(undefined, {
-      year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
-      hourCycle: "h23",
-    });
+    return formatter({year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit",
+      second: "2-digit"}).format(new Date(iso));
   }
 
-  function kindLabel(kind) {
-    return KIND_LABELS[kind] || kind.toUpperCase();
+  function clockTime(iso, seconds = false) {
+    const shape = seconds ? {hour: "2-digit", minute: "2-digit", second: "2-digit"} : {hour: "2-digit", minute: "2-digit"};
+    return formatter(shape).format(iso ? new Date(iso) : new Date(serverNow()));
+  }
+
+  function kindNode(kind, cls = "kind") {
+    return KIND_KEYS[kind] ? el("span", cls, t(KIND_KEYS[kind])) : val("span", cls, kind.toUpperCase());
+  }
+
+  function stateText(inc) {
+    if (inc.referred_to) {
+      return inc.referral_ref
+        ? t("state.referred_ref", {channel: inc.referred_to, ref: inc.referral_ref})
+        : t("state.referred", {channel: inc.referred_to});
+    }
+    return STATE_KEYS[inc.state] ? t(STATE_KEYS[inc.state]) : inc.state;
   }
 
   function agencyName(id) {
     const a = (state.settings && state.settings.agencies || []).find((x) => x.id === id);
-    return a ? a.name : id;
+    if (!a) return id;
+    return state.lang === "en" && a.name_en ? a.name_en : a.name;
   }
 
   function numberOf(id) {
     return parseInt(id.slice(4), 10);
   }
 
+  function dispatchesOf(inc) {
+    return Array.isArray(inc.dispatches) ? inc.dispatches : [];
+  }
+
   function toast(message, bad = false) {
-    const t = $("toast");
-    t.textContent = message;
-    t.className = bad ? "toast toast-bad" : "toast";
-    t.hidden = false;
+    const box = $("toast");
+    box.textContent = message;
+    box.className = bad ? "toast toast-bad" : "toast";
+    box.hidden = false;
     clearTimeout(toast.timer);
-    toast.timer = setTimeout(() => { t.hidden = true; }, 5000);
+    toast.timer = setTimeout(() => { box.hidden = true; }, 5000);
   }
 
   // ---- sign-in ----------------------------------------------------------------------------------
@@ -168,7 +322,7 @@
     } catch (e) {
       const err = $("login-error");
       err.hidden = false;
-      err.textContent = e.status === 401 ? "Unknown name or wrong token." : `Sign-in failed: ${e.message}`;
+      err.textContent = e.status === 401 ? t("login.wrong") : t("login.failed", {message: e.message});
       return;
     }
     $("login-token").value = "";
@@ -183,29 +337,44 @@
 
   // ---- start ------------------------------------------------------------------------------------
 
-  async function start() {
-    state.settings = await api("GET", "/api/v1/console/settings");
-    state.offsetMs = Date.parse(state.settings.server_time) - Date.now();
-    $("login").hidden = true;
-    $("app").hidden = false;
+  function drawWho() {
     const me = state.me;
-    $("who").textContent = `${me.name} · ${me.role}${me.agency ? ` (${agencyName(me.agency)})` : ""}`;
-    document.body.dataset.role = me.role;
-    document.querySelector('[data-view="devices"]').hidden = me.role === "agency";
-    document.querySelector('[data-view="supervisor"]').hidden = me.role !== "supervisor";
+    const who = $("who");
+    who.replaceChildren(val("span", "who-name", me.name), document.createTextNode(" · "),
+      el("span", "who-role", t(ROLE_KEYS[me.role] || me.role)));
+    if (me.agency) who.append(document.createTextNode(" · "), val("span", "who-agency", agencyName(me.agency)));
     if (me.role === "agency") {
       const note = $("agency-note");
       note.hidden = false;
-      note.textContent = `Showing incidents dispatched to ${agencyName(me.agency)}. View only.`;
+      note.textContent = t("agency.note", {agency: agencyName(me.agency)});
     }
+  }
+
+  async function start() {
+    state.settings = await api("GET", "/api/v1/console/settings");
+    state.offsetMs = Date.parse(state.settings.server_time) - Date.now();
+    if (state.me.language && state.me.language !== state.lang) {
+      state.lang = state.me.language;
+      try { localStorage.setItem("siaga.lang", state.lang); } catch (_) { /* fine */ }
+    }
+    applyI18n();
+    $("login").hidden = true;
+    $("app").hidden = false;
+    const me = state.me;
+    drawWho();
+    document.body.dataset.role = me.role;
+    document.querySelector('[data-view="devices"]').hidden = me.role === "agency";
+    document.querySelector('[data-view="supervisor"]').hidden = me.role !== "supervisor";
     if (!state.started) {
       state.started = true;
       initMap();
       state.ticker = setInterval(tick, 1000);
       tick();
       setInterval(loadPlumbing, PLUMBING_EVERY_MS);
+      setInterval(loadShifts, SHIFTS_EVERY_MS);
     }
     loadPlumbing();
+    loadShifts();
     connect();
   }
 
@@ -213,7 +382,7 @@
 
   function setConnected(ok) {
     const c = $("conn");
-    c.textContent = ok ? "● Live" : "● Reconnecting…";
+    c.textContent = ok ? t("conn.live") : t("conn.reconnecting");
     c.className = ok ? "conn conn-up" : "conn conn-down";
     document.body.dataset.live = ok ? "1" : "0";
   }
@@ -227,7 +396,7 @@
       state.offsetMs = Date.parse(hello.server_time) - Date.now();
       state.seenSinceHello = new Set();
       setConnected(true);
-      resync().catch((e) => toast(`Could not load incidents: ${e.message}`, true));
+      resync().catch((e) => toast(t("toast.load_failed", {message: e.message}), true));
     });
     es.addEventListener("incident", (ev) => onIncident(JSON.parse(ev.data), false));
     es.addEventListener("escalation", (ev) => onIncident(JSON.parse(ev.data), true));
@@ -279,12 +448,18 @@
     render();
     if (escalation) {
       alarm("escalation");
-      toast(`${inc.id} ESCALATED: not acknowledged in time`, true);
+      const unanswered = dispatchesOf(inc).filter((d) => d.escalated_at && d.status === "requested");
+      toast(unanswered.length && inc.state !== "new"
+        ? t("toast.dispatch_unanswered", {id: inc.id, agency: agencyName(unanswered[0].agency)})
+        : t("toast.escalated", {id: inc.id}), true);
     } else if (!known && inc.state === "new") {
       alarm("new-alarm");
       flashRow(inc.id);
     } else if (known && inc.state === "new" && inc.press_count > known.press_count) {
       alarm("new-alarm");
+      flashRow(inc.id);
+    } else if (known && inc.needs_dispatch && !known.needs_dispatch) {
+      alarm("escalation"); // every agency declined: the incident is back with the room
       flashRow(inc.id);
     }
     if (state.selected === inc.id) showDetail(inc.id);
@@ -293,8 +468,6 @@
   // Fault reports can come by the thousand (a power cut: every button's last will). They are
   // gathered for a moment: a few are toasted one by one, a wave as one line, and the fault list is
   // fetched once per wave.
-  const FAULT_WHAT = {offline: "offline", low_battery: "battery low", tamper: "tamper switch open",
-                      bad_message: "sent a message the gateway refused", undelivered: "ALARM NOT DELIVERED"};
   let faultWave = [];
   let faultTimer = null;
 
@@ -305,18 +478,22 @@
     if (faultTimer === null) faultTimer = setTimeout(showFaultWave, 300);
   }
 
+  function faultName(fault) {
+    return FAULT_KEYS[fault] ? t(FAULT_KEYS[fault]) : fault;
+  }
+
   function showFaultWave() {
     const wave = faultWave;
     faultWave = [];
     faultTimer = null;
     if (wave.length <= 3) {
       for (const f of wave) {
-        const what = FAULT_WHAT[f.fault] || f.fault;
-        toast(f.active ? `Device ${f.device_id}: ${what}` : `Device ${f.device_id}: ${what} cleared`, f.active);
+        const params = {device: f.device_id, fault: faultName(f.fault)};
+        toast(f.active ? t("toast.fault", params) : t("toast.fault_cleared", params), f.active);
       }
     } else {
       const active = wave.filter((f) => f.active).length;
-      toast(`${active} device faults reported, ${wave.length - active} cleared`, active > 0);
+      toast(t("toast.fault_wave", {active, cleared: wave.length - active}), active > 0);
     }
     if (!$("view-devices").hidden) loadFaults();
   }
@@ -324,7 +501,8 @@
   // ---- the incident list ------------------------------------------------------------------------
 
   function openOrder(a, b) {
-    const rank = (i) => (i.state === "new" ? 0 : 1);
+    // Back with the room (every agency declined) first, then unacknowledged, then the rest; newest first.
+    const rank = (i) => (i.needs_dispatch ? 0 : i.state === "new" ? 1 : 2);
     return rank(a) - rank(b) || numberOf(b.id) - numberOf(a.id);
   }
 
@@ -344,17 +522,28 @@
     $("empty-open").hidden = open.length > 0;
     const fresh = open.filter((i) => i.state === "new");
     const escalated = fresh.filter((i) => i.escalated_at);
-    $("count-new").textContent = fresh.length;
-    $("count-escalated").textContent = escalated.length;
-    $("count-open").textContent = open.length - fresh.length;
+    setVal($("count-new"), fresh.length);
+    setVal($("count-escalated"), escalated.length);
+    setVal($("count-open"), open.length - fresh.length);
     const banner = $("alert-banner");
     banner.hidden = fresh.length === 0;
     banner.className = escalated.length ? "alert-banner alert-escalated" : "alert-banner";
     banner.textContent = escalated.length
-      ? `${escalated.length} ESCALATED · ${fresh.length} alarm${fresh.length > 1 ? "s" : ""} not acknowledged`
-      : `${fresh.length} alarm${fresh.length > 1 ? "s" : ""} not acknowledged · segera tangani`;
+      ? t("banner.escalated", {escalated: escalated.length, count: fresh.length})
+      : t(fresh.length > 1 ? "banner.new_many" : "banner.new_one", {count: fresh.length});
     document.body.dataset.unacknowledged = String(fresh.length);
+    drawSecondEscalation(fresh);
     updateMarkers(open);
+  }
+
+  /** Supervisors: alarms that escalated a second time (nobody answered after the first) are theirs. */
+  function drawSecondEscalation(fresh) {
+    const banner = $("escalation2-banner");
+    const second = state.me && state.me.role === "supervisor" ? fresh.filter((i) => i.escalated2_at) : [];
+    banner.hidden = second.length === 0;
+    if (second.length) {
+      banner.textContent = t("banner.escalated2", {ids: second.map((i) => i.id).join(", ")});
+    }
   }
 
   function syncList(ol, items) {
@@ -379,58 +568,93 @@
     for (const cls of ["kind", "inc-id", "state-badge", "escalated-badge", "test-badge", "elapsed"]) {
       head.append(el("span", cls));
     }
-    head.querySelector(".escalated-badge").textContent = "ESCALATED";
-    head.querySelector(".test-badge").textContent = "TEST";
+    head.querySelector(".escalated-badge").textContent = t("row.escalated");
+    head.querySelector(".test-badge").textContent = t("row.test");
     head.querySelector(".elapsed").setAttribute("data-testid", "elapsed");
     const where = el("div", "row-where");
     for (const cls of ["address", "area", "coords"]) where.append(el("span", cls));
     const facts = el("div", "row-facts");
     for (const cls of ["presses", "battery", "device", "agency-line", "by-line"]) facts.append(el("span", cls));
-    main.append(head, where, facts);
+    const chips = el("div", "row-dispatches");
+    chips.setAttribute("data-testid", "row-dispatches");
+    const needs = el("div", "needs-line");
+    needs.setAttribute("data-testid", "needs-dispatch");
+    main.append(head, where, facts, chips, needs);
     const actions = el("div", "row-actions");
     li.append(main, actions);
     li.addEventListener("click", (ev) => {
-      if (ev.target.closest("button, select, textarea, input, form")) return;
+      if (ev.target.closest("button, select, textarea, input, form, label")) return;
       select(id);
     });
     return li;
   }
 
   function updateRow(li, inc) {
-    const changed = li.dataset.state !== inc.state || li.dataset.escalated !== String(Boolean(inc.escalated_at));
+    const mine = myDispatch(inc);
+    // The buttons depend on these; anything else changes in place (and the buttons of an action that
+    // just went through are drawn anew, so they are not left disabled).
+    const shape = [inc.state, Boolean(inc.escalated_at), Boolean(inc.needs_dispatch), mine ? mine.status : "",
+      dispatchesOf(inc).map((d) => `${d.agency}:${d.status}`).join(",")].join("|");
+    const changed = li.dataset.shape !== shape;
+    li.dataset.shape = shape;
     li.dataset.state = inc.state;
     li.dataset.escalated = String(Boolean(inc.escalated_at));
     li.dataset.created = inc.created_at;
     li.className = `incident state-${inc.state}${inc.escalated_at && inc.state === "new" ? " escalated" : ""}` +
+      `${inc.needs_dispatch && OPEN.has(inc.state) ? " needs-dispatch" : ""}` +
       `${state.selected === inc.id ? " selected" : ""}${inc.test ? " test" : ""}`;
     const q = (cls) => li.querySelector(`.${cls}`);
-    const kind = q("kind");
-    kind.textContent = kindLabel(inc.kind);
-    kind.className = `kind kind-${KIND_LABELS[inc.kind] ? inc.kind : "other"}`;
-    q("inc-id").textContent = inc.id;
-    q("state-badge").textContent = stateLabel(inc);
+    q("kind").replaceWith(kindNode(inc.kind, `kind kind-${KIND_KEYS[inc.kind] ? inc.kind : "other"}`));
+    setVal(q("inc-id"), inc.id);
+    q("state-badge").textContent = stateText(inc);
     q("escalated-badge").hidden = !(inc.escalated_at && inc.state === "new");
     q("test-badge").hidden = !inc.test;
-    q("address").textContent = inc.location.address || "(no address)";
-    q("area").textContent = inc.location.area ? `Area ${inc.location.area}` : "";
-    q("coords").textContent = `${inc.location.lat.toFixed(5)}, ${inc.location.lon.toFixed(5)}`;
-    q("presses").textContent = inc.press_count > 1 ? `Pressed ${inc.press_count}×` : "Pressed once";
+    if (inc.location.address) setVal(q("address"), inc.location.address);
+    else setText(q("address"), t("row.no_address"));
+    q("area").textContent = inc.location.area ? t("row.area", {area: inc.location.area}) : "";
+    setVal(q("coords"), `${inc.location.lat.toFixed(5)}, ${inc.location.lon.toFixed(5)}`);
+    q("presses").textContent = inc.press_count > 1 ? t("row.pressed_many", {count: inc.press_count})
+      : t("row.pressed_once");
     q("presses").classList.toggle("many", inc.press_count > 1);
     const bat = q("battery");
     bat.textContent = inc.battery_mv === null || inc.battery_mv === undefined
-      ? "Battery –" : `Battery ${(inc.battery_mv / 1000).toFixed(2)} V`;
+      ? t("row.battery_unknown")
+      : t("row.battery", {volts: (inc.battery_mv / 1000).toLocaleString(LOCALES[state.lang],
+        {minimumFractionDigits: 2, maximumFractionDigits: 2})});
     bat.classList.toggle("low", inc.battery_mv !== null && inc.battery_mv < LOW_BATTERY_MV);
-    q("device").textContent = inc.sources.length > 1 ? `${inc.device_id} +${inc.sources.length - 1}` : inc.device_id;
-    q("agency-line").textContent = inc.agency ? `→ ${agencyName(inc.agency)}` : "";
+    setVal(q("device"), inc.sources.length > 1 ? `${inc.device_id} +${inc.sources.length - 1}` : inc.device_id);
+    const many = dispatchesOf(inc).length > 0;
+    q("agency-line").textContent = inc.agency && !many ? t("row.agency", {agency: agencyName(inc.agency)}) : "";
     q("by-line").textContent = byLine(inc);
+    drawChips(q("row-dispatches"), inc);
+    const needs = q("needs-line");
+    const declined = dispatchesOf(inc).filter((d) => d.status === "declined");
+    needs.hidden = !(inc.needs_dispatch && OPEN.has(inc.state));
+    needs.textContent = needs.hidden ? "" : t("row.needs_dispatch", {
+      reason: declined.length ? declined[declined.length - 1].reason || "–" : "–"});
     updateElapsed(li, inc);
     if (changed || !li.querySelector(".row-actions").dataset.built) buildActions(li, inc);
   }
 
+  function drawChips(box, inc) {
+    box.replaceChildren();
+    for (const d of dispatchesOf(inc)) box.append(chip(d, `chip-${d.agency}`));
+  }
+
+  /** A dispatch's agency and status, coloured by status. */
+  function chip(d, testid) {
+    const c = el("span", `chip chip-${d.status}${d.escalated_at && d.status === "requested" ? " chip-escalated" : ""}`);
+    c.setAttribute("data-testid", testid);
+    c.dataset.status = d.status;
+    c.append(val("span", "chip-agency", agencyName(d.agency)), document.createTextNode(" · "),
+      el("span", "chip-status", t(DISPATCH_KEYS[d.status] || d.status)));
+    return c;
+  }
+
   function byLine(inc) {
-    if (inc.closed_by) return `closed by ${inc.closed_by}`;
-    if (inc.dispatched_by) return `dispatched by ${inc.dispatched_by}`;
-    if (inc.acknowledged_by) return `acknowledged by ${inc.acknowledged_by}`;
+    if (inc.closed_by) return t("row.closed_by", {name: inc.closed_by});
+    if (inc.dispatched_by) return t("row.dispatched_by", {name: inc.dispatched_by});
+    if (inc.acknowledged_by) return t("row.acknowledged_by", {name: inc.acknowledged_by});
     return "";
   }
 
@@ -438,7 +662,8 @@
     const e = li.querySelector(".elapsed");
     const end = OPEN.has(inc.state) ? serverNow() : Date.parse(inc.closed_at);
     const ms = end - Date.parse(inc.created_at);
-    e.textContent = OPEN.has(inc.state) ? `${fmtElapsed(ms)} ago` : `took ${fmtElapsed(ms)}`;
+    e.textContent = OPEN.has(inc.state) ? t("row.ago", {elapsed: fmtElapsed(ms)})
+      : t("row.took", {elapsed: fmtElapsed(ms)});
   }
 
   function button(label, cls, action, testid) {
@@ -453,52 +678,57 @@
     const box = li.querySelector(".row-actions");
     box.replaceChildren();
     box.dataset.built = "1";
-    if (state.me.role === "agency") return;
+    if (state.me.role === "agency") {
+      const mine = myDispatch(inc);
+      if (mine) box.append(dispatchButtons(inc, mine, "agency-"));
+      return;
+    }
     const id = inc.id;
     if (inc.state === "new") {
-      const ack = button("Acknowledge · Terima", "btn-ack", "acknowledge");
+      const ack = button(t("action.acknowledge"), "btn-ack", "acknowledge");
       ack.addEventListener("click", () => act(id, "acknowledge"));
       box.append(ack);
     }
-    if (inc.state === "acknowledged") {
+    if ((inc.state === "acknowledged" || inc.needs_dispatch) && dispatchesOf(inc).every((d) => d.status === "declined")) {
+      // The quick way: one agency from the row. Several, or by phone: the incident's panel.
       const sel = el("select", "agency-select");
       sel.setAttribute("data-testid", "agency-select");
-      sel.setAttribute("aria-label", "Agency");
+      sel.setAttribute("aria-label", t("action.agency"));
       for (const a of state.settings.agencies) {
-        const o = el("option", null, a.name);
+        const o = val("option", null, agencyName(a.id));
         o.value = a.id;
         sel.append(o);
       }
       sel.value = suggestedAgency(inc.kind);
-      const go = button("Dispatch", "btn-dispatch", "dispatch");
+      const go = button(t("action.dispatch"), "btn-dispatch", "dispatch");
       go.addEventListener("click", () => act(id, "dispatch", {agency: sel.value}));
       box.append(sel, go);
     }
     if (inc.state === "acknowledged" || inc.state === "dispatched") {
-      const res = button("Resolve", "btn-resolve", "resolve");
+      const res = button(t("action.resolve"), "btn-resolve", "resolve");
       res.addEventListener("click", () => act(id, "resolve"));
       box.append(res);
     }
     if (OPEN.has(inc.state)) {
-      const fa = button("False alarm / prank", "btn-false", "false-alarm");
+      const fa = button(t("action.false_alarm"), "btn-false", "false-alarm");
       fa.addEventListener("click", () => {
         // Two steps: closing an alarm as false must never be a slip of the mouse.
         if (fa.dataset.armed) { act(id, "false-alarm"); return; }
         fa.dataset.armed = "1";
-        fa.textContent = "Confirm: false alarm?";
+        fa.textContent = t("action.false_alarm_confirm");
         fa.classList.add("armed");
         setTimeout(() => {
           delete fa.dataset.armed;
-          fa.textContent = "False alarm / prank";
+          fa.textContent = t("action.false_alarm");
           fa.classList.remove("armed");
         }, 5000);
       });
       box.append(fa);
-      const refer = button(REFER_LABEL, "btn-refer", "refer");
+      const refer = button(t("action.refer", {channel: REFERRAL_CHANNEL}), "btn-refer", "refer");
       refer.addEventListener("click", () => toggleReferForm(li, id));
       box.append(refer);
     }
-    const note = button("Note", "btn-note", "note");
+    const note = button(t("action.note"), "btn-note", "note");
     note.addEventListener("click", () => toggleNoteForm(li, id));
     box.append(note);
   }
@@ -517,14 +747,14 @@
     form = el("form", "refer-form");
     const ref = el("input");
     ref.maxLength = 100;
-    ref.placeholder = "Nomor tiket LAPOR! (opsional) / ticket number (optional)";
+    ref.placeholder = t("refer.reference", {channel: REFERRAL_CHANNEL});
     ref.setAttribute("data-testid", "refer-reference");
     const text = el("textarea");
     text.maxLength = 2000;
     text.rows = 2;
-    text.placeholder = "Catatan (opsional) / note (optional)";
+    text.placeholder = t("refer.note");
     text.setAttribute("data-testid", "refer-note");
-    const save = el("button", "btn btn-small", "Rujuk / Refer");
+    const save = el("button", "btn btn-small", t("refer.save"));
     save.type = "submit";
     save.setAttribute("data-testid", "refer-save");
     form.append(ref, text, save);
@@ -548,9 +778,9 @@
     const text = el("textarea");
     text.maxLength = 2000;
     text.rows = 2;
-    text.placeholder = "What was said, who was sent, what was found …";
+    text.placeholder = t("note.placeholder");
     text.setAttribute("data-testid", "note-text");
-    const save = el("button", "btn btn-small", "Save note");
+    const save = el("button", "btn btn-small", t("note.save"));
     save.type = "submit";
     save.setAttribute("data-testid", "note-save");
     form.append(text, save);
@@ -563,11 +793,11 @@
         const inc = await api("POST", `/api/v1/incidents/${id}/notes`, {note});
         form.remove();
         onIncident(inc, false);
-        toast(`Note added to ${id}`);
+        toast(t("toast.note_added", {id}));
         if (state.selected === id) showDetail(id);
       } catch (e) {
         save.disabled = false;
-        toast(`Note not saved: ${e.message}`, true);
+        toast(t("toast.note_failed", {message: e.message}), true);
       }
     });
     li.append(form);
@@ -581,10 +811,12 @@
     try {
       const inc = await api("POST", `/api/v1/incidents/${id}/${action}`, body);
       onIncident(inc, false);
-      toast(`${id}: ${stateLabel(inc)}${inc.agency && action === "dispatch" ? ` → ${agencyName(inc.agency)}` : ""}`);
+      toast(inc.agency && action === "dispatch"
+        ? t("toast.dispatched", {id, agency: agencyName(inc.agency)})
+        : t("toast.done", {id, state: stateText(inc)}));
     } catch (e) {
       buttons.forEach((b) => { b.disabled = false; });
-      toast(`${id}: ${e.message}`, true);
+      toast(t("toast.failed", {id, message: e.message}), true);
       if (e.status === 409) {
         const fresh = await api("GET", `/api/v1/incidents/${id}`).catch(() => null);
         if (fresh) onIncident(fresh, false);
@@ -600,9 +832,166 @@
     row.classList.add("flash");
   }
 
+  // ---- dispatches: several agencies per incident ------------------------------------------------
+
+  function myDispatch(inc) {
+    if (!state.me || state.me.role !== "agency") return null;
+    return dispatchesOf(inc).find((d) => d.agency === state.me.agency) || null;
+  }
+
+  /** What a dispatch may become next: forward along the steps; declined only before setting out. */
+  function nextSteps(status) {
+    const at = DISPATCH_STEPS.indexOf(status);
+    const steps = at < 0 ? [] : DISPATCH_STEPS.slice(at + 1);
+    if (status === "requested" || status === "accepted") steps.push("declined");
+    return steps;
+  }
+
+  /** The big buttons of an agency's screen (Terima, Berangkat, Tiba di lokasi, Selesai, Tolak), also
+   *  shown to operators in the incident panel to set a dispatch on the agency's behalf. */
+  function dispatchButtons(inc, d, prefix) {
+    const box = el("div", "dispatch-buttons");
+    const allowed = new Set(nextSteps(d.status));
+    for (const status of ["accepted", "en_route", "on_scene", "done", "declined"]) {
+      const b = button(t(DISPATCH_BUTTON_KEYS[status]), `btn-step btn-step-${status}`, `dispatch-${status}`,
+        `${prefix}${status}`);
+      b.disabled = !allowed.has(status);
+      if (status === "declined") b.addEventListener("click", () => toggleDeclineForm(box, inc, d, prefix));
+      else b.addEventListener("click", () => setDispatch(inc.id, d.agency, {status}, box));
+      box.append(b);
+    }
+    return box;
+  }
+
+  function toggleDeclineForm(box, inc, d, prefix) {
+    let form = box.querySelector("form.decline-form");
+    if (form) { form.remove(); return; }
+    form = el("form", "decline-form");
+    const reason = el("input");
+    reason.maxLength = 500;
+    reason.required = true;
+    reason.placeholder = t("dispatch.decline_reason");
+    reason.setAttribute("data-testid", `${prefix}decline-reason`);
+    const send = el("button", "btn btn-small btn-step-declined", t("dispatch.decline_send"));
+    send.type = "submit";
+    send.setAttribute("data-testid", `${prefix}decline-send`);
+    form.append(reason, send);
+    holdDetail(box);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (!reason.value.trim()) return;
+      setDispatch(inc.id, d.agency, {status: "declined", reason: reason.value.trim()}, box);
+    });
+    box.append(form);
+    reason.focus();
+  }
+
+  async function setDispatch(id, agency, body, box) {
+    box.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    releaseDetail();
+    try {
+      const inc = await api("POST", `/api/v1/incidents/${id}/dispatches/${encodeURIComponent(agency)}`, body);
+      onIncident(inc, false);
+      toast(t("toast.dispatch_set", {id, agency: agencyName(agency), status: t(DISPATCH_KEYS[body.status])}));
+    } catch (e) {
+      toast(t("toast.failed", {id, message: e.message}), true);
+      const fresh = await api("GET", `/api/v1/incidents/${id}`).catch(() => null);
+      if (fresh) { state.rows.get(id)?.removeAttribute("data-shape"); onIncident(fresh, false); }
+    }
+  }
+
+  /** The incident panel's dispatch form: a checkbox per configured agency (marked when it answers on
+   *  its own screen), and "confirmed by phone or radio" for the others. */
+  function dispatchForm(d) {
+    const form = el("form", "dispatch-form");
+    form.setAttribute("data-testid", "dispatch-form");
+    form.append(el("h4", null, t("dispatch.title")));
+    const taken = new Set(dispatchesOf(d).filter((x) => x.status !== "declined").map((x) => x.agency));
+    const list = el("div", "dispatch-agencies");
+    for (const a of state.settings.agencies) {
+      const label = el("label", "dispatch-agency");
+      const box = el("input");
+      box.type = "checkbox";
+      box.value = a.id;
+      box.checked = taken.has(a.id);
+      box.disabled = taken.has(a.id);
+      box.setAttribute("data-testid", `dispatch-agency-${a.id}`);
+      label.append(box, val("span", null, agencyName(a.id)));
+      if (a.answers_on_screen) label.append(el("span", "on-screen", t("dispatch.on_screen")));
+      list.append(label);
+    }
+    const confirmed = el("label", "dispatch-confirmed");
+    const phoned = el("input");
+    phoned.type = "checkbox";
+    phoned.setAttribute("data-testid", "dispatch-confirmed");
+    confirmed.append(phoned, el("span", null, t("dispatch.confirmed")));
+    const note = el("input", "dispatch-note");
+    note.maxLength = 2000;
+    note.placeholder = t("dispatch.note");
+    note.setAttribute("data-testid", "dispatch-note");
+    const send = el("button", "btn btn-dispatch", t("dispatch.send"));
+    send.type = "submit";
+    send.setAttribute("data-testid", "dispatch-send");
+    form.append(list, confirmed, note, send);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const agencies = [...list.querySelectorAll("input:checked:not(:disabled)")].map((b) => b.value);
+      if (!agencies.length) { toast(t("dispatch.pick_one"), true); return; }
+      send.disabled = true;
+      releaseDetail();
+      const body = {agencies, note: note.value.trim() || null, accepted: phoned.checked ? true : null};
+      try {
+        const inc = await api("POST", `/api/v1/incidents/${d.id}/dispatch`, body);
+        onIncident(inc, false);
+        toast(t("toast.dispatched", {id: d.id, agency: agencies.map(agencyName).join(", ")}));
+      } catch (e) {
+        send.disabled = false;
+        toast(t("toast.failed", {id: d.id, message: e.message}), true);
+      }
+    });
+    return form;
+  }
+
+  function dispatchList(d) {
+    const box = el("div", "dispatch-list");
+    box.setAttribute("data-testid", "dispatch-list");
+    box.append(el("h4", null, t("dispatch.list_title")));
+    const may = state.me.role !== "agency";
+    for (const x of dispatchesOf(d)) {
+      const item = el("div", "dispatch-item");
+      item.setAttribute("data-testid", `dispatch-item-${x.agency}`);
+      item.append(chip(x, `dispatch-status-${x.agency}`));
+      const times = el("div", "dispatch-times");
+      for (const [field, key] of Object.entries(DISPATCH_TIME_KEYS)) {
+        if (!x[field]) continue;
+        const span = el("span", "dispatch-time");
+        span.append(el("span", null, t(key)), document.createTextNode(" "), val("span", null, clockTime(x[field], true)));
+        times.append(span);
+      }
+      item.append(times);
+      if (x.reason) item.append(el("div", "dispatch-reason", t("dispatch.reason", {reason: x.reason})));
+      if (may && nextSteps(x.status).length) item.append(dispatchButtons(d, x, `dispatch-${x.agency}-`));
+      box.append(item);
+    }
+    return box;
+  }
+
   // ---- detail panel -----------------------------------------------------------------------------
 
+  // While someone fills in a form in the panel (ticks agencies, types a reason), live updates of the
+  // incident must not draw the panel anew under their hands: it waits until the form is sent.
+  function holdDetail(node) {
+    if ($("detail").contains(node)) $("detail").dataset.held = "1";
+  }
+
+  function releaseDetail() {
+    delete $("detail").dataset.held;
+  }
+
   function select(id) {
+    releaseDetail();
+    // The panel of another incident must not stay clickable while this one's loads.
+    if (state.selected !== id) $("detail").replaceChildren();
     state.selected = id;
     for (const [rid, row] of state.rows) row.classList.toggle("selected", rid === id);
     const inc = state.incidents.get(id);
@@ -610,47 +999,78 @@
     showDetail(id);
   }
 
+  function joined(parent, parts) {
+    parts.forEach((p, i) => {
+      if (i) parent.append(document.createTextNode(" · "));
+      parent.append(p);
+    });
+    return parent;
+  }
+
   async function showDetail(id) {
+    if ($("detail").dataset.held) return;
     let d;
     try {
       d = await api("GET", `/api/v1/incidents/${id}`);
     } catch (_) {
       return;
     }
-    if (state.selected !== id) return;
+    if (state.selected !== id || $("detail").dataset.held) return;
     const box = $("detail");
     box.replaceChildren();
-    const h = el("h3", null, `${d.id} · ${kindLabel(d.kind)} · ${stateLabel(d)}`);
-    const where = el("p", null, `${d.location.address} · area ${d.location.area} · ` +
-      `${d.location.lat.toFixed(6)}, ${d.location.lon.toFixed(6)}`);
-    const first = el("p", "muted", `First press received ${fmtTime(d.created_at)}; ${d.press_count} press(es) ` +
-      `from ${d.sources.join(", ")}`);
-    box.append(h, where, first);
-    box.append(el("h4", null, "History"));
+    box.append(joined(el("h3"), [val("span", null, d.id), kindNode(d.kind, "detail-kind"),
+      el("span", null, stateText(d))]));
+    const where = joined(el("p"), [
+      d.location.address ? val("span", null, d.location.address) : el("span", null, t("row.no_address")),
+      el("span", null, t("row.area", {area: d.location.area})),
+      val("span", null, `${d.location.lat.toFixed(6)}, ${d.location.lon.toFixed(6)}`)]);
+    const first = el("p", "muted", t("detail.first", {time: fmtTime(d.created_at), count: d.press_count,
+      sources: d.sources.join(", ")}));
+    box.append(where, first);
+    if (dispatchesOf(d).length) box.append(dispatchList(d));
+    if (state.me.role !== "agency" && (d.state === "acknowledged" || d.state === "dispatched") &&
+        Array.isArray(d.dispatches)) {
+      box.append(dispatchForm(d));
+    }
+    box.append(el("h4", null, t("detail.history")));
     const hist = el("ol", "history");
     for (const e of d.history) {
       const li = el("li", `hist-${e.kind}`);
-      li.append(el("span", "hist-time", fmtTime(e.at)), el("span", "hist-actor", e.actor));
-      let what;
-      if (e.kind === "note") what = `note: ${e.detail && e.detail.note}`;
-      else if (e.kind === "escalation") what = `ESCALATED after ${e.detail ? e.detail.after_s : "?"} s unacknowledged`;
-      else if (!e.from_state) what = "alarm received";
-      else {
-        what = `${e.from_state} → ${e.to_state}`;
-        if (e.detail && e.detail.agency) what += ` (${agencyName(e.detail.agency)})`;
-        if (e.detail && e.detail.note) what += `: ${e.detail.note}`;
-      }
-      li.append(el("span", "hist-what", what));
+      li.append(val("span", "hist-time", fmtTime(e.at)), val("span", "hist-actor", e.actor));
+      li.append(historyWhat(e));
       hist.append(li);
     }
     box.append(hist);
-    box.append(el("h4", null, "Presses"));
+    box.append(el("h4", null, t("detail.presses")));
     const presses = el("ol", "presses-list");
     for (const ev of d.events) {
-      presses.append(el("li", null, `${fmtTime(ev.received_at)} · ${ev.device_id} seq ${ev.seq}` +
-        `${ev.test ? " (test)" : ""}`));
+      const li = el("li");
+      li.append(val("span", null, fmtTime(ev.received_at)), document.createTextNode(" · "),
+        val("span", null, ev.device_id), document.createTextNode(" "),
+        el("span", null, t(ev.test ? "detail.seq_test" : "detail.seq", {seq: ev.seq})));
+      presses.append(li);
     }
     box.append(presses);
+  }
+
+  function historyWhat(e) {
+    const what = el("span", "hist-what");
+    const detail = e.detail || {};
+    if (e.kind === "note") what.textContent = t("hist.note", {note: detail.note});
+    else if (e.kind === "escalation" && detail.level === 2) what.textContent = t("hist.escalated2");
+    else if (e.kind === "escalation" && detail.dispatch) {
+      what.textContent = t("hist.dispatch_unanswered", {agency: agencyName(detail.dispatch)});
+    } else if (e.kind === "escalation") {
+      what.textContent = t("hist.escalated", {after: detail.after_s ?? "?"});
+    } else if (!e.from_state) what.textContent = t("hist.received");
+    else {
+      const name = (s) => (STATE_SHORT_KEYS[s] ? el("span", null, t(STATE_SHORT_KEYS[s])) : val("span", null, s));
+      what.append(name(e.from_state), document.createTextNode(" → "), name(e.to_state));
+      if (detail.agency) what.append(document.createTextNode(" ("), val("span", null, agencyName(detail.agency)),
+        document.createTextNode(")"));
+      if (detail.note) what.append(document.createTextNode(": "), val("span", null, detail.note));
+    }
+    return what;
   }
 
   // ---- map --------------------------------------------------------------------------------------
@@ -659,18 +1079,20 @@
     if (!window.L) {
       // Leaflet is served by the command center itself, so this only happens if the page is broken.
       $("map-note").hidden = false;
-      $("map-note").textContent = "Map unavailable. The list is complete.";
+      $("map-note").textContent = t("map.unavailable");
       return;
     }
     const s = state.settings;
-    const map = L.map("map", {zoomControl: true, attributionControl: true}).setView(s.map_center, s.map_zoom);
+    const map = L.map("map", {zoomControl: false, attributionControl: true}).setView(s.map_center, s.map_zoom);
+    // The tile server's credit and Leaflet's are names, the same in every language.
+    map.attributionControl.getContainer().dataset.value = "";
     const tiles = L.tileLayer(s.tile_url, {maxZoom: 19, attribution: s.tile_attribution});
     tiles.on("tileerror", () => {
       if (state.tilesFailed) return;
       state.tilesFailed = true;
       const note = $("map-note");
       note.hidden = false;
-      note.textContent = "Map tiles unavailable (offline?). Alarm positions are still shown; the list is complete.";
+      note.textContent = t("map.tiles_failed");
     });
     tiles.on("tileload", () => {
       state.tilesFailed = false;
@@ -678,6 +1100,15 @@
     });
     tiles.addTo(map);
     state.map = map;
+    drawMapControls();
+  }
+
+  function drawMapControls() {
+    if (state.zoom) state.zoom.remove();
+    state.zoom = L.control.zoom({zoomInTitle: t("map.zoom_in"), zoomOutTitle: t("map.zoom_out")}).addTo(state.map);
+    if (state.tilesFailed) $("map-note").textContent = t("map.tiles_failed");
+    for (const m of state.markers.values()) m.unbindTooltip();
+    updateMarkers([...state.incidents.values()].filter((i) => OPEN.has(i.state)));
   }
 
   function updateMarkers(open) {
@@ -690,8 +1121,8 @@
       let m = state.markers.get(inc.id);
       const style = {
         radius: inc.state === "new" ? 11 : 8,
-        color: escalated ? "#fde047" : "#0f172a",
-        weight: escalated ? 4 : 2,
+        color: escalated || inc.needs_dispatch ? "#fde047" : "#0f172a",
+        weight: escalated || inc.needs_dispatch ? 4 : 2,
         fillColor: color,
         fillOpacity: 0.95,
       };
@@ -705,7 +1136,8 @@
         m.setStyle(style);
       }
       // An element, not a string: Leaflet would put a string in as HTML.
-      m.bindTooltip(el("span", null, `${inc.id} · ${kindLabel(inc.kind)} · ${inc.location.address}`));
+      m.bindTooltip(joined(el("span"), [val("span", null, inc.id), kindNode(inc.kind, "tip-kind"),
+        val("span", null, inc.location.address)]));
     }
     for (const [id, m] of state.markers) {
       if (!keep.has(id)) { m.remove(); state.markers.delete(id); }
@@ -751,14 +1183,14 @@
     if (Date.now() < state.muteUntil) return;
     const ctx = state.audio;
     if (!ctx || ctx.state !== "running") { updateSoundButton(); return; }
-    const t = ctx.currentTime + 0.02;
+    const at = ctx.currentTime + 0.02;
     if (kind === "escalation") {
       for (let i = 0; i < 4; i++) { // a two-tone siren: harder to ignore than the new-alarm beeps
-        beep(ctx, t + i * 0.5, 988, 0.22, "sawtooth");
-        beep(ctx, t + i * 0.5 + 0.25, 659, 0.22, "sawtooth");
+        beep(ctx, at + i * 0.5, 988, 0.22, "sawtooth");
+        beep(ctx, at + i * 0.5 + 0.25, 659, 0.22, "sawtooth");
       }
     } else {
-      for (let i = 0; i < 3; i++) beep(ctx, t + i * 0.22, 880, 0.14);
+      for (let i = 0; i < 3; i++) beep(ctx, at + i * 0.22, 880, 0.14);
     }
   }
 
@@ -766,13 +1198,13 @@
     const b = $("sound");
     const left = state.muteUntil - Date.now();
     if (left > 0) {
-      b.textContent = `Muted ${Math.ceil(left / 1000)} s`;
+      b.textContent = t("sound.muted", {s: Math.ceil(left / 1000)});
       b.className = "btn btn-small btn-muted";
     } else if (!state.audio || state.audio.state !== "running") {
-      b.textContent = "Click to enable sound";
+      b.textContent = t("sound.enable");
       b.className = "btn btn-small btn-warn";
     } else {
-      b.textContent = "Sound: on";
+      b.textContent = t("sound.on");
       b.className = "btn btn-small";
     }
   }
@@ -786,10 +1218,6 @@
 
   // ---- plumbing: gateways that stopped reporting ------------------------------------------------
 
-  function clockTime(iso) {
-    return new Date(iso).toLocaleTimeString(undefined, {hourCycle: "h23", hour: "2-digit", minute: "2-digit"});
-  }
-
   async function loadPlumbing() {
     if (!state.me) return;
     let answer;
@@ -802,27 +1230,20 @@
     banner.replaceChildren();
     const silent = answer.gateways.filter((g) => g.status === "silent");
     const unlinked = answer.gateways.filter((g) => g.status !== "silent" && !g.broker_connected);
+    const nameOf = (g) => (g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`);
     for (const g of silent) {
-      const name = g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`;
-      const at = clockTime(g.last_report_at);
-      const line = document.createElement("span");
-      line.className = "plumbing-line";
-      line.textContent = `Gateway ${name} tidak melapor sejak ${at} / Gateway ${name} silent since ${at}`;
-      banner.append(line);
+      banner.append(el("span", "plumbing-line",
+        t("plumbing.silent", {name: nameOf(g), at: clockTime(g.last_report_at)})));
     }
     for (const g of unlinked) {
-      const name = g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`;
-      const line = document.createElement("span");
-      line.className = "plumbing-line plumbing-warn";
-      line.textContent = `Gateway ${name} terputus dari broker MQTT / Gateway ${name} lost its MQTT broker`;
-      banner.append(line);
+      banner.append(el("span", "plumbing-line plumbing-warn", t("plumbing.unlinked", {name: nameOf(g)})));
     }
     banner.hidden = silent.length + unlinked.length === 0;
     document.body.dataset.gatewaysSilent = String(silent.length);
   }
 
   function tick() {
-    $("clock").textContent = new Date(serverNow()).toLocaleTimeString(undefined, {hourCycle: "h23"});
+    setVal($("clock"), clockTime(null, true));
     for (const [id, row] of state.rows) {
       const inc = state.incidents.get(id);
       if (inc) updateElapsed(row, inc);
@@ -832,8 +1253,81 @@
       alarm(waiting.some((i) => i.escalated_at) ? "escalation" : "new-alarm");
     }
     document.title = waiting.length && Math.floor(Date.now() / 1000) % 2
-      ? `(${waiting.length}) ALARM · Siaga` : "Siaga · Command Center";
+      ? t("app.title_alarm", {count: waiting.length}) : t("app.title");
     updateSoundButton();
+  }
+
+  // ---- shifts: who is on duty, signing on, handing over -----------------------------------------
+
+  async function loadShifts() {
+    if (!state.me || state.me.role === "agency") return;
+    try {
+      const [onDuty, mine] = await Promise.all([
+        api("GET", "/api/v1/shifts/on-duty", undefined, {signInOn401: false}),
+        api("GET", "/api/v1/shifts/current", undefined, {signInOn401: false}).catch((e) => {
+          if (e.status === 404) return null;
+          throw e;
+        }),
+      ]);
+      state.onDuty = onDuty;
+      state.shift = mine;
+    } catch (_) {
+      state.shift = undefined; // this command center keeps no shifts (or is unreachable): no controls
+    }
+    drawShift();
+  }
+
+  function drawShift() {
+    const box = $("shift");
+    box.hidden = state.shift === undefined;
+    if (state.shift === undefined) return;
+    const list = $("on-duty");
+    list.replaceChildren(el("span", "on-duty-label", t("shift.on_duty")));
+    for (const s of state.onDuty) list.append(val("span", "on-duty-name", s.operator));
+    if (!state.onDuty.length) list.append(el("span", "muted", t("shift.nobody")));
+    $("shift-sign-on").hidden = state.shift !== null;
+    $("shift-handover").hidden = state.shift === null;
+  }
+
+  async function signOn() {
+    try {
+      state.shift = await api("POST", "/api/v1/shifts");
+      toast(t("toast.signed_on"));
+    } catch (e) {
+      toast(t("toast.shift_failed", {message: e.message}), true);
+    }
+    await loadShifts();
+  }
+
+  function toggleHandover() {
+    const form = $("handover-form");
+    form.hidden = !form.hidden;
+    if (form.hidden) return;
+    // The successor may be on duty already (offered) or not yet signed on (typed).
+    const names = $("handover-names");
+    names.replaceChildren();
+    for (const s of state.onDuty.filter((x) => x.operator !== state.me.name)) {
+      const o = el("option");
+      o.value = s.operator;
+      names.append(o);
+    }
+    $("handover-note").focus();
+  }
+
+  async function handOver(ev) {
+    ev.preventDefault();
+    const note = $("handover-note").value.trim();
+    if (!note) return;
+    try {
+      await api("POST", "/api/v1/shifts/current/handover", {note, to: $("handover-to").value.trim() || null});
+      $("handover-note").value = "";
+      $("handover-to").value = "";
+      $("handover-form").hidden = true;
+      toast(t("toast.handed_over"));
+    } catch (e) {
+      toast(t("toast.shift_failed", {message: e.message}), true);
+    }
+    await loadShifts();
   }
 
   // ---- devices ----------------------------------------------------------------------------------
@@ -842,15 +1336,12 @@
     const faults = await api("GET", "/api/v1/devices/faults");
     const body = $("faults-body");
     body.replaceChildren();
-    const names = {offline: "Offline", low_battery: "Low battery", tamper: "Tamper", bad_message: "Bad message",
-                   undelivered: "Alarm not delivered"};
     for (const f of faults) {
       const tr = el("tr", `fault-${f.fault}`);
-      const loc = f.location ? `${f.location.address} (${f.location.area})` : "–";
       const detail = Object.entries(f.detail || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
-      for (const text of [f.device_id, names[f.fault] || f.fault, `${fmtTime(f.since)} (${fmtElapsed(serverNow() - Date.parse(f.since))})`, loc, detail]) {
-        tr.append(el("td", null, text));
-      }
+      tr.append(val("td", null, f.device_id), el("td", null, faultName(f.fault)),
+        el("td", null, t("fault.since", {time: fmtTime(f.since), elapsed: fmtElapsed(serverNow() - Date.parse(f.since))})),
+        val("td", null, f.location ? `${f.location.address} (${f.location.area})` : "–"), val("td", null, detail));
       body.append(tr);
     }
     $("faults-empty").hidden = faults.length > 0;
@@ -862,31 +1353,35 @@
     return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
   }
 
-  function table(id, headers, rows, empty = "none in this period") {
-    const t = $(id);
-    t.replaceChildren();
+  /** A table: headers are catalog keys; cells are data, or an element when they are words. */
+  function table(id, headerKeys, rows, emptyKey = "table.none") {
+    const tbl = $(id);
+    tbl.replaceChildren();
     const head = el("tr");
-    for (const h of headers) head.append(el("th", null, h));
+    for (const k of headerKeys) head.append(el("th", null, k ? t(k) : ""));
     const thead = el("thead");
     thead.append(head);
     const tbody = el("tbody");
     if (!rows.length) {
       const tr = el("tr");
-      const td = el("td", "muted", empty);
-      td.colSpan = headers.length;
+      const td = el("td", "muted", t(emptyKey));
+      td.colSpan = headerKeys.length;
       tr.append(td);
       tbody.append(tr);
     }
     for (const r of rows) {
       const tr = el("tr");
-      for (const c of r) tr.append(el("td", null, String(c)));
+      for (const c of r) {
+        if (c instanceof Node) { const td = el("td"); td.append(c); tr.append(td); }
+        else tr.append(val("td", null, String(c)));
+      }
       tbody.append(tr);
     }
-    t.append(thead, tbody);
+    tbl.append(thead, tbody);
   }
 
-  const FIGURE_HEADERS = ["", "Incidents", "→ Acknowledge (median · p90)", "→ Dispatch (median · p90)",
-    "→ Resolve (median · p90)", "False alarms", "Bukan darurat / Not an emergency"];
+  const FIGURE_HEADERS = ["", "fig.incidents", "fig.acknowledge", "fig.dispatch", "fig.resolve", "fig.false_alarms",
+    "fig.referrals"];
 
   function pair(f) {
     return f.count ? `${fmtSeconds(f.median_s)} · ${fmtSeconds(f.p90_s)}` : "–";
@@ -894,6 +1389,10 @@
 
   function figureRow(label, g) {
     return [label, g.incidents, pair(g.acknowledge), pair(g.dispatch), pair(g.resolve), g.false_alarms, g.referrals];
+  }
+
+  function percent(part, whole) {
+    return whole ? `${Math.round(100 * part / whole)} %` : "";
   }
 
   async function loadSupervisor() {
@@ -906,53 +1405,80 @@
       api("GET", "/api/v1/settings"),
       api("GET", "/api/v1/audit?limit=50"),
     ]);
-    $("stats-zone").textContent = `days in ${s.timezone}; test presses left out (${s.test_incidents_excluded})`;
+    $("stats-zone").textContent = t("stats.zone", {zone: s.timezone, count: s.test_incidents_excluded});
     const o = s.overall;
     const kpis = $("kpis");
     kpis.replaceChildren();
+    const median = (f) => t("kpi.median", {value: fmtSeconds(f.median_s)});
+    const p90 = (f) => t("kpi.p90", {value: fmtSeconds(f.p90_s)});
     const cards = [
-      ["Incidents", String(o.incidents)],
-      ["Press → acknowledge", `${fmtSeconds(o.acknowledge.median_s)} median`, `p90 ${fmtSeconds(o.acknowledge.p90_s)}`],
-      ["Press → dispatch", `${fmtSeconds(o.dispatch.median_s)} median`, `p90 ${fmtSeconds(o.dispatch.p90_s)}`],
-      ["Press → resolve", `${fmtSeconds(o.resolve.median_s)} median`, `p90 ${fmtSeconds(o.resolve.p90_s)}`],
-      ["False alarms", String(o.false_alarms), o.incidents ? `${Math.round(100 * o.false_alarms / o.incidents)} %` : ""],
-      ["Bukan darurat / Not an emergency", String(o.referrals), o.incidents ? `${Math.round(100 * o.referrals / o.incidents)} %` : ""],
-      ["Unacknowledged now", String(o.unacknowledged)],
+      ["kpi.incidents", String(o.incidents)],
+      ["kpi.acknowledge", median(o.acknowledge), p90(o.acknowledge)],
+      ["kpi.dispatch", median(o.dispatch), p90(o.dispatch)],
+      ["kpi.resolve", median(o.resolve), p90(o.resolve)],
+      ["kpi.false_alarms", String(o.false_alarms), percent(o.false_alarms, o.incidents)],
+      ["kpi.referrals", String(o.referrals), percent(o.referrals, o.incidents)],
+      ["kpi.unacknowledged", String(o.unacknowledged)],
     ];
-    for (const [label, value, sub] of cards) {
+    for (const [key, value, sub] of cards) {
       const c = el("div", "kpi");
-      c.append(el("div", "kpi-label", label), el("div", "kpi-value", value));
-      if (sub) c.append(el("div", "kpi-sub", sub));
+      c.append(el("div", "kpi-label", t(key)), val("div", "kpi-value", value));
+      if (sub) c.append(val("div", "kpi-sub", sub));
       kpis.append(c);
     }
     table("by-day", FIGURE_HEADERS, s.by_day.map((g) => figureRow(g.key, g)));
     table("by-agency", FIGURE_HEADERS, s.by_agency.map((g) => figureRow(agencyName(g.key), g)));
     table("by-area", FIGURE_HEADERS, s.by_area.map((g) => figureRow(g.key, g)));
-    table("false-alarms", ["Device", "Location", "Incidents", "False alarms", "Rate", "Bukan darurat / Not an emergency"],
+    table("false-alarms", ["col.device", "col.location", "fig.incidents", "fig.false_alarms", "col.rate", "fig.referrals"],
       s.false_alarms_by_device.map((d) => [d.device_id, `${d.address} (${d.area})`, d.incidents, d.false_alarms,
         `${Math.round(d.rate * 100)} %`, d.referrals]));
-    table("offline", ["Device", "Offline since", "Location"], s.devices_offline.map((f) => [
-      f.device_id, `${fmtTime(f.since)} (${fmtElapsed(serverNow() - Date.parse(f.since))})`,
-      f.location ? `${f.location.address} (${f.location.area})` : "–"]), "none: every button is reporting");
+    table("offline", ["col.device", "col.offline_since", "col.location"], s.devices_offline.map((f) => [
+      f.device_id, el("span", null, t("fault.since", {time: fmtTime(f.since),
+        elapsed: fmtElapsed(serverNow() - Date.parse(f.since))})),
+      f.location ? `${f.location.address} (${f.location.area})` : "–"]), "table.none_offline");
     const dl = $("settings");
     dl.replaceChildren();
     for (const [k, v] of [
-      ["Escalate unacknowledged alarms after", `${settings.escalation_after_s} s`],
-      ["Escalation webhook", settings.escalation_webhook_url || "not configured"],
-      ["Webhook events waiting", String(settings.escalation_webhook_pending)],
-      ["State reports to the gateway waiting", String(settings.state_reports_pending)],
+      ["settings.escalate_after", val("dd", null, t("time.s", {s: settings.escalation_after_s}))],
+      ["settings.webhook", settings.escalation_webhook_url ? val("dd", null, settings.escalation_webhook_url)
+        : el("dd", null, t("settings.not_configured"))],
+      ["settings.webhook_pending", val("dd", null, settings.escalation_webhook_pending)],
+      ["settings.reports_pending", val("dd", null, settings.state_reports_pending)],
     ]) {
-      dl.append(el("dt", null, k), el("dd", null, v));
+      dl.append(el("dt", null, t(k)), v);
     }
-    table("audit", ["When", "Who", "What", "Incident / target", "Detail"], audit.map((a) => [
+    table("audit", ["col.when", "col.who", "col.what", "col.target", "col.detail"], audit.map((a) => [
       fmtTime(a.at), a.actor, a.action, a.target || "",
       a.detail ? Object.entries(a.detail).map(([k, v]) => `${k}: ${v}`).join(", ") : ""]));
+    await loadOperatorFigures(from, to);
+  }
+
+  /** Per operator: answered, time to acknowledge, time to dispatch (when the command center has shifts). */
+  async function loadOperatorFigures(from, to) {
+    const section = $("operator-figures-section");
+    // The API takes instants: the chosen days from the browser's midnight, the last day included.
+    const since = new Date(`${from}T00:00:00`);
+    const until = new Date(`${to}T00:00:00`);
+    until.setDate(until.getDate() + 1);
+    const q = `since=${encodeURIComponent(since.toISOString())}&until=${encodeURIComponent(until.toISOString())}`;
+    let rows;
+    try {
+      rows = await api("GET", `/api/v1/stats/operators?${q}`);
+    } catch (_) {
+      section.hidden = true;
+      return;
+    }
+    section.hidden = false;
+    table("operator-figures", ["col.operator", "op.answered", "op.ack_mean", "op.ack_median", "op.ack_max",
+      "op.dispatched", "op.dispatch_mean", "op.dispatch_median"], rows.map((r) => [r.operator, r.answered,
+      fmtSeconds(r.ack_s_mean), fmtSeconds(r.ack_s_median), fmtSeconds(r.ack_s_max), r.dispatched,
+      fmtSeconds(r.dispatch_s_mean), fmtSeconds(r.dispatch_s_median)]));
   }
 
   // ---- tabs and wiring --------------------------------------------------------------------------
 
   function showView(name) {
-    for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.view === name);
+    for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === name);
     for (const v of ["incidents", "devices", "supervisor"]) $(`view-${v}`).hidden = v !== name;
     if (name === "devices") loadFaults().catch((e) => toast(e.message, true));
     if (name === "supervisor") loadSupervisor().catch((e) => toast(e.message, true));
@@ -964,7 +1490,12 @@
     $("logout").addEventListener("click", onLogout);
     $("sound").addEventListener("click", onSoundButton);
     document.addEventListener("click", ensureAudio);
-    for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => showView(t.dataset.view));
+    for (const b of document.querySelectorAll("[data-lang]")) b.addEventListener("click", () => setLanguage(b.dataset.lang));
+    for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
+    $("shift-sign-on").addEventListener("click", signOn);
+    $("shift-handover").addEventListener("click", toggleHandover);
+    $("handover-form").addEventListener("submit", handOver);
+    for (const type of ["input", "change"]) $("detail").addEventListener(type, (ev) => holdDetail(ev.target));
     const today = new Date();
     $("stats-to").value = isoDay(today);
     $("stats-from").value = isoDay(new Date(today.getTime() - 6 * 86400000));
@@ -975,11 +1506,14 @@
   }
 
   async function boot() {
+    try { state.lang = localStorage.getItem("siaga.lang") === "en" ? "en" : "id"; } catch (_) { /* fine */ }
+    await loadCatalog();
+    applyI18n();
     wire();
     try {
       state.me = await api("GET", "/api/v1/session", undefined, {signInOn401: false});
     } catch (e) {
-      showLogin(e.status === 401 ? "" : `The command center did not answer: ${e.message}`);
+      showLogin(e.status === 401 ? "" : t("login.no_answer", {message: e.message}));
       return;
     }
     await start();

@@ -30,10 +30,14 @@ one module per concern:
 - intake.py: alarm events into incidents (the intake plan);
 - faults.py: device fault reports and the current faults;
 - actions.py: operator actions on an incident, and notes;
+- dispatches.py: agencies dispatched to an incident, their answers, and the unanswered ones;
 - escalation.py: incidents nobody acknowledged in time;
 - queries.py: reading incidents, their events and their history;
 - outboxes.py: the rows the senders deliver (state reports to the gateway, webhook events);
 - sessions.py: browser sessions;
+- shifts.py: who is on duty, handovers, and the times the per-operator figures are made of;
+- retention.py: removing the personal details of incidents closed long ago, keeping their figures;
+- preferences.py: what each person chose for themselves (the console's language);
 - audit.py: the audit log.
 """
 
@@ -47,22 +51,31 @@ from ..schema import MIGRATIONS
 from .actions import IncidentActions
 from .audit import AuditLog
 from .changes import CHANGES_CHANNEL, Change, ChangeKind, FaultNote, Wake
+from .dispatches import DispatchActions
 from .escalation import Escalations
 from .faults import Faults
 from .intake import Intake
 from .outboxes import Outboxes
+from .preferences import Preferences
 from .queries import IncidentQueries
 from .records import (
     CALLBACK_OUTBOX,
+    SECOND_LEVEL_KIND,
+    SECOND_WEBHOOK_OUTBOX,
     WEBHOOK_OUTBOX,
     AlarmEvent,
     AuditEntry,
     DeviceFault,
+    Dispatch,
+    DispatchExistsError,
+    DispatchHistoryEntry,
+    DispatchNotFoundError,
     FaultOutcome,
     HistoryEntry,
     Incident,
     IncidentNotFoundError,
     IntakeOutcome,
+    InvalidDispatchMoveError,
     InvalidTransitionError,
     NewAlarm,
     NewFault,
@@ -71,25 +84,34 @@ from .records import (
     SchemaTooNewError,
     Session,
 )
+from .retention import Retention
 from .sessions import Sessions
+from .shifts import Shifts
 
 __all__ = [
     "CALLBACK_OUTBOX",
     "CHANGES_CHANNEL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SECOND_LEVEL_KIND",
+    "SECOND_WEBHOOK_OUTBOX",
     "WEBHOOK_OUTBOX",
     "AlarmEvent",
     "AuditEntry",
     "Change",
     "ChangeKind",
     "DeviceFault",
+    "Dispatch",
+    "DispatchExistsError",
+    "DispatchHistoryEntry",
+    "DispatchNotFoundError",
     "FaultNote",
     "FaultOutcome",
     "HistoryEntry",
     "Incident",
     "IncidentNotFoundError",
     "IntakeOutcome",
+    "InvalidDispatchMoveError",
     "InvalidTransitionError",
     "NewAlarm",
     "NewFault",
@@ -107,7 +129,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class Store(Intake, Faults, IncidentActions, Escalations, IncidentQueries, Outboxes, Sessions, AuditLog):
+class Store(
+    Intake, Faults, IncidentActions, DispatchActions, Escalations,
+    IncidentQueries, Outboxes, Sessions, Preferences, Shifts, Retention, AuditLog,
+):
     """All database access. Use `await Store.open(path or postgresql:// URL)` and `await store.close()`."""
 
     @classmethod

@@ -1,6 +1,7 @@
 """Operator actions on an incident (acknowledge, dispatch, resolve, false alarm, referral as not an
 emergency) and notes: each in one transaction with its history entry, its audit entry and, for an
-action, the state reports to the gateway."""
+action, the state reports to the gateway. The move itself (`move_incident`) is shared with the
+dispatches (store/dispatches.py), whose status changes move their incident in the same transaction."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..domain import REFER_FROM, Action, callback_body, can_apply, incident_ref, rfc3339
+from ..domain import REFER_FROM, Action, DispatchStatus, callback_body, can_apply, incident_ref, rfc3339
 from ..engine import Conn
 from .audit import _audit
 from .base import StoreBase
@@ -55,48 +56,14 @@ class IncidentActions(StoreBase):
             allowed = incident.state in REFER_FROM if referral is not None else can_apply(action, incident.state)
             if not allowed:
                 raise InvalidTransitionError(incident.state, action)
-            at = rfc3339(now)
-            at_col, by_col = _ACTION_COLUMNS[action]
-            assignments = f"state = ?, updated_at = ?, {at_col} = ?, {by_col} = ?"
-            params: list[Any] = [action.target.value, at, at, actor]
-            if action is Action.DISPATCH:
-                assignments += ", agency = ?"
-                params.append(agency)
             channel, reference = referral if referral is not None else (None, None)
-            if referral is not None:
-                assignments += ", referred_to = ?, referral_ref = ?"
-                params += [channel, reference]
-            await db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*params, number))
             fields = (("agency", agency), ("referred_to", channel), ("reference", reference), ("note", note))
             detail = {k: v for k, v in fields if v is not None}
-            detail_json = json.dumps(detail, ensure_ascii=False) if detail else None
-            await db.execute(
-                """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (number, at, actor, incident.state.value, action.target.value, detail_json),
-            )
-            audit_action = "referred" if referral is not None else action.value
-            await _audit(db, at, actor, audit_action, incident_ref(number), detail or None)
-            events = await db.fetchall(
-                "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
-                (number,),
-            )
-            for ev in events:
-                body = callback_body(
-                    event_id=ev["event_id"],
-                    device_id=ev["device_id"],
-                    seq=ev["seq"],
-                    state=action,
-                    incident=incident_ref(number),
-                    at=now,
-                    by=actor,
-                )
-                await db.execute(
-                    """INSERT INTO callback_outbox (event_id, gateway_id, state, body, created_at,
-                           next_attempt_at)
-                       VALUES (?, ?, ?, ?, ?, ?)""",
-                    (ev["event_id"], ev["gateway_id"], action.value, body, at, now.timestamp()),
-                )
+            await move_incident(db, incident, action, actor=actor, now=now, detail=detail, agency=agency,
+                                referral=referral)
+            if action is Action.DISPATCH and agency is not None:
+                # The room asked the agency by phone or radio: its dispatch is accepted on its behalf.
+                await insert_dispatch(db, number, agency, DispatchStatus.ACCEPTED, actor=actor, now=now)
             updated = await _incident(db, number)
             assert updated is not None
             await self._announce(db, Change(self.origin, "incident", incidents=(number,), wake=("callbacks",)))
@@ -126,6 +93,89 @@ class IncidentActions(StoreBase):
             return updated
 
         return await self._write(work)
+
+
+async def move_incident(
+    db: Conn,
+    incident: Incident,
+    action: Action,
+    *,
+    actor: str,
+    now: datetime,
+    detail: dict[str, Any],
+    agency: str | None = None,
+    referral: tuple[str, str | None] | None = None,
+) -> None:
+    """Inside a write transaction that holds the incident's row (`_locked_incident`) and has judged
+    the move allowed: set the state and who did it, add the history and audit entries, and queue one
+    state report per alarm event of the incident. Shared by the operator actions and by a dispatch's
+    status change, which moves its incident in the same transaction (store/dispatches.py)."""
+    number = incident.number
+    at = rfc3339(now)
+    at_col, by_col = _ACTION_COLUMNS[action]
+    assignments = f"state = ?, updated_at = ?, {at_col} = ?, {by_col} = ?"
+    params: list[Any] = [action.target.value, at, at, actor]
+    if action is Action.DISPATCH:
+        # `agency` stays the first agency dispatched (for clients of schema versions 1-6).
+        assignments += ", agency = COALESCE(agency, ?)"
+        params.append(agency)
+    if referral is not None:
+        assignments += ", referred_to = ?, referral_ref = ?"
+        params += list(referral)
+    await db.execute(f"UPDATE incidents SET {assignments} WHERE id = ?", (*params, number))
+    detail_json = json.dumps(detail, ensure_ascii=False) if detail else None
+    await db.execute(
+        """INSERT INTO incident_history (incident_id, at, actor, from_state, to_state, detail)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (number, at, actor, incident.state.value, action.target.value, detail_json),
+    )
+    audit_action = "referred" if referral is not None else action.value
+    await _audit(db, at, actor, audit_action, incident_ref(number), detail or None)
+    events = await db.fetchall(
+        "SELECT event_id, gateway_id, device_id, seq FROM alarms WHERE incident_id = ? ORDER BY id",
+        (number,),
+    )
+    for ev in events:
+        body = callback_body(
+            event_id=ev["event_id"],
+            device_id=ev["device_id"],
+            seq=ev["seq"],
+            state=action,
+            incident=incident_ref(number),
+            at=now,
+            by=actor,
+        )
+        await db.execute(
+            """INSERT INTO callback_outbox (event_id, gateway_id, state, body, created_at,
+                   next_attempt_at)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (ev["event_id"], ev["gateway_id"], action.value, body, at, now.timestamp()),
+        )
+
+
+async def insert_dispatch(
+    db: Conn, number: int, agency: str, status: DispatchStatus, *, actor: str, now: datetime
+) -> None:
+    """A new dispatch of incident `number` to `agency`, `requested` or already `accepted`, with its
+    first history entry. The caller has checked that the agency has none that is not declined (the
+    unique index dispatches_one_per_agency would refuse it anyway)."""
+    at = rfc3339(now)
+    accepted_at = at if status is DispatchStatus.ACCEPTED else None
+    await db.execute(
+        """INSERT INTO dispatches (incident_id, agency, status, requested_at, requested_by, accepted_at,
+               updated_at, updated_by)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (number, agency, status.value, at, actor, accepted_at, at, actor),
+    )
+    row = await db.fetchone(
+        "SELECT MAX(id) AS id FROM dispatches WHERE incident_id = ? AND agency = ?", (number, agency)
+    )
+    assert row is not None
+    await db.execute(
+        """INSERT INTO dispatch_history (dispatch_id, incident_id, at, actor, from_status, to_status)
+           VALUES (?, ?, ?, ?, NULL, ?)""",
+        (row["id"], number, at, actor, status.value),
+    )
 
 
 async def _locked_incident(db: Conn, number: int) -> Incident | None:

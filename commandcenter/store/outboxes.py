@@ -18,9 +18,9 @@ def _head_of_key(outbox: Outbox) -> str:
     "acknowledged" cannot arrive after "resolved"; different keys do not wait for each other.
     (Table and column names come from the two Outbox constants, never from input.)"""
     return f"""
-    o.delivered_at IS NULL AND NOT EXISTS (
+    o.delivered_at IS NULL AND {outbox.rows("o")} AND NOT EXISTS (
         SELECT 1 FROM {outbox.table} p
-        WHERE p.{outbox.key} = o.{outbox.key} AND p.delivered_at IS NULL AND p.id < o.id)
+        WHERE p.{outbox.key} = o.{outbox.key} AND p.delivered_at IS NULL AND p.id < o.id AND {outbox.rows("p")})
 """
 
 
@@ -70,7 +70,9 @@ class Outboxes(StoreBase):
 
     async def pending(self, outbox: Outbox) -> int:
         async with self._tx(write=False) as db:
-            row = await db.fetchone(f"SELECT COUNT(*) AS n FROM {outbox.table} WHERE delivered_at IS NULL")
+            row = await db.fetchone(
+                f"SELECT COUNT(*) AS n FROM {outbox.table} o WHERE o.delivered_at IS NULL AND {outbox.rows('o')}"
+            )
         return 0 if row is None else row["n"]
 
     async def pending_callbacks(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..domain import Action, HistoryKind, IncidentState, incident_ref
+from ..domain import Action, DispatchStatus, HistoryKind, IncidentState, incident_ref, needs_dispatch
 from ..engine import StoreError
 
 
@@ -24,6 +24,56 @@ class InvalidTransitionError(StoreError):
         super().__init__(f"cannot move an incident from {current.value} to {action.value}")
         self.current = current
         self.action = action
+
+
+class DispatchNotFoundError(StoreError):
+    """The incident has never had a dispatch to that agency."""
+
+
+class DispatchExistsError(StoreError):
+    """The agency already has a dispatch on the incident that it has not declined."""
+
+    def __init__(self, agency: str, current: IncidentState) -> None:
+        super().__init__(f"{agency} already has a dispatch on this incident")
+        self.agency = agency
+        self.current = current
+
+
+class InvalidDispatchMoveError(StoreError):
+    def __init__(self, agency: str, current: DispatchStatus, target: DispatchStatus) -> None:
+        super().__init__(f"the dispatch to {agency} is {current.value}; it cannot become {target.value}")
+        self.agency = agency
+        self.current = current
+        self.target = target
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One agency asked to help with an incident, and how far it has got."""
+
+    agency: str
+    status: DispatchStatus
+    reason: str | None  # why it declined
+    requested_at: datetime
+    requested_by: str
+    accepted_at: datetime | None
+    en_route_at: datetime | None
+    on_scene_at: datetime | None
+    done_at: datetime | None
+    declined_at: datetime | None
+    updated_at: datetime
+    updated_by: str
+    escalated_at: datetime | None  # nobody answered it in time
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchHistoryEntry:
+    agency: str
+    at: datetime
+    actor: str
+    from_status: DispatchStatus | None  # None: the request itself
+    to_status: DispatchStatus
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +170,14 @@ class Incident:
     battery_mv: int | None = None  # the latest known battery voltage of `device_id`
     referred_to: str | None = None  # resolved as not an emergency: the channel it was referred to
     referral_ref: str | None = None  # that channel's reference or ticket number, if given
+    escalated2_at: datetime | None = None  # second escalation level (to the supervisor on duty)
+    purged_at: datetime | None = None  # personal details removed by the retention policy
+    dispatches: tuple[Dispatch, ...] = ()  # in the order they were requested
+
+    @property
+    def needs_dispatch(self) -> bool:
+        """Every agency asked declined: the room must ask another."""
+        return needs_dispatch(self.state, (d.status for d in self.dispatches))
 
     @property
     def referred(self) -> bool:
@@ -170,10 +228,23 @@ class Outbox:
 
     table: str
     key: str
+    # Two receivers that share one table: the rows whose `kind` is `lane` are the second receiver's
+    # (`lane_of_kind` True), the others the first one's. None: every row.
+    lane: str | None = None
+    lane_of_kind: bool = False
+
+    def rows(self, alias: str) -> str:
+        """The SQL condition that selects this outbox's rows of its table (constants only, never input)."""
+        if self.lane is None:
+            return "1 = 1"
+        return f"{alias}.kind {'=' if self.lane_of_kind else '<>'} '{self.lane}'"
 
 
+# Webhook rows of this kind go to [escalation] second_webhook_url (the second escalation level).
+SECOND_LEVEL_KIND = "incident.escalated.2"
 CALLBACK_OUTBOX = Outbox("callback_outbox", "event_id")
-WEBHOOK_OUTBOX = Outbox("webhook_outbox", "incident_id")
+WEBHOOK_OUTBOX = Outbox("webhook_outbox", "incident_id", lane=SECOND_LEVEL_KIND)
+SECOND_WEBHOOK_OUTBOX = Outbox("webhook_outbox", "incident_id", lane=SECOND_LEVEL_KIND, lane_of_kind=True)
 
 
 @dataclass(frozen=True, slots=True)

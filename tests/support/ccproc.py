@@ -33,6 +33,10 @@ OPERATOR_NAME = "operator-1"
 SUPERVISOR_NAME = "supervisor-1"
 AGENCY_VIEWER_NAME = "viewer-fire"
 AGENCY_VIEWER_AGENCY = "fire"
+# A second agency with its own screen (search and rescue, Basarnas), for incidents dispatched to two
+# agencies. The others have none: the room records their answers.
+SAR_NAME = "staff-sar"
+SAR_AGENCY = "sar"
 
 
 class CommandCenterProcess:
@@ -74,6 +78,8 @@ class CommandCenterProcess:
         self.supervisor_name = SUPERVISOR_NAME
         self.agency_token = secrets_from.agency_token if secrets_from else secrets.token_urlsafe(32)
         self.agency_name = AGENCY_VIEWER_NAME
+        self.sar_token = secrets_from.sar_token if secrets_from else secrets.token_urlsafe(32)
+        self.sar_name = SAR_NAME
         self.db_path = self.dir / "cc.sqlite3"
         self.config_path = self.dir / "cc.toml"
         self.log_path = self.dir / "cc.log"
@@ -83,6 +89,7 @@ class CommandCenterProcess:
         (self.dir / "operator.token").write_text(self.operator_token + "\n", encoding="utf-8")
         (self.dir / "supervisor.token").write_text(self.supervisor_token + "\n", encoding="utf-8")
         (self.dir / "agency.token").write_text(self.agency_token + "\n", encoding="utf-8")
+        (self.dir / "sar.token").write_text(self.sar_token + "\n", encoding="utf-8")
         ports = [f"port = {self.port}"]
         if shared_port is not None:
             ports = [f"port = {shared_port}", "reuse_port = true", f"direct_port = {self.port}"]
@@ -108,6 +115,11 @@ class CommandCenterProcess:
             'role = "agency"',
             f'agency = "{AGENCY_VIEWER_AGENCY}"',
             'token_file = "agency.token"',
+            "[[operators]]",
+            f'name = "{SAR_NAME}"',
+            'role = "agency"',
+            f'agency = "{SAR_AGENCY}"',
+            'token_file = "sar.token"',
             "[callbacks]",
             f"initial_backoff_s = {initial_backoff_s}",
             f"max_backoff_s = {max_backoff_s}",
@@ -228,7 +240,7 @@ class CommandCenterProcess:
         return {"Authorization": f"Bearer {self.supervisor_token}"}
 
     def agency_headers(self) -> dict[str, str]:
-        """The fire brigade's viewer: sees only incidents dispatched to "fire", cannot act."""
+        """The fire brigade's account: sees only incidents with a dispatch to "fire", and answers those dispatches."""
         return {"Authorization": f"Bearer {self.agency_token}"}
 
     def __enter__(self) -> CommandCenterProcess:

@@ -15,6 +15,8 @@ from typing import Any
 import schemathesis
 from schemathesis.core.parameters import ParameterLocation
 
+from siaga.commandcenter.config import DEFAULT_AGENCIES
+
 # The headers of the role under test, as a JSON object (absent for the anonymous role).
 CREDENTIAL_ENV = "SIAGA_SCHEMATHESIS_HEADERS"
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -159,11 +161,74 @@ def _follow_period_rules(case: Any) -> None:
     case.query = {**query, "to": min(first + timedelta(days=6), LAST_DAY).isoformat()}
 
 
+# GET /api/v1/shifts and /api/v1/stats/operators: a window [since, until) that is backwards or longer
+# than 366 days is answered 422 (documented); `until` defaults to now, `since` to 7 days before it.
+WINDOW_PATHS = ("/api/v1/shifts", "/api/v1/stats/operators")
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        found = datetime.fromisoformat(value.upper()) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return found if found is not None and found.tzinfo is not None else None
+
+
+def _follow_window_rules(case: Any) -> None:
+    """A valid query gets a window the command center accepts: `since` is moved to a day before
+    `until` (given, or now) when the generated one is not before it or is more than a year earlier."""
+    query = case.query
+    if case.operation.path not in WINDOW_PATHS or not query or "since" not in query:
+        return
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.QUERY):
+        return
+    since, until = _time(query.get("since")), _time(query.get("until"))
+    if since is None or ("until" in query and until is None):
+        return
+    end = until or datetime.now(UTC)
+    if since < end - timedelta(seconds=1) and end - since < timedelta(days=MAX_DAYS - 1):
+        return
+    start = end - timedelta(days=1)
+    if start.year < FIRST_DAY.year:
+        return  # an `until` at the edge of the years taken: left for the service to refuse or take
+    case.query = {**query, "since": start.isoformat().replace("+00:00", "Z")}
+
+
+# POST /api/v1/incidents/{incident_id}/dispatch: an agency id must be one configured (422 otherwise,
+# documented); the list depends on the configuration, which the document does not carry. The test
+# command center runs with the default agencies.
+DISPATCH_PATH = "/api/v1/incidents/{incident_id}/dispatch"
+CONFIGURED_AGENCIES = tuple(a.id for a in DEFAULT_AGENCIES)
+
+
+def _follow_dispatch_rules(case: Any) -> None:
+    """A valid body names configured agencies: each other id is replaced by a configured one (the
+    same id always by the same one, and the list kept free of repeats)."""
+    body = case.body
+    if case.operation.path != DISPATCH_PATH or not isinstance(body, dict):
+        return
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY):
+        return
+
+    def configured(agency: Any) -> Any:
+        if not isinstance(agency, str) or agency in CONFIGURED_AGENCIES:
+            return agency
+        return CONFIGURED_AGENCIES[sum(agency.encode()) % len(CONFIGURED_AGENCIES)]
+
+    if "agency" in body:
+        body["agency"] = configured(body["agency"])
+    if isinstance(body.get("agencies"), list):
+        body["agencies"] = list(dict.fromkeys(configured(a) for a in body["agencies"]))
+    case.body = body  # marks the body changed, for revalidation
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     """Coverage, fuzzing and stateful cases."""
+    _follow_dispatch_rules(case)
     _follow_intake_rules(case)
     _follow_period_rules(case)
+    _follow_window_rules(case)
     return case
 
 
@@ -171,5 +236,7 @@ def map_case(context: Any, case: Any) -> Any:
 def before_add_examples(context: Any, examples: list[Any]) -> None:
     """The cases built from the examples in the OpenAPI document (no map_case for those)."""
     for case in examples:
+        _follow_dispatch_rules(case)
         _follow_intake_rules(case)
         _follow_period_rules(case)
+        _follow_window_rules(case)
