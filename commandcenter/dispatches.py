@@ -10,15 +10,14 @@ discipline: sleep until the next request falls due, wake early when a dispatch i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from .background import DueLoop
 from .config import DispatchSettings
-from .domain import rfc3339, utc_now
-from .escalation import IDLE_POLL_S, MIN_WAIT_S
+from .domain import rfc3339
 from .models import DispatchOut, IncidentOut
 from .store import Dispatch, Incident, Store
 
@@ -48,8 +47,11 @@ def webhook_body(incident: Incident, dispatch: Dispatch, at: datetime, within_s:
     )
 
 
-class UnansweredDispatches:
-    """Background task; `start()` in the leader, `notify()` after a dispatch was requested, `stop()`."""
+class UnansweredDispatches(DueLoop):
+    """Background task; `start()` in the leader, `notify()` after a dispatch was requested, `stop()`
+    (background.Loop)."""
+
+    name = "unanswered-dispatches"
 
     def __init__(
         self,
@@ -59,34 +61,14 @@ class UnansweredDispatches:
         webhook: bool,
         on_escalated: Callable[[list[Incident]], None],
     ) -> None:
+        super().__init__()
         self._store = store
         self._settings = settings
         self._webhook = webhook
         self._on_escalated = on_escalated
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("unanswered-dispatch escalation already started")
-        self._task = asyncio.create_task(self._run(), name="siaga-cc-unanswered-dispatches")
-        log.info("dispatches nobody accepts escalate after %.1f s", self._settings.accept_within_s)
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=5)
-            except TimeoutError:
-                log.warning("unanswered-dispatch escalation did not stop in time")
-            except Exception:
-                log.exception("unanswered-dispatch escalation failed")
-            self._task = None
+    def describe(self) -> str:
+        return f"dispatches nobody accepts escalate after {self._settings.accept_within_s:.1f} s"
 
     async def run_once(self, now: datetime) -> list[tuple[Incident, Dispatch]]:
         within_s = self._settings.accept_within_s
@@ -105,26 +87,5 @@ class UnansweredDispatches:
             self._on_escalated(list({i.number: i for i, _ in found}.values()))
         return found
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()  # before looking, so a notify() while we look is not lost
-            try:
-                if await self.run_once(utc_now()):
-                    continue  # there may be more than one round's worth
-                due = await self._store.next_unanswered_due(within_s=self._settings.accept_within_s)
-            except Exception:
-                log.exception("unanswered dispatches: database access failed; trying again in 1 s")
-                await self._sleep(1.0)
-                continue
-            wait = IDLE_POLL_S
-            if due is not None:
-                wait = min(wait, max(MIN_WAIT_S, (due - utc_now()).total_seconds()))
-            await self._sleep(wait)
-
-    async def _sleep(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            return
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+    async def next_due(self) -> datetime | None:
+        return await self._store.next_unanswered_due(within_s=self._settings.accept_within_s)

@@ -17,24 +17,19 @@ first escalation, which this task made."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from .background import DueLoop
 from .config import EscalationSettings
-from .domain import rfc3339, utc_now
+from .domain import rfc3339
 from .models import IncidentOut
 from .store import Incident, Store
 
 log = logging.getLogger(__name__)
 
-# Look at the incidents at least this often even when no new one was announced: a safety net, as
-# the timer is otherwise set to the next incident's due time.
-IDLE_POLL_S = 30.0
-# Never spin: after a round that escalated nothing, wait at least this long.
-MIN_WAIT_S = 0.05
 WEBHOOK_EVENT = "incident.escalated"
 
 
@@ -73,9 +68,11 @@ def webhook_body(incident: Incident, at: datetime, after_s: float) -> str:
     )
 
 
-class Escalator:
+class Escalator(DueLoop):
     """Background task; `start()` in the app's lifespan, `notify()` after intake opened incidents,
-    `stop()` at the end."""
+    `stop()` at the end (background.Loop)."""
+
+    name = "escalation"
 
     def __init__(
         self,
@@ -84,35 +81,16 @@ class Escalator:
         *,
         on_escalated: Callable[[list[Incident]], None],
     ) -> None:
+        super().__init__()
         self._store = store
         self._settings = settings
         self._on_escalated = on_escalated
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("escalation already started")
-        self._task = asyncio.create_task(self._run(), name="siaga-cc-escalation")
-        log.info("unacknowledged incidents escalate after %.1f s", self._settings.after_s)
+    def describe(self) -> str:
+        text = f"unacknowledged incidents escalate after {self._settings.after_s:.1f} s"
         if self._settings.second_after_s > 0:
-            log.info("and a second time, to the supervisors on duty, %.1f s later", self._settings.second_after_s)
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=5)
-            except TimeoutError:
-                log.warning("escalation did not stop in time")
-            except Exception:
-                log.exception("escalation failed")
-            self._task = None
+            text += f", and a second time, to the supervisors on duty, {self._settings.second_after_s:.1f} s later"
+        return text
 
     async def run_once(self, now: datetime) -> list[Incident]:
         after_s = self._settings.after_s
@@ -153,7 +131,7 @@ class Escalator:
             self._on_escalated(escalated)
         return escalated
 
-    async def _next_due(self) -> datetime | None:
+    async def next_due(self) -> datetime | None:
         due = await self._store.next_escalation_due(after_s=self._settings.after_s)
         if self._settings.second_after_s > 0:
             second = await self._store.next_second_escalation_due(after_s=self._settings.second_after_s)
@@ -161,34 +139,9 @@ class Escalator:
                 due = second
         return due
 
-    async def _run(self) -> None:
+    async def prepare(self) -> None:
         if self._settings.second_webhook_url is None:
-            try:
-                moved = await self._store.reroute_second_level_webhooks()
-                if moved:
-                    log.warning("%d second-level escalation events waited for a second_webhook_url that is no "
-                                "longer configured; they go to the first webhook", moved)
-            except Exception:
-                log.exception("escalation: could not re-route second-level webhook events")
-        while not self._stopping.is_set():
-            self._wake.clear()  # before looking, so a notify() while we look is not lost
-            try:
-                if await self.run_once(utc_now()):
-                    continue  # there may be more than one round's worth
-                due = await self._next_due()
-            except Exception:
-                log.exception("escalation: database access failed; trying again in 1 s")
-                await self._sleep(1.0)
-                continue
-            wait = IDLE_POLL_S
-            if due is not None:
-                wait = min(wait, max(MIN_WAIT_S, (due - utc_now()).total_seconds()))
-            await self._sleep(wait)
-
-    async def _sleep(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            return
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+            moved = await self._store.reroute_second_level_webhooks()
+            if moved:
+                log.warning("%d second-level escalation events waited for a second_webhook_url that is no "
+                            "longer configured; they go to the first webhook", moved)

@@ -17,7 +17,6 @@ its first report on; a gateway never heard from is unknown, not silent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, WithJson
 from siaga import contract
 from siaga.web import StrictRoute
 
+from .background import Loop
 from .config import PlumbingSettings
 from .deps import PrincipalDep, ServicesDep, SupervisorDep
 from .domain import parse_rfc3339, rfc3339, utc_now
@@ -277,37 +277,25 @@ async def apply_transitions(
 # ---- the supervisor loop ------------------------------------------------------------------------------
 
 
-class PlumbingSupervisor:
-    """Background task: `start()`, `stop()`. `on_change(transitions)` after a round changed something
-    (the webhook sender is woken there)."""
+class PlumbingSupervisor(Loop):
+    """Background task (background.Loop): `start()`, `stop()`. `on_change(transitions)` after a round
+    changed something (the webhook sender is woken there)."""
+
+    name = "plumbing"
 
     def __init__(
         self, store: Store, settings: PlumbingSettings, *, webhook: bool,
         on_change: Callable[[list[Transition]], None],
     ) -> None:
+        super().__init__()
         self._store = store
         self._settings = settings
         self._webhook = webhook
         self._on_change = on_change
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.retry_s = check_every_s(settings.silence_s)
 
-    def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("plumbing supervision already started")
-        self._task = asyncio.create_task(self._run(), name="siaga-cc-plumbing")
-        log.info("a gateway silent for more than %.0f s is a room-wide fault", self._settings.silence_s)
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=5)
-            except TimeoutError:
-                log.warning("plumbing supervision did not stop in time")
-            except Exception:
-                log.exception("plumbing supervision failed")
-            self._task = None
+    def describe(self) -> str:
+        return f"a gateway silent for more than {self._settings.silence_s:.0f} s is a room-wide fault"
 
     async def run_once(self, now: datetime) -> list[Transition]:
         silence_s = self._settings.silence_s
@@ -324,17 +312,9 @@ class PlumbingSupervisor:
             self._on_change(changes)
         return changes
 
-    async def _run(self) -> None:
-        every = check_every_s(self._settings.silence_s)
-        while not self._stopping.is_set():
-            try:
-                await self.run_once(utc_now())
-            except Exception:
-                log.exception("plumbing supervision: database access failed; trying again")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=every)
-            except TimeoutError:
-                pass
+    async def round(self) -> float:
+        await self.run_once(utc_now())
+        return check_every_s(self._settings.silence_s)
 
 
 # ---- the console's view -------------------------------------------------------------------------------

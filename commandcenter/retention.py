@@ -9,10 +9,10 @@ transaction that would block the alarm path."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 
+from .background import Loop
 from .config import RetentionSettings
 from .domain import utc_now
 from .store import Store
@@ -25,35 +25,27 @@ BATCH_SIZE = 500
 MAX_BATCHES = 200
 
 
-class RetentionTask:
-    """Background task: `start()`, `stop()`; `run_once(now)` is one round (a test may call it)."""
+class RetentionTask(Loop):
+    """Background task (background.Loop): `start()`, `stop()`; `run_once(now)` is one round (a test
+    may call it)."""
+
+    name = "retention"
 
     def __init__(self, store: Store, settings: RetentionSettings) -> None:
+        super().__init__()
         self._store = store
         self._settings = settings
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Nothing is lost by waiting after a failure, only kept longer: the next round tries again.
+        self.retry_s = settings.every_s
 
-    def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("retention already started")
-        if self._settings.days == 0:
-            log.info("retention: days = 0, incidents are kept in full for ever")
-            return
-        self._task = asyncio.create_task(self._run(), name="siaga-cc-retention")
-        log.info("retention: personal details of incidents closed more than %d days ago are purged every %.0f s",
-                 self._settings.days, self._settings.every_s)
+    def enabled(self) -> bool:
+        return self._settings.days != 0
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=5)
-            except TimeoutError:
-                log.warning("retention did not stop in time")
-            except Exception:
-                log.exception("retention failed")
-            self._task = None
+    def describe(self) -> str:
+        if not self.enabled():
+            return "retention: days = 0, incidents are kept in full for ever"
+        return (f"retention: personal details of incidents closed more than {self._settings.days} days ago "
+                f"are purged every {self._settings.every_s:.0f} s")
 
     async def run_once(self, now: datetime) -> PurgeOutcome:
         """Purge everything due at `now`; returns the totals."""
@@ -74,14 +66,6 @@ class RetentionTask:
             log.info("retention: nothing closed more than %d days ago is left to purge", self._settings.days)
         return outcome
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.run_once(utc_now())
-            except Exception:
-                # The next round tries again; nothing is lost by waiting, only kept longer.
-                log.exception("retention: the purge failed; trying again in %.0f s", self._settings.every_s)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._settings.every_s)
-            except TimeoutError:
-                pass
+    async def round(self) -> float:
+        await self.run_once(utc_now())
+        return self._settings.every_s
