@@ -119,30 +119,25 @@ def _counts(o: PurgeOutcome) -> dict[str, int]:
 
 
 async def _purge_history(db: Conn, numbers: Sequence[int]) -> int:
-    if not numbers:
-        return 0
-    rows = await db.fetchall(
-        f"""SELECT id, detail FROM incident_history
-           WHERE incident_id IN ({db.members('bigint')}) AND detail IS NOT NULL""",
-        (db.array(numbers),),
-    )
-    changed = [(text, r["id"]) for r in rows if (text := _scrubbed(r["detail"])) is not None]
-    await db.executemany("UPDATE incident_history SET detail = ? WHERE id = ?", changed)
-    return len(changed)
+    return await _scrub_details(db, "incident_history", "incident_id", "bigint", numbers)
 
 
 async def _purge_audit(db: Conn, numbers: Sequence[int]) -> int:
     """The audit entries about these incidents (target: their public id) keep who did what and when."""
-    if not numbers:
+    return await _scrub_details(db, "audit_log", "target", "text", [incident_ref(n) for n in numbers])
+
+
+async def _scrub_details(db: Conn, table: str, column: str, sql_type: str, keys: Sequence[int | str]) -> int:
+    """Remove the notes from the JSON `detail` of `table`'s rows whose `column` is one of `keys`
+    (table and column are constants of this module, not input); returns how many rows changed."""
+    if not keys:
         return 0
-    refs = [incident_ref(n) for n in numbers]
     rows = await db.fetchall(
-        f"""SELECT id, detail FROM audit_log
-           WHERE target IN ({db.members('text')}) AND detail IS NOT NULL""",
-        (db.array(refs),),
+        f"SELECT id, detail FROM {table} WHERE {column} IN ({db.members(sql_type)}) AND detail IS NOT NULL",
+        (db.array(keys),),
     )
     changed = [(text, r["id"]) for r in rows if (text := _scrubbed(r["detail"])) is not None]
-    await db.executemany("UPDATE audit_log SET detail = ? WHERE id = ?", changed)
+    await db.executemany(f"UPDATE {table} SET detail = ? WHERE id = ?", changed)
     return len(changed)
 
 
