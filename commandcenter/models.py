@@ -820,7 +820,7 @@ class StatsOut(BaseModel):
     truncated: bool = Field(description="true if the period held more incidents than one answer covers")
     overall: GroupFiguresOut
     by_day: list[GroupFiguresOut]
-    by_agency: list[GroupFiguresOut] = Field(description="dispatched incidents, per agency")
+    by_agency: list[GroupFiguresOut] = Field(description="dispatched incidents, per agency; an incident sent to two agencies (neither declined) counts in both")
     by_area: list[GroupFiguresOut]
     false_alarms_by_device: list[DeviceFalseAlarmsOut]
     devices_offline: list[DeviceFaultOut] = Field(description="devices whose offline fault is active now")

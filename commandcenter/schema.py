@@ -278,6 +278,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE UNIQUE INDEX dispatches_one_per_agency ON dispatches (incident_id, agency)
            WHERE status <> 'declined'""",
         "CREATE INDEX dispatches_by_agency ON dispatches (agency, status)",
+        # An incident's dispatches, declined ones too, are read with every incident shown.
+        "CREATE INDEX dispatches_by_incident ON dispatches (incident_id, id)",
         """CREATE INDEX dispatches_unanswered ON dispatches (requested_at)
            WHERE status = 'requested' AND escalated_at IS NULL""",
         # Every status change of a dispatch, with who and when (the incident's history keeps the

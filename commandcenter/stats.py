@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from .domain import IncidentState
+from .domain import DispatchStatus, IncidentState
 from .store import Incident
 from .store.shifts import Handling
 
@@ -108,12 +108,23 @@ def group_figures(key: str, incidents: Sequence[Incident]) -> GroupFigures:
 
 def figures_by(incidents: Iterable[Incident], key: Callable[[Incident], str | None]) -> list[GroupFigures]:
     """Figures per key, keys in ascending order; incidents whose key is None are left out."""
+    return figures_by_each(incidents, lambda i: () if (k := key(i)) is None else (k,))
+
+
+def figures_by_each(incidents: Iterable[Incident], keys: Callable[[Incident], Iterable[str]]) -> list[GroupFigures]:
+    """Figures per key where an incident may have several keys (it counts in each of their groups)."""
     groups: dict[str, list[Incident]] = {}
     for i in incidents:
-        k = key(i)
-        if k is not None:
+        for k in dict.fromkeys(keys(i)):
             groups.setdefault(k, []).append(i)
     return [group_figures(k, groups[k]) for k in sorted(groups)]
+
+
+def agencies_of(incident: Incident) -> list[str]:
+    """The agencies an incident was dispatched to and that did not decline, in order of dispatch; the
+    single `agency` of an incident recorded before dispatches had rows of their own."""
+    found = [d.agency for d in incident.dispatches if d.status is not DispatchStatus.DECLINED]
+    return found or ([incident.agency] if incident.agency else [])
 
 
 def local_day(zone: tzinfo) -> Callable[[Incident], str]:

@@ -133,7 +133,7 @@ async def get_stats(svc: ServicesDep, who: SupervisorDep, first: FromDay = None,
         truncated=truncated,
         overall=_group(stats.group_figures("all", real)),
         by_day=[_group(g) for g in stats.figures_by(real, stats.local_day(zone))],
-        by_agency=[_group(g) for g in stats.figures_by(real, lambda i: i.agency)],
+        by_agency=[_group(g) for g in stats.figures_by_each(real, stats.agencies_of)],
         by_area=[_group(g) for g in stats.figures_by(real, lambda i: i.area)],
         false_alarms_by_device=[DeviceFalseAlarmsOut(**asdict(d)) for d in stats.false_alarm_rates(real)],
         devices_offline=[DeviceFaultOut.of(f) for f in offline],
@@ -166,6 +166,7 @@ CSV_COLUMNS = (
     "seconds_to_close",
     "referred_to",
     "referral_ref",
+    "agencies",
 )
 
 
@@ -213,6 +214,7 @@ def csv_row(i: Incident) -> list[Any]:
         _seconds(i, i.closed_at),
         _text(i.referred_to),
         _text(i.referral_ref),
+        _text(" ".join(f"{d.agency}:{d.status.value}" for d in i.dispatches)),
     ]
 
 

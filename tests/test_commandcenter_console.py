@@ -766,6 +766,9 @@ async def test_the_csv_export_has_one_row_per_incident_and_defuses_formulas(api:
     plain = await api.new_incident(seq=1)
     await api.act(plain, "acknowledge")
     await api.act(plain, "dispatch", agency="ambulance")
+    r = await api.client.post(f"/api/v1/incidents/{plain}/dispatch", headers=OPERATOR,
+                              json={"agencies": ["police", "fire"]})  # fire answers on its screen
+    assert r.status_code == 200, r.text
     body = alarm(seq=2, location={"lat": -6.2, "lon": 106.8, "address": "=HYPERLINK(\"http://x\")",
                                   "area": "+31"}, test=True)
     tricky = (await api.post_alarm(body)).json()["incident_id"]
@@ -778,6 +781,8 @@ async def test_the_csv_export_has_one_row_per_incident_and_defuses_formulas(api:
     first, second = rows
     assert (first["state"], first["agency"], first["acknowledged_by"], first["test"]) == (
         "dispatched", "ambulance", "operator-1", "0")
+    assert first["agencies"] == "ambulance:accepted police:accepted fire:requested"
+    assert second["agencies"] == ""
     assert float(first["seconds_to_acknowledge"]) <= float(first["seconds_to_dispatch"])
     assert first["seconds_to_close"] == ""
     assert (first["lat"], first["lon"]) == ("-6.195733", "106.832085")  # numbers stay numbers

@@ -17,6 +17,7 @@ import httpx
 import jsonschema_rs
 import pytest
 
+from siaga.commandcenter import stats
 from siaga.commandcenter.callbacks import signed_body
 from siaga.commandcenter.config import CCConfig, DispatchSettings, EscalationSettings, Operator, Role
 from siaga.commandcenter.deps import Principal
@@ -441,3 +442,21 @@ async def test_the_store_runs_dispatches_alike_on_both_engines(target: str | Pat
         (a.event_id, "dispatched"), (b.event_id, "dispatched"),
         (a.event_id, "resolved"), (b.event_id, "resolved"),
     ]
+
+
+# ---- figures -------------------------------------------------------------------------------------
+
+
+async def test_an_incident_sent_to_two_agencies_counts_in_each_agencys_figures_unless_declined(api: Api) -> None:
+    both = await acknowledged(api, seq=1)
+    one = await acknowledged(api, seq=2)
+    for ref, agencies in ((both, ["police", "ambulance"]), (one, ["fire", "police"])):
+        r = await api.client.post(f"/api/v1/incidents/{ref}/dispatch", json={"agencies": agencies},
+                                  headers=OPERATOR)
+        assert r.status_code == 200, r.text
+    assert (await set_status(api, one, "fire", FIRE, "declined", reason="semua unit bertugas")).status_code == 200
+    store = api.app.state.services.store
+    incidents = [await store.get_incident(int(ref.removeprefix("inc-"))) for ref in (both, one)]
+    assert [stats.agencies_of(i) for i in incidents if i] == [["police", "ambulance"], ["police"]]
+    groups = {g.key: g.incidents for g in stats.figures_by_each([i for i in incidents if i], stats.agencies_of)}
+    assert groups == {"ambulance": 1, "police": 2}
