@@ -27,7 +27,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from siaga.commandcenter.callbacks import signed_body
 from siaga.commandcenter.domain import IncidentState
-from siaga.commandcenter.escalation import webhook_body
+from siaga.commandcenter.escalation import second_webhook_body, webhook_body
 from siaga.commandcenter.plumbing import GatewayState
 from siaga.commandcenter.plumbing import webhook_body as webhook_body_of_plumbing
 from siaga.commandcenter.store import Incident
@@ -237,7 +237,8 @@ def test_signing_refuses_what_a_header_cannot_carry() -> None:
 def test_every_schema_is_valid_draft_2020_12() -> None:
     files = sorted(SCHEMAS.glob("webhook-*.json"))
     assert {f.name for f in files} == {f"webhook-{t}.json" for t in wh.EVENT_TYPES} | {
-        "webhook-state-report.json", "webhook-gateway.silent.json", "webhook-gateway.back.json"}
+        "webhook-state-report.json", "webhook-gateway.silent.json", "webhook-gateway.back.json",
+        "webhook-dispatch.unanswered.json"}
     for f in files:
         schema = json.loads(f.read_text())
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -270,6 +271,13 @@ def test_the_command_centers_escalation_fits_the_escalated_schema() -> None:
     assert check_payload(wh.payload(wh.ALARM_ESCALATED, body["at"], json.dumps(data))) == wh.ALARM_ESCALATED
     assert set(data["incident"]) == set(json.loads((SCHEMAS / "webhook-alarm.escalated.json").read_text())
                                         ["$defs"]["incident"]["properties"])
+    # The second level (to the supervisors on duty) is the same type with its level and who was on duty.
+    second = json.loads(second_webhook_body(incident, t, 60.0, 300.0, ["sup-1"]))
+    data = {k: v for k, v in second.items() if k != "event"}
+    assert check_payload(wh.payload(wh.ALARM_ESCALATED, second["at"], json.dumps(data))) == wh.ALARM_ESCALATED
+    del data["supervisors_on_duty"]  # a level without who was on duty is refused
+    with pytest.raises(jsonschema_rs.ValidationError):
+        check_payload(wh.payload(wh.ALARM_ESCALATED, second["at"], json.dumps(data)))
 
 
 def test_a_gateways_silence_and_return_fit_their_schemas() -> None:
@@ -540,7 +548,8 @@ async def test_reports_for_unknown_places_are_404(city: tuple[FakeGateway, httpx
         assert "takes state reports" in resp.json()["detail"]
     unknown = report(seq=4712)
     resp = await client.post(URL, content=unknown, headers=signed(unknown, now))
-    assert (resp.status_code, resp.json()) == (404, {"detail": f"no alarm {DEV}:4712"})
+    assert (resp.status_code, resp.json()) == (404, {"detail": f"no alarm {DEV}:4712",
+                                                     "message": f"tidak ada alarm {DEV}:4712"})
     assert gw.audits == []
 
 
