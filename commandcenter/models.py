@@ -63,7 +63,8 @@ MAX_BATCH = 500
 
 
 # Text as siaga/contract.py allows it in a frame: the gateway's codec checks the same at its door.
-JsonInt = Annotated[int, BeforeValidator(contract.json_integer)]
+_JSON_INTEGER = BeforeValidator(contract.json_integer)
+JsonInt = Annotated[int, _JSON_INTEGER]
 # An event's id is also its Idempotency-Key header: 5-160 visible ASCII characters (what a header
 # carries as it is); the gateway makes them from its id, the device id and a number.
 EVENT_ID = r"^[!-~]{5,160}$"
@@ -178,17 +179,16 @@ class AlarmIn(BaseModel):
         max_length=200,
         description="the gateway's group; an alarm whose key names an open incident is attached to it",
     )
-    press_count: JsonInt | None = Field(
-        default=None, ge=1, lt=2**31, strict=True, description="alarms in the gateway's group so far, 1 for the first"
+    # Bounds of an optional integer go inside the Annotated, before the validator: given to Field
+    # beside `| None` they reach the OpenAPI document as "ge"/"lt", which JSON Schema does not know.
+    press_count: Annotated[int, Field(ge=1, lt=2**31, strict=True), _JSON_INTEGER] | None = Field(
+        default=None, description="alarms in the gateway's group so far, 1 for the first"
     )
     sources: list[DeviceId] | None = Field(
         default=None, max_length=1000, description="the group's devices in order of their first alarm"
     )
-    battery_mv: JsonInt | None = Field(
+    battery_mv: Annotated[int, Field(ge=0, le=contract.BATTERY_MV_MAX, strict=True), _JSON_INTEGER] | None = Field(
         default=None,
-        ge=0,
-        le=contract.BATTERY_MV_MAX,
-        strict=True,
         description="the button's battery voltage in mV from its latest heartbeat, if the gateway knows it",
     )
 
@@ -820,7 +820,9 @@ class StatsOut(BaseModel):
     truncated: bool = Field(description="true if the period held more incidents than one answer covers")
     overall: GroupFiguresOut
     by_day: list[GroupFiguresOut]
-    by_agency: list[GroupFiguresOut] = Field(description="dispatched incidents, per agency; an incident sent to two agencies (neither declined) counts in both")
+    by_agency: list[GroupFiguresOut] = Field(
+        description="dispatched incidents, per agency; one sent to two agencies (neither declined) counts in both"
+    )
     by_area: list[GroupFiguresOut]
     false_alarms_by_device: list[DeviceFalseAlarmsOut]
     devices_offline: list[DeviceFaultOut] = Field(description="devices whose offline fault is active now")

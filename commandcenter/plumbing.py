@@ -59,7 +59,9 @@ def check_every_s(silence_s: float) -> float:
 INSTANCE = r"^[!-~]{1,128}$"  # visible ASCII: it is in event ids and webhook-id headers
 DESTINATION = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # gateway/config.py DESTINATION_NAME
 COUNT_MAX = 10**12
-Count = Annotated[int, BeforeValidator(contract.json_integer), Field(strict=True, ge=0, le=COUNT_MAX)]
+# The bounds before the validator: placed after it, they reach the OpenAPI document as "ge"/"le",
+# which JSON Schema does not know, instead of minimum/maximum.
+Count = Annotated[int, Field(strict=True, ge=0, le=COUNT_MAX), BeforeValidator(contract.json_integer)]
 Version = Annotated[str, AfterValidator(contract.text_checker(64)), contract.text_schema(64)]
 
 

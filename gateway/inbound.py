@@ -173,11 +173,14 @@ def _refusal(why: str) -> dict[str, Any]:
 
 
 _HEADERS = [
-    {"name": HEADER_ID, "in": "header", "required": True, "schema": {"type": "string", "maxLength": 255},
+    # Visible ASCII, as the verifier takes them: a header carries nothing else unchanged (and a generator
+    # of requests, such as schemathesis, need not guess).
+    {"name": HEADER_ID, "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
      "description": "the report's unique id (the same on the sender's retries)"},
     {"name": HEADER_TIMESTAMP, "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
      "description": "Unix seconds of this attempt; refused when further than the tolerance from the gateway's clock"},
-    {"name": HEADER_SIGNATURE, "in": "header", "required": True, "schema": {"type": "string"},
+    {"name": HEADER_SIGNATURE, "in": "header", "required": True,
+     "schema": {"type": "string", "pattern": "^[!-~]+( [!-~]+)*$"},
      "description": "space-separated `v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>` signatures"},
 ]
 

@@ -337,3 +337,24 @@ async def test_a_gateway_splits_a_batch_the_command_center_finds_too_large() -> 
     assert outcomes == [Accepted("inc-1")] * 20
     assert sum(batches) == 20 and max(batches) < 10, batches  # 20 x 430 bytes did not fit in 4 KiB
 
+
+
+def test_the_openapi_document_states_bounds_as_json_schema_keywords(tmp_path: Path) -> None:
+    """Pydantic writes a bound given beside `| None`, or after a validator, as "ge"/"lt", which JSON
+    Schema does not know: clients and schemathesis would then take any number. Only minimum,
+    maximum and their exclusive forms may carry a bound."""
+    cfg = CCConfig(host="127.0.0.1", port=1, db_path=tmp_path / "cc.sqlite3", intake_token="i" * 20,
+                   operator_tokens={"o" * 20: "op"})
+    found: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            found.extend(f"{where}.{k}" for k in ("ge", "gt", "le", "lt", "multiple_of") if k in node)
+            for k, v in node.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(create_app(cfg).openapi()["components"], "components")
+    assert found == []
