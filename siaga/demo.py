@@ -3,7 +3,7 @@
 A broker (Mosquitto when installed, else the embedded demo broker), the reference command center,
 the gateway and a few virtual buttons running the firmware core. One resident holds a button; the
 alarm reaches the command center; the demo's operator acknowledges it and the button shows that
-help is coming. Everything runs in this process and its temporary folder, which are gone after
+an operator has seen it. Everything runs in this process and its temporary folder, which are gone after
 Ctrl-C.
 
 The narration is in the run's language (`siaga --lang`, $SIAGA_LANG, the locale, else Bahasa

@@ -1,6 +1,6 @@
 """The demo in a browser, as `make demo` leaves it running: hold a virtual button on the simulator
 page, see the incident appear in the operator console, acknowledge it there, and see that button's
-light change to "help is coming" (Bahasa Indonesia first, English after the page's ID | EN switch);
+light change to "an operator has seen it" (Bahasa Indonesia first, English after the page's ID | EN switch);
 dispatched ("help is on the way") looks different from it. Headless Debian Chromium through
 Playwright; only loopback requests are allowed."""
 
@@ -98,16 +98,16 @@ def test_hold_a_virtual_button_acknowledge_in_the_console_and_its_light_says_hel
             row.locator("[data-testid=acknowledge]").click()
 
             pw_expect(card).to_have_attribute("data-state", "acknowledged", timeout=10_000)
-            pw_expect(card.locator(".state")).to_have_text("bantuan segera datang")
+            pw_expect(card.locator(".state")).to_have_text("alarm dilihat operator")
             pw_expect(card).to_have_class("card lit")   # "help is coming" is the ring light steady on
             ring = card.locator(".ring")
             assert ring.evaluate("el => getComputedStyle(el).animationName") == "none"
             buttons.click(".lang button[data-lang=en]")
-            pw_expect(card.locator(".state")).to_have_text("help is coming")
+            pw_expect(card.locator(".state")).to_have_text("an operator has seen it")
             pw_expect(buttons.locator("#intro")).to_contain_text("Hold a red button for two seconds")
             pw_expect(buttons.locator("html")).to_have_attribute("lang", "en")
 
-            # Dispatched: "help is on the way" must not look like "help is coming".
+            # Dispatched: "help is on the way" must not look like "an operator has seen it".
             headers = {"Authorization": f"Bearer {token}"}
             incident = operator.request.get(f"{console_url.removesuffix('/console')}/api/v1/incidents",
                                             headers=headers).json()[0]["id"]
