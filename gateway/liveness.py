@@ -70,6 +70,7 @@ class _Target:
                                         headers={"Authorization": f"Bearer {s.token}"})
         self.failing = False
         self.failures = 0
+        self.delivered = False  # a report has got through since the gateway started
 
     async def send(self, report: dict[str, Any]) -> None:
         try:
@@ -80,14 +81,17 @@ class _Target:
         if error is None:
             if self.failing:
                 log.info("gateway report to %s gets through again (after %d failed)", self.name, self.failures)
-            self.failing, self.failures = False, 0
+            self.failing, self.failures, self.delivered = False, 0, True
             return
         self.failures += 1
-        if not self.failing:  # once per run of failures; the rest at DEBUG
+        if not self.failing and (self.delivered or self.failures > 1):
+            # Once per run of failures; the rest at DEBUG. The very first report of a run may find
+            # the command center still starting (both come up together): said only if the next
+            # one fails too.
             log.warning("gateway report to %s failed (%s); the next ones are tried quietly", self.name, error)
+            self.failing = True
         else:
-            log.debug("gateway report to %s failed again (%s)", self.name, error)
-        self.failing = True
+            log.debug("gateway report to %s failed (%s)", self.name, error)
 
 
 async def report_forever(gw: Gateway, every_s: float) -> None:

@@ -274,3 +274,34 @@ def test_a_supervisor_forgets_a_gateway_taken_out_of_service(command_center: Com
     r = httpx.get(f"{cc.url}/api/v1/audit", headers=cc.supervisor_headers(), timeout=5)
     assert [(a["actor"], a["target"]) for a in r.json() if a["action"] == "gateway_forgotten"] == [
         (cc.supervisor_name, "gw-1/gw-1a")]
+
+
+async def test_a_report_refused_at_start_is_quiet_once_then_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway and the command center often start together: the very first report may find
+    nobody listening. That one failure is logged at DEBUG; a second in a row is the WARNING (once
+    per run of failures); after reports got through, the first failure is warned at once."""
+    from types import SimpleNamespace
+
+    from siaga.gateway.config import Destination
+    from siaga.gateway.liveness import _Target
+    from tests.support.net import free_port
+
+    settings = SimpleNamespace(url=f"http://127.0.0.1:{free_port()}", timeout_s=2.0, token="t" * 20)
+    target = _Target(Destination("command-center", "siaga", (), settings))
+    caplog.set_level("DEBUG", logger="siaga.gateway.liveness")
+
+    def warnings() -> int:
+        return sum(r.levelname == "WARNING" for r in caplog.records)
+
+    try:
+        await target.send({})
+        assert warnings() == 0
+        await target.send({})
+        assert warnings() == 1
+        await target.send({})
+        assert warnings() == 1
+        target.failing, target.delivered = False, True  # as after a report that got through
+        await target.send({})
+        assert warnings() == 2
+    finally:
+        await target.client.aclose()
