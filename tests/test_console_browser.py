@@ -425,6 +425,18 @@ def test_an_agency_sees_only_its_incidents_and_answers_its_dispatch_on_its_scree
                    json={"agency": "fire"})
         pw_expect(console.row(not_yet)).to_be_visible()
         pw_expect(console.row(to_police)).to_have_count(0)
+
+        # No truck free for that one: the agency declines on its screen, with the reason, and the
+        # incident is back with the room.
+        row = console.row(not_yet)
+        row.locator("[data-testid=agency-declined]").click()
+        row.locator("[data-testid=agency-decline-reason]").fill("Semua unit sedang bertugas")
+        row.locator("[data-testid=agency-decline-send]").click()
+        pw_expect(row.locator("[data-testid=chip-fire]")).to_have_attribute("data-status", "declined")
+        back = httpx.get(f"{cc.url}/api/v1/incidents/{not_yet}", headers=cc.operator_headers()).json()
+        assert (back["needs_dispatch"], back["state"]) == (True, "acknowledged")
+        assert [(d["agency"], d["status"], d["reason"]) for d in back["dispatches"]] == [
+            ("fire", "declined", "Semua unit sedang bertugas")]
         console.assert_clean()
 
 
