@@ -389,17 +389,9 @@ async def test_the_leader_escalates_an_unanswered_dispatch_live_to_the_agency(tm
 # ---- both engines --------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store lives: a SQLite file, or a fresh PostgreSQL database (tests/support/postgres.py)."""
-    if request.param == "sqlite":
-        return tmp_path / "cc.sqlite3"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
 
-
-async def test_the_store_runs_dispatches_alike_on_both_engines(target: str | Path) -> None:
-    store = await Store.open(target)
+async def test_the_store_runs_dispatches_alike_on_both_engines(store_target: str | Path) -> None:
+    store = await Store.open(store_target)
     try:
         [a, b] = await store.record_alarms([new_alarm(1, key="g"), new_alarm(2, "jkt-menteng-0043", key="g")],
                                            now=NOW)
@@ -437,7 +429,7 @@ async def test_the_store_runs_dispatches_alike_on_both_engines(target: str | Pat
             ("police", DispatchStatus.EN_ROUTE, "done"), ("fire", DispatchStatus.ON_SCENE, "done")]
     finally:
         await store.close()
-    assert rows(target, "SELECT event_id, state FROM callback_outbox ORDER BY id") == [
+    assert rows(store_target, "SELECT event_id, state FROM callback_outbox ORDER BY id") == [
         (a.event_id, "acknowledged"), (b.event_id, "acknowledged"),
         (a.event_id, "dispatched"), (b.event_id, "dispatched"),
         (a.event_id, "resolved"), (b.event_id, "resolved"),

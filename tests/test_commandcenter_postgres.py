@@ -1,8 +1,8 @@
 """The command center's store on both engines, and what several processes on one PostgreSQL
 database rely on.
 
-The store cases run twice through the `target` fixture: on a SQLite file and on a fresh PostgreSQL
-database of the private server in tests/support/postgres.py (real engines, nothing mocked). The
+The store cases run twice through the `store_target` fixture: on a SQLite file and on a fresh
+PostgreSQL database of the private server in tests/support/postgres.py (real engines, nothing mocked). The
 PostgreSQL-only cases open two `Store`s (two connection pools, as two processes have) on one
 database: concurrent intake of the same alarms, concurrent actions, migrations started together,
 the change relay (LISTEN/NOTIFY) with a dropped connection, and the election of the one process that
@@ -91,18 +91,10 @@ def new_fault(n: int, *, active: bool = True, at: datetime = NOW, battery: int |
 # ---- the two engines ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store lives: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return tmp_path / "cc.sqlite3"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
-
 
 @pytest.fixture
-async def store(target: str | Path) -> AsyncIterator[Store]:
-    opened = await Store.open(target)
+async def store(store_target: str | Path) -> AsyncIterator[Store]:
+    opened = await Store.open(store_target)
     try:
         yield opened
     finally:
@@ -133,7 +125,7 @@ def set_stored_version(target: str | Path, version: int) -> None:
             db.execute(f"PRAGMA user_version = {version}")
 
 
-async def test_intake_is_idempotent(store: Store, target: str | Path) -> None:
+async def test_intake_is_idempotent(store: Store, store_target: str | Path) -> None:
     first = await store.record_alarm(new_alarm(1), now=NOW)
     again = await store.record_alarm(new_alarm(1), now=NOW + timedelta(seconds=5))
     other_body = await store.record_alarm(new_alarm(1, fingerprint="something else"), now=NOW)
@@ -144,7 +136,7 @@ async def test_intake_is_idempotent(store: Store, target: str | Path) -> None:
     batch = await store.record_alarms([new_alarm(2), new_alarm(2), new_alarm(1)], now=NOW)
     assert [o.created for o in batch] == [True, False, False]
     assert batch[1].incident == batch[0].incident
-    assert rows(target, "SELECT COUNT(*) FROM alarms") == [(2,)]
+    assert rows(store_target, "SELECT COUNT(*) FROM alarms") == [(2,)]
     [incident] = await store.get_incidents([first.incident])
     assert (incident.lat, incident.lon, incident.address) == (-6.195733, 106.832085, "Jl. Menteng Raya 12 (50% ?)")
 
@@ -167,7 +159,7 @@ async def test_incident_numbers_ascend_and_grouping_attaches(store: Store) -> No
     assert later.incident > numbers[3]
 
 
-async def test_actions_move_incidents_and_queue_one_report_per_event(store: Store, target: str | Path) -> None:
+async def test_actions_move_incidents_and_queue_one_report_per_event(store: Store, store_target: str | Path) -> None:
     [a, b] = await store.record_alarms([new_alarm(1, key="g"), new_alarm(2, "jkt-menteng-0043", key="g")], now=NOW)
     number = a.incident
     acked = await store.apply_action(number, Action.ACKNOWLEDGE, actor="operator-1", now=NOW)
@@ -190,7 +182,7 @@ async def test_actions_move_incidents_and_queue_one_report_per_event(store: Stor
         ("state", "new"), ("state", "acknowledged"), ("state", "dispatched"), ("note", "dispatched"),
         ("state", "resolved"),
     ]
-    assert rows(target, "SELECT event_id, state FROM callback_outbox ORDER BY id") == [
+    assert rows(store_target, "SELECT event_id, state FROM callback_outbox ORDER BY id") == [
         (a.event_id, "acknowledged"), (b.event_id, "acknowledged"),
         (a.event_id, "dispatched"), (b.event_id, "dispatched"),
         ("gw-1:jkt-menteng-0044:3", "dispatched"),
@@ -262,7 +254,7 @@ async def test_faults_and_batteries(store: Store) -> None:
     assert incident is not None and incident.battery_mv == 3500
 
 
-async def test_escalation_marks_each_incident_once(store: Store, target: str | Path) -> None:
+async def test_escalation_marks_each_incident_once(store: Store, store_target: str | Path) -> None:
     [a] = await store.record_alarms([new_alarm(1)], now=NOW)
     assert await store.next_escalation_due(after_s=60) == NOW + timedelta(seconds=60)
     assert await store.escalate_due(now=NOW + timedelta(seconds=30), after_s=60) == []
@@ -271,39 +263,39 @@ async def test_escalation_marks_each_incident_once(store: Store, target: str | P
     assert escalated.number == a.incident and escalated.escalated_at is not None
     assert await store.escalate_due(now=NOW + timedelta(seconds=120), after_s=60) == []
     assert await store.next_escalation_due(after_s=60) is None
-    assert rows(target, "SELECT incident_id, kind FROM webhook_outbox") == [(incident_ref(a.incident),
+    assert rows(store_target, "SELECT incident_id, kind FROM webhook_outbox") == [(incident_ref(a.incident),
                                                                               "incident.escalated")]
 
 
-async def test_migrations_reach_the_current_version_and_reopen(target: str | Path) -> None:
+async def test_migrations_reach_the_current_version_and_reopen(store_target: str | Path) -> None:
     for _ in range(2):
-        opened = await Store.open(target)
+        opened = await Store.open(store_target)
         await opened.close()
-    assert stored_version(target) == store_module.SCHEMA_VERSION == len(MIGRATIONS)
+    assert stored_version(store_target) == store_module.SCHEMA_VERSION == len(MIGRATIONS)
 
 
-async def test_a_newer_schema_is_refused_and_left_alone(target: str | Path) -> None:
-    opened = await Store.open(target)
+async def test_a_newer_schema_is_refused_and_left_alone(store_target: str | Path) -> None:
+    opened = await Store.open(store_target)
     await opened.close()
-    set_stored_version(target, store_module.SCHEMA_VERSION + 1)
+    set_stored_version(store_target, store_module.SCHEMA_VERSION + 1)
     with pytest.raises(SchemaTooNewError, match="newer than this command center knows"):
-        await Store.open(target)
-    assert stored_version(target) == store_module.SCHEMA_VERSION + 1
+        await Store.open(store_target)
+    assert stored_version(store_target) == store_module.SCHEMA_VERSION + 1
 
 
-async def test_a_failing_migration_changes_nothing(target: str | Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_migration_changes_nothing(store_target: str | Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = (*MIGRATIONS, ("CREATE TABLE extra (x INTEGER)", "THIS IS NOT SQL"))
     monkeypatch.setattr(store_module, "MIGRATIONS", broken)
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
     with pytest.raises((sqlite3.OperationalError, psycopg.errors.SyntaxError)):
-        await Store.open(target)
+        await Store.open(store_target)
     # DDL is transactional on both engines: not even the first version's tables are left.
     tables = (
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-        if isinstance(target, str)
+        if isinstance(store_target, str)
         else "SELECT name FROM sqlite_master WHERE type = 'table'"
     )
-    assert rows(target, tables) == []
+    assert rows(store_target, tables) == []
 
 
 # ---- PostgreSQL: the schema as translated ---------------------------------------------------------------

@@ -226,10 +226,9 @@ def test_retention_and_second_escalation_are_configured_in_the_toml(tmp_path: Pa
             load(extra)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    target = tmp_path / "cc.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_dsn")
-    store = await Store.open(target)
+@pytest.fixture
+async def any_store(store_target: str | Path) -> AsyncIterator[Store]:
+    store = await Store.open(store_target)
     try:
         yield store
     finally:

@@ -164,17 +164,9 @@ def _report(at: datetime, instance: str = "gw-1a") -> GatewayReportIn:
         "buttons": {"online": 1, "registered": 2}, "at": at.isoformat()})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Both engines: a SQLite file, or a fresh PostgreSQL database (tests/support/postgres.py)."""
-    if request.param == "sqlite":
-        return tmp_path / "cc.sqlite3"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
 
-
-async def test_a_round_marks_records_and_queues_each_change_once(target: str | Path) -> None:
-    store = await Store.open(target)
+async def test_a_round_marks_records_and_queues_each_change_once(store_target: str | Path) -> None:
+    store = await Store.open(store_target)
     try:
         await record_report(store, _report(T0), now=T0)
         await record_report(store, _report(T0, instance="gw-1b"), now=T0 + timedelta(seconds=60))
