@@ -739,54 +739,55 @@
     return ids.includes(guess) ? guess : ids[0];
   }
 
+  /** A small form inside `box`, opened by one click and closed by the next (null then). `fields`:
+   *  {tag ("input" or "textarea"), max, rows, required, placeholder, testid}; `button`: {cls, text,
+   *  testid}. On submit, `onSubmit` gets the trimmed values, the button and the form. */
+  function toggleInlineForm(box, cls, fields, button, onSubmit) {
+    let form = box.querySelector(`form.${cls}`);
+    if (form) { form.remove(); return null; }
+    form = el("form", cls);
+    const inputs = fields.map((f) => {
+      const input = el(f.tag || "input");
+      input.maxLength = f.max;
+      if (f.rows) input.rows = f.rows;
+      if (f.required) input.required = true;
+      input.placeholder = f.placeholder;
+      input.setAttribute("data-testid", f.testid);
+      return input;
+    });
+    const send = el("button", button.cls, button.text);
+    send.type = "submit";
+    send.setAttribute("data-testid", button.testid);
+    form.append(...inputs, send);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      onSubmit(inputs.map((i) => i.value.trim()), send, form);
+    });
+    box.append(form);
+    inputs[0].focus();
+    return form;
+  }
+
   // Not an emergency: the caller is referred to LAPOR! (the city's complaint channel). A small form
   // with the optional ticket number and note, so that it too takes a second, deliberate click.
   function toggleReferForm(li, id) {
-    let form = li.querySelector("form.refer-form");
-    if (form) { form.remove(); return; }
-    form = el("form", "refer-form");
-    const ref = el("input");
-    ref.maxLength = 100;
-    ref.placeholder = t("refer.reference", {channel: REFERRAL_CHANNEL});
-    ref.setAttribute("data-testid", "refer-reference");
-    const text = el("textarea");
-    text.maxLength = 2000;
-    text.rows = 2;
-    text.placeholder = t("refer.note");
-    text.setAttribute("data-testid", "refer-note");
-    const save = el("button", "btn btn-small", t("refer.save"));
-    save.type = "submit";
-    save.setAttribute("data-testid", "refer-save");
-    form.append(ref, text, save);
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
+    toggleInlineForm(li, "refer-form", [
+      {max: 100, placeholder: t("refer.reference", {channel: REFERRAL_CHANNEL}), testid: "refer-reference"},
+      {tag: "textarea", max: 2000, rows: 2, placeholder: t("refer.note"), testid: "refer-note"},
+    ], {cls: "btn btn-small", text: t("refer.save"), testid: "refer-save"}, async ([reference, note], save, form) => {
       const body = {channel: REFERRAL_CHANNEL};
-      if (ref.value.trim()) body.reference = ref.value.trim();
-      if (text.value.trim()) body.note = text.value.trim();
+      if (reference) body.reference = reference;
+      if (note) body.note = note;
       save.disabled = true;
       form.remove();
       await act(id, "refer", body);
     });
-    li.append(form);
-    ref.focus();
   }
 
   function toggleNoteForm(li, id) {
-    let form = li.querySelector("form.note-form");
-    if (form) { form.remove(); return; }
-    form = el("form", "note-form");
-    const text = el("textarea");
-    text.maxLength = 2000;
-    text.rows = 2;
-    text.placeholder = t("note.placeholder");
-    text.setAttribute("data-testid", "note-text");
-    const save = el("button", "btn btn-small", t("note.save"));
-    save.type = "submit";
-    save.setAttribute("data-testid", "note-save");
-    form.append(text, save);
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      const note = text.value.trim();
+    toggleInlineForm(li, "note-form", [
+      {tag: "textarea", max: 2000, rows: 2, placeholder: t("note.placeholder"), testid: "note-text"},
+    ], {cls: "btn btn-small", text: t("note.save"), testid: "note-save"}, async ([note], save, form) => {
       if (!note) return;
       save.disabled = true;
       try {
@@ -800,8 +801,6 @@
         toast(t("toast.note_failed", {message: e.message}), true);
       }
     });
-    li.append(form);
-    text.focus();
   }
 
   async function act(id, action, body) {
@@ -864,26 +863,14 @@
   }
 
   function toggleDeclineForm(box, inc, d, prefix) {
-    let form = box.querySelector("form.decline-form");
-    if (form) { form.remove(); return; }
-    form = el("form", "decline-form");
-    const reason = el("input");
-    reason.maxLength = 500;
-    reason.required = true;
-    reason.placeholder = t("dispatch.decline_reason");
-    reason.setAttribute("data-testid", `${prefix}decline-reason`);
-    const send = el("button", "btn btn-small btn-step-declined", t("dispatch.decline_send"));
-    send.type = "submit";
-    send.setAttribute("data-testid", `${prefix}decline-send`);
-    form.append(reason, send);
-    holdDetail(box);
-    form.addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      if (!reason.value.trim()) return;
-      setDispatch(inc.id, d.agency, {status: "declined", reason: reason.value.trim()}, box);
+    const form = toggleInlineForm(box, "decline-form", [
+      {max: 500, required: true, placeholder: t("dispatch.decline_reason"), testid: `${prefix}decline-reason`},
+    ], {cls: "btn btn-small btn-step-declined", text: t("dispatch.decline_send"), testid: `${prefix}decline-send`},
+    ([reason]) => {
+      if (!reason) return;
+      setDispatch(inc.id, d.agency, {status: "declined", reason}, box);
     });
-    box.append(form);
-    reason.focus();
+    if (form) holdDetail(box);
   }
 
   async function setDispatch(id, agency, body, box) {
