@@ -86,17 +86,11 @@ class _Command(click.Command):
             return super().get_short_help_str(limit)
 
 
-class _Group(click.Group):
+class _Group(_Command, click.Group):
+    """A group's help in the reader's language too (the methods of _Command, then click.Group's)."""
+
     command_class = _Command
     group_class = type  # subgroups are _Group too
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        with _in_language([self, *self.get_params(ctx)]):
-            super().format_help(ctx, formatter)
-
-    def get_short_help_str(self, limit: int = 45) -> str:
-        with _in_language([self]):
-            return super().get_short_help_str(limit)
 
 
 def _choose_language(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
