@@ -7,7 +7,7 @@ import binascii
 import json
 import sys
 
-from siagafw import proto
+from siagafw import proto, sms
 
 
 def run(vectors):
@@ -39,6 +39,25 @@ def run(vectors):
         check("devid/" + case["id"], proto.valid_device_id(case["id"]) == case["valid"])
     for case in vectors["state_ranks"]:
         check("rank/" + case["state"], proto.state_rank(case["state"]) == case["rank"])
+    for case in vectors.get("sms_sign", ()):
+        signer = proto.Signer(proto.secret_from_hex(case["secret"]))
+        call = case["call"]
+        if call[0] == "alarm":
+            got = sms.alarm_text(signer, *call[1:])
+        elif call[0] == "test":
+            got = sms.test_text(signer, *call[1:])
+        else:
+            got = sms.ack_text(signer, *call[1:])
+        check("sms_sign/" + case["name"], got == case["text"] and len(got) <= sms.MAX_TEXT, got)
+    for case in vectors.get("sms_open", ()):
+        signer = proto.Signer(proto.secret_from_hex(case["secret"]))
+        got = sms.open(signer, case["text"])
+        if case["ok"]:
+            ok = got is not None and got == case.get("want", got) and sms.why(signer, case["text"]) is None
+        else:
+            reason = sms.why(signer, case["text"]) or ""
+            ok = got is None and reason.startswith(case["why"])
+        check("sms_open/" + case["name"], ok, repr(got))
     return results
 
 

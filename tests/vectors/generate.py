@@ -50,6 +50,64 @@ def frame(secret_hex: str, body: bytes) -> bytes:
     return b"SG1." + mac + b"." + body
 
 
+def sms_line(secret_hex: str, *fields: str) -> str:
+    """A signed SMS line (protocol.md §9): the fields, a space, 128 bits of HMAC-SHA256 in hex."""
+    text = " ".join(fields)
+    return text + " " + hmac.new(bytes.fromhex(secret_hex), text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def sms_vectors() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Lines the firmware must write exactly (sms_sign), and lines it must read or refuse (sms_open)."""
+    a = SECRETS["a"]
+    sign: list[dict[str, object]] = [
+        {"name": "alarm", "secret": a, "call": ["alarm", "jkt-gambir-0001", 4711, "medical", False,
+                                                -6175392, 106827153, 1795481766],
+         "text": sms_line(a, "SG1A", "jkt-gambir-0001", "4711", "medical", "0", "-6175392", "106827153",
+                          "1795481766")},
+        {"name": "alarm_longest", "secret": SECRETS["b"],
+         "call": ["alarm", "x" * 32, 2**31 - 1, "disaster", True, -90000000, -180000000, None],
+         "text": sms_line(SECRETS["b"], "SG1A", "x" * 32, str(2**31 - 1), "disaster", "1", "-90000000",
+                          "-180000000", "-")},
+        {"name": "test", "secret": a, "call": ["test", "btn-7", 0], "text": sms_line(a, "SG1T", "btn-7", "0")},
+        {"name": "ack", "secret": a, "call": ["ack", "jkt-gambir-0001", 4711, "acknowledged", 1795481766],
+         "text": sms_line(a, "SG1K", "jkt-gambir-0001", "4711", "acknowledged", "1795481766")},
+        {"name": "ack_test", "secret": a, "call": ["ack", "btn-7", 9, "test", 0],
+         "text": sms_line(a, "SG1K", "btn-7", "9", "test", "0")},
+    ]
+    good = sign[0]["text"]
+    assert isinstance(good, str)
+    alarm = {"type": "alarm", "dev": "jkt-gambir-0001", "seq": 4711, "kind": "medical", "test": False,
+             "lat_e6": -6175392, "lon_e6": 106827153, "ts": 1795481766}
+    opened: list[dict[str, object]] = [{"name": "sign/" + str(c["name"]), "secret": c["secret"], "text": c["text"],
+                                        "ok": True} for c in sign]
+    opened[0]["want"] = alarm
+    bad = {
+        "wrong_secret": (SECRETS["b"], good, "bad signature"),
+        "tampered_seq": (a, good.replace(" 4711 ", " 4712 "), "bad signature"),
+        "uppercase_mac": (a, good[:-32] + good[-32:].upper(), "malformed"),
+        "short_mac": (a, good[:-1], "malformed"),
+        "double_space": (a, good.replace(" medical", "  medical"), "not a Siaga SMS"),
+        "other_text": (a, "Sisa pulsa Anda Rp 5.000. Isi ulang sekarang!", "not a Siaga SMS"),
+        "empty": (a, "", "not a Siaga SMS"),
+        "too_long": (a, good + " " + "x" * 40, "not a Siaga SMS"),
+        # Signed correctly, and still refused: each field has one way to be written.
+        "leading_zero": (a, sms_line(a, "SG1A", "btn-7", "07", "fire", "0", "1", "2", "-"), "malformed"),
+        "plus_sign": (a, sms_line(a, "SG1T", "btn-7", "+7"), "malformed"),
+        "minus_zero": (a, sms_line(a, "SG1A", "btn-7", "7", "fire", "0", "-0", "2", "-"), "malformed"),
+        "arabic_digits": (a, sms_line(a, "SG1T", "btn-7", "\u0667"), "malformed"),
+        "unknown_kind": (a, sms_line(a, "SG1A", "btn-7", "7", "flood", "0", "1", "2", "-"), "malformed"),
+        "latitude_range": (a, sms_line(a, "SG1A", "btn-7", "7", "fire", "0", "90000001", "2", "-"), "malformed"),
+        "seq_range": (a, sms_line(a, "SG1T", "btn-7", str(2**31)), "malformed"),
+        "test_flag": (a, sms_line(a, "SG1A", "btn-7", "7", "fire", "yes", "1", "2", "-"), "malformed"),
+        "unknown_state": (a, sms_line(a, "SG1K", "btn-7", "7", "lost", "0"), "malformed"),
+        "bad_device": (a, sms_line(a, "SG1T", "Btn-7", "7"), "malformed"),
+    }
+    for name, (secret, text, reason) in bad.items():
+        opened.append({"name": name, "secret": secret, "text": text, "ok": False,
+                       "why": reason})
+    return sign, opened
+
+
 def main() -> None:
     encode = [{"name": n, "obj": o, "canonical": canonical(o).decode()}
               for n, o in {**BODIES, **ENCODE_ONLY}.items()]
@@ -94,8 +152,10 @@ def main() -> None:
     ranks = [{"state": s, "rank": i} for i, s in
              enumerate(["received", "undelivered", "acknowledged", "dispatched", "resolved", "false_alarm"])]
     ranks += [{"state": "bogus", "rank": -1}, {"state": "", "rank": -1}]
+    sms_sign, sms_open = sms_vectors()
     json.dump({"version": 1, "encode": encode, "frames": frames, "verify": verify, "coordinates": coords,
-               "device_ids": device_ids, "state_ranks": ranks}, sys.stdout, indent=1, ensure_ascii=False)
+               "device_ids": device_ids, "state_ranks": ranks, "sms_sign": sms_sign, "sms_open": sms_open},
+              sys.stdout, indent=1, ensure_ascii=False)
     sys.stdout.write("\n")
 
 
