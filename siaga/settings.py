@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import date, datetime, time
 from pathlib import Path
@@ -280,8 +281,12 @@ def _locate(schema: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[type[B
 
 
 def _table_model(field: FieldInfo | None) -> type[BaseModel] | None:
+    """The model of a table's field, also of an optional table (`X | None`)."""
     kind = field.annotation if field is not None else None
-    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    for candidate in (kind, *typing.get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _tables_with(schema: type[BaseModel], key: str) -> list[str]:

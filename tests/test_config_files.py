@@ -213,6 +213,8 @@ GATEWAY_MISTAKES = [
      ["commandcenter.token_env", "SIAGA_TEST_UNSET_TOKEN"]),
     ("URL that is not http", ('url = "http://127.0.0.1:8300"', 'url = "127.0.0.1:8300"'),
      ["commandcenter.url", "http://"]),
+    ("misspelt key of an optional table", ('url = "http://127.0.0.1:8300"', 'url = "http://127.0.0.1:8300"\nurll = 1'),
+     ["unknown setting commandcenter.urll", "did you mean commandcenter.url?"]),
 ]
 
 
