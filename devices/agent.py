@@ -6,6 +6,9 @@ buttons, ring light and buzzer on GPIO through gpiozero.
 It reads the same device config that `siaga provision` writes to a board, and behaves like one:
 the same long press, cancel window, outbox, acks and LED patterns (siagafw.app.Device). Only the
 HAL differs. devices/siaga-agent.service runs it under systemd.
+
+With an optional GSM modem (config key "sms", docs/raspberry-pi.md) the HAL also gives the core the
+modem's serial port through modem_read()/modem_write(), as the boards give it their UART.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import serial
 
 from siagafw.app import FIRMWARE_VERSION, Device
 from siagafw.config import load_config
@@ -63,13 +68,99 @@ def tls_wrap(ca_file: str, server_hostname: str) -> Callable[[Any], Any]:
     return wrap
 
 
+class SerialModem:
+    """The modem's serial port for the firmware core, which runs the AT dialogue itself: raw bytes
+    in and out, never blocking the loop.
+
+    Reads use timeout=0 (whatever the driver has buffered, at once). Writes are a few dozen bytes
+    (one AT command or one SMS body) and get a short write_timeout, so a modem that stopped taking
+    data costs the loop at most that long. A port that fails (a USB modem unplugged or re-enumerated,
+    a pty whose other end closed) is closed, reported once through `report`, and reopened at most
+    every `retry_ms`; until then reads return None and writes are dropped. The core notices the
+    silence through its own AT time-outs and raises its modem fault.
+    """
+
+    def __init__(self, port: str, baud: int = 115200, report: Callable[[str], None] = lambda why: None,
+                 retry_ms: int = 5000, write_timeout_s: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.port = port
+        self.baud = baud
+        self._report = report
+        self._retry_s = retry_ms / 1000
+        self._write_timeout_s = write_timeout_s
+        self._clock = clock
+        self._serial: serial.Serial | None = None
+        self._next_try = 0.0
+        self._faulted = False   # reported and not yet recovered: say it once, not every step
+
+    def _open(self) -> serial.Serial | None:
+        if self._serial is not None:
+            return self._serial
+        now = self._clock()
+        if now < self._next_try:
+            return None
+        self._next_try = now + self._retry_s
+        try:
+            # 8N1, no flow control: what the SIM800L and SIM7600 UARTs default to (SIMCom hardware
+            # design guides). A USB modem's AT port ignores the baud rate.
+            self._serial = serial.Serial(self.port, self.baud, timeout=0, write_timeout=self._write_timeout_s)
+        except (OSError, ValueError, serial.SerialException) as exc:
+            self._fault(f"open {self.port}: {exc}")
+            return None
+        if self._faulted:
+            self._faulted = False
+            log.info("modem port %s open again", self.port)
+        return self._serial
+
+    def _fault(self, why: str) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except (OSError, serial.SerialException):
+                pass
+            self._serial = None
+        if not self._faulted:
+            self._faulted = True
+            self._report(why)
+
+    def read(self) -> bytes | None:
+        port = self._open()
+        if port is None:
+            return None
+        try:
+            data = port.read(port.in_waiting or 1)
+        except (OSError, serial.SerialException) as exc:
+            self._fault(f"read {self.port}: {exc}")
+            return None
+        return bytes(data) or None
+
+    def write(self, data: bytes) -> None:
+        port = self._open()
+        if port is None:
+            return
+        try:
+            port.write(data)
+        except serial.SerialTimeoutException:
+            # The port is there but not draining: drop this write and keep the port. The core's
+            # command time-out reports the unanswered command.
+            log.warning("modem port %s: write timed out, %d bytes dropped", self.port, len(data))
+        except (OSError, serial.SerialException) as exc:
+            self._fault(f"write {self.port}: {exc}")
+
+    def close(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
+
+
 class GpioHal:
     """The firmware HAL (siagafw/app.py) over gpiozero. Switches close to GND with the Pi's
     internal pull-ups, as on the boards (hardware/raspberry-pi.md)."""
 
     def __init__(self, types: tuple[str, ...] = (), pins: dict[str, int] = PINS, pin_factory: Any = None,
                  ssl_wrap: Callable[[Any], Any] | None = None,
-                 network_up: Callable[[], bool] = _default_route_up) -> None:
+                 network_up: Callable[[], bool] = _default_route_up,
+                 modem_port: str | None = None, modem_baud: int = 115200, modem_retry_ms: int = 5000) -> None:
         from gpiozero import LED, Button, Buzzer  # imported here: the module loads without GPIO
 
         # No gpiozero debounce: the firmware core debounces every input itself, as on the boards.
@@ -87,6 +178,8 @@ class GpioHal:
         self.ssl_wrap = ssl_wrap
         self._network_up = network_up
         self.shown: str | None = None
+        self.modem = (SerialModem(modem_port, modem_baud, report=lambda why: self.event("modem_fault", why),
+                                  retry_ms=modem_retry_ms) if modem_port else None)
 
     def ticks_ms(self) -> int:
         return int(time.monotonic() * 1000)
@@ -126,6 +219,13 @@ class GpioHal:
     def gps_read(self) -> bytes | None:
         return None
 
+    def modem_read(self) -> bytes | None:
+        return self.modem.read() if self.modem is not None else None
+
+    def modem_write(self, data: bytes) -> None:
+        if self.modem is not None:
+            self.modem.write(bytes(data))
+
     def indicate(self, state: str) -> None:
         self.shown = state
         log.info("indicator: %s", state)
@@ -143,6 +243,8 @@ class GpioHal:
     def close(self) -> None:
         for device in (*self._buttons.values(), self._tamper, self._led, self._buzzer):
             device.close()
+        if self.modem is not None:
+            self.modem.close()
 
 
 class Agent:
@@ -170,11 +272,20 @@ class Agent:
         self.hal.close()
 
 
-def run(config_path: str, state_dir: str) -> None:
+def modem_settings(config: dict[str, Any], modem_port: str | None = None) -> tuple[str | None, int]:
+    """(port, baud) of the modem: `modem_port` (the command line's --modem-port) wins over the
+    config's sms.device; no port and no "sms" section means no modem path."""
+    sms = config.get("sms") or {}
+    port = modem_port or sms.get("device")
+    return (port or None), int(sms.get("baud", 115200))
+
+
+def run(config_path: str, state_dir: str, modem_port: str | None = None) -> None:
     config = load_config(Path(config_path).read_text())
     tls = config["mqtt"].get("tls")
     wrap = tls_wrap(tls["ca"], tls.get("server_hostname", config["mqtt"]["host"])) if tls else None
-    hal = GpioHal(tuple(config.get("types", ())), ssl_wrap=wrap)
+    port, baud = modem_settings(config, modem_port)
+    hal = GpioHal(tuple(config.get("types", ())), ssl_wrap=wrap, modem_port=port, modem_baud=baud)
     agent = Agent(config, Path(state_dir), hal)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -85,6 +85,31 @@ INPUTS = [
     Input("n_ups", "2", "cells", "cells in parallel in the Pi's UPS (1S2P)", "design"),
     Input("n_solar", "4", "cells", "cells in parallel, solar variant with power saving on (1S4P)", "design"),
     Input("n_solar_big", "6", "cells", "cells in parallel, solar variant with power saving off (1S6P)", "design"),
+    # Optional GSM modem (hardware/modem.md), fed straight from the cell, not through the boost
+    Input("I_gsm_idle", "17.38", "mA", "SIM800L registered and idle (AT+CFUN=1, no sleep), at VBAT 3.8 V",
+          "datasheet: SIM800H&SIM800L Hardware Design V2.02, Table 49, Idle mode, all bands 17.38 mA"),
+    Input("I_gsm_sleep", "1.04", "mA", "SIM800L in sleep mode, BS-PA-MFRMS=9 (not used by the firmware yet)",
+          "datasheet: same, Table 49, Sleep mode 1.04 mA"),
+    Input("I_lte_idle", "30", "mA", "SIM7600-class LTE module registered and idle, no sleep",
+          "assumption, no datasheet figure checked here; measure"),
+    Input("I_sms", "400", "mA", "average modem current while an SMS is sent (2 A peaks in the bursts)",
+          "assumption, between the datasheet's voice call (238 mA) and GPRS 1Rx4Tx (530 mA) at EGSM900 "
+          "(same, Table 49)"),
+    Input("t_sms", "5", "s", "modem busy per SMS: command, submission, the network's report", "assumption"),
+    Input("n_sms", "2", "per day", "SMS a day: the backup-path test and the gateway's answer to it",
+          "firmware default: sms.test_every_s 86400"),
+    Input("I_peak", "2.0", "A", "modem peak current during a transmit burst",
+          "datasheet: SIM800H&SIM800L Hardware Design V2.02, Table 49, peak current 2.0 A"),
+    Input("V_min", "3.4", "V", "lowest VBAT the SIM800L is specified for",
+          "datasheet: same, Table 49, VBAT 3.4-4.4 V"),
+    Input("R_cell", "0.10", "Ω", "internal resistance of one 18650 cell, a few years old",
+          "assumption: new brand-name cells measure about 0.03-0.07 Ω; measure"),
+    Input("R_path", "0.08", "Ω", "holder, fuse, protection MOSFETs and wires between cell and modem",
+          "assumption (the DW01/8205 protection switch alone is a few tens of mΩ); measure"),
+    Input("t_burst", "0.577", "ms", "one GSM transmit burst (one timeslot)", "3GPP TS 45.002, 15/26 ms per slot"),
+    Input("C_bulk", "1000", "µF", "low-ESR capacitor at the modem's VBAT pin", "design (hardware/modem.md)"),
+    Input("f_sms_ok", "0.5", "", "fraction of the pack's capacity above the brown-out cell voltage",
+          "assumption from the voltage table below: about 3.7 V is half charge"),
     # Solar
     Input("P_pv", "10", "W", "solar panel rating, power saving on", "design"),
     Input("P_pv_big", "20", "W", "solar panel rating, power saving off", "design"),
@@ -173,6 +198,16 @@ def to_battery(st: Steps, board: Decimal, gps: bool = False, divider: bool = Tru
     return st.step("I_batt", "P_batt / V_cell", f"{fmt(pb)} / {s('V_cell')}", pb / v("V_cell"), 2, "mA")
 
 
+def add_modem(st: Steps, ib: Decimal, idle: str) -> Decimal:
+    """The modem hangs on the cell (hardware/modem.md): its current adds to the battery current as it is,
+    with no boost converter in between."""
+    sms = st.step("I_sms_avg", "(n_sms + N_ev / 30) × t_sms × I_sms / 86400",
+                  f"({s('n_sms')} + {s('N_ev')} / 30) × {s('t_sms')} × {s('I_sms')} / 86400",
+                  (v("n_sms") + v("N_ev") / 30) * v("t_sms") * v("I_sms") / 86400, 2, "mA")
+    modem = st.step("I_modem", f"{idle} + I_sms_avg", f"{s(idle)} + {fmt(sms)}", v(idle) + sms, 2, "mA")
+    return st.step("I_total", "I_batt + I_modem", f"{fmt(ib)} + {fmt(modem)}", ib + modem, 2, "mA")
+
+
 def backup(st: Steps, ib: Decimal, cells: str) -> str:
     c = st.step("C_usable", f"{cells} × C_cell × k_derate", f"{s(cells)} × {s('C_cell')} × {s('k_derate')}",
                 v(cells) * v("C_cell") * v("k_derate"), 0, "mAh")
@@ -206,33 +241,65 @@ class Scenario:
 
 BOARDS = {"esp32": esp32_board, "picow": picow_board, "raspberry-pi": pi_board}
 
-# (title, board, power saving on, GPS, battery description, cells, solar panel or None)
+# (title, board, power saving on, GPS, battery description, cells, solar panel or None, modem idle or None)
 SCENARIOS = [
     ("A1. ESP32 DevKit on mains, battery backup (firmware default: Wi-Fi power saving off)", "esp32", False, False,
-     "1S2P 18650", "n_mains", None),
+     "1S2P 18650", "n_mains", None, None),
     ("A2. Pico W on mains, battery backup (firmware default: Wi-Fi power saving off)", "picow", False, False,
-     "1S2P 18650", "n_mains", None),
+     "1S2P 18650", "n_mains", None, None),
     ("A3. ESP32 DevKit on mains, battery backup, Wi-Fi power saving on", "esp32", True, False, "1S2P 18650",
-     "n_mains", None),
-    ("A4. ESP32 DevKit as A1, GPS module always on", "esp32", False, True, "1S2P 18650", "n_mains", None),
+     "n_mains", None, None),
+    ("A4. ESP32 DevKit as A1, GPS module always on", "esp32", False, True, "1S2P 18650", "n_mains", None, None),
+    ("A5. ESP32 DevKit as A1, with a SIM800L modem (idle, daily test SMS)", "esp32", False, False, "1S2P 18650",
+     "n_mains", None, "I_gsm_idle"),
+    ("A6. Pico W as A2, with a SIM7600-class LTE modem (idle, daily test SMS)", "picow", False, False,
+     "1S2P 18650", "n_mains", None, "I_lte_idle"),
     ("B1. ESP32 DevKit on a solar pole, Wi-Fi power saving on", "esp32", True, False, "1S4P 18650, 10 W panel",
-     "n_solar", "P_pv"),
+     "n_solar", "P_pv", None),
     ("B2. Pico W on a solar pole, Wi-Fi power saving on", "picow", True, False, "1S4P 18650, 10 W panel", "n_solar",
-     "P_pv"),
+     "P_pv", None),
     ("B3. ESP32 DevKit on a solar pole, power saving off (firmware default)", "esp32", False, False,
-     "1S6P 18650, 20 W panel", "n_solar_big", "P_pv_big"),
-    ("C1. Raspberry Pi Zero 2 W on a UPS HAT", "raspberry-pi", False, False, "1S2P 18650 in the UPS", "n_ups", None),
+     "1S6P 18650, 20 W panel", "n_solar_big", "P_pv_big", None),
+    ("B4. ESP32 DevKit as B1 (solar, power saving on), with a SIM800L modem", "esp32", True, False,
+     "1S4P 18650, 10 W panel", "n_solar", "P_pv", "I_gsm_idle"),
+    ("C1. Raspberry Pi Zero 2 W on a UPS HAT", "raspberry-pi", False, False, "1S2P 18650 in the UPS", "n_ups", None,
+     None),
 ]
 
 
 def scenarios() -> list[Scenario]:
     out = []
-    for title, board, psave, gps, battery, cells, panel in SCENARIOS:
+    for title, board, psave, gps, battery, cells, panel, modem in SCENARIOS:
         st = Steps()
         ib = to_battery(st, BOARDS[board](st, psave), gps=gps, divider=board != "raspberry-pi")
+        if modem:
+            ib = add_modem(st, ib, modem)
         result = solar(st, ib, cells, panel) if panel else backup(st, ib, cells)
         out.append(Scenario(title, battery, st.lines, ib, result))
     return out
+
+
+def brown_out() -> Steps:
+    """The cell voltage at which a 2 A transmit burst pulls the modem's VBAT below its minimum, on a
+    1S2P pack feeding an A1 button (the heaviest board load) at the same time."""
+    st = Steps()
+    r = st.step("R_pack", "R_cell / n_mains + R_path", f"{s('R_cell')} / {s('n_mains')} + {s('R_path')}",
+                v("R_cell") / v("n_mains") + v("R_path"), 3, "Ω")
+    a1 = next(sc for sc in scenarios() if sc.title.startswith("A1.")).i_batt
+    drop = st.step("V_drop", "(I_peak + I_batt of A1 / 1000) × R_pack",
+                   f"({s('I_peak')} + {fmt(a1)} / 1000) × {fmt(r)}", (v("I_peak") + a1 / 1000) * r, 2, "V")
+    st.step("V_cell_min", "V_min + V_drop (open-circuit cell voltage below which a burst can reset the modem)",
+            f"{s('V_min')} + {fmt(drop)}", v("V_min") + drop, 2, "V")
+    st.step("dV_alone", "I_peak × t_burst × 1000 / C_bulk (if the capacitor alone carried a whole burst)",
+            f"{s('I_peak')} × {s('t_burst')} × 1000 / {s('C_bulk')}", v("I_peak") * v("t_burst") * 1000 / v("C_bulk"),
+            2, "V")
+    st.step("tau", "R_pack × C_bulk (how fast the cell takes the burst over from the capacitor)",
+            f"{fmt(r)} × {s('C_bulk')}", r * v("C_bulk"), 0, "µs")
+    a5 = next(sc for sc in scenarios() if sc.title.startswith("A5."))
+    hours = Decimal(a5.result.split(" h ")[0])
+    st.step("t_sms_ok", "t_backup of A5 × f_sms_ok (hours of mains cut during which the SMS path is safe)",
+            f"{fmt(hours)} × {s('f_sms_ok')}", hours * v("f_sms_ok"), 1, "h")
+    return st
 
 
 def render() -> str:
@@ -244,6 +311,7 @@ def render() -> str:
     rows += ["", "### The arithmetic, step by step", ""]
     for sc in all_scenarios:
         rows += [f"**{sc.title}**", "", *sc.lines, ""]
+    rows += ["**D1. Modem brown-out on a 1S2P pack (SIM800L, A1 board load)**", "", *brown_out().lines, ""]
     rows.append(END)
     return "\n".join(rows) + "\n"
 

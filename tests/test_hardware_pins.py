@@ -139,6 +139,27 @@ def test_gps_table_matches_all_three_pin_maps_and_crosses_tx_rx() -> None:
     assert seen == {(v, k) for v in DOCS for k in ("gps_tx", "gps_rx")}
 
 
+# The optional GSM modem (hardware/modem.md): board pin key -> the modem pin it goes to. Only the
+# microcontroller boards have modem pins; the Raspberry Pi takes a USB modem or its one UART.
+MODEM_WIRES = {"modem_tx": "RXD", "modem_rx": "TXD", "modem_reset": "RESET"}
+
+
+def test_modem_table_matches_the_board_pin_maps_and_crosses_tx_rx() -> None:
+    rows = md_table((HW / "modem.md").read_text(encoding="utf-8"), "pin-table: modem")
+    seen = set()
+    for row in rows:
+        variant, key = row["Variant"], row["Key"]
+        seen.add((variant, key))
+        assert row["Pin"].isdigit(), row
+        assert int(row["Pin"]) == diagrams.load_pins(variant)[key], f"modem.md {variant} {key}"
+        assert row["Modem pin"] == MODEM_WIRES[key], "TX must go to RXD, RX to TXD, reset to RESET"
+    boards = ("esp32", "picow")
+    assert seen == {(v, k) for v in boards for k in MODEM_WIRES}
+    for variant in boards:  # and the board's own pin table lists them too (checked both ways above)
+        assert set(MODEM_WIRES) <= set(documented_pins(variant)), variant
+    assert not set(MODEM_WIRES) & set(diagrams.load_pins("raspberry-pi"))
+
+
 def test_committed_svgs_are_what_the_script_draws_from_the_pin_maps() -> None:
     drawn = diagrams.render_all()
     committed = {p.name for p in (HW / "diagrams").glob("*.svg")}
@@ -152,8 +173,8 @@ def test_committed_svgs_are_what_the_script_draws_from_the_pin_maps() -> None:
 def test_each_diagram_labels_every_wired_pin(variant: str) -> None:
     svg = (HW / "diagrams" / f"{variant}.svg").read_text(encoding="utf-8")
     for key, value in diagrams.load_pins(variant).items():
-        if not isinstance(value, int):
-            continue
+        if not isinstance(value, int) or key in MODEM_WIRES:
+            continue  # the optional modem's pins are tabulated in modem.md (checked below), not drawn
         if variant == "esp32":
             label = f"GPIO{value} "
         elif variant == "picow":
@@ -208,7 +229,7 @@ def rupiah(cell: str) -> int:
     return int(digits)
 
 
-@pytest.mark.parametrize("variant", [*sorted(DOCS), "gps", "solar", "outdoor"])
+@pytest.mark.parametrize("variant", [*sorted(DOCS), "gps", "solar", "outdoor", "modem-2g", "modem-lte"])
 def test_bom_lines_and_totals_add_up(variant: str) -> None:
     rows = md_table((HW / "bom.md").read_text(encoding="utf-8"), f"bom: {variant}")
     items, total = rows[:-1], rows[-1]

@@ -1,6 +1,7 @@
 """The Raspberry Pi agent with gpiozero's mock pins (the only mock: no GPIO here), against real
 Mosquitto, the real gateway and the reference command center: a long press on the SOS pin sends one
-alarm, a short one nothing, and the ring light follows the acknowledgement states."""
+alarm, a short one nothing, and the ring light follows the acknowledgement states. Its optional
+modem port is exercised on a real pseudo-terminal pair."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from siaga.broker.process import MosquittoProcess
-from siaga.devices.agent import Agent, GpioHal
+from siaga.devices.agent import Agent, GpioHal, modem_settings
 from siaga.devices.pins import PINS
 from siagafw import proto
 from tests.support.firmware import device_config
+from tests.support.modem import ModemSim
 from tests.support.mosquitto import MqttClient
 from tests.support.net import free_port
 from tests.support.system import System
@@ -188,3 +190,65 @@ def test_pi_agent_counts_a_press_from_its_edge_when_a_step_was_held_up(tmp_path:
     finally:
         agent.stop()
     assert len(alarms) == 1
+
+
+class RecordingHal(GpioHal):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.events: list[tuple[str, str]] = []
+        super().__init__(*args, **kwargs)
+
+    def event(self, name: str, detail: str) -> None:
+        self.events.append((name, detail))
+        super().event(name, detail)
+
+
+def test_pi_agent_modem_port_talks_to_the_modem_simulator_and_survives_its_loss(tmp_path: Path) -> None:
+    """The HAL's modem port on the modem simulator's pty: a command written with modem_write is
+    answered, an SMS delivered by the simulated SMS centre comes back from modem_read as its +CMTI
+    indication, reads never block, and when the simulator goes away (a USB modem unplugged) the HAL
+    reports one modem_fault and the agent's loop keeps stepping."""
+    factory = MockFactory()
+    with ModemSim(delay_ms=20) as sim:
+        path = sim.path("button")
+        cfg = device_config("pi-modem-01", "cd" * 32, free_port(), "pw",
+                            sms={"gateway": sim.number("gateway"), "fallback_s": 30, "test_every_s": 0,
+                                 "device": path})
+        assert modem_settings(cfg) == (path, 115200)
+        assert modem_settings(cfg, "/dev/ttyUSB2") == ("/dev/ttyUSB2", 115200)
+        assert modem_settings(device_config("x", "cd" * 32, 1, "pw")) == (None, 115200)
+
+        # Reopening at every step (retry 0 ms) shows that a port that stays gone is reported once.
+        hal = RecordingHal(pin_factory=factory, network_up=lambda: True, modem_port=path, modem_retry_ms=0)
+        factory.pin(PINS["tamper"]).drive_low()
+        try:
+            heard = b""
+
+            def until(marker: bytes) -> bool:
+                nonlocal heard
+                began = time.monotonic()
+                heard += hal.modem_read() or b""
+                assert time.monotonic() - began < 0.1, "modem_read blocked"
+                return marker in heard
+
+            hal.modem_write(b"AT+CMGF=1\r")
+            wait_for(lambda: until(b"OK\r\n"), timeout_s=3, what="the simulator's OK through modem_read")
+            heard = b""
+            sim.inject("button", "+62999", "halo")
+            wait_for(lambda: until(b"+CMTI:"), timeout_s=3, what="the new-message indication")
+            assert hal.events == []
+
+            agent = Agent(cfg, tmp_path / "state", hal)   # stepped here, in this thread, not started
+            for _ in range(5):
+                agent.device.step()
+            sim.close()                                   # the modem vanishes
+            steps = agent.device.steps
+            for _ in range(20):
+                agent.device.step()
+                hal.modem_write(b"AT\r")
+                assert hal.modem_read() is None
+            assert agent.device.steps == steps + 20
+            faults = [detail for name, detail in hal.events if name == "modem_fault" and path in detail]
+            assert len(faults) == 1, hal.events           # once, not once a step
+            agent.device.mqtt.disconnect()
+        finally:
+            hal.close()

@@ -76,3 +76,39 @@ def test_backup_hours_by_hand() -> None:
         shown = re.search(rf"\| {scenario}\. [^|]*\|[^|]*\|[^|]*\| ([0-9.]+) h of backup \|", text)
         assert shown, scenario
         assert abs(float(shown.group(1)) - hours) < 0.1, scenario
+
+
+def test_modem_figures_by_hand() -> None:
+    """The modem variant (A5, B4) and the brown-out figures (D1), in floats straight from the inputs,
+    independent of the script's steps."""
+    v = {i.symbol: float(i.value) for i in budget.INPUTS}
+    text = POWER_MD.read_text(encoding="utf-8")
+
+    def shown(pattern: str) -> float:
+        m = re.search(pattern, text)
+        assert m, pattern
+        return float(m.group(1))
+
+    def table_current(scenario: str) -> float:
+        return shown(rf"\| {scenario}\. [^|]*\|[^|]*\| ([0-9.]+) mA \|")
+
+    sms = (v["n_sms"] + v["N_ev"] / 30) * v["t_sms"] * v["I_sms"] / 86400
+    assert 0 < sms < 1, "a daily test SMS must cost well under a milliampere on average"
+    for scenario, base in (("A5", "A1"), ("B4", "B1")):
+        assert abs(table_current(scenario) - (table_current(base) + v["I_gsm_idle"] + sms)) < 0.02, scenario
+    assert abs(table_current("A6") - (table_current("A2") + v["I_lte_idle"] + sms)) < 0.02
+    hours = v["n_mains"] * v["C_cell"] * v["k_derate"] / table_current("A5")
+    assert abs(shown(r"\| A5\. [^|]*\|[^|]*\|[^|]*\| ([0-9.]+) h of backup \|") - hours) < 0.1
+    assert hours < shown(r"\| A1\. [^|]*\|[^|]*\|[^|]*\| ([0-9.]+) h of backup \|")
+    days = v["n_solar"] * v["C_cell"] * v["k_derate"] / (table_current("B4") * 24)
+    assert abs(shown(r"\| B4\. [^|]*\|[^|]*\|[^|]*\| ([0-9.]+) days without sun") - days) < 0.1
+
+    r_pack = v["R_cell"] / v["n_mains"] + v["R_path"]
+    drop = (v["I_peak"] + table_current("A1") / 1000) * r_pack
+    assert drop < 0.35, "over the 350 mV the SIM800L hardware design allows: the wiring is too thin"
+    assert abs(shown(r"`V_cell_min = [^`]* = ([0-9.]+) V`") - (v["V_min"] + drop)) < 0.01
+    assert abs(shown(r"`dV_alone = [^`]* = ([0-9.]+) V`") - v["I_peak"] * v["t_burst"] / v["C_bulk"] * 1000) < 0.01
+    assert abs(shown(r"`tau = [^`]* = ([0-9.]+) µs`") - r_pack * v["C_bulk"]) < 1
+    # and the prose draws the same conclusions from them
+    assert f"about {round(v['V_min'] + drop, 1)} V (open-circuit)" in text
+    assert "at least 1000 µF" in text and f"| `C_bulk` | {budget.VALUES['C_bulk']} |" in text

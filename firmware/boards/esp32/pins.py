@@ -8,6 +8,9 @@
 #   GPIOs 34-39 are input-only without pull-ups, so only the ADC uses one of them.
 # - The battery divider is on ADC1 (GPIO 35): ADC2 cannot be read while Wi-Fi is on (ESP-IDF
 #   ADC documentation, "ADC2 ... cannot be used when Wi-Fi is in use").
+# - The optional GSM modem (hardware/modem.md) is on UART1, remapped through the GPIO matrix:
+#   UART1's default pins 9 and 10 are wired to the module's SPI flash. GPIO 4, 13 and 23 are not
+#   strapping pins and are free on the WROOM-32.
 PINS = {
     "sos": 27,          # the large illuminated SOS push button (long press)
     "medical": 25,      # optional emergency-type buttons
@@ -21,4 +24,7 @@ PINS = {
     "battery_adc": 35,  # battery voltage through a 100k/100k divider
     "gps_tx": 17,       # UART2 to the optional GPS module's RX
     "gps_rx": 16,       # UART2 from the GPS module's TX
+    "modem_tx": 4,      # UART1 to the modem's RXD (through the divider for a 2.8 V SIM800L)
+    "modem_rx": 13,     # UART1 from the modem's TXD
+    "modem_reset": 23,  # to the modem's RESET through an NPN transistor (high = reset)
 }
