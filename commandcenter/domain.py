@@ -139,8 +139,12 @@ KNOWN_KINDS = ("general", "medical", "fire", "crime", "disaster")
 # Device faults of protocol §7: reported by gateways, shown to supervisors, never an incident.
 # offline, low_battery, tamper: the button itself; bad_message: it sent something the gateway could
 # not take (refused as malformed, or quarantined); undelivered: an alarm of it that this command
-# center refused (the detail says which and why).
-FaultKind = Literal["offline", "low_battery", "tamper", "bad_message", "undelivered"]
+# center refused (the detail says which and why). The two paths of a button with a GSM modem
+# (issue 17): on_backup_path: offline on MQTT but heard by SMS, its alarms still arrive;
+# backup_path_down: its periodic test SMS is missing. Their detail carries each path's last
+# success (last_mqtt_at, last_sms_at).
+FaultKind = Literal["offline", "low_battery", "tamper", "bad_message", "undelivered", "on_backup_path",
+                    "backup_path_down"]
 
 _INCIDENT_REF = re.compile(r"inc-(\d{6,})")
 

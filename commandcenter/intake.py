@@ -156,7 +156,9 @@ async def receive_batch(batch: AlarmBatchIn, svc: ServicesDep) -> Response:
     "/faults",
     summary="Receive a device fault from a gateway (idempotent)",
     description=(
-        "`offline`, `low_battery` or `tamper`, becoming active or (`active: false`) clearing. Stored in "
+        "`offline`, `low_battery`, `tamper`, `bad_message`, `undelivered`, `on_backup_path` (offline on MQTT "
+        "but heard by SMS) or `backup_path_down` (the periodic test SMS is missing), becoming active or "
+        "(`active: false`) clearing. Stored in "
         "the fault history and the device's current fault state; never opens an incident. The "
         "`Idempotency-Key` header must equal `event_id`; a repeated key is answered 200 and creates "
         "nothing, a repeated key with a different body is refused with 422."

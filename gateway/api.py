@@ -54,6 +54,12 @@ Site = Annotated[str, AfterValidator(contract.text_checker(4 * contract.SITE_MAX
 Latitude = Annotated[float, Field(strict=True, ge=-90, le=90, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(strict=True, ge=-180, le=180, allow_inf_nan=False)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many, 1-1000")]
+# A button SIM's number in E.164 (ITU-T E.164 §6: at most 15 digits with the country code), as the
+# SMS intake sees it in the sender address of an SMS-DELIVER (3GPP TS 23.040 §9.1.2.5, international
+# type): "+" and 8-15 digits, e.g. "+6281234567890". The pattern is in the OpenAPI schema.
+PHONE = r"^\+[1-9][0-9]{7,14}$"
+Phone = Annotated[str, Field(pattern=PHONE, description="the button's SIM number in E.164, e.g. +6281234567890: "
+                                                        "its SMS are taken from this number alone")]
 # States the command center reports carry the time of the change, in the years every service takes
 # (siaga/contract.py: YEAR_MIN-YEAR_MAX); outside them it is a bug or an attack, and it must not reach
 # a conversion that overflows.
@@ -75,6 +81,7 @@ class DeviceIn(BaseModel):
     lon: Longitude | None = None
     address: Address = ""
     area: Area = ""
+    phone: Phone | None = None
 
 
 class DeviceOut(BaseModel):
@@ -92,9 +99,12 @@ class DeviceOut(BaseModel):
     firmware: str | None
     tamper: bool | None
     heartbeat_s: int | None
-    faults: list[str] = Field(description="active faults: offline, low_battery, tamper")
+    faults: list[str] = Field(description="active faults: offline, low_battery, tamper, bad_message, undelivered, "
+                                          "on_backup_path, backup_path_down")
     key_pending: bool = Field(description="a rotated key waits for the device to start using it")
     decommissioned: bool
+    phone: str | None = Field(None, description="the button's SIM number (E.164), if it has a GSM modem")
+    last_sms_ms: int | None = Field(None, description="its latest valid SMS (the backup path's last success)")
 
 
 class RotateIn(BaseModel):
@@ -107,7 +117,8 @@ class RotateIn(BaseModel):
 
 class DevicePatch(BaseModel):
     """Only the fields given change. `site: null` removes the site (the device is its own site);
-    address and area are cleared with "" (null is refused: they are never absent)."""
+    address and area are cleared with "" (null is refused: they are never absent); `phone: null`
+    removes the SIM's number (the button takes no SMS path any more)."""
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
@@ -116,6 +127,7 @@ class DevicePatch(BaseModel):
     lon: Longitude | None = None
     address: Address = Field(default="", description='street address; "" clears it')
     area: Area = Field(default="", description='administrative-area code; "" clears it')
+    phone: Phone | None = None
 
     @field_validator("address", "area", mode="before")
     @classmethod
@@ -127,7 +139,7 @@ class DevicePatch(BaseModel):
     @model_validator(mode="after")
     def _something(self) -> DevicePatch:
         if not self.model_fields_set:
-            raise ValueError("nothing to change: give at least one of site, lat, lon, address, area")
+            raise ValueError("nothing to change: give at least one of site, lat, lon, address, area, phone")
         return self
 
 
@@ -238,8 +250,11 @@ class IncidentGroupOut(BaseModel):
 class AuditOut(BaseModel):
     at_ms: int
     device_id: str | None
-    topic: str
-    reason: str
+    topic: str = Field(description='where it came from: the MQTT topic, "sms/<sender number>" for an SMS, or a '
+                                   'destination\'s inbound webhook')
+    reason: str = Field(description="malformed, oversize, unknown_device, revoked, bad_signature, wrong_topic, "
+                                    "replay, flood, or unknown_sender (an SMS from a number that is no device's "
+                                    "phone)")
     detail: str
 
 
@@ -287,8 +302,9 @@ class FleetChangeOut(BaseModel):
     action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue"]
     device_id: str | None
     detail: dict[str, Any] = Field(
-        description="register: the place given; update: each changed field as [before, after]; rotate-key: the "
-                    "mode; requeue: the event. Never a key.")
+        description="register: the place given (and the phone, if one); update: each changed field as "
+                    "[before, after]; decommission: the phone let go; rotate-key: the mode; requeue: the event. "
+                    "Never a key.")
 
 
 # ---- who is asking ---------------------------------------------------------------------------------
@@ -452,7 +468,7 @@ def create_app(gw: Gateway) -> FastAPI:
                          lon=None if d.lon_e6 is None else d.lon_e6 / 1e6, address=d.address, area=d.area,
                          last_seen_ms=d.last_seen_ms, battery_mv=d.battery_mv, rssi=d.rssi, firmware=d.firmware,
                          tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults), key_pending=d.key_pending,
-                         decommissioned=d.decommissioned_ms is not None)
+                         decommissioned=d.decommissioned_ms is not None, phone=d.phone, last_sms_ms=d.sms_seen_ms)
 
     async def one_device(device_id: str) -> DeviceOut:
         found = await gw.store.devices(device_id)
@@ -465,12 +481,14 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
 
     @app.post("/api/v1/devices", status_code=201, summary="Register a device (admins and technicians)",
-              responses=_answers({409: "the id is registered already (also a decommissioned one)", 422: _INVALID},
+              responses=_answers({409: "the id is registered already (also a decommissioned one), or the phone "
+                                       "number is another device's", 422: _INVALID},
                                  technician=True))
     async def add_device(dev: DeviceIn, person: PersonDep) -> DeviceOut:
         try:
             await gw.register_device(dev.id, bytes.fromhex(dev.secret_hex), site=dev.site, lat_e6=_e6(dev.lat),
-                                     lon_e6=_e6(dev.lon), address=dev.address, area=dev.area, by=person)
+                                     lon_e6=_e6(dev.lon), address=dev.address, area=dev.area, phone=dev.phone,
+                                     by=person)
         except StoreError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         return await one_device(dev.id)
@@ -504,14 +522,19 @@ def create_app(gw: Gateway) -> FastAPI:
         await gw.rotate_key(device_id, bytes.fromhex(body.secret_hex), pending=body.mode == "pending", by=person)
         return await one_device(device_id)
 
-    @app.patch("/api/v1/devices/{device_id}", summary="Correct a device's site or location (admins and technicians)",
-               responses=_answers({404: "no such device", 422: _INVALID}, technician=True))
+    @app.patch("/api/v1/devices/{device_id}",
+               summary="Correct a device's site, location or phone number (admins and technicians)",
+               responses=_answers({404: "no such device", 409: "the phone number is another device's",
+                                   422: _INVALID}, technician=True))
     async def patch_device(device_id: str, body: DevicePatch, person: PersonDep) -> DeviceOut:
         known(device_id)
         given = body.model_dump(exclude_unset=True)
         fields = {{"lat": "lat_e6", "lon": "lon_e6"}.get(k, k): (_e6(v) if k in ("lat", "lon") else v)
                   for k, v in given.items()}
-        await gw.update_device(device_id, fields, by=person)
+        try:
+            await gw.update_device(device_id, fields, by=person)
+        except StoreError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         return await one_device(device_id)
 
     @app.post("/api/v1/devices/{device_id}/decommission",

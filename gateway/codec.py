@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from siaga import contract
-from siagafw import proto
+from siagafw import proto, sms
 
 MAX_FRAME = proto.MAX_FRAME
 TOPIC_PREFIX = proto.TOPIC_ROOT
@@ -35,6 +35,7 @@ class RejectReason(enum.StrEnum):
     WRONG_TOPIC = "wrong_topic"
     REPLAY = "replay"
     FLOOD = "flood"
+    UNKNOWN_SENDER = "unknown_sender"   # an SMS from a number that is not the claimed device's phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,14 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Will:
+    device_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SmsTest:
+    """A button's periodic backup-path test SMS (protocol.md §9): proves its SMS path works."""
+
     device_id: str
     seq: int
 
@@ -260,3 +269,76 @@ def encode_ack(secret: bytes, device_id: str, seq: int, state: Literal[
     body = json.dumps(proto.ack_body(device_id, seq, state, incident, gts_ms), sort_keys=True,
                       separators=(",", ":"), ensure_ascii=False).encode()
     return proto.TAG + hmac.digest(secret, body, "sha256").hex().encode() + b"." + body
+
+
+# ---- SMS (the second path, issue 17) -------------------------------------------------------------------
+
+SMS_TOPIC_PREFIX = "sms/"   # Inbound.topic of an SMS: "sms/<the sender's number>"
+PhoneOf = Callable[[str], str | None]                  # device id -> its registered phone (E.164), if any
+PlaceOf = Callable[[str], tuple[str, str]]             # device id -> (address, area) of its registry entry
+
+
+def sms_topic(sender: str) -> str:
+    return SMS_TOPIC_PREFIX + sender
+
+
+def _printable(text: str, n: int) -> str:
+    """The first n characters of an unauthenticated text, safe for an audit line."""
+    return "".join(c if c.isprintable() else "?" for c in text[:n])
+
+
+def _open_sms(secret: bytes, text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the verified fields, None) or (None, why) for one key."""
+    signer = proto.Signer(secret)
+    opened = sms.open(signer, text)
+    if opened is not None:
+        return opened, None
+    return None, sms.why(signer, text) or sms.MALFORMED
+
+
+def decode_sms(sender: str, text: str, lookup: KeyLookup, phone_of: PhoneOf,
+               place_of: PlaceOf | None = None) -> Alarm | SmsTest | Reject:
+    """An SMS from `sender` as an Alarm or a backup-path test, or a Reject with its reason.
+
+    The order of the checks is that of `decode`: nothing is trusted before the MAC, and the MAC is
+    only computed for a text that claims a known, live device and comes from that device's own SIM
+    (the number the technician registered). The number alone proves nothing (a sender number can
+    be forged through some SMS routes), the MAC alone would let anyone who overheard a button's SMS
+    replay it from another phone beyond the window: both are required. A text a device signed that
+    the gateway cannot take (an ack, a bad field) is MALFORMED with authenticated=True, like a bad
+    MQTT body, so the room sees a bad_message fault."""
+    topic = sms_topic(sender)[:128]
+
+    def reject(reason: RejectReason, device_id: str | None, detail: str, authenticated: bool = False) -> Reject:
+        return Reject(reason, device_id, topic, detail, authenticated)
+
+    device_id = sms.device_of(text)
+    if device_id is None:
+        return reject(RejectReason.MALFORMED, None, f"{sms.NOT_SIAGA}: {_printable(text, 40)}")
+    key = lookup(device_id)
+    if key is None:
+        return reject(RejectReason.UNKNOWN_DEVICE, device_id, f"prefix={_printable(text, AUDIT_PREFIX_BYTES)}")
+    if key.revoked:
+        return reject(RejectReason.REVOKED, device_id, "device is revoked")
+    phone = phone_of(device_id)
+    if phone is None or phone != sender:
+        return reject(RejectReason.UNKNOWN_SENDER, device_id,
+                      "the device has no phone registered" if phone is None
+                      else f"sender {_printable(sender, 24)} is not the device's registered phone")
+    fields, why = _open_sms(key.secret, text)
+    if fields is None and why == sms.BAD_SIGNATURE and key.pending is not None:
+        fields, why = _open_sms(key.pending, text)
+    if fields is None:
+        if why == sms.BAD_SIGNATURE:
+            return reject(RejectReason.BAD_SIGNATURE, device_id, "MAC does not match the device secret")
+        # "malformed: device id or MAC" comes before the MAC is checked; any other after it matched.
+        authenticated = why is not None and why.startswith(sms.MALFORMED + ":") and "device id or MAC" not in why
+        return reject(RejectReason.MALFORMED, device_id, str(why)[:200], authenticated)
+    if fields["type"] == "test":
+        return SmsTest(device_id, fields["seq"])
+    if fields["type"] != "alarm":
+        return reject(RejectReason.MALFORMED, device_id, f"a {fields['type']} SMS is not sent to the gateway", True)
+    address, area = place_of(device_id) if place_of is not None else ("", "")
+    return Alarm(device_id, fields["seq"], fields["kind"], fields["test"],
+                 Location(fields["lat_e6"], fields["lon_e6"], address, area), 0,
+                 contract.known_clock(fields["ts"]), text.encode())

@@ -96,6 +96,25 @@ class Destination:
     primary: bool = False           # its answer is what the button's ack and the admin API report
 
 
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")   # ITU-T E.164: at most 15 digits after the +
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSettings:
+    """The GSM modem of the SMS path ([sms], docs/gateway.md "SMS intake")."""
+
+    port: str                       # the modem's serial device, e.g. /dev/ttyUSB0
+    baud: int = 115200
+    number: str = ""                # the modem's own number (E.164), what the buttons' config names
+    ack_min_interval_s: float = 20.0   # per device, at most one SMS ack this often (the newest waits)
+    ack_per_hour: int = 12          # per device
+    send_per_minute: int = 30       # all devices together
+    flood_per_minute: int = 10      # SMS taken per sender number per minute; more are dropped, audited
+    test_every_s: int = 86400       # the buttons' backup-path test interval (supervision)
+    command_timeout_s: float = 10.0     # one AT command's answer (AT+CMGS: six times this)
+    multipart_timeout_s: float = 600.0  # an incomplete multipart message is dropped after this
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
@@ -132,6 +151,7 @@ class GatewayConfig:
     destinations: tuple[Destination, ...] = ()
     # The self-report to each `siaga` destination (gateway/liveness.py); 0: none.
     report_every_s: float = REPORT_EVERY_S
+    sms: SmsSettings | None = None   # the GSM modem of the SMS path; None: no SMS path
     # token -> person, the admin token's person included: what the admin API checks a token against
     credentials: Mapping[str, Person] = field(init=False, repr=False)
 
@@ -420,6 +440,25 @@ class SupervisionTable(_Table):
     battery_hysteresis_mv: Annotated[int, Field(ge=0)] = 150
 
 
+def _e164(value: str) -> str:
+    if not E164.fullmatch(value):
+        raise ValueError('write the number in international form, e.g. "+6281100000001"')
+    return value
+
+
+class SmsTable(_Table):
+    port: Text
+    baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115200
+    number: Annotated[str, AfterValidator(_e164)] | None = None
+    ack_min_interval_s: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 20.0
+    ack_per_hour: Annotated[int, Field(ge=1, le=3600)] = 12
+    send_per_minute: Annotated[int, Field(ge=1, le=600)] = 30
+    flood_per_minute: Annotated[int, Field(ge=1, le=600)] = 10
+    test_every_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
+    command_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
+    multipart_timeout_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 600.0
+
+
 class LoggingTable(_Table):
     format: Literal["text", "json"] = "text"
 
@@ -437,6 +476,7 @@ class GatewayFile(_Table):
     forwarding: ForwardingTable = Field(default_factory=ForwardingTable)
     supervision: SupervisionTable = Field(default_factory=SupervisionTable)
     logging: LoggingTable = Field(default_factory=LoggingTable)
+    sms: SmsTable | None = None
 
 
 # ---- from the checked file to GatewayConfig ---------------------------------------------------------
@@ -501,6 +541,11 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
         api_throttle=ThrottleRules(per_address=api.throttle_per_address),
         forwarded_allow_ips=api.forwarded_allow_ips,
         report_every_s=cc.report_every_s if cc is not None else REPORT_EVERY_S,
+        sms=None if f.sms is None else SmsSettings(
+            port=f.sms.port, baud=f.sms.baud, number=f.sms.number or "", ack_min_interval_s=f.sms.ack_min_interval_s,
+            ack_per_hour=f.sms.ack_per_hour, send_per_minute=f.sms.send_per_minute,
+            flood_per_minute=f.sms.flood_per_minute, test_every_s=f.sms.test_every_s,
+            command_timeout_s=f.sms.command_timeout_s, multipart_timeout_s=f.sms.multipart_timeout_s),
     )
 
 

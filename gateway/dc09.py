@@ -46,6 +46,8 @@ Mapping (alarms are momentary presses: they have no restore):
 | fault tamper / cleared      | 1 383 / 3 383 Sensor tamper       | TA / TR         |
 | fault bad_message / cleared | 1 380 / 3 380 Sensor trouble      | YX / YZ         |
 | fault undelivered / cleared | 1 354 / 3 354 Fail to communicate | YC / YK         |
+| fault on_backup_path        | 1 351 / 3 351 Telco 1 fault       | LT / LR         |
+| fault backup_path_down      | 1 352 / 3 352 Telco 2 fault       | YS / YK         |
 | state (any)                 | not sent                          | not sent        |
 
 Why: a person pressing "crime" reports a crime in progress, the case ARCs handle as a holdup or
@@ -135,6 +137,10 @@ _FAULTS: Mapping[str, _Pair] = MappingProxyType({
     "tamper": _Pair(383, "TA", "TR"),
     "bad_message": _Pair(380, "YX", "YZ"),
     "undelivered": _Pair(354, "YC", "YK"),
+    # The button's two paths (docs/protocol.md §9): the first (IP) path lost while the SMS path
+    # still carries it is a fault of communication path 1; the SMS path itself failing, of path 2.
+    "on_backup_path": _Pair(351, "LT", "LR"),
+    "backup_path_down": _Pair(352, "YS", "YK"),
 })
 
 

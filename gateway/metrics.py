@@ -33,6 +33,14 @@ HELP = {
     "siaga_gateway_mqtt_connected": "1 while the gateway is connected to the broker",
     "siaga_gateway_mqtt_connections": "Connections to the broker since the gateway started (1 on a healthy link)",
     "siaga_gateway_acks_dropped": "Acks to buttons dropped: over 100,000 waited for the broker (buttons re-send)",
+    "siaga_gateway_sms_received_total": "SMS taken from the modem (each also counts in received_total)",
+    "siaga_gateway_sms_rejected_total": "SMS rejected, by reason (each is also in rejected_total and the audit log)",
+    "siaga_gateway_sms_tests_total": "Backup-path test SMS accepted",
+    "siaga_gateway_sms_acks_sent_total": "Signed acks sent to buttons by SMS",
+    "siaga_gateway_sms_acks_dropped_rate_total": "SMS acks replaced by a newer state while they waited for the rate "
+                                                 "limit (coalesced)",
+    "siaga_gateway_sms_send_failures_total": "SMS acks the modem could not send after several attempts",
+    "siaga_gateway_sms_modem_up": "1 while the SMS modem answers (only with an [sms] section)",
 }
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from . import mqttwire as wire
 
@@ -57,6 +58,13 @@ class MqttAuthError(Exception):
     """The broker refused the gateway's credentials: retrying would only hammer it."""
 
 
+class Acknowledger(Protocol):
+    """Where a message is acknowledged once it is committed: the MQTT link it came on (a PUBACK),
+    or the SMS intake (deleting it from the modem's storage, gateway/sms.py)."""
+
+    def ack(self, item: Inbound) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
     topic: str
@@ -66,7 +74,7 @@ class Inbound:
     dup: bool
     received_ms: int
     connection: int = 0  # which connection it arrived on; its ack is only valid on that one
-    link: MqttLink | None = field(default=None, compare=False)  # the link to acknowledge it on
+    link: Acknowledger | None = field(default=None, compare=False)  # where to acknowledge it
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,11 @@ from typing import Any, Literal, cast
 
 from siaga.asgi import EmbeddedServer, embedded_server
 from siaga.web import flush_every
-from siagafw import proto
+from siagafw import proto, sms
 
 from . import codec
 from .adapters import Adapter
-from .codec import Alarm, DeviceKey, Reject, RejectReason, Status, Will
+from .codec import Alarm, DeviceKey, Reject, RejectReason, SmsTest, Status, Will
 from .config import GatewayConfig, Person
 from .events import alarm_event, fault_event, state_event
 from .forwarding import Forwarder
@@ -31,6 +31,7 @@ from .liveness import report_forever
 from .metrics import Metrics
 from .mqtt import Inbound, MqttLink
 from .replay import ReplayWindow, Verdict
+from .sms import SenderFlood, SmsIntake
 from .store import (
     DATABASE_DOWN,
     IN_PROCESS,
@@ -65,6 +66,10 @@ SHARED_SYNC_S = 1.0
 TAKEOVER_EVERY_S = 1.0   # how often the leader looks for dead instances whose MQTT session to take over
 TAKEOVER_QUIET_S = 0.5   # a taken-over session is drained when nothing more came for this long
 TAKEOVER_MAX_S = 20.0
+# Alarms that came by SMS, (device, seq) -> the sender's number: their acks go back by SMS too. In
+# memory only: after a restart, a state change of an alarm that came by SMS before it goes by MQTT
+# alone (the button keeps re-sending by SMS until it has an ack, and a re-send is answered by SMS).
+SMS_SENDERS_KEPT = 10_000
 
 
 class Sequenced(enum.Enum):
@@ -72,7 +77,7 @@ class Sequenced(enum.Enum):
 
     NEW = "new"
     DUPLICATE = "duplicate"            # an alarm already stored or earlier in this batch: re-acknowledge
-    SEEN_HEARTBEAT = "seen_heartbeat"  # a redelivered heartbeat: nothing to store
+    SEEN_HEARTBEAT = "seen_heartbeat"  # a redelivered heartbeat (or SMS test): nothing to store
 
 
 def now_ms() -> int:
@@ -118,7 +123,13 @@ class Gateway:
         store.route(routes, cfg.primary_destination if cfg.destinations else next(iter(self.forwarders)))
         self._flood = FloodLimiter(cfg.flood_rate_per_s, cfg.flood_burst)
         self._flood_audited: dict[str, tuple[int, int]] = {}  # device -> (last audit ms, drops since)
-        self.supervisor = Supervisor(cfg.supervision, clock())
+        self.supervisor = Supervisor(cfg.supervision, clock(),
+                                     sms_test_every_s=cfg.sms.test_every_s if cfg.sms is not None else 0)
+        # The SMS path (issue 17): the modem's intake, set in run() when [sms] is configured.
+        self.sms: SmsIntake | None = None
+        self._sms_flood = SenderFlood(cfg.sms.flood_per_minute if cfg.sms is not None else 10)
+        self._sms_senders: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        self._sms_tests: list[tuple[str, int, str]] = []  # test SMS answered once their batch is committed
         # Set while this instance forwards the outbox and runs the time-driven supervision: always
         # with SQLite, with PostgreSQL while it holds the leader lock (gateway/store_pg.py).
         self.leader = asyncio.Event()
@@ -160,6 +171,9 @@ class Gateway:
                     self.instance, self.cfg.mqtt.client_id, self.clock(), held), name="instance-name")
                 await held.wait()
             self.link = MqttLink(self.cfg.mqtt, self._queue, on_connected=self._on_mqtt_connected)
+            if self.cfg.sms is not None:
+                self.sms = SmsIntake(self.cfg.sms, self._queue, metrics=self.metrics, audit=self.audit,
+                                     clock=self.clock)
             app = create_app(self)
             server = embedded_server(app, self.cfg.api_host, self.cfg.api_port, lifespan="off",
                                      limits=self.cfg.api_limits, forwarded_allow_ips=self.cfg.forwarded_allow_ips)
@@ -176,6 +190,8 @@ class Gateway:
                           tg.create_task(flush_every(FAILURES_EVERY_S, lambda: record_failures(app)),
                                          name="failed-credentials"),
                           tg.create_task(report_forever(self, self.cfg.report_every_s), name="self-report")]
+                if self.sms is not None:
+                    others.append(tg.create_task(self.sms.run(), name="sms-intake"))
                 api = tg.create_task(server.serve(), name="api")
                 self.ready.set()
                 log.info("gateway %s running: API on %s:%d", self.cfg.gateway_id, self.cfg.api_host, self.cfg.api_port)
@@ -205,6 +221,9 @@ class Gateway:
         # Messages received but not yet committed stay unacknowledged and come back from the
         # broker's session on the next start: nothing is lost by stopping mid-stream.
         await self.link.stop()
+        if self.sms is not None:
+            # What the SMS intake took but the database has not committed stays on the SIM.
+            await self.sms.stop()
         self._queue.put_nowait(Inbound("", b"", 0, 0, False, 0))  # wakes an idle intake
         for lane in ("alarm", "fault"):
             self._wake_lane(lane)
@@ -220,8 +239,10 @@ class Gateway:
         self.registry = {r.id: r for r in await self.store.registry()}
         self._windows = await self.store.windows()
         self._latest_alarm = await self.store.latest_alarms()
+        sms_seen = await self.store.sms_seen()
         for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
-            self.supervisor.load(device_id, last_seen, every_s, faults, battery)
+            self.supervisor.load(device_id, last_seen, every_s, faults, battery, sms_seen_ms=sms_seen.get(device_id))
+        self._expect_sms(self.registry.values())
 
     async def _sync_shared(self) -> None:
         """Another instance may have changed the registry (through its admin API) or seen the
@@ -236,8 +257,16 @@ class Gateway:
                 if rec.revoked:
                     self.supervisor.forget(device_id)
             self.registry = fresh
+            self._expect_sms(fresh.values())
+        sms_seen = await self.store.sms_seen()
         for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
-            self.supervisor.sync(device_id, last_seen, every_s, faults, battery)
+            self.supervisor.sync(device_id, last_seen, every_s, faults, battery, sms_seen_ms=sms_seen.get(device_id))
+
+    def _expect_sms(self, records: collections.abc.Iterable[DeviceRecord]) -> None:
+        """Tell supervision which live devices have a phone: only their SMS silence is a fault."""
+        for rec in records:
+            if not rec.revoked:
+                self.supervisor.expect_sms(rec.id, rec.phone is not None)
 
     # ------------------------------------------------------------ intake
 
@@ -290,9 +319,16 @@ class Gateway:
         if not item.topic:
             return  # the shutdown wake-up
         self._unacked.append(item)
-        where = codec.split_topic(item.topic)
-        device = where[0] if where is not None else ""
-        if where is not None and where[1] == "alarm" and not self._bulk_of.get(device):
+        if item.topic.startswith(codec.SMS_TOPIC_PREFIX):
+            # An SMS: its claimed device (not verified yet; it only decides the order of the queues).
+            text = item.payload[:sms.MAX_TEXT * 4].decode("utf-8", "replace")
+            device = sms.device_of(text) or ""
+            alarm = text.startswith(sms.ALARM + " ")
+        else:
+            where = codec.split_topic(item.topic)
+            device = where[0] if where is not None else ""
+            alarm = where is not None and where[1] == "alarm"
+        if alarm and not self._bulk_of.get(device):
             self._alarms.append(item)
         else:
             self._bulk.append(item)
@@ -347,16 +383,22 @@ class Gateway:
         if msg is None:
             return
         duplicate = False
+        by_sms = item.topic.startswith(codec.SMS_TOPIC_PREFIX)
         if not isinstance(msg, Reject):
-            await self._promote_pending_key(msg.device_id, item.payload)
+            if not by_sms:  # an SMS under a rotated-in key does not retire the old one (not a frame)
+                await self._promote_pending_key(msg.device_id, item.payload)
             verdict = await self._check_sequence(msg, in_batch)
             if verdict is Sequenced.SEEN_HEARTBEAT:
-                return  # a redelivered heartbeat: acknowledged with the batch, nothing to store
+                return  # a redelivered heartbeat or test SMS: acknowledged with the batch, nothing to store
             if isinstance(verdict, Reject):
-                msg = verdict
+                msg = dataclasses.replace(verdict, topic=item.topic[:128]) if by_sms else verdict
             duplicate = verdict is Sequenced.DUPLICATE
+            if by_sms and not isinstance(msg, Reject):
+                self._sms_valid(msg.device_id, item, batch, now)
         if isinstance(msg, Reject):
             self.metrics.inc("rejected", reason=msg.reason.value)
+            if by_sms:
+                self.metrics.inc("sms_rejected", reason=msg.reason.value)
             log.warning("rejected %s from %s on %s: %s", msg.reason.value, msg.device_id, msg.topic, msg.detail)
             batch.rejects.append((msg, item.received_ms))
             if msg.authenticated and msg.reason is RejectReason.MALFORMED and msg.device_id is not None:
@@ -368,11 +410,22 @@ class Gateway:
             if duplicate:
                 batch.duplicates.append((msg.device_id, msg.seq))
             else:
-                new = self._new_alarm(msg, item.received_ms)  # may raise: nothing added yet
+                new = self._new_alarm(msg, item.received_ms, "sms" if by_sms else "mqtt")  # may raise
                 in_batch.add((msg.device_id, msg.seq))
                 batch.alarms.append(new)
             batch.windows[msg.device_id] = self._windows[msg.device_id]
-            batch.faults += self.supervisor.seen(msg.device_id, now)
+            if by_sms:
+                # Its ack (and every later state) goes back by SMS too, once committed (_publish_ack).
+                self._sms_senders[(msg.device_id, msg.seq)] = item.topic[len(codec.SMS_TOPIC_PREFIX):]
+                self._sms_senders.move_to_end((msg.device_id, msg.seq))
+                while len(self._sms_senders) > SMS_SENDERS_KEPT:
+                    self._sms_senders.popitem(last=False)
+            else:  # an SMS alarm is news of the SMS path only (sms_seen above), not of MQTT
+                batch.faults += self.supervisor.seen(msg.device_id, now)
+        elif isinstance(msg, SmsTest):
+            self.metrics.inc("sms_tests")
+            batch.windows[msg.device_id] = self._windows[msg.device_id]
+            self._sms_tests.append((msg.device_id, msg.seq, item.topic[len(codec.SMS_TOPIC_PREFIX):]))
         elif isinstance(msg, Status):
             self.metrics.inc("heartbeats")
             batch.statuses.append((msg, item.received_ms))
@@ -380,6 +433,11 @@ class Gateway:
             batch.faults += self.supervisor.heartbeat(msg.device_id, now, msg.every_s, msg.battery_mv, msg.tamper)
         elif isinstance(msg, Will):
             batch.faults += self.supervisor.will(msg.device_id, now)
+
+    def _sms_valid(self, device_id: str, item: Inbound, batch: Batch, now: int) -> None:
+        """A verified SMS, not a replay: the device's SMS path works."""
+        batch.sms_seen[device_id] = max(batch.sms_seen.get(device_id, 0), item.received_ms)
+        batch.faults += self.supervisor.sms_seen(device_id, now)
 
     def _quarantine(self, item: Inbound, exc: Exception, batch: Batch, now: int) -> None:
         """Keep a message that could not be processed, with its bytes and the error, and tell the
@@ -398,6 +456,7 @@ class Gateway:
     async def _one_at_a_time(self, items: list[Inbound], first: Exception) -> None:
         """A batch whose commit failed: the database rolled it back, so reload the state it would
         have changed, then commit each message alone and quarantine the one that fails."""
+        self._sms_tests.clear()   # taken again below
         await self._load()
         for item in items:
             batch = Batch()
@@ -427,14 +486,19 @@ class Gateway:
                 self.metrics.inc("duplicates")
             # A duplicate is re-acknowledged too: its sender evidently missed the first ack.
             self._publish_ack(alarm)
+        for device_id, seq, sender in self._sms_tests:
+            self._send_sms_ack(device_id, seq, sms.TEST_STATE, sender)
+        self._sms_tests.clear()
         self._count_faults(batch.faults)
         if batch.alarms:
             self._wake_lane("alarm")
         if batch.faults:
             self._wake_lane("fault")
 
-    def _admit(self, item: Inbound, batch: Batch) -> codec.Message | Reject | None:
+    def _admit(self, item: Inbound, batch: Batch) -> codec.Message | SmsTest | Reject | None:
         """Flood check (cheap, before any HMAC work), then decode and verify."""
+        if item.topic.startswith(codec.SMS_TOPIC_PREFIX):
+            return self._admit_sms(item, batch)
         where = codec.split_topic(item.topic)
         if where is not None and where[0] in self.registry and not self._flood.allow(where[0], item.received_ms):
             self.metrics.inc("rejected", reason=RejectReason.FLOOD.value)
@@ -449,6 +513,33 @@ class Gateway:
             return None
         return codec.decode(item.topic, item.payload, self.key)
 
+    def _admit_sms(self, item: Inbound, batch: Batch) -> Alarm | SmsTest | Reject | None:
+        """An SMS: the sender's flood check first (any number: SMS arrive from anywhere), then
+        decode_sms. A flood is audited once per sender per minute, with the count dropped."""
+        sender = item.topic[len(codec.SMS_TOPIC_PREFIX):]
+        self.metrics.inc("sms_received")
+        if not self._sms_flood.allow(sender, item.received_ms):
+            self.metrics.inc("rejected", reason=RejectReason.FLOOD.value)
+            self.metrics.inc("sms_rejected", reason=RejectReason.FLOOD.value)
+            dropped = self._sms_flood.audit_due(sender, item.received_ms)
+            if dropped is not None:
+                assert self.cfg.sms is not None
+                detail = (f"over {self.cfg.sms.flood_per_minute} SMS/min from this number; "
+                          f"{dropped} more dropped since last entry")
+                batch.rejects.append((Reject(RejectReason.FLOOD, None, item.topic[:128], detail), item.received_ms))
+                log.warning("SMS flood from %s: %s", sender, detail)
+            return None
+        text = item.payload.decode("utf-8", "replace")
+        return codec.decode_sms(sender, text, self.key, self._phone_of, self._place_of)
+
+    def _phone_of(self, device_id: str) -> str | None:
+        rec = self.registry.get(device_id)
+        return None if rec is None else rec.phone
+
+    def _place_of(self, device_id: str) -> tuple[str, str]:
+        rec = self.registry.get(device_id)
+        return ("", "") if rec is None else (rec.address, rec.area)
+
     async def _promote_pending_key(self, device_id: str, payload: bytes) -> None:
         """The first frame a device signs with its rotated-in secret retires the old secret."""
         rec = self.registry[device_id]
@@ -459,7 +550,8 @@ class Gateway:
         self.registry[device_id] = dataclasses.replace(rec, secret=rec.pending, pending=None)
         log.info("device %s now uses its new key; the old one is no longer accepted", device_id)
 
-    async def _check_sequence(self, msg: codec.Message, in_batch: set[tuple[str, int]]) -> Sequenced | Reject:
+    async def _check_sequence(self, msg: codec.Message | SmsTest,
+                              in_batch: set[tuple[str, int]]) -> Sequenced | Reject:
         if isinstance(msg, Will):
             return Sequenced.NEW  # a hint only; it does not move the window (protocol.md §4.3)
         window = self._windows.setdefault(msg.device_id, ReplayWindow())
@@ -470,15 +562,16 @@ class Gateway:
         if isinstance(msg, Alarm) and ((msg.device_id, msg.seq) in in_batch
                                        or await self.store.alarm_exists(msg.device_id, msg.seq)):
             return Sequenced.DUPLICATE
-        if isinstance(msg, Status) and verdict is Verdict.SEEN:
+        if isinstance(msg, Status | SmsTest) and verdict is Verdict.SEEN:
             return Sequenced.SEEN_HEARTBEAT
         topic = proto.topic(msg.device_id, "alarm" if isinstance(msg, Alarm) else "status")
         return Reject(RejectReason.REPLAY, msg.device_id, topic,
                       f"seq {msg.seq} not stored and older than the window (high {window.high})")
 
-    def _new_alarm(self, alarm: Alarm, received_ms: int) -> NewAlarm:
+    def _new_alarm(self, alarm: Alarm, received_ms: int, via: Literal["mqtt", "sms"] = "mqtt") -> NewAlarm:
         rec = self.registry[alarm.device_id]
-        return NewAlarm(alarm, received_ms, rec.site or alarm.device_id, self.supervisor.battery_mv(alarm.device_id))
+        return NewAlarm(alarm, received_ms, rec.site or alarm.device_id, self.supervisor.battery_mv(alarm.device_id),
+                        via)
 
     def _alarm_event(self, new: NewAlarm, group: Group) -> tuple[str, str]:
         """The forwarded event of an alarm, made by the store once its incident group is decided."""
@@ -604,10 +697,15 @@ class Gateway:
 
     # ------------------------------------------------------------ acks to buttons
 
-    def _publish_ack(self, alarm: StoredAlarm) -> None:
+    def _publish_ack(self, alarm: StoredAlarm, *, by_sms: bool = True) -> None:
+        """The alarm's state to its button over MQTT, and by SMS too when the alarm came by SMS
+        (`by_sms`: False where only the MQTT copy is due, as after a reconnect to the broker)."""
         rec = self.registry.get(alarm.device_id)
         if rec is None or self.link is None:
             return
+        sender = self._sms_senders.get((alarm.device_id, alarm.seq)) if by_sms else None
+        if sender is not None:
+            self._send_sms_ack(alarm.device_id, alarm.seq, alarm.state, sender)
         payload = codec.encode_ack(rec.secret, alarm.device_id, alarm.seq, cast(AckState, alarm.state),
                                    alarm.incident_id, self.clock())
         # Retained only for the device's newest alarm, so a button coming back online is told the
@@ -615,6 +713,14 @@ class Gateway:
         retain = alarm.seq >= self._latest_alarm.get(alarm.device_id, -1)
         self.link.publish(proto.topic(alarm.device_id, "ack"), payload, retain=retain)
         self.metrics.inc("acks_published")
+
+    def _send_sms_ack(self, device_id: str, seq: int, state: str, number: str) -> None:
+        """A signed SG1K to the number the SMS came from (rate-limited and coalesced by the intake)."""
+        rec = self.registry.get(device_id)
+        if self.sms is None or rec is None or rec.revoked:
+            return
+        text = sms.ack_text(proto.Signer(rec.secret), device_id, seq, state, self.clock() // 1000)
+        self.sms.send(number, text, device_id=device_id, seq=seq)
 
     def _on_mqtt_connected(self) -> None:
         asyncio.get_running_loop().create_task(self._republish_acks())
@@ -631,7 +737,7 @@ class Gateway:
         horizon = ACK_REPLAY_HORIZON_MS if first or not self.link.session_present else ACK_UNSAVED_MS
         try:
             for alarm in await self.store.current_acks(self.clock() - horizon):
-                self._publish_ack(alarm)
+                self._publish_ack(alarm, by_sms=False)
         except DATABASE_DOWN:
             raise
         except Exception:  # a bug here must not take the gateway down; the acks are a courtesy
@@ -704,10 +810,12 @@ class Gateway:
 
     async def register_device(self, device_id: str, secret: bytes, *, site: str | None = None,
                               lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                              area: str = "", by: Person = IN_PROCESS) -> None:
+                              area: str = "", phone: str | None = None, by: Person = IN_PROCESS) -> None:
         await self.store.add_device(device_id, secret, now_ms=self.clock(), site=site, lat_e6=lat_e6, lon_e6=lon_e6,
-                                    address=address, area=area, by=by)
-        self.registry[device_id] = DeviceRecord(device_id, secret, False, site, lat_e6, lon_e6, address, area)
+                                    address=address, area=area, phone=phone, by=by)
+        self.registry[device_id] = DeviceRecord(device_id, secret, False, site, lat_e6, lon_e6, address, area,
+                                                phone=phone)
+        self._expect_sms([self.registry[device_id]])
 
     async def revoke_device(self, device_id: str, *, by: Person = IN_PROCESS) -> bool:
         changed = await self.store.revoke_device(device_id, self.clock(), by=by)
@@ -743,6 +851,7 @@ class Gateway:
     async def update_device(self, device_id: str, fields: dict[str, object], *, by: Person = IN_PROCESS) -> None:
         await self.store.update_device(device_id, fields, now_ms=self.clock(), by=by)
         self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
+        self._expect_sms([self.registry[device_id]])
 
     def gauges(self) -> dict[str, float]:
         per_destination = {f'circuit_open{{destination="{fw.name}"}}': float(fw.breaker.state is BreakerState.OPEN)
@@ -752,4 +861,5 @@ class Gateway:
                 "forwarding": float(self.leader.is_set()),
                 "mqtt_connected": float(self.link is not None and self.link.connected.is_set()),
                 "mqtt_connections": self.link.connections if self.link is not None else 0,
-                "acks_dropped": self.link.dropped_publishes if self.link is not None else 0}
+                "acks_dropped": self.link.dropped_publishes if self.link is not None else 0,
+                **({"sms_modem_up": float(self.sms.up)} if self.sms is not None else {})}

@@ -85,6 +85,7 @@ class DeviceRecord:
     address: str
     area: str
     pending: bytes | None = field(default=None, repr=False)
+    phone: str | None = None  # the button's SIM number (E.164, "+62..."): its SMS are taken from it alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ class Device:
     faults: tuple[str, ...]
     key_pending: bool
     decommissioned_ms: int | None
+    phone: str | None
+    sms_seen_ms: int | None  # its latest valid SMS (the backup path's last success)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ class NewAlarm:
     received_ms: int
     site: str  # the incident group's site: the registry's site, or the device itself
     battery_mv: int | None  # of the device's latest heartbeat, sent with the alarm
+    via: Literal["mqtt", "sms"] = "mqtt"  # the path it came by: an SMS alarm is no news of the MQTT path
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,7 @@ class Batch:
     faults: list[FaultChange] = field(default_factory=list)
     rejects: list[tuple[Reject, int]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
+    sms_seen: dict[str, int] = field(default_factory=dict)  # device -> received ms of its latest valid SMS
 
 
 class Store(Protocol):
@@ -208,7 +213,7 @@ class Store(Protocol):
     # registry: every change is written with its entry in the fleet change log, in one transaction
     async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
                          lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                         area: str = "", by: Person = IN_PROCESS) -> None: ...
+                         area: str = "", phone: str | None = None, by: Person = IN_PROCESS) -> None: ...
     async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
     async def set_key(self, device_id: str, secret: bytes, *, pending: bool, now_ms: int,
                       by: Person | None = IN_PROCESS) -> bool: ...
@@ -220,6 +225,7 @@ class Store(Protocol):
     async def devices(self, device_id: str | None = None) -> list[Device]: ...
     # state the service loads at start
     async def windows(self) -> dict[str, ReplayWindow]: ...
+    async def sms_seen(self) -> dict[str, int]: ...
     async def latest_alarms(self) -> dict[str, int]: ...
     async def registry_version(self) -> int: ...
     async def device_health(self) -> list[tuple[str, int | None, int | None, dict[Fault, int], int | None]]: ...
@@ -442,9 +448,18 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             PRIMARY KEY (destination, event_id)
         )""",
     ),
+    (  # 7: the GSM/SMS path (issue 17): each button's SIM number, whose SMS alone are taken as the
+        # button's, and its latest valid SMS for the supervision of that path. One number is one
+        # button's: the intake finds the device by the sender.
+        "ALTER TABLE devices ADD COLUMN phone TEXT",
+        "ALTER TABLE devices ADD COLUMN sms_seen_ms INTEGER",
+        "CREATE UNIQUE INDEX devices_by_phone ON devices (phone) WHERE phone IS NOT NULL",
+    ),
 )
 
 _PLACE = ("site", "lat_e6", "lon_e6", "address", "area")
+# What `update_device` may change: the place, and the SIM's number.
+_UPDATABLE = (*_PLACE, "phone")
 
 # What a database connection must offer the store's functions: sqlite3.Connection does, and
 # store_pg.PgConnection does for psycopg (rows readable by column name and by position).
@@ -620,20 +635,32 @@ class SQLStore:
 
     async def add_device(self, device_id: str, secret: bytes, *, now_ms: int, site: str | None = None,
                          lat_e6: int | None = None, lon_e6: int | None = None, address: str = "",
-                         area: str = "", by: Person = IN_PROCESS) -> None:
+                         area: str = "", phone: str | None = None, by: Person = IN_PROCESS) -> None:
         def add(db: Db) -> None:
             if db.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is not None:
                 raise StoreError(f"device {device_id} is already registered")
+            self._phone_free(db, phone, device_id)
             try:
-                db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area))
+                db.execute("INSERT INTO devices (id, secret_hex, created_ms, site, lat_e6, lon_e6, address, area, "
+                           "phone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device_id, secret.hex(), now_ms, site, lat_e6, lon_e6, address, area, phone))
             except self.integrity_errors:  # registered at this moment through another instance
-                raise StoreError(f"device {device_id} is already registered") from None
+                taken = f"device {device_id}" + (f" or phone {phone}" if phone else "")
+                raise StoreError(f"{taken} is already registered") from None
             place = dict(zip(_PLACE, (site, lat_e6, lon_e6, address, area), strict=True))
-            _log_change(db, by, now_ms, "register", device_id,
-                        {k.removesuffix("_e6"): _api_value(k, v) for k, v in place.items()})
+            detail = {k.removesuffix("_e6"): _api_value(k, v) for k, v in place.items()}
+            if phone is not None:
+                detail["phone"] = phone
+            _log_change(db, by, now_ms, "register", device_id, detail)
         await self._write(add)
+
+    def _phone_free(self, db: Db, phone: str | None, device_id: str) -> None:
+        """One SIM is one button's: the SMS intake finds the device by the sender's number."""
+        if phone is None:
+            return
+        other = db.execute("SELECT id FROM devices WHERE phone = ? AND id <> ?", (phone, device_id)).fetchone()
+        if other is not None:
+            raise StoreError(f"phone {phone} is registered to device {other['id']} already")
 
     async def revoke_device(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
         def revoke(db: Db) -> bool:
@@ -647,10 +674,11 @@ class SQLStore:
     async def registry(self) -> list[DeviceRecord]:
         def read(db: Db) -> list[DeviceRecord]:
             rows = db.execute("SELECT id, secret_hex, revoked_ms, site, lat_e6, lon_e6, address, area, "
-                              "pending_secret_hex FROM devices").fetchall()
+                              "pending_secret_hex, phone FROM devices").fetchall()
             return [DeviceRecord(r["id"], bytes.fromhex(r["secret_hex"]), r["revoked_ms"] is not None, r["site"],
                                  r["lat_e6"], r["lon_e6"], r["address"], r["area"],
-                                 bytes.fromhex(r["pending_secret_hex"]) if r["pending_secret_hex"] else None)
+                                 bytes.fromhex(r["pending_secret_hex"]) if r["pending_secret_hex"] else None,
+                                 r["phone"])
                     for r in rows]
         return await self._read(read)
 
@@ -666,6 +694,7 @@ class SQLStore:
             rows = db.execute(
                 "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
                 "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
+                "d.phone, d.sms_seen_ms, "
                 "d.pending_secret_hex IS NOT NULL AS key_pending, "
                 "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
                 f"FROM devices d {where} ORDER BY d.id", args).fetchall()
@@ -692,29 +721,36 @@ class SQLStore:
         return await self._write(write)
 
     async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool:
-        """Retire a device for good: revoked, its supervision faults closed; its history is kept."""
+        """Retire a device for good: revoked, its supervision faults closed; its history is kept.
+        Its SIM's number is let go (the change log keeps it), so the SIM can serve another button."""
         def write(db: Db) -> bool:
+            before = db.execute("SELECT phone FROM devices WHERE id = ?", (device_id,)).fetchone()
             cur = db.execute("UPDATE devices SET decommissioned_ms = ?, revoked_ms = coalesce(revoked_ms, ?), "
-                             "pending_secret_hex = NULL WHERE id = ? AND decommissioned_ms IS NULL",
+                             "pending_secret_hex = NULL, phone = NULL WHERE id = ? AND decommissioned_ms IS NULL",
                              (now_ms, now_ms, device_id))
             db.execute("DELETE FROM device_faults WHERE device_id = ?", (device_id,))
             if cur.rowcount == 1:
-                _log_change(db, by, now_ms, "decommission", device_id, {})
+                _log_change(db, by, now_ms, "decommission", device_id,
+                            {"phone": [before["phone"], None]} if before is not None and before["phone"] else {})
             return bool(cur.rowcount == 1)
         return await self._write(write)
 
     async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
                             by: Person = IN_PROCESS) -> bool:
-        """Correct a device's site or location. The change log records each field that changed as
-        [before, after]; a correction that changes nothing records nothing."""
-        if not fields or set(fields) - set(_PLACE):
-            raise StoreError(f"can only update {', '.join(sorted(_PLACE))}")
+        """Correct a device's site, location or phone. The change log records each field that changed
+        as [before, after]; a correction that changes nothing records nothing."""
+        if not fields or set(fields) - set(_UPDATABLE):
+            raise StoreError(f"can only update {', '.join(sorted(_UPDATABLE))}")
         def write(db: Db) -> bool:
             before = db.execute(f"SELECT {', '.join(fields)} FROM devices WHERE id = ?", (device_id,)).fetchone()
             if before is None:
                 return False
-            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against _PLACE above
-            db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
+            self._phone_free(db, fields.get("phone"), device_id)
+            sets = ", ".join(f"{k} = ?" for k in fields)  # keys checked against _UPDATABLE above
+            try:
+                db.execute(f"UPDATE devices SET {sets} WHERE id = ?", (*fields.values(), device_id))
+            except self.integrity_errors:  # the same number given to another device at this moment
+                raise StoreError(f"phone {fields.get('phone')} is registered to another device already") from None
             changed = {k.removesuffix("_e6"): [_api_value(k, before[k]), _api_value(k, v)]
                        for k, v in fields.items() if before[k] != v}
             if changed:
@@ -742,6 +778,15 @@ class SQLStore:
                               "WHERE revoked_ms IS NULL").fetchall()
             return [(r["id"], r["last_seen_ms"], r["every_s"], faults.get(r["id"], {}), r["battery_mv"])
                     for r in rows]
+        return await self._read(read)
+
+    async def sms_seen(self) -> dict[str, int]:
+        """The latest valid SMS of each device that sent one (ms): the backup path's last success,
+        for supervision at start and across instances."""
+        def read(db: Db) -> dict[str, int]:
+            rows = db.execute("SELECT id, sms_seen_ms FROM devices WHERE sms_seen_ms IS NOT NULL "
+                              "AND revoked_ms IS NULL").fetchall()
+            return {r["id"]: r["sms_seen_ms"] for r in rows}
         return await self._read(read)
 
     async def windows(self) -> dict[str, ReplayWindow]:
@@ -837,8 +882,11 @@ class SQLStore:
         # Rows of devices in one order (by id), so that two instances' transactions never wait for
         # each other in a circle.
         seen: dict[str, int] = {}
+        sms = dict(batch.sms_seen)
         for n in batch.alarms:
-            seen[n.alarm.device_id] = max(seen.get(n.alarm.device_id, 0), n.received_ms)
+            # An alarm that came by SMS proves the SMS path, not the MQTT one (supervision.py).
+            last = sms if n.via == "sms" else seen
+            last[n.alarm.device_id] = max(last.get(n.alarm.device_id, 0), n.received_ms)
         db.executemany("UPDATE devices SET last_seen_ms = greatest(coalesce(last_seen_ms, 0), ?) WHERE id = ?",
                        [(ms, dev) for dev, ms in sorted(seen.items())])
         db.executemany(
@@ -846,6 +894,8 @@ class SQLStore:
             "firmware = ?, tamper = ?, every_s = ? WHERE id = ?",
             [(ms, s.battery_mv, s.rssi, s.firmware, int(s.tamper), s.every_s, s.device_id)
              for s, ms in sorted(batch.statuses, key=lambda e: e[0].device_id)])
+        db.executemany("UPDATE devices SET sms_seen_ms = greatest(coalesce(sms_seen_ms, 0), ?) WHERE id = ?",
+                       [(ms, dev) for dev, ms in sorted(sms.items())])
         # A window written by an instance that has not seen the device's newest messages must not
         # take the newer one back: the highest sequence number wins.
         db.executemany("UPDATE devices SET seq_window = CASE WHEN ? >= high_seq THEN ? ELSE seq_window END, "

@@ -40,6 +40,7 @@ class Request:
     secret_hex: str | None = field(default=None, repr=False)      # None: generate one
     mqtt_password: str | None = field(default=None, repr=False)   # None: generate one
     label_path: Path | None = None
+    phone: str | None = None       # the button's SIM number, if it has a GSM modem
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ def add_device(settings: Settings, req: Request, ui: Ui) -> Added:
                     logins.reload()
                     ui.step(t("add.login_made", device=device_id))
                 try:
-                    gw.register(device_id, identity.secret_hex, req.location, req.site)
+                    gw.register(device_id, identity.secret_hex, req.location, req.site, req.phone)
                 except BaseException as exc:
                     # An answer (a 409 may be someone else's device, which must stay) or no connection at
                     # all means nothing was registered; a lost answer or Ctrl-C may leave a registration.
@@ -84,7 +85,8 @@ def add_device(settings: Settings, req: Request, ui: Ui) -> Added:
                                t("add.undo_registration", device=device_id))
                     raise
                 ui.step(t("add.registered", device=device_id, address=req.location.address, area=req.location.area)
-                        + (t("add.site", site=req.site) if req.site else ""))
+                        + (t("add.site", site=req.site) if req.site else "")
+                        + (t("add.phone", phone=req.phone) if req.phone else ""))
                 tx.commit()
         except ProvisionError as exc:
             if not maybe_registered and not tx.failed_undos:
@@ -120,6 +122,7 @@ def _record(settings: Settings, req: Request, ui: Ui) -> Path | None:
     keystore = Keystore(settings.state_dir)
     try:
         keystore.log("add", req.device_id, location=req.location.device_loc(), site=req.site, notes=req.notes,
+                     phone=req.phone,
                      secret_source="file" if req.secret_hex else "generated",
                      mqtt_password_source="file" if req.mqtt_password else "generated")
     except OSError as exc:

@@ -87,11 +87,14 @@ def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
     if given_location or device_id is None:
         location = validate.location(lat=opts.get("lat"), lon=opts.get("lon"), latlon_text=opts.get("latlon"),
                                      address_text=opts.get("address"), area=opts.get("area"))
+    phone, sms_gateway = _sms_path(opts, settings)
     options = None
-    if any(opts.get(k) for k in ("kind", "types", "site", "notes")) or device_id is None or location is not None:
+    if (any(opts.get(k) for k in ("kind", "types", "site", "notes", "phone")) or device_id is None
+            or location is not None):
         options = DeviceOptions(validate.kind(opts.get("kind") or settings.devices.kind),
                                 validate.type_buttons(opts["types"]) if opts.get("types") else settings.devices.types,
-                                validate.site(opts.get("site")), validate.notes(opts.get("notes")))
+                                validate.site(opts.get("site")), validate.notes(opts.get("notes")), phone,
+                                sms_gateway)
     req = Request(port=opts.get("port"), device_id=device_id,
                   id_prefix=validate.id_prefix(opts["id_prefix"]) if opts.get("id_prefix") else None,
                   location=location, options=options, wifi=_wifi(opts, settings),
@@ -100,6 +103,20 @@ def cmd_provision(opts: dict[str, Any], ui: Ui) -> int:
                   use_mpy=False if opts.get("no_mpy") else None)
     provision(settings, req, ui)
     return EXIT_OK
+
+
+def _sms_path(opts: dict[str, Any], settings: Settings) -> tuple[str | None, str | None]:
+    """(the button's SIM number, the gateway modem's number), both or neither: a button with a GSM
+    modem sends its SMS to the gateway's number, and the gateway takes them only from the number
+    registered for the button."""
+    phone = validate.phone(opts["phone"]) if opts.get("phone") else None
+    given = validate.phone(opts["sms_gateway"], "SMS gateway") if opts.get("sms_gateway") else None
+    if given is not None and phone is None:
+        raise UsageError(t("provision.sms_needs_phone"), t("provision.sms_needs_phone.hint"))
+    gateway_number = given or settings.devices.sms_gateway
+    if phone is not None and gateway_number is None:
+        raise UsageError(t("provision.phone_needs_gateway"), t("provision.phone_needs_gateway.hint"))
+    return phone, gateway_number if phone is not None else None
 
 
 def _secret_from_file(path: str, what: str, check: Callable[[str], str], ui: Ui) -> str:
@@ -132,6 +149,7 @@ def cmd_add(opts: dict[str, Any], ui: Ui) -> int:
                                    address_text=opts.get("address"), area=opts.get("area")),
         site=validate.site(opts.get("site")),
         notes=validate.notes(opts.get("notes")),
+        phone=validate.phone(opts["phone"]) if opts.get("phone") else None,
         secret_hex=_secret_from_file(opts["secret_file"], t("secret.device_secret"), validate.secret_hex, ui)
         if opts.get("secret_file") else None,
         mqtt_password=_secret_from_file(opts["mqtt_password_file"], t("secret.broker_password"),
@@ -171,6 +189,14 @@ def cmd_set_location(opts: dict[str, Any], ui: Ui) -> int:
     return fleet.set_location(_settings(opts, ui), device_id, fields, ui)
 
 
+def cmd_set_phone(opts: dict[str, Any], ui: Ui) -> int:
+    device_id = validate.device_id(opts["device_id"])
+    if bool(opts.get("number")) == bool(opts.get("remove")):
+        raise UsageError(t("set_phone.number_or_remove"), t("set_phone.number_or_remove.hint"))
+    phone = validate.phone(opts["number"]) if opts.get("number") else None
+    return fleet.set_phone(_settings(opts, ui), device_id, phone, ui)
+
+
 def _confirm(opts: dict[str, Any], question: str) -> None:
     if opts.get("yes") or not sys.stdin.isatty():
         return
@@ -203,6 +229,7 @@ COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "devices list": cmd_list,
     "devices show": cmd_show,
     "devices set-location": cmd_set_location,
+    "devices set-phone": cmd_set_phone,
     "devices revoke": cmd_revoke,
     "devices rotate-key": cmd_rotate_key,
     "devices decommission": cmd_decommission,

@@ -34,6 +34,8 @@ class DeviceOptions:
     types: tuple[str, ...]
     site: str | None = None
     notes: str = ""
+    phone: str | None = None        # the button's SIM number (E.164), registered at the gateway
+    sms_gateway: str | None = None  # the gateway modem's number: given, the button has the SMS path
 
 
 def build(identity: Identity, location: Location, defaults: DeviceDefaults, options: DeviceOptions,
@@ -58,6 +60,9 @@ def build(identity: Identity, location: Location, defaults: DeviceDefaults, opti
         cfg["button"] = dict(defaults.button)
     if wifi is not None:
         cfg["wifi"] = {"ssid": wifi.ssid, "password": wifi.password, "power_save": wifi.power_save}
+    if options.sms_gateway is not None:
+        cfg["sms"] = {"gateway": options.sms_gateway, "fallback_s": defaults.sms_fallback_s,
+                      "test_every_s": defaults.sms_test_every_s}
     cfg.update(defaults.extra)
     check(cfg, board)
     return cfg

@@ -48,6 +48,8 @@ def _field_name(field: str) -> str:
         "notes": t("field.notes"),
         "area": t("field.area"),
         "site": t("field.site"),
+        "phone": t("field.phone"),
+        "SMS gateway": t("field.sms_gateway"),
         "kind": t("field.kind"),
         "types": t("field.types"),
         "Wi-Fi SSID": t("field.ssid"),

@@ -145,6 +145,9 @@ def show(settings: Settings, device_id: str, ui: Ui) -> int:
     ui.say("  " + t("show.battery", mv=r["battery_mv"] or "-", rssi=r["rssi"] or "-", firmware=r["firmware"] or "-",
                     tamper=tamper))
     ui.say("  " + t("show.key", key=t("show.key_pending") if d.get("key_pending") else t("show.key_current")))
+    if d.get("phone"):
+        ui.say("  " + t("show.phone", phone=d["phone"], ago=_ago(d.get("last_sms_ms"), now_ms),
+                        at=_iso(d.get("last_sms_ms"))))
     ui.say("  " + t("show.registered", at=r["created"]))
     for a in alarms:
         ui.say("  " + t("show.alarm", seq=a["seq"], kind=a["kind"], test=t("show.test") if a.get("test") else "",
@@ -207,6 +210,18 @@ def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui:
     elif fields.keys() & {"lat", "lon", "address", "area"}:
         ui.detail(t("set_location.board_keeps_old"))
     keystore.log("set-location", device_id, **fields)
+    return 0
+
+
+def set_phone(settings: Settings, device_id: str, phone: str | None, ui: Ui) -> int:
+    """Register a button's SIM number at the gateway (a new or replaced SIM), or remove it (None): the
+    gateway takes the button's SMS from that number alone. The button's config keeps the gateway's
+    number, which does not change with the button's SIM."""
+    with GatewayClient.of(settings) as gw:
+        gw.require(device_id)
+        gw.update(device_id, {"phone": phone})
+    ui.step(t("set_phone.now", device=device_id, phone=phone) if phone else t("set_phone.removed", device=device_id))
+    Keystore(settings.state_dir).log("set-phone", device_id, phone=phone)
     return 0
 
 

@@ -95,11 +95,17 @@ class GatewayClient:
             raise GatewayError(t("gateway.no_device", device=device_id), t("gateway.no_device.hint"))
         return found
 
-    def register(self, device_id: str, secret_hex: str, location: Location, site: str | None) -> dict[str, Any]:
+    def register(self, device_id: str, secret_hex: str, location: Location, site: str | None,
+                 phone: str | None = None) -> dict[str, Any]:
         body = {"id": device_id, "secret_hex": secret_hex, "lat": location.lat, "lon": location.lon,
                 "address": location.address, "area": location.area, "site": site}
+        if phone is not None:  # left out otherwise, so a gateway from before the SMS path takes it too
+            body["phone"] = phone
         resp = self._call("POST", "/api/v1/devices", json=body, ok=(201, 409))
         if resp.status_code == 409:
+            if phone is not None and phone in _detail(resp):
+                raise GatewayError(t("gateway.phone_taken", phone=phone, detail=_detail(resp)),
+                                   t("gateway.phone_taken.hint"))
             raise GatewayError(t("provision.id_taken", device=device_id), t("provision.id_taken.hint"))
         log.info("registered %s at %s", device_id, self.url)
         return resp.json()
@@ -112,7 +118,11 @@ class GatewayClient:
                           json={"secret_hex": secret_hex, "mode": mode}).json()
 
     def update(self, device_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return self._call("PATCH", f"/api/v1/devices/{device_id}", json=fields).json()
+        resp = self._call("PATCH", f"/api/v1/devices/{device_id}", json=fields, ok=(200, 409))
+        if resp.status_code == 409:  # the only conflict a correction can have: another device's number
+            raise GatewayError(t("gateway.phone_taken", phone=fields.get("phone"), detail=_detail(resp)),
+                               t("gateway.phone_taken.hint"))
+        return resp.json()
 
     def decommission(self, device_id: str) -> bool:
         return bool(self._call("POST", f"/api/v1/devices/{device_id}/decommission").json().get("changed"))

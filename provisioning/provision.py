@@ -179,6 +179,7 @@ def provision(settings: Settings, req: Request, ui: Ui) -> Result:
                    location=location, hold_s=hold_seconds(settings))
         keystore.log("install", device_id, port=port_name, board=profile.name, micropython=info.version_text,
                      board_uid=info.unique_id, location=location.device_loc(), site=options.site, notes=options.notes,
+                     phone=options.phone,
                      files_sent=sent, selftest=None if result is None else {
                          "seq": result.seq, "firmware": result.firmware, "total_s": round(result.total_s, 2),
                          "acked_s": round(result.acked_s, 3)},
@@ -224,6 +225,8 @@ def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, ke
             if req.location is not None and req.location != staged.location:
                 gw.update(device_id, {"lat": location.lat, "lon": location.lon, "address": location.address,
                                       "area": location.area})
+            if options.phone is not None:  # a staged identity gets its SIM's number when the board is built
+                gw.update(device_id, {"phone": options.phone})
             ui.step(t("provision.identity_staged", device=device_id))
         else:
             logins.set(device_id, identity.mqtt_password)
@@ -234,7 +237,7 @@ def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, ke
             tx.add(t("step.gateway_registration"),
                    lambda: gw.device(device_id) is not None and gw.decommission(device_id),
                    f"siaga devices decommission {device_id}")
-            gw.register(device_id, identity.secret_hex, location, options.site)
+            gw.register(device_id, identity.secret_hex, location, options.site, options.phone)
             ui.step(t("provision.identity_registered_both" if logins.managed else "provision.identity_registered",
                       device=device_id))
         tx.add(t("step.board_config"), lambda: unconfigure(board))
@@ -242,6 +245,9 @@ def _register_and_test(board: Board, gw: GatewayClient, logins: BrokerLogins, ke
         board.wipe_folder(STATE_DIR)
         board.makedirs([STATE_DIR])
         ui.step(t("provision.config_written", path=CONFIG_PATH, size=len(devconfig.render(cfg))))
+        if "sms" in cfg:
+            ui.step(t("provision.sms_path", phone=options.phone, gateway=cfg["sms"]["gateway"],
+                      fallback=cfg["sms"]["fallback_s"], every=cfg["sms"]["test_every_s"]))
         result = None
         board.reboot()
         ui.step(t("provision.rebooting"))

@@ -62,6 +62,12 @@ class DeviceDefaults:
     heartbeat_s: int
     button: dict[str, int]
     extra: dict[str, Any]  # buzzer, silent, gps ... passed to the device config as they are
+    # The SMS path of buttons with a GSM modem (docs/technician.md, "A button with a GSM modem"): the
+    # gateway modem's number, how long an alarm waits for its MQTT ack before it is also sent by
+    # SMS, and how often the button sends its backup-path test SMS (0: never).
+    sms_gateway: str | None = None
+    sms_fallback_s: int = 30
+    sms_test_every_s: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,9 @@ def load(path: str | Path, *, token_file: str | Path | None = None) -> Settings:
         heartbeat_s=int(dev.get("heartbeat_s", 60)),
         button=button,
         extra=extra,
+        sms_gateway=validate.phone(dev["sms_gateway"], "SMS gateway") if dev.get("sms_gateway") else None,
+        sms_fallback_s=int(dev.get("sms_fallback_s", 30)),
+        sms_test_every_s=int(dev.get("sms_test_every_s", 86400)),
     )
     broker = None
     if broker_t:

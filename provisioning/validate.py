@@ -171,6 +171,24 @@ def site(value: object) -> str | None:
     return text
 
 
+# A SIM's number in E.164 (ITU-T E.164 §6): "+", the country code and the number, 8-15 digits in all,
+# as the gateway's modem sees a sender in international format (3GPP TS 23.040 §9.1.2.5). Spaces,
+# dashes, dots and brackets that people write between the digits are dropped.
+PHONE_RE = re.compile(r"\+[1-9][0-9]{7,14}")
+_PHONE_SEPARATORS = re.compile(r"[\s().-]")
+
+
+def phone(value: object, field: str = "phone") -> str:
+    """A phone number as the gateway stores it: "+62 812-0000-0001" -> "+6281200000001". A national
+    number ("0812...") is refused rather than guessed: the country code must be written."""
+    text = _PHONE_SEPARATORS.sub("", str(value)) if value is not None else ""
+    if text.startswith("00"):  # the international prefix dialled from Indonesia and most of the world
+        text = "+" + text[2:]
+    if not PHONE_RE.fullmatch(text):
+        raise Invalid(field, value, t("valid.phone"))
+    return text
+
+
 def kind(value: object) -> str:
     text = str(value).strip().lower() if value is not None else ""
     if text not in KINDS:

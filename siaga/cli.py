@@ -264,13 +264,15 @@ def agent() -> None:
               help="the device config written by provisioning (siaga.json)")
 @click.option("--state", "state_dir", default="/var/lib/siaga-agent", show_default=True,
               type=click.Path(file_okay=False), help="where the outbox and sequence counter live")
+@click.option("--modem-port", default=None,
+              help="the GSM modem's serial port (e.g. /dev/ttyUSB2); overrides sms.device in the config")
 @_friendly
-def agent_run(config_path: str, state_dir: str) -> None:
+def agent_run(config_path: str, state_dir: str, modem_port: str | None) -> None:
     """Run the agent until SIGINT or SIGTERM."""
     from .devices import agent as pi_agent
 
     try:
-        pi_agent.run(config_path, state_dir)
+        pi_agent.run(config_path, state_dir, modem_port=modem_port)
     except ValueError as exc:  # the config checker's message says which key and what to write
         raise ConfigError(f"{config_path}: {exc}") from None
 
@@ -364,6 +366,10 @@ def _location_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--id-prefix", help="Number the device after this prefix, e.g. jkt-gambir -> jkt-gambir-0007.")
 @_location_options
 @click.option("--notes", help="Install notes (kept in the install log).")
+@click.option("--phone", help="The number of the button's SIM, for a button with a GSM modem, e.g. +6281234567890: "
+                              "registered at the gateway, which takes the button's SMS from it alone.")
+@click.option("--sms-gateway", help="The gateway modem's number the button sends its SMS to (with --phone; default: "
+                                    "[devices] sms_gateway of the config).")
 @click.option("--kind", help="What the SOS button reports: general, medical, fire, crime, disaster.")
 @click.option("--types", help="Fitted emergency-type buttons, e.g. medical,fire.")
 @click.option("--wifi-ssid", help="Wi-Fi network (default: [wifi] of the config).")
@@ -387,11 +393,11 @@ def provision(quiet: bool, **opts: Any) -> None:
 
 @main.group()
 def devices() -> None:
-    """Fleet commands: add, list, show, set-location, revoke, rotate-key, decommission, export.
+    """Fleet commands: add, list, show, set-location, set-phone, revoke, rotate-key, decommission, export.
 
     Each one uses the gateway's admin API. Give your own token with --token-file or $SIAGA_TOKEN,
-    so that the gateway's change log names you; technicians may add, list, show, export and
-    set-location, the rest needs an administrator's token.
+    so that the gateway's change log names you; technicians may add, list, show, export,
+    set-location and set-phone, the rest needs an administrator's token.
     """
 
 
@@ -401,6 +407,8 @@ def devices() -> None:
 @click.argument("device_id")
 @_location_options
 @click.option("--notes", help="Notes for the install log, e.g. the vendor and batch.")
+@click.option("--phone", help="The number of the button's SIM, for a button with a GSM modem, e.g. +6281234567890: "
+                              "registered at the gateway, which takes the button's SMS from it alone.")
 @click.option("--secret-file", type=click.Path(dir_okay=False),
               help="File holding the device secret (64 hex digits); default: a new one is generated and shown.")
 @click.option("--mqtt-password-file", type=click.Path(dir_okay=False),
@@ -442,6 +450,18 @@ def devices_set_location(**opts: Any) -> None:
     """Correct a registered button's coordinates, address, area or site at the gateway; only what is
     given changes (--site "" removes the site)."""
     _run("devices set-location", opts)
+
+
+@devices.command("set-phone")
+@_provisioning_config
+@_token_option
+@click.argument("device_id")
+@click.argument("number", required=False)
+@click.option("--remove", is_flag=True, help="Remove the number: the gateway then takes no SMS as this button's.")
+def devices_set_phone(**opts: Any) -> None:
+    """Register the number of a button's SIM at the gateway (a new or replaced SIM), e.g.
+    +6281234567890; the gateway takes the button's SMS from this number alone."""
+    _run("devices set-phone", opts)
 
 
 @devices.command("revoke")

@@ -98,3 +98,30 @@ def test_location_and_site_can_be_corrected(system: System) -> None:
     assert (out["lat"], out["lon"], out["address"], out["site"]) == (-6.2, 106.8, "Pasar Baru, Blok A", "pasar-baru")
     with pytest.raises(httpx.HTTPStatusError):
         admin(system, "PATCH", "/api/v1/devices/loc-001", json={})
+
+
+def test_a_buttons_sim_number_is_registered_corrected_and_unique(system: System) -> None:
+    """The phone of a button with a GSM modem (issue 17): given at registration or later, shown in the
+    listing, one device's only, in the change log; a malformed number is refused."""
+    creds = {"secret_hex": secrets.token_hex(32), "lat": -0.95, "lon": 100.35, "address": "Jl. Sudirman 1"}
+    out = admin(system, "POST", "/api/v1/devices", json={"id": "sms-001", "phone": "+6281200000001", **creds}).json()
+    assert out["phone"] == "+6281200000001" and out["last_sms_ms"] is None
+    for bad in ("081200000001", "+62812", "+62 812 0000 0001", "+6281200000000000"):
+        resp = httpx.post(f"{system.gateway.url}/api/v1/devices", headers=system.gateway.admin_headers, timeout=5,
+                          json={"id": "sms-002", "phone": bad, **creds})
+        assert resp.status_code == 422, bad
+    taken = httpx.post(f"{system.gateway.url}/api/v1/devices", headers=system.gateway.admin_headers, timeout=5,
+                       json={"id": "sms-002", "phone": "+6281200000001", **creds})
+    assert taken.status_code == 409 and "sms-001" in taken.json()["detail"]
+    system.new_device("sms-002")
+    assert admin(system, "PATCH", "/api/v1/devices/sms-002", json={"phone": "+6281200000002"}).json()["phone"] \
+        == "+6281200000002"
+    moved = httpx.patch(f"{system.gateway.url}/api/v1/devices/sms-002", headers=system.gateway.admin_headers,
+                        timeout=5, json={"phone": "+6281200000001"})
+    assert moved.status_code == 409
+    listed = {d["id"]: d["phone"] for d in admin(system, "GET", "/api/v1/devices").json()}
+    assert (listed["sms-001"], listed["sms-002"]) == ("+6281200000001", "+6281200000002")
+    assert admin(system, "PATCH", "/api/v1/devices/sms-001", json={"phone": None}).json()["phone"] is None
+    log = admin(system, "GET", "/api/v1/fleet/changes?device_id=sms-001").json()
+    assert [c["action"] for c in log] == ["update", "register"]
+    assert log[0]["detail"] == {"phone": ["+6281200000001", None]} and log[1]["detail"]["phone"] == "+6281200000001"

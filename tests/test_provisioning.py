@@ -71,7 +71,9 @@ def test_provision_blank_board_writes_firmware_and_config_and_passes_selftest(sy
     cfg = config_for(system, tmp_path)
     root = tmp_path / "board"
     with FakeBoard(root, access_points={WIFI_SSID: WIFI_PASSWORD}) as board:
-        done = provision(cfg, board.port, "--notes", "pole by the bus stop", "--types", "medical")
+        # A button with a GSM modem: its SIM's number is registered and its config gets the SMS path.
+        done = provision(cfg, board.port, "--notes", "pole by the bus stop", "--types", "medical",
+                         "--phone", "+62 812-0000-0001", "--sms-gateway", "+6281100000001")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "PASSED: jkt-gambir-0001 works end to end" in done.stdout
         assert "Wi-Fi 'Kelurahan-Gambir': joined" in done.stdout
@@ -93,6 +95,8 @@ def test_provision_blank_board_writes_firmware_and_config_and_passes_selftest(sy
                              "area": "31.71.01.1001"}
     assert config["types"] == ["medical"]
     assert config["wifi"]["ssid"] == WIFI_SSID
+    assert config["sms"] == {"gateway": "+6281100000001", "fallback_s": 30, "test_every_s": 86400}
+    assert "SMS path: SIM +6281200000001 sends to the gateway at +6281100000001" in done.stdout
     assert len(bytes.fromhex(config["secret"])) == 32
     assert verify_password(read_entries(system.broker.password_file)["jkt-gambir-0001"], config["mqtt"]["password"])
     assert config["secret"] not in done.stdout + done.stderr
@@ -101,6 +105,7 @@ def test_provision_blank_board_writes_firmware_and_config_and_passes_selftest(sy
     assert (device["id"], device["lat"], device["lon"], device["area"]) == ("jkt-gambir-0001", -6.175392,
                                                                            106.827153, "31.71.01.1001")
     assert device["firmware"] == "0.2.0" and device["battery_mv"] == 4100  # its first heartbeat arrived
+    assert device["phone"] == "+6281200000001"
     alarms = httpx.get(f"{system.gateway.url}/api/v1/alarms", params={"device_id": "jkt-gambir-0001"},
                        headers=system.gateway.admin_headers, timeout=5).json()
     assert [(a["test"], a["kind"]) for a in alarms] == [(True, "general")]
@@ -109,6 +114,7 @@ def test_provision_blank_board_writes_firmware_and_config_and_passes_selftest(sy
     assert label.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = [json.loads(line) for line in (cfg.parent / "state" / "installs.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "install" and log[-1]["notes"] == "pole by the bus stop"
+    assert log[-1]["phone"] == "+6281200000001"
     assert config["secret"] not in (cfg.parent / "state" / "installs.jsonl").read_text()
     assert not list((cfg.parent / "state" / "keys").glob("*.json"))
 

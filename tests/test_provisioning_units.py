@@ -562,3 +562,84 @@ def test_set_location_corrects_the_gateway_and_a_staged_record(tmp_path: Path, m
     # Nothing typed that is wrong reaches the gateway.
     assert commands.dispatch("devices set-location", {**opts, "latlon": None, "site": None}) == EXIT_USAGE
     assert len(seen) == 2
+
+
+# ------------------------------------------------------------------------------------------ the SMS path (issue 17)
+
+
+def test_a_sims_number_and_the_sms_object_of_the_device_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIAGA_LANG", "en")
+    for typed in ("+6281234567890", "+62 812-3456-7890", "006281234567890", "+62 (812) 3456.7890"):
+        assert validate.phone(typed) == "+6281234567890"
+    for bad in ("081234567890", "6281234567890", "+62812", "+0281234567890", "+6281234567890123", "", None):
+        with pytest.raises(Invalid, match=r"SIM number") as refused:
+            validate.phone(bad)
+        assert "+6281234567890" in refused.value.expected and "E.164" in refused.value.expected
+    # --phone and the gateway's number go together; the config's [devices] sms_gateway is the default.
+    plain = defaults()
+    with_number = defaults(sms_gateway="+6281100000001", sms_fallback_s=45, sms_test_every_s=43200)
+
+    class S:
+        devices = plain
+
+    assert commands._sms_path({}, S) == (None, None)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--sms-gateway was given without --phone"):
+        commands._sms_path({"sms_gateway": "+6281100000001"}, S)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="SMS number is not known"):
+        commands._sms_path({"phone": "+6281234567890"}, S)  # type: ignore[arg-type]
+    assert commands._sms_path({"phone": "+62 812 3456 7890", "sms_gateway": "+6281100000009"}, S) == (  # type: ignore[arg-type]
+        "+6281234567890", "+6281100000009")
+    S.devices = with_number
+    assert commands._sms_path({"phone": "+6281234567890"}, S) == ("+6281234567890", "+6281100000001")  # type: ignore[arg-type]
+    # The device config gets its "sms" object from the gateway's number and the config's timings,
+    # and the firmware's own parser takes it.
+    ident = devconfig.Identity.new("pdg-0001")
+    loc = validate.location(latlon_text="-0.947100, 100.417200", address_text="Jl. Sudirman 1", area="13.71")
+    options = devconfig.DeviceOptions("general", (), phone="+6281234567890", sms_gateway="+6281100000001")
+    cfg = devconfig.build(ident, loc, with_number, options, None)
+    assert cfg["sms"] == {"gateway": "+6281100000001", "fallback_s": 45, "test_every_s": 43200}
+    assert load_config(devconfig.render(cfg).decode())["sms"]["gateway"] == "+6281100000001"
+    assert "sms" not in devconfig.build(ident, loc, with_number, devconfig.DeviceOptions("general", ()), None)
+
+
+def test_the_phone_is_registered_and_a_number_taken_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIAGA_LANG", "en")
+    bodies: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body.get("phone") == "+6281200000009":
+            return httpx.Response(409, json={"detail": "phone +6281200000009 is registered to device pdg-0007 already"})
+        return httpx.Response(201, json={"id": body["id"], "phone": body.get("phone")})
+
+    loc = validate.location(latlon_text="-0.9471, 100.4172", address_text="Jl. Sudirman 1", area="13.71")
+    with GatewayClient("http://gw", "t", transport=httpx.MockTransport(answer)) as gw:
+        gw.register("pdg-0001", "ab" * 32, loc, None)
+        gw.register("pdg-0002", "ab" * 32, loc, None, "+6281200000002")
+        with pytest.raises(GatewayError, match="refused the number \\+6281200000009") as taken:
+            gw.register("pdg-0003", "ab" * 32, loc, None, "+6281200000009")
+    assert "phone" not in bodies[0] and bodies[1]["phone"] == "+6281200000002"  # an older gateway takes the first
+    assert "pdg-0007" in taken.value.message and "decommission" in (taken.value.hint or "")
+
+
+def test_set_phone_registers_a_replaced_sim_or_removes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         fake_gateway: tuple[str, list[tuple[str, str, Any]]],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen = fake_gateway
+    monkeypatch.delenv("SIAGA_TOKEN", raising=False)
+    monkeypatch.setenv("SIAGA_LANG", "en")
+    cfg = prov_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8081", url) + '[provisioning]\nstate_dir = "state"\n')
+    opts = {"config": str(cfg), "token_file": str(token_file(tmp_path)), "device_id": "jkt-gambir-0042"}
+    assert commands.dispatch("devices set-phone", {**opts, "number": "+62 812-0000-0042"}) == 0
+    assert commands.dispatch("devices set-phone", {**opts, "remove": True}) == 0
+    assert [s for s in seen if s[0] == "PATCH"] == [
+        ("PATCH", "/api/v1/devices/jkt-gambir-0042", {"phone": "+6281200000042"}),
+        ("PATCH", "/api/v1/devices/jkt-gambir-0042", {"phone": None})]
+    out = capsys.readouterr().out
+    assert "jkt-gambir-0042's SIM is now +6281200000042" in out and "SIM number removed" in out
+    # Neither or both, or a national number: refused before anything reaches the gateway.
+    for wrong in ({}, {"number": "+6281200000042", "remove": True}, {"number": "081200000042"}):
+        assert commands.dispatch("devices set-phone", {**opts, **wrong}) == EXIT_USAGE
+    assert len(seen) == 4

@@ -26,7 +26,11 @@
   const FAULT_KEYS = {
     offline: "fault.offline", low_battery: "fault.low_battery", tamper: "fault.tamper",
     bad_message: "fault.bad_message", undelivered: "fault.undelivered",
+    on_backup_path: "fault.on_backup_path", backup_path_down: "fault.backup_path_down",
   };
+  // Keys of a fault's detail that are each path's last success (gateway/supervision.py): shown as
+  // one translated line, not as raw keys.
+  const PATH_TIMES = ["last_mqtt_at", "last_sms_at"];
   // A dispatch moves forward only, in this order (the API refuses anything else); `declined` is
   // possible from requested or accepted, with a reason.
   const DISPATCH_STEPS = ["requested", "accepted", "en_route", "on_scene", "done"];
@@ -1323,12 +1327,28 @@
     const faults = await api("GET", "/api/v1/devices/faults");
     const body = $("faults-body");
     body.replaceChildren();
+    // A button offline on MQTT whose alarms still arrive by SMS is marked on every row of it, so
+    // that "offline" is never read as "unreachable" (docs/operator.md, "On backup path").
+    const onBackup = new Set(faults.filter((f) => f.fault === "on_backup_path").map((f) => f.device_id));
     for (const f of faults) {
       const tr = el("tr", `fault-${f.fault}`);
-      const detail = Object.entries(f.detail || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
-      tr.append(val("td", null, f.device_id), el("td", null, faultName(f.fault)),
+      const device = val("td", null, f.device_id);
+      if (onBackup.has(f.device_id)) {
+        const badge = el("span", "path-badge", t("path.backup_badge"));
+        badge.setAttribute("data-testid", "backup-badge");
+        device.append(" ", badge);
+      }
+      const detail = Object.entries(f.detail || {}).filter(([k]) => !PATH_TIMES.includes(k))
+        .map(([k, v]) => `${k}: ${v}`).join(", ");
+      const detailCell = el("td");
+      detailCell.append(val("span", null, detail || "–"));
+      if (PATH_TIMES.some((k) => k in (f.detail || {}))) {
+        detailCell.append(el("div", "path-times", t("path.last_success", {
+          mqtt: fmtTime(f.detail.last_mqtt_at), sms: fmtTime(f.detail.last_sms_at)})));
+      }
+      tr.append(device, el("td", null, faultName(f.fault)),
         el("td", null, t("fault.since", {time: fmtTime(f.since), elapsed: fmtElapsed(serverNow() - Date.parse(f.since))})),
-        val("td", null, f.location ? `${f.location.address} (${f.location.area})` : "–"), val("td", null, detail));
+        val("td", null, f.location ? `${f.location.address} (${f.location.area})` : "–"), detailCell);
       body.append(tr);
     }
     $("faults-empty").hidden = faults.length > 0;

@@ -35,6 +35,7 @@ from siaga.gateway.dc09 import (
     report_for,
 )
 from siaga.gateway.store import OutboundEvent
+from siaga.gateway.supervision import Fault
 from tests.support.waiting import wait_for
 
 KEY16 = b"0123456789ABCDEF"  # pysiaalarm takes a key's characters as its bytes
@@ -564,3 +565,13 @@ async def test_aclose_during_an_exchange_leaves_nothing_running() -> None:
             await task
         await a.aclose()
         assert a._writer is None
+
+
+def test_every_fault_the_gateway_raises_has_a_code_and_a_restore() -> None:
+    # A fault without a code would stop the DC-09 queue at that event (report_for raises).
+    for fault in Fault:
+        started = report_for("fault", {"fault": fault.value, "active": True})
+        cleared = report_for("fault", {"fault": fault.value, "active": False})
+        assert started is not None and cleared is not None, fault
+        assert (started.restore, cleared.restore) == (False, True) and started.cid == cleared.cid, fault
+        assert started.sia and cleared.sia and started.sia != cleared.sia, fault

@@ -257,7 +257,9 @@ async def test_a_queue_of_schema_5_moves_to_the_command_center_destination(db: s
     moves = [old, "ALTER TABLE outbox_old ADD COLUMN refused_ms INTEGER",
              "INSERT INTO outbox_old (device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms) "
              "SELECT device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms FROM outbox ORDER BY id",
-             "DROP TABLE outbox", "DROP TABLE deliveries", "ALTER TABLE outbox_old RENAME TO outbox"]
+             "DROP TABLE outbox", "DROP TABLE deliveries", "ALTER TABLE outbox_old RENAME TO outbox",
+             "DROP INDEX devices_by_phone", "ALTER TABLE devices DROP COLUMN phone",
+             "ALTER TABLE devices DROP COLUMN sms_seen_ms"]
     again = open_store(db)
     await again.open()
     try:

@@ -25,14 +25,16 @@ class GatewayProcess:
                  gateway_settings: str = "", extra_toml: str = "", mqtt_settings: str = "",
                  python: str = sys.executable, people: Mapping[str, str] | None = None, db: str = "gateway.sqlite3",
                  # Most tests try wrong tokens on purpose, all from 127.0.0.1: far above the default.
-                 api_settings: str = 'throttle_per_address = "10000/minute"', cc_settings: str = "") -> None:
+                 api_settings: str = 'throttle_per_address = "10000/minute"', cc_settings: str = "",
+                 sms_settings: str = "") -> None:
         """gateway_settings: TOML lines for the [gateway] table; extra_toml: more lines for the
         [forwarding] table, then further tables; python: the interpreter (another install of
         Siaga, to compare versions in a benchmark); people: name -> role of [[api.people]] entries,
         each with a token of its own (`people_tokens`, `headers_of(name)`), beside the admin token;
         api_settings: more lines for the [api] table; cc_settings: more lines for the [commandcenter]
         table (e.g. "report_every_s = 1"); db: the [gateway] db setting (a SQLite file in
-        the gateway's folder, or a postgresql:// URL)."""
+        the gateway's folder, or a postgresql:// URL); sms_settings: the lines of an [sms] table
+        (the SMS path's modem: port = "<a modem simulator's pty>", ...), none without them."""
         self.python = python
         self.dir = Path(tmp_path) / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,8 @@ token_file = "secrets/cc-intake-token"
 retry_first_s = 0.2
 retry_max_s = 2.0
 {extra_toml}
+{"[sms]" if sms_settings else ""}
+{sms_settings}
 """, encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -116,6 +120,8 @@ retry_max_s = 2.0
         return {"Authorization": f"Bearer {self.people_tokens[person]}"}
 
     def register(self, device_id: str, secret_hex: str, **location: object) -> None:
+        """Register a device; `location` holds the other fields of the API (lat, lon, address, area,
+        site, phone)."""
         resp = httpx.post(f"{self.url}/api/v1/devices", headers=self.admin_headers,
                           json={"id": device_id, "secret_hex": secret_hex, **location}, timeout=5)
         resp.raise_for_status()

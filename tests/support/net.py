@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -12,7 +13,7 @@ from typing import Any
 
 from siaga.net import free_port
 
-__all__ = ["FakeDns", "StalledServer", "free_port", "share_httpx_tls_context", "wait_port"]
+__all__ = ["FakeDns", "HoldingProxy", "StalledServer", "free_port", "share_httpx_tls_context", "wait_port"]
 
 
 def share_httpx_tls_context() -> None:
@@ -100,6 +101,82 @@ class StalledServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class HoldingProxy:
+    """A TCP proxy on a free loopback port to `upstream_port`, whose client-to-server direction can
+    be held: while `held`, bytes from clients are kept (in order) instead of forwarded, and
+    `release()` sends them on. The other direction always flows. What a congested uplink that
+    delays one direction looks like to both ends: nothing is lost, it is only late."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._cond = threading.Condition()
+        self._held = False
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="holding-proxy", daemon=True)
+
+    def __enter__(self) -> HoldingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.release()
+        self._thread.join(5)
+        self._listener.close()
+        for sock in self._socks:
+            sock.close()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def hold(self) -> None:
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, holdable: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if holdable:
+                    with self._cond:
+                        self._cond.wait_for(lambda: not self._held or self._stop.is_set())
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+        except OSError:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class FakeDns:

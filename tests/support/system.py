@@ -57,10 +57,13 @@ class System:
     cc: CommandCenterProcess
     gateway: GatewayProcess
 
-    def new_device(self, device_id: str, *, site: str | None = None, reload: bool = True) -> DeviceCredentials:
+    def new_device(self, device_id: str, *, site: str | None = None, reload: bool = True,
+                   phone: str | None = None) -> DeviceCredentials:
+        """A device in the broker and the gateway; `phone`: its SIM's number for the SMS path."""
         creds = DeviceCredentials(device_id, secrets.token_hex(32), secrets.token_urlsafe(18))
         self.broker.add_device(device_id, creds.mqtt_password, reload=reload)
-        self.gateway.register(device_id, creds.secret_hex, **PLACE, site=site)
+        self.gateway.register(device_id, creds.secret_hex, **PLACE, site=site,
+                              **({"phone": phone} if phone is not None else {}))
         return creds
 
     def new_devices(self, prefix: str, n: int) -> list[DeviceCredentials]:
@@ -80,12 +83,13 @@ class System:
 
 
 def start_system(tmp_path: Path, broker: MosquittoProcess, *, gateway_settings: str = "",
-                 extra_toml: str = "", mqtt_settings: str = "") -> Iterator[System]:
+                 extra_toml: str = "", mqtt_settings: str = "", sms_settings: str = "") -> Iterator[System]:
     gw_port, callback_token = free_port(), secrets.token_urlsafe(24)
     cc = CommandCenterProcess(tmp_path, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     gateway = GatewayProcess(tmp_path, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
                              cc_url=cc.url, cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,
-                             gateway_settings=gateway_settings, extra_toml=extra_toml, mqtt_settings=mqtt_settings)
+                             gateway_settings=gateway_settings, extra_toml=extra_toml, mqtt_settings=mqtt_settings,
+                             sms_settings=sms_settings)
     try:
         # Neither needs the other to become healthy (the gateway's health is its broker link; it
         # forwards with retries), and each is ready when its start() returns.
