@@ -2,7 +2,9 @@
 with gc.mem_alloc() during a real send through Mosquitto and the gateway (separate processes, as in
 the tests; the gateway's "received" ack does not wait for the command center, so none is started),
 for the core loaded from source, from mpy-cross output, and run in place from a ROMFS image, and
-the smallest heap (`micropython -X heapsize=`) in which a press still reaches "received".
+the smallest heap (`micropython -X heapsize=`) in which a press still reaches "received"; each
+without and with the SMS path (a modem on the HAL, answered in the device process, and "sms" in the
+config: the driver and the SMS codec loaded, the modem initialised, one test SMS sent).
 
     .venv/bin/python bench/firmware_memory.py
 
@@ -121,6 +123,8 @@ def main() -> int:
             config = tmp / "config.json"
             cfg = device_config(device_id, secret_hex, broker.port, password)
             config.write_text(json.dumps(cfg))
+            config_sms = tmp / "config-sms.json"
+            config_sms.write_text(json.dumps(dict(cfg, sms={"gateway": "+6281100000001", "test_every_s": 0})))
             state = tmp / "flash"
             state.mkdir()
             mpy = compile_core(tmp / "mpylib")
@@ -129,13 +133,15 @@ def main() -> int:
             variants = {"source (.py)": (FIRMWARE_LIB, None), "mpy-cross (.mpy)": (mpy, None),
                         ".mpy in place (ROMFS)": (tmp / "empty", image)}
             (tmp / "empty").mkdir()
-            results = {}
+            results: dict[str, dict[str, int]] = {}
+            results_sms: dict[str, dict[str, int]] = {}
             for name, (lib, romfs) in variants.items():
-                figures, out = run_device(lib, config, state, romfs=romfs)
-                if not figures:
-                    print(f"{name}: the device script failed:\n{out}")
-                    return 1
-                results[name] = figures
+                for conf, into in ((config, results), (config_sms, results_sms)):
+                    figures, out = run_device(lib, conf, state, romfs=romfs)
+                    if not figures:
+                        print(f"{name}: the device script failed:\n{out}")
+                        return 1
+                    into[name] = figures
             print("\nheap in use (gc.mem_alloc) above the bare interpreter:")
             stages = (("import", "core modules imported"), ("device", "Device built (outbox, counters, client)"),
                       ("connected", "connected to the broker"), ("resident", "= resident after connect"),
@@ -147,19 +153,35 @@ def main() -> int:
             print(f"  {'':44}" + "".join(f"{n:>24}" for n in results))
             for key, label in stages:
                 print(f"  {label:44}" + "".join(f"{kib(r[key]):>24}" for r in results.values()))
-            smallest = {}
+            print("\nwith the SMS path (modem initialised; the same stages, then one test SMS):")
+            print(f"  {'':44}" + "".join(f"{n:>24}" for n in results_sms))
+            for key, label in (("import", "core modules imported"),
+                               ("device", "Device built (+ modem driver, SMS codec)"),
+                               ("resident", "= resident after connect"),
+                               ("peak_during_send", "= peak during a send"),
+                               ("idle_garbage_per_s", "idle loop garbage per second"),
+                               ("sms_peak_over_resident", "test SMS high-water mark above resident"),
+                               ("sms_after", "resident after the test SMS")):
+                print(f"  {label:44}" + "".join(f"{kib(r[key]):>24}" for r in results_sms.values()))
+            print(f"  {'SMS path costs, resident':44}" + "".join(
+                f"{kib(results_sms[n]['resident'] - results[n]['resident']):>24}" for n in results))
+            smallest: dict[tuple[str, bool], int | None] = {}
             for name, (lib, romfs) in variants.items():
-                smallest[name] = None
-                for heap_kb in HEAP_SIZES_KB:
-                    figures, _ = run_device(lib, config, state, heap_kb, romfs)
-                    if figures:
-                        smallest[name] = heap_kb
-                        break
+                for with_sms, conf in ((False, config), (True, config_sms)):
+                    smallest[name, with_sms] = None
+                    for heap_kb in HEAP_SIZES_KB:
+                        figures, _ = run_device(lib, conf, state, heap_kb, romfs)
+                        if figures:
+                            smallest[name, with_sms] = heap_kb
+                            break
             print("\nsmallest total heap (micropython -X heapsize=) in which a press reaches 'received'")
             print("(interpreter included; for ROMFS the image itself sits in this heap on the unix port):")
-            for name, heap_kb in smallest.items():
+            print(f"  {'':44}{'without SMS':>14}{'with SMS':>14}")
+            for name in variants:
+                cells = [smallest[name, False], smallest[name, True]]
+                text = "".join(f"{'>' + str(HEAP_SIZES_KB[-1]) if k is None else k:>10} KiB" for k in cells)
                 extra = f" (image {kib(image.stat().st_size)})" if variants[name][1] else ""
-                print(f"  {name:44}{'>' + str(HEAP_SIZES_KB[-1]) if heap_kb is None else heap_kb} KiB{extra}")
+                print(f"  {name:44}{text}{extra}")
             print(f"\ntarget: <= {TARGET_KB} KiB of heap for the core and MQTT client during a send "
                   "(64-bit figures, an upper bound for the 32-bit boards):")
             for name, figures in results.items():

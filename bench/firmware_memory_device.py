@@ -3,7 +3,8 @@
 #   micropython firmware_memory_device.py <config.json> <state dir>
 # MICROPYPATH selects the core as source (.py) or precompiled (.mpy); with a third argument, a ROMFS
 # image holding the .mpy files is mounted and the core runs in place from it, as from a board's
-# flash. Prints one "MEM <stage> <bytes>" line per figure and "DONE" at the end.
+# flash. Prints one "MEM <stage> <bytes>" line per figure and "DONE" at the end. With "sms" in the
+# config the HAL has a modem (BenchModem, answering in this process) and the SMS path is measured too.
 import gc
 import sys
 import time
@@ -19,6 +20,8 @@ class BenchHal:
         self.connected = False
         self.held = False
         self.alarms = 0
+        self.modem_ready = False
+        self.sms_sent = False
 
     def ticks_ms(self):
         return time.ticks_ms()
@@ -56,6 +59,10 @@ class BenchHal:
     def event(self, name, detail):
         if name == "connected":
             self.connected = True
+        elif name == "modem_ready":
+            self.modem_ready = True
+        elif name == "sms_sent":
+            self.sms_sent = True
         elif name == "delivered":
             self.delivered = True
         elif name == "alarm":
@@ -65,6 +72,35 @@ class BenchHal:
 
     def feed_watchdog(self):
         pass
+
+
+class BenchModem:
+    """The least a text-mode modem answers (TS 27.005 §3): OK to every command, registered, and a
+    "> " prompt then "+CMGS:" for AT+CMGS. Answers are ready by the next read, as on a UART."""
+
+    def __init__(self, hal):
+        self.hal = hal
+        self.rx = None
+        self.entry = False
+
+    def read(self):
+        data = self.rx
+        self.rx = None
+        return data
+
+    def write(self, data):
+        if self.entry:
+            self.entry = False
+            self.rx = b"\r\n+CMGS: 1\r\n\r\nOK\r\n"
+        elif data.startswith(b"AT+CMGS"):
+            self.entry = True
+            self.rx = b"\r\n> "
+        elif data.startswith(b"AT+CREG?"):
+            self.rx = b"\r\n+CREG: 0,1\r\n\r\nOK\r\n"
+        elif data.startswith(b"AT+CSQ"):
+            self.rx = b"\r\n+CSQ: 20,0\r\n\r\nOK\r\n"
+        elif data != b"\x1b":
+            self.rx = b"\r\nOK\r\n"
 
 
 def report(stage, value):
@@ -118,12 +154,17 @@ def main():
     report("import", after_import - floor)
 
     hal = BenchHal()
+    sms = "sms" in cfg
+    if sms:
+        modem = BenchModem(hal)
+        hal.modem_read = modem.read
+        hal.modem_write = modem.write
     dev = Device(hal, cfg, sys.argv[2])
     gc.collect()
     after_device = gc.mem_alloc()
     report("device", after_device - after_import)
 
-    steps_until(dev, lambda: hal.connected, 10000)
+    steps_until(dev, lambda: hal.connected and (hal.modem_ready or not sms), 10000)
     for _ in range(50):          # let the first heartbeat and the retained-ack check settle
         dev.step()
     gc.collect()
@@ -176,6 +217,23 @@ def main():
         dev.step()
     report("idle_garbage_per_s", gc.mem_alloc() - idle_start)
     gc.enable()
+
+    if sms:
+        # The SMS path's own send: a test SMS (signed, queued, prompted, written), from a
+        # collected heap, each step with the collector off, as the press above.
+        gc.collect()
+        base = gc.mem_alloc()
+        peak = base
+        dev.sms_test()
+        while not hal.sms_sent:
+            gc.collect()
+            gc.disable()
+            dev.step()
+            peak = max(peak, gc.mem_alloc())
+            gc.enable()
+        report("sms_peak_over_resident", peak - base)
+        gc.collect()
+        report("sms_after", gc.mem_alloc() - floor)
 
     # The resolver and SNTP module, imported only by a button whose broker is a name and by a
     # board that sets its clock (the measured config names the broker by address).

@@ -782,6 +782,243 @@ def test_config_errors_say_what_to_write(tmp):
 
 
 
+# ---------------------------------------------------------------- the SMS path (modem.py, app.py)
+
+GATEWAY_NUMBER = "+6281100000001"
+
+
+class FakeModem:
+    """A scripted text-mode modem (TS 27.005 §3) on the driver's read/write: answers each command
+    line at once. `answer = False` makes it mute; `cms` fails that many AT+CMGS with +CMS ERROR."""
+
+    def __init__(self):
+        self.rx = b""
+        self.lines = []          # command lines received
+        self.answer = True
+        self.registered = True
+        self.cms = 0
+        self.stored = {}         # index -> (sender, text)
+        self.sent = []           # (number, text)
+        self._to = None          # the number of an AT+CMGS whose text is being entered
+
+    def read(self):
+        data = self.rx
+        self.rx = b""
+        return data or None
+
+    def _say(self, *lines):
+        for line in lines:
+            self.rx += b"\r\n" + line.encode() + b"\r\n"
+
+    def deliver(self, index, sender, text):
+        self.stored[index] = (sender, text)
+        self._say('+CMTI: "SM",%d' % index)
+
+    def write(self, data):
+        if data == b"\x1b" or not self.answer:
+            return
+        if self._to is not None:
+            to, self._to = self._to, None
+            if self.cms:
+                self.cms -= 1
+                self._say("+CMS ERROR: 500")
+            else:
+                self.sent.append((to, data[:-1].decode()))
+                self._say("+CMGS: %d" % len(self.sent), "OK")
+            return
+        cmd = data.decode().strip()
+        self.lines.append(cmd)
+        if cmd == "AT+CREG?":
+            self._say("+CREG: 0,%d" % (1 if self.registered else 2), "OK")
+        elif cmd == "AT+CSQ":
+            self._say("+CSQ: 17,0", "OK")
+        elif cmd == 'AT+CMGL="ALL"':
+            for i in sorted(self.stored):
+                self._say('+CMGL: %d,"REC UNREAD","%s",,"24/01/01,00:00:00+28"' % (i, self.stored[i][0]),
+                          self.stored[i][1])
+            self._say("OK")
+        elif cmd.startswith("AT+CMGR="):
+            got = self.stored.get(int(cmd[8:]))
+            if got:
+                self._say('+CMGR: "REC UNREAD","%s",,"24/01/01,00:00:00+28"' % got[0], got[1])
+            self._say("OK")
+        elif cmd.startswith("AT+CMGD="):
+            self.stored.pop(int(cmd[8:]), None)
+            self._say("OK")
+        elif cmd.startswith("AT+CMGS="):
+            self._to = cmd[9:-1]
+            self.rx += b"\r\n> "
+        else:
+            self._say("OK")
+
+
+def _modem(fake, events, clock):
+    from siagafw.modem import Modem
+
+    m = Modem(fake.read, fake.write, lambda n, d: events.append((n, d)), lambda: clock[0])
+    got = []
+    m.on_sms = lambda sender, text: got.append((sender, text))
+    m.on_sent = lambda tag, ok, detail: got.append((tag, ok, detail))
+    return m, got
+
+
+def _modem_run(m, clock, ms, step=10):
+    end = clock[0] + ms
+    while clock[0] < end:
+        m.step(clock[0])
+        clock[0] += step
+
+
+def test_modem_initialises_reads_deletes_and_sends_with_retries(tmp):
+    fake = FakeModem()
+    fake.stored[1] = ("+62999", "arrived while off")
+    events, clock = [], [0]
+    m, got = _modem(fake, events, clock)
+    _modem_run(m, clock, 500)
+    assert fake.lines[:7] == ["AT", "ATE0", "AT+CMEE=1", "AT+CMGF=1", 'AT+CSCS="GSM"', "AT+CNMI=2,1,0,0,0",
+                              'AT+CMGL="ALL"'], fake.lines
+    assert events == [("modem_ready", "csq=17")] and m.csq == 17 and m.registered
+    assert got == [("+62999", "arrived while off")] and fake.stored == {}  # read, then deleted
+    # A new message is announced (+CMTI), read and deleted; line noise around it changes nothing.
+    fake.rx += b"\xff\x00garbage\r\n" + b"x" * 500 + b"\r\nOK\r\n"
+    fake.deliver(4, GATEWAY_NUMBER, "SG1K hello")
+    _modem_run(m, clock, 200)
+    assert got[-1] == (GATEWAY_NUMBER, "SG1K hello") and fake.stored == {}
+    assert "AT+CMGR=4" in fake.lines and "AT+CMGD=4" in fake.lines
+    # +CMS ERROR once: tried again after SEND_RETRY_MS, then sent.
+    fake.cms = 1
+    assert m.send(GATEWAY_NUMBER, "SG1T a 1 b", "t1")
+    _modem_run(m, clock, 1000)
+    assert fake.sent == [] and m.pending() == 1
+    _modem_run(m, clock, 5000)
+    assert fake.sent == [(GATEWAY_NUMBER, "SG1T a 1 b")] and got[-1] == ("t1", True, "1")
+    # Refused every time: reported failed after SEND_TRIES attempts.
+    fake.cms = 10
+    m.send(GATEWAY_NUMBER, "SG1T a 2 b", "t2")
+    _modem_run(m, clock, 40000)
+    assert got[-1] == ("t2", False, "+CMS ERROR: 500") and m.pending() == 0
+    # Without network, sends wait (and the fault is said once); they go when it returns.
+    fake.cms = 0
+    fake.registered = False
+    _modem_run(m, clock, 61000)
+    m.send(GATEWAY_NUMBER, "SG1T a 3 b", "t3")
+    _modem_run(m, clock, 30000)
+    assert [e for e in events if e[0] == "modem_fault"] == [("modem_fault", "not registered (stat 2)")]
+    assert len(fake.sent) == 1
+    fake.registered = True
+    _modem_run(m, clock, 11000)
+    assert len(fake.sent) == 2 and events[-1] == ("modem_ready", "csq=17")
+
+
+def test_modem_without_answers_is_a_fault_and_recovers(tmp):
+    fake = FakeModem()
+    fake.answer = False
+    events, clock = [], [0]
+    m, _ = _modem(fake, events, clock)
+    _modem_run(m, clock, 120000)
+    assert events == [("modem_fault", "no answer")], events     # once, however many retries
+    assert fake.lines == [] and not m.ready()
+    fake.answer = True
+    _modem_run(m, clock, 70000)                                  # the backoff is at most 60 s
+    assert m.ready() and events[-1] == ("modem_ready", "csq=17")
+    # The modem restarts by itself ("RDY"): initialised again at once.
+    n = len(fake.lines)
+    fake.rx += b"\r\nRDY\r\n"
+    _modem_run(m, clock, 500)
+    assert events[-2:] == [("modem_fault", "modem restarted"), ("modem_ready", "csq=17")], events
+    assert fake.lines[n] == "AT"
+
+
+class SmsHal(ClockHal):
+    def __init__(self, fake):
+        ClockHal.__init__(self)
+        self.fake = fake
+        self.modem_read = fake.read
+        self.modem_write = fake.write
+
+
+def test_device_sends_an_unacked_alarm_by_sms_once_and_takes_a_signed_sms_ack(tmp):
+    from siagafw import sms
+
+    fake = FakeModem()
+    hal = SmsHal(fake)
+    dev = Device(hal, _config(sms={"gateway": GATEWAY_NUMBER, "fallback_s": 30}), tmp)
+    _run(dev, hal, 1000)
+    assert hal.named("modem_ready") == ["csq=17"]
+    _hold_input(dev, hal, "sos", 600)
+    seq = dev.outbox.seqs()[0]
+    _run(dev, hal, 8000)   # no network: after NET_DOWN_FAILURES attempts the SMS goes at once
+    assert len(fake.sent) == 1 and fake.sent[0][0] == GATEWAY_NUMBER
+    signer = dev.signer
+    msg = sms.open(signer, fake.sent[0][1])
+    assert msg["type"] == "alarm" and msg["seq"] == seq and msg["kind"] == "general"
+    assert (msg["lat_e6"], msg["lon_e6"], msg["ts"]) == (-6175392, 106827153, None)
+    assert hal.named("sms_sent") == ["seq=%d kind=alarm" % seq]
+    _run(dev, hal, 60000)
+    assert len(fake.sent) == 1                                  # once
+    other = proto.Signer(proto.secret_from_hex("11" * 32))
+    fake.deliver(1, "+62999", sms.ack_text(other, DEV, seq, "received", 5))
+    fake.deliver(2, "+62999", sms.ack_text(signer, "jkt-other-0002", seq, "received", 5))
+    fake.deliver(3, "+62999", sms.ack_text(signer, DEV, seq + 7, "received", 5))
+    fake.deliver(4, "+62999", "hello")
+    _run(dev, hal, 500)
+    assert hal.named("sms_rejected") == ["bad signature", "other device", "replayed ack seq=%d" % (seq + 7),
+                                         sms.NOT_SIAGA]
+    assert dev.outbox.seqs() == [seq] and hal.named("delivered") == []
+    fake.deliver(5, GATEWAY_NUMBER, sms.ack_text(signer, DEV, seq, "received", 5))
+    _run(dev, hal, 500)
+    assert hal.named("delivered") == ["seq=%d" % seq] and dev.outbox.seqs() == []
+    assert hal.named("ack") == ["seq=%d state=received via=sms" % seq] and hal.shown[-1] == "received"
+    fake.deliver(6, GATEWAY_NUMBER, sms.ack_text(signer, DEV, seq, "received", 5))   # a replay
+    fake.deliver(7, GATEWAY_NUMBER, sms.ack_text(signer, DEV, seq, "dispatched", 9))  # news
+    _run(dev, hal, 500)
+    assert hal.named("sms_rejected")[-1] == "replayed ack seq=%d" % seq
+    assert hal.named("ack")[-1] == "seq=%d state=dispatched via=sms" % seq
+    # The backup-path test SMS and its ack.
+    test_seq = dev.sms_test()
+    _run(dev, hal, 500)
+    assert sms.open(signer, fake.sent[-1][1]) == {"type": "test", "dev": DEV, "seq": test_seq}
+    fake.deliver(8, GATEWAY_NUMBER, sms.ack_text(signer, DEV, test_seq, "test", 9))
+    fake.deliver(9, GATEWAY_NUMBER, sms.ack_text(signer, DEV, test_seq, "test", 9))
+    _run(dev, hal, 500)
+    assert hal.named("sms_test_ok") == ["seq=%d" % test_seq]
+    assert hal.named("sms_rejected")[-1] == "replayed test ack seq=%d" % test_seq
+
+
+def test_device_falls_back_to_sms_after_fallback_s_while_the_network_looks_fine(tmp):
+    from siagafw import modem
+
+    fake = FakeModem()
+    hal = SmsHal(fake)
+    dev = Device(hal, _config(sms={"gateway": GATEWAY_NUMBER, "fallback_s": 20}), tmp)
+    saved = modem.NET_DOWN_FAILURES
+    modem.NET_DOWN_FAILURES = 1 << 30   # as if every connect attempt were still under way
+    try:
+        _run(dev, hal, 1000)
+        seq = dev.raise_alarm()
+        _run(dev, hal, 19000)
+        assert fake.sent == []
+        _run(dev, hal, 2000)
+        assert [t.split()[2] for _, t in fake.sent] == [str(seq)]
+    finally:
+        modem.NET_DOWN_FAILURES = saved
+
+
+def test_config_checks_the_sms_path(tmp):
+    good = json.loads(json.dumps(_config()))
+    ok = {"gateway": GATEWAY_NUMBER}
+    load_config(json.dumps(dict(good, sms=dict(ok, fallback_s=5, test_every_s=0, device="/dev/ttyUSB1"))), "unix")
+    load_config(json.dumps(dict(good, sms=dict(ok, test_every_s=2592000))), "esp32")
+    for board, sms, key, words in ((None, {"gateway": "081100000001"}, "sms.gateway", "+"),
+                                   (None, {"gateway": "+62 811"}, "sms.gateway", "8-15 digits"),
+                                   (None, dict(ok, fallback_s=4), "sms.fallback_s", "5-3600"),
+                                   (None, dict(ok, test_every_s=600), "sms.test_every_s", "or 0"),
+                                   ("esp32", dict(ok, device="/dev/ttyUSB1"), "sms.device", "unix"),
+                                   (None, [], "sms", "gateway")):
+        why = _refusal(ValueError, load_config, json.dumps(dict(good, sms=sms)), board)
+        assert key in why and words in why, why
+
+
 TESTS = [
     test_seq_numbers_increase_and_survive_a_restart,
     test_seq_block_writes_are_rare,
@@ -834,4 +1071,9 @@ TESTS = [
     test_device_full_outbox_drops_the_oldest_press_and_says_so,
     test_config_refuses_timings_the_board_cannot_honour,
     test_config_errors_say_what_to_write,
+    test_modem_initialises_reads_deletes_and_sends_with_retries,
+    test_modem_without_answers_is_a_fault_and_recovers,
+    test_device_sends_an_unacked_alarm_by_sms_once_and_takes_a_signed_sms_ack,
+    test_device_falls_back_to_sms_after_fallback_s_while_the_network_looks_fine,
+    test_config_checks_the_sms_path,
 ]

@@ -137,6 +137,10 @@ class BoardHal:
     BOARD = None
     WATCHDOG_MS = 8000
     GPS_UART_ID = 1
+    # The GSM modem (hardware/modem.md) is on UART1 on both boards: remapped to GPIO 4/13 on the
+    # ESP32 (its default pins are the flash's), GP4/GP5 on the Pico W (pins.py).
+    MODEM_UART_ID = 1
+    MODEM_BAUD = 115200    # SIM7600's default; SIM800L detects the rate from the first "AT"
     wifi_class = WifiLink
 
     def __init__(self, cfg, pins):
@@ -170,6 +174,14 @@ class BoardHal:
         if gps:
             self._gps = UART(self.GPS_UART_ID, baudrate=gps.get("baud", 9600), tx=Pin(pins["gps_tx"]),
                              rx=Pin(pins["gps_rx"]), rxbuf=512)
+        self._modem = None
+        if cfg.get("sms") and pins.get("modem_tx") is not None and pins.get("modem_rx") is not None:
+            # timeout=0: read() returns what the receive buffer holds and never waits; 512 bytes
+            # hold several answers (a +CMGL listing of a few SMS) between two loop steps.
+            self._modem = UART(self.MODEM_UART_ID, baudrate=self.MODEM_BAUD, tx=Pin(pins["modem_tx"]),
+                               rx=Pin(pins["modem_rx"]), timeout=0, rxbuf=512)
+            self.modem_read = self._modem_read
+            self.modem_write = self._modem.write
         self.ssl_wrap = None
         tls = cfg["mqtt"].get("tls")
         if tls:
@@ -252,6 +264,11 @@ class BoardHal:
         if self._gps is None or not self._gps.any():
             return None
         return self._gps.read(128)
+
+    def _modem_read(self):
+        if not self._modem.any():
+            return None
+        return self._modem.read(128)
 
     def indicate(self, state):
         print("IND", state)

@@ -19,6 +19,9 @@ def main():
 
         ssl_wrap = make_ssl_wrap(tls["ca"], tls.get("server_hostname", cfg["mqtt"]["host"]))
     hal = FakeHal(ssl_wrap, len(sys.argv) > 3 and sys.argv[3] == "outputs")
+    sms = cfg.get("sms")
+    if sms and sms.get("device"):
+        hal.open_modem(sms["device"])  # before Device(): it looks for modem_read
     dev = Device(hal, cfg, sys.argv[2])
     hal.event("boot", "dev=%s next_seq=%d fw=%s" % (cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION))
     while not hal.quit:
@@ -26,6 +29,9 @@ def main():
         if hal.test_requested:
             hal.test_requested = False
             dev.raise_alarm(test=True)
+        if hal.sms_test_requested:
+            hal.sms_test_requested = False
+            dev.sms_test()
         if hal.stats_requested:
             hal.stats_requested = False
             hal.event("stats", dev.stats())

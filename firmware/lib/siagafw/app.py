@@ -22,6 +22,9 @@
 #   dns_server()                      "a.b.c.d" of the network's DNS server (DHCP), or None; without
 #                                     it a broker name is looked up with socket.getaddrinfo
 #   gps_read()                        bytes from the GPS UART, or None (no module, nothing waiting)
+#   modem_read()                      bytes from the GSM modem's UART since the last call, or None;
+#   modem_write(data)                 and bytes to it (a few dozen at a time; must not block long).
+#                                     With these and "sms" in the config the button has an SMS path
 #   indicate(state)                   what the indicator shows now (indicator.py names; for logs)
 #   output(led, buzzer, status)       switch the ring LED, the buzzer and the status LED
 #   event(name, detail)               something worth a log line ("alarm", "delivered", ...)
@@ -161,6 +164,13 @@ class Device:
         pending = self.outbox.seqs()
         if pending:
             self.current = pending[-1]  # a reboot with alarms still pending shows "sending"
+        # The SMS path (siagafw/modem.py), only for a button with a modem: the driver, its glue and
+        # the SMS codec are not even imported otherwise (their RAM: docs/performance.md).
+        self.sms = None
+        if cfg.get("sms") and hasattr(hal, "modem_read"):
+            from siagafw.modem import SmsPath
+
+            self.sms = SmsPath(self, cfg["sms"], now)
         self._display(now)
 
     # -------------------------------------------------------------- presses
@@ -189,10 +199,14 @@ class Device:
             # Bounded outbox (storage.py): the oldest pending press gives way to this one. Logged,
             # never silent; the gateway groups a button's presses into one incident anyway.
             self.hal.event("outbox_full", "dropped seq=%d" % self.outbox.pending[0])
+            if self.sms is not None:
+                self.sms.done(self.outbox.pending[0])
         self.outbox.put(seq, frame)  # durable before the first send (protocol.md §6 step 1)
         if self.outbox.fault or self.seqs.fault:
             self._fault(FAULT_FLASH, True)
         self._retry[seq] = (now, self.resend_first_ms)
+        if self.sms is not None:
+            self.sms.raised(seq, now)
         self.current = seq
         self.current_rank = -1
         self._state_at = now
@@ -286,14 +300,21 @@ class Device:
                   and isinstance(seq, int) and not isinstance(seq, bool))
         except (ValueError, KeyError, TypeError):
             ok = False
-        rank = proto.state_rank(state) if ok else -1
-        if rank < 0:
+        if not ok or proto.state_rank(state) < 0:
             self.hal.event("ack_rejected", "malformed")
             return
+        self._ack(seq, state, retained)
+
+    def _ack(self, seq, state, retained=False, via=None):
+        """A verified ack of this button's alarm `seq` (state in proto.STATES), from MQTT or, with
+        via="sms", from an SMS: the same rules for both paths."""
+        rank = proto.state_rank(state)
         now = self.hal.ticks_ms()
         if seq in self.outbox:
             self.outbox.remove(seq)  # the gateway has it durably (protocol.md §6 step 3)
             self._retry.pop(seq, None)
+            if self.sms is not None:
+                self.sms.done(seq)
             self.hal.event("delivered", "seq=%d" % seq)
         if seq == self._acked_seq and rank <= self._acked_rank:
             # A state this button already showed for this alarm, published again (after the
@@ -307,8 +328,15 @@ class Device:
             self._state_at = now
             self._acked_seq = seq
             self._acked_rank = rank
-            self.hal.event("ack", "seq=%d state=%s" % (seq, state))
+            if via is None:
+                self.hal.event("ack", "seq=%d state=%s" % (seq, state))
+            else:
+                self.hal.event("ack", "seq=%d state=%s via=%s" % (seq, state, via))
         self._display(now)
+
+    def sms_test(self):
+        """Send the backup-path test SMS now (a technician's command); its seq, or None."""
+        return self.sms.test() if self.sms is not None else None
 
     # -------------------------------------------------------------- display
 
@@ -490,6 +518,8 @@ class Device:
             if data:
                 self.gps.feed(data, now)
         self._supervise(now)
+        if self.sms is not None:
+            self.sms.step(now)
         net = self._net_ready(now)
         if self._online and not self.mqtt.connected():
             self._link_down("closed")  # by the host (the fleet simulator's power cut)

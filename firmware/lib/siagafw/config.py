@@ -104,7 +104,7 @@ def load_config(text, board=None):
     _need(_is_int(cfg.get("heartbeat_s", 60)) and cfg.get("heartbeat_s", 60) >= 5, "heartbeat_s",
           "the heartbeat interval in seconds, at least 5 (default 60)")
     _timings(cfg, board)
-    _extras(cfg)
+    _extras(cfg, board)
     return cfg
 
 
@@ -133,7 +133,7 @@ def _timings(cfg, board):
     _need(_int_in(cfg, "test_mode_max_s", 900, 10, 86400), "test_mode_max_s", "10-86400 s (default 900)")
 
 
-def _extras(cfg):
+def _extras(cfg, board):
     dns = cfg.get("dns")
     if dns is not None:
         from siagafw import udp  # only for a config that names a DNS server: it costs RAM
@@ -158,3 +158,34 @@ def _extras(cfg):
     _need(gps is None or gps is False or (isinstance(gps, dict) and _int_in(gps, "baud", 9600, 1200, 921600)
                                           and _int_in(gps, "max_age_s", 120, 1, 86400)),
           "gps", "{\"baud\": 9600, \"max_age_s\": 120}")
+    _sms(cfg.get("sms"), board)
+
+
+def _e164(v):
+    """An international number written "+" and 8-15 digits: ITU-T E.164 caps a number at 15 digits,
+    and a country code with a subscriber number is not shorter than 8 in practice."""
+    if not isinstance(v, str) or len(v) < 9 or len(v) > 16 or v[0] != "+":
+        return False
+    for c in v[1:]:
+        if not "0" <= c <= "9":
+            return False
+    return True
+
+
+def _sms(s, board):
+    if s is None:
+        return
+    _need(isinstance(s, dict), "sms",
+          "{\"gateway\": \"+62...\", \"fallback_s\": 30, \"test_every_s\": 86400}")
+    _need(_e164(s.get("gateway")), "sms.gateway",
+          "the gateway modem's number as + and 8-15 digits, e.g. \"+6281100000001\"")
+    _need(_int_in(s, "fallback_s", 30, 5, 3600), "sms.fallback_s",
+          "5-3600 s: an alarm not acknowledged over the network this long is also sent by SMS (default 30)")
+    t = s.get("test_every_s", 86400)
+    _need(_is_int(t) and (t == 0 or 3600 <= t <= 2592000), "sms.test_every_s",
+          "3600-2592000 s between backup-path test SMS, or 0 for none (default 86400, daily)")
+    if "device" in s:
+        # The unix port's stand-in for the UART: a serial device or pseudo-terminal path. The
+        # boards have the modem on fixed pins (pins.py) instead.
+        _need(board in (None, "unix"), "sms.device", "only for the unix port; leave it out on a board")
+        _need(_text(s["device"], 1, 255), "sms.device", "the modem's serial device path, e.g. \"/dev/ttyUSB0\"")
