@@ -130,6 +130,9 @@ class Gateway:
         self._sms_flood = SenderFlood(cfg.sms.flood_per_minute if cfg.sms is not None else 10)
         self._sms_senders: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
         self._sms_tests: list[tuple[str, int, str]] = []  # test SMS answered once their batch is committed
+        # Alarms of the batch being committed that came by SMS: only these are answered by SMS
+        # (a copy of an SMS alarm that arrives later by MQTT is answered over MQTT alone).
+        self._sms_batch: set[tuple[str, int]] = set()
         # Set while this instance forwards the outbox and runs the time-driven supervision: always
         # with SQLite, with PostgreSQL while it holds the leader lock (gateway/store_pg.py).
         self.leader = asyncio.Event()
@@ -416,6 +419,7 @@ class Gateway:
             batch.windows[msg.device_id] = self._windows[msg.device_id]
             if by_sms:
                 # Its ack (and every later state) goes back by SMS too, once committed (_publish_ack).
+                self._sms_batch.add((msg.device_id, msg.seq))
                 self._sms_senders[(msg.device_id, msg.seq)] = item.topic[len(codec.SMS_TOPIC_PREFIX):]
                 self._sms_senders.move_to_end((msg.device_id, msg.seq))
                 while len(self._sms_senders) > SMS_SENDERS_KEPT:
@@ -457,6 +461,7 @@ class Gateway:
         """A batch whose commit failed: the database rolled it back, so reload the state it would
         have changed, then commit each message alone and quarantine the one that fails."""
         self._sms_tests.clear()   # taken again below
+        self._sms_batch.clear()
         await self._load()
         for item in items:
             batch = Batch()
@@ -484,8 +489,11 @@ class Gateway:
                 self._latest_alarm[alarm.device_id] = max(alarm.seq, self._latest_alarm.get(alarm.device_id, -1))
             else:
                 self.metrics.inc("duplicates")
-            # A duplicate is re-acknowledged too: its sender evidently missed the first ack.
-            self._publish_ack(alarm)
+            # A duplicate is re-acknowledged too: its sender evidently missed the first ack. By SMS
+            # only if this copy came by SMS: an SMS costs money, and the MQTT copy of an alarm the
+            # button also sent by SMS needs only the MQTT answer.
+            self._publish_ack(alarm, by_sms=(alarm.device_id, alarm.seq) in self._sms_batch)
+        self._sms_batch.clear()
         for device_id, seq, sender in self._sms_tests:
             self._send_sms_ack(device_id, seq, sms.TEST_STATE, sender)
         self._sms_tests.clear()

@@ -158,6 +158,8 @@ class HoldingProxy:
             except OSError:
                 client.close()
                 continue
+            for sock in (client, server):
+                sock.settimeout(None)   # a quiet link is not a broken one: wait as long as it takes
             self._socks += [client, server]
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
