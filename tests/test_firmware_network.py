@@ -96,15 +96,19 @@ def test_presses_during_stalled_connects_are_kept_and_delivered_once(system: Sys
 
 
 def test_loop_keeps_its_pace_through_stalled_refused_and_unresolvable_connects(tmp_path: Path) -> None:
+    # Short attempts and a low backoff cap, so that each phase sees several attempts in a few seconds.
+    timeout_ms, backoff_max_ms = 1500, 2000
     with FakeDns() as dns, StalledServer() as stalled:
-        cfg = device_config("jkt-net-loop-01", "ab" * 32, stalled.port, "pw-loop", dns=dns.server)
+        cfg = device_config("jkt-net-loop-01", "ab" * 32, stalled.port, "pw-loop", dns=dns.server,
+                            reconnect={"first_ms": 500, "max_ms": backoff_max_ms})
         cfg["mqtt"]["host"] = BROKER_NAME
+        cfg["mqtt"]["timeout_ms"] = timeout_ms
         with FirmwareProcess(tmp_path / "fw", cfg) as fw:
             assert fw.expect("EVT resolved") == f"EVT resolved {BROKER_NAME}=127.0.0.1"
             stats(fw)                                           # start counting now
             phases = {}
 
-            fw.drain(15.0)                                      # 1: the broker accepts TCP, then silence
+            fw.drain(9.0)                                       # 1: the broker accepts TCP, then silence
             phases["stalled"] = stats(fw)
             assert len(stalled.accepted) >= 3, stalled.accepted
             assert all("no CONNACK" in x for x in failures(fw.history)), failures(fw.history)
@@ -113,10 +117,10 @@ def test_loop_keeps_its_pace_through_stalled_refused_and_unresolvable_connects(t
             delays = [int(x.rsplit("retry in ", 1)[1].split()[0]) for x in failures(fw.history)]
             gaps = [b - a for a, b in zip(stalled.accepted, stalled.accepted[1:], strict=False)]
             for gap, delay in zip(gaps, delays, strict=False):
-                assert gap >= (TIMEOUT_MS + delay) / 1000 - 0.1, (gaps, delays)
+                assert gap >= (timeout_ms + delay) / 1000 - 0.1, (gaps, delays)
 
             stalled.close()                                     # 2: nothing listens: refused at once
-            lines = fw.drain(15.0)
+            lines = fw.drain(8.0)
             phases["refused"] = stats(fw)
             # The attempt under way when the server went may end any of three ways: its connection
             # closed cleanly or reset (depending on whether the listener's close found it still
@@ -130,9 +134,9 @@ def test_loop_keeps_its_pace_through_stalled_refused_and_unresolvable_connects(t
             assert len(dns.queries) >= 2                        # looked up again after repeated failures
 
             dns.mode = "servfail"                               # 3: the DNS server fails...
-            lines = fw.drain(16.0)
+            lines = fw.drain(8.0)
             dns.mode = "silent"                                 # ...then stops answering
-            lines += fw.drain(12.0)
+            lines += fw.drain(9.0)
             phases["dns"] = stats(fw)
             reasons = " ".join(failures(lines))
             assert "DNS: server failure" in reasons and "DNS: no answer" in reasons, reasons
