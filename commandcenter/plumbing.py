@@ -13,6 +13,11 @@ asks every few seconds.
 What is measured is the whole path from the gateway to here: a gateway that stopped, lost its uplink,
 or cannot reach the command center for any other reason is silent alike. A gateway is supervised from
 its first report on; a gateway never heard from is unknown, not silent.
+
+A gateway with an SMS path says in its report how its own GSM modem is (`sms`: up, registered on the
+network, signal). It is kept with the rest of the report; the console shows a modem that is down or
+off the network as a room-wide fault, from the latest report, until a report says it is back: every
+button behind that gateway has lost its backup path meanwhile.
 """
 
 from __future__ import annotations
@@ -91,6 +96,21 @@ class Buttons(BaseModel):
     registered: Count
 
 
+RSSI_MAX = 31  # 3GPP TS 27.007 §8.5 <rssi>: 0 (-113 dBm or less) to 31 (-51 dBm or more)
+Rssi = Annotated[int, Field(strict=True, ge=0, le=RSSI_MAX), BeforeValidator(contract.json_integer)]
+
+
+class SmsModem(BaseModel):
+    """The gateway's own GSM modem (its SMS path), as the gateway last saw it."""
+
+    up: bool = Field(strict=True, description="the gateway's session with its modem is set up and the modem answers")
+    registered: bool | None = Field(
+        default=None, strict=True,
+        description="the modem is registered on the mobile network (AT+CREG?); null: not known (modem down)")
+    signal: Rssi | None = Field(
+        default=None, description="signal strength, AT+CSQ <rssi> (0 to 31, about -113 to -51 dBm); null: not known")
+
+
 class GatewayReportIn(BaseModel):
     """A gateway's self-report. Unknown fields are ignored (protocol §4)."""
 
@@ -100,7 +120,7 @@ class GatewayReportIn(BaseModel):
             "gateway_id": "gw-1", "instance": "gw-1a", "version": "0.9.0", "uptime_s": 8123.4,
             "outbox": {"total": 2, "by_destination": {"command-center": 0, "cad-kota": 2}},
             "broker_connected": True, "buttons": {"online": 118, "registered": 120},
-            "at": "2026-11-24T03:12:09.412Z",
+            "at": "2026-11-24T03:12:09.412Z", "sms": {"up": True, "registered": True, "signal": 18},
         }]},
     }
 
@@ -113,6 +133,7 @@ class GatewayReportIn(BaseModel):
     broker_connected: bool = Field(strict=True, description="the gateway's link to its MQTT broker is up")
     buttons: Buttons
     at: EventTime = Field(description="when the gateway made the report, by its clock")
+    sms: SmsModem | None = Field(default=None, description="the gateway's SMS modem; absent without an SMS path")
 
 
 class GatewayOut(BaseModel):
@@ -129,6 +150,9 @@ class GatewayOut(BaseModel):
     outbox: OutboxDepth
     broker_connected: bool
     buttons: Buttons
+    sms: SmsModem | None = Field(description=(
+        "the gateway's SMS modem in its latest report; null without an SMS path. Down (`up` false) or off the "
+        "network (`registered` false) is a room-wide fault: the buttons behind the gateway have no backup path"))
 
 
 class GatewaysOut(BaseModel):
@@ -338,6 +362,7 @@ def gateway_out(s: GatewayState) -> GatewayOut:
         outbox=OutboxDepth.model_validate(r.get("outbox", {"total": 0})),
         broker_connected=bool(r.get("broker_connected", False)),
         buttons=Buttons.model_validate(r.get("buttons", {"online": 0, "registered": 0})),
+        sms=None if r.get("sms") is None else SmsModem.model_validate(r["sms"]),
     )
 
 
@@ -347,7 +372,9 @@ def gateway_out(s: GatewayState) -> GatewayOut:
     description=(
         "Every gateway instance that has reported, with its latest report. `status` is `silent` from the "
         "moment its silence was raised as a room-wide fault (no report for longer than `silence_s`) until "
-        "it reports again. For everyone signed in: the console shows silent gateways as a banner."
+        "it reports again. `sms` is the gateway's own SMS modem as its latest report says. For everyone signed "
+        "in: the console shows silent gateways, and gateways whose SMS modem is down or off the network, as "
+        "a banner."
     ),
     response_model=GatewaysOut,
 )

@@ -113,6 +113,7 @@ class SmsSettings:
     test_every_s: int = 86400       # the buttons' backup-path test interval (supervision)
     command_timeout_s: float = 10.0     # one AT command's answer (AT+CMGS: six times this)
     multipart_timeout_s: float = 600.0  # an incomplete multipart message is dropped after this
+    poll_s: float = 30.0            # how often the modem is checked: answering, registered, signal, SIM storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +458,7 @@ class SmsTable(_Table):
     test_every_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 86400
     command_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
     multipart_timeout_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 600.0
+    poll_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 30.0
 
 
 class LoggingTable(_Table):
@@ -545,7 +547,8 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
             port=f.sms.port, baud=f.sms.baud, number=f.sms.number or "", ack_min_interval_s=f.sms.ack_min_interval_s,
             ack_per_hour=f.sms.ack_per_hour, send_per_minute=f.sms.send_per_minute,
             flood_per_minute=f.sms.flood_per_minute, test_every_s=f.sms.test_every_s,
-            command_timeout_s=f.sms.command_timeout_s, multipart_timeout_s=f.sms.multipart_timeout_s),
+            command_timeout_s=f.sms.command_timeout_s, multipart_timeout_s=f.sms.multipart_timeout_s,
+            poll_s=f.sms.poll_s),
     )
 
 

@@ -3,7 +3,9 @@
 
 The report (docs/protocol.md §7, "Gateway report") says who is reporting (gateway id and instance),
 what runs (version, uptime) and how the path looks from here: the outbox depth in total and per
-destination, whether the broker link is up, how many buttons are online of how many are registered.
+destination, whether the broker link is up, how many buttons are online of how many are registered,
+and, with an SMS path ([sms]), the state of the gateway's own modem: down or off the network, the
+buttons behind this gateway have no backup path, and the room must know.
 It goes to every destination of type `siaga` with that destination's intake token as a bearer token,
 exactly as the alarms do (over TLS when the URL is https).
 
@@ -45,9 +47,20 @@ def reference_destinations(destinations: tuple[Destination, ...]) -> list[Destin
     return [d for d in destinations if d.type == "siaga"]
 
 
+def sms_state(gw: Gateway) -> dict[str, Any] | None:
+    """The report's "sms" object, or None to leave it out: no SMS path, or the modem's first session
+    not yet tried (a gateway that just started is not a modem fault)."""
+    intake = gw.sms
+    if gw.cfg.sms is None or intake is None or not intake.tried:
+        return None
+    status = intake.status()
+    return {"up": status["up"], "registered": status["registered"], "signal": status["signal"]}
+
+
 async def build_report(gw: Gateway, started: float, version: str) -> dict[str, Any]:
     depths = await gw.store.outbox_depths()
     link = gw.link
+    sms = sms_state(gw)
     return {
         "gateway_id": gw.cfg.gateway_id,
         "instance": gw.instance,
@@ -57,6 +70,7 @@ async def build_report(gw: Gateway, started: float, version: str) -> dict[str, A
         "broker_connected": bool(link is not None and link.connected.is_set()),
         "buttons": {"online": gw.supervisor.online(), "registered": len(gw.registry)},
         "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        **({"sms": sms} if sms is not None else {}),
     }
 
 

@@ -12,9 +12,15 @@ The AT subset is that of 3GPP TS 27.005 (SMS) and TS 27.007 (general): one comma
 answered by a final result code (OK, ERROR, +CME ERROR, +CMS ERROR; TS 27.007 §5.7 and §9.2, TS
 27.005 §3.2.5) within a timeout. A modem that does not answer in time, or a port that goes away, ends
 the session; the intake reconnects with backoff (logged, gauge `sms_modem_up`) and lists the SIM
-again. PDU mode (AT+CMGF=0, TS 27.005 §3.2.3) rather than text mode because only the PDU carries the
-user data header (TS 23.040 §9.2.3.24) that says which parts make one concatenated message; text
-mode hands the parts over as separate messages with no way to put them together.
+again. Every `poll_s` seconds it also asks whether the modem is registered on the network (AT+CREG?)
+and how strong the signal is (AT+CSQ): a modem that answers but has no network sends and receives
+nothing. `status()` is that state, which the gateway's report carries to the command center
+(gateway/liveness.py), where it is a room-wide fault: without the gateway's modem, every button
+behind it has lost its backup path.
+
+PDU mode (AT+CMGF=0, TS 27.005 §3.2.3) rather than text mode because only the PDU carries the user
+data header (TS 23.040 §9.2.3.24) that says which parts make one concatenated message; text mode
+hands the parts over as separate messages with no way to put them together.
 
 Acks go back to the buttons through `send`, rate-limited (AckLimiter): SMS cost money and an SMS
 centre throttles a sender that floods it, so at most one ack per device every ack_min_interval_s and
@@ -59,7 +65,6 @@ RECONNECT_MAX_S = 60.0
 # AT+CMGS waits for the network's answer, far longer than a local command: this many command timeouts
 # (60 s by default; SIM800 and SIM7600 manuals give up to 60 s for it).
 SEND_TIMEOUTS = 6
-POLL_EVERY_S = 30.0       # a check that the modem answers, and a look at storage (a missed +CMTI, a full SIM)
 SEND_ATTEMPTS = 3         # an SMS the modem could not send (+CMS ERROR) is tried this often
 SEND_RETRY_S = 30.0
 WAITING_PER_DEVICE = 8    # acks of different alarms of one device waiting at once; beyond, the oldest go
@@ -74,6 +79,14 @@ _CMTI = re.compile(r'\+CMTI:\s*"?(\w*)"?\s*,\s*(\d+)')
 _CMGL = re.compile(r"\+CMGL:\s*(\d+)\s*,\s*(\d+)")
 _CMGR = re.compile(r"\+CMGR:\s*(\d+)")
 _CPMS = re.compile(r"\+CPMS:\s*(?:\"\w*\"\s*,\s*)?(\d+)\s*,\s*(\d+)")
+# TS 27.007 §7.2 +CREG: <n>,<stat>[,...] (the read command's answer); §8.5 +CSQ: <rssi>,<ber>.
+_CREG = re.compile(r"\+CREG:\s*\d+\s*,\s*(\d+)")
+_CSQ = re.compile(r"\+CSQ:\s*(\d+)\s*,")
+# <stat> values that mean SMS can go: 1 home, 5 roaming, 6/7 "SMS only" (home/roaming), 9/10 "CSFB
+# not preferred" (home/roaming). 0 (not searching), 2 (searching), 3 (denied), 4 (unknown) and
+# 8 (emergency calls only) do not.
+_REGISTERED = frozenset({1, 5, 6, 7, 9, 10})
+RSSI_MAX = 31       # §8.5: 0 (-113 dBm or less) to 31 (-51 dBm or more); 99 is "not known"
 _FINAL_ERRORS = ("ERROR", "+CME ERROR", "+CMS ERROR", "NO CARRIER")
 
 
@@ -223,6 +236,10 @@ class SmsIntake:
         self._audit = audit
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.up = False                      # a session with the modem is set up (sms_modem_up)
+        self.registered: bool | None = None  # on the network (AT+CREG?); None: not known (no session)
+        self.signal: int | None = None       # AT+CSQ <rssi>, 0-31; None: not known
+        self.since = self.clock()            # when `up` or `registered` last changed (ms)
+        self.tried = False                   # the first session has been set up, or failed
         self.sessions = 0
         self.limiter = AckLimiter(int(settings.ack_min_interval_s * 1000), settings.ack_per_hour,
                                   settings.send_per_minute)
@@ -259,6 +276,13 @@ class SmsIntake:
         self._stopping = True
         self._wake.set()
 
+    def status(self) -> dict[str, bool | int | None]:
+        """The modem's state for the gateway's report: `up` (a session is set up and the modem
+        answers), `registered` (on the network, from the last AT+CREG?; None without a session or
+        when the modem does not say), `signal` (AT+CSQ <rssi> 0-31, None when not known) and
+        `since` (ms, when `up` or `registered` last changed)."""
+        return {"up": self.up, "registered": self.registered, "signal": self.signal, "since": self.since}
+
     # ------------------------------------------------------------ sessions
 
     async def run(self) -> None:
@@ -270,6 +294,7 @@ class SmsIntake:
                 reader, writer = await asyncio.wait_for(serial_asyncio_fast.open_serial_connection(
                     url=self.settings.port, baudrate=self.settings.baud), self.settings.command_timeout_s)
             except (OSError, serial.SerialException, TimeoutError, ValueError) as exc:
+                self.tried = True
                 log.warning("SMS modem on %s: cannot open the port (%s); trying again in %.0f s",
                             self.settings.port, exc, delay)
             else:
@@ -298,12 +323,28 @@ class SmsIntake:
             await self._wake.wait()
 
     def _set_up(self, up: bool) -> None:
+        self.tried = True
+        if not up:
+            self.signal = None
+            self._set_registered(None)
         if up != self.up:
             self.up = up
+            self.since = self.clock()
             if up:
                 log.info("SMS modem on %s ready", self.settings.port)
             else:
                 log.warning("SMS modem on %s down", self.settings.port)
+
+    def _set_registered(self, registered: bool | None) -> None:
+        if registered == self.registered:
+            return
+        if registered is False:
+            log.warning("SMS modem on %s is not registered on the network: no SMS can come or go",
+                        self.settings.port)
+        elif registered and self.registered is False:
+            log.info("SMS modem on %s registered on the network again", self.settings.port)
+        self.registered = registered
+        self.since = self.clock()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
@@ -316,6 +357,7 @@ class SmsIntake:
         listener = asyncio.create_task(self._listen(reader), name="sms-listen")
         try:
             await self._initialise()
+            await self._check_network()
             self.sessions += 1
             self._set_up(True)
             await self._delete_committed()
@@ -341,6 +383,10 @@ class SmsIntake:
         await self.command("ATE0")          # no echo: answers are only answers (ITU-T V.250 §6.2.4)
         with contextlib.suppress(ModemError):
             await self.command("AT+CMEE=1")  # numeric +CME ERROR codes (TS 27.007 §9.1)
+        with contextlib.suppress(ModemError):
+            # No unsolicited +CREG (TS 27.007 §7.2, n=0): registration is polled, and an unsolicited
+            # line could fall between a +CMGL header and its PDU.
+            await self.command("AT+CREG=0")
         await self.command("AT+CMGF=0")      # PDU mode (TS 27.005 §3.2.3)
         try:
             await self.command('AT+CPMS="SM","SM","SM"')   # read, write and receive on the SIM (§3.2.2)
@@ -366,10 +412,10 @@ class SmsIntake:
                 await self._delete_committed()
             await self._send_due(now)
             await self._expire_parts(now)
-            if loop.time() - polled >= POLL_EVERY_S:
+            if loop.time() - polled >= self.settings.poll_s:
                 polled = loop.time()
                 await self._poll()
-            wait = POLL_EVERY_S - (loop.time() - polled)
+            wait = self.settings.poll_s - (loop.time() - polled)
             next_send = self.limiter.next_at(self.clock())
             if next_send is not None:
                 wait = min(wait, max(0.05, (next_send - self.clock()) / 1000))
@@ -557,9 +603,26 @@ class SmsIntake:
             self._delete.discard(index)
             self._known.discard(index)
 
+    async def _check_network(self) -> None:
+        """Registered on the network (AT+CREG?, TS 27.007 §7.2) and the signal (AT+CSQ, §8.5). A modem
+        that refuses either command leaves that value unknown (None); no answer ends the session."""
+        registered: bool | None = None
+        with contextlib.suppress(ModemError):
+            for line in await self.command("AT+CREG?"):
+                if (m := _CREG.match(line)) is not None:
+                    registered = int(m.group(1)) in _REGISTERED
+        signal: int | None = None
+        with contextlib.suppress(ModemError):
+            for line in await self.command("AT+CSQ"):
+                if (m := _CSQ.match(line)) is not None and int(m.group(1)) <= RSSI_MAX:
+                    signal = int(m.group(1))
+        self.signal = signal
+        self._set_registered(registered)
+
     async def _poll(self) -> None:
-        """Does the modem still answer? Is the SIM's storage full (no +CMTI comes then)? Messages
-        found on the SIM that were never indicated are read too."""
+        """Does the modem still answer, and is it on the network? Is the SIM's storage full (no
+        +CMTI comes then)? Messages found on the SIM that were never indicated are read too."""
+        await self._check_network()
         lines = await self.command("AT+CPMS?")
         full = any((m := _CPMS.match(line)) is not None and int(m.group(1)) >= int(m.group(2)) > 0
                    for line in lines)

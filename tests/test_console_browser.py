@@ -898,13 +898,22 @@ def _contains(cls: str) -> re.Pattern[str]:
 def test_a_silent_gateway_is_a_banner_on_every_console_and_clears_when_it_reports(
     tmp_path: Path, open_console: Callable[[CommandCenterProcess], Console]
 ) -> None:
-    def report() -> None:
+    def report(sms_up: bool = True) -> None:
         r = httpx.post(f"{cc.url}/api/v1/gateways/report", headers={"Authorization": f"Bearer {cc.intake_token}"},
                        json={"gateway_id": "gw-1", "instance": "gw-1", "version": "1", "uptime_s": 1.0,
                              "outbox": {"total": 0}, "broker_connected": True,
                              "buttons": {"online": 1, "registered": 1},
-                             "at": datetime.now(UTC).isoformat()}, timeout=5)
+                             "at": datetime.now(UTC).isoformat(),
+                             "sms": {"up": sms_up, "registered": True if sms_up else None, "signal": None}},
+                       timeout=5)
         assert r.status_code == 204, r.text
+
+    def reporting_until(done: Callable[[], bool], sms_up: bool) -> None:
+        """Report (more often than the silence) until `done`, at most 15 s."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not done():
+            report(sms_up)
+            consoles[0].page.wait_for_timeout(500)
 
     with CommandCenterProcess(tmp_path, extra_toml="[plumbing]\nsilence_s = 2\n") as cc:
         report()
@@ -915,13 +924,15 @@ def test_a_silent_gateway_is_a_banner_on_every_console_and_clears_when_it_report
             # Indonesian clock times are written 14.05 (id-ID), English ones 14:05.
             silent = re.escape(tx("plumbing.silent", name="gw-1", at="@")).replace("@", r"\d\d[.:]\d\d")
             pw_expect(banner).to_contain_text(re.compile(silent), timeout=10_000)
-        # Reporting again (more often than the silence), the banner goes.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not all(
-            c.page.locator("[data-testid=plumbing-banner]").is_hidden() for c in consoles
-        ):
-            report()
-            consoles[0].page.wait_for_timeout(500)
+        # Reporting again with its SMS modem down: the silence goes, the modem's line stays.
+        sms_down = tx("plumbing.sms_down", name="gw-1")
+        reporting_until(lambda: all(c.page.locator("[data-testid=plumbing-banner]").inner_text().strip() == sms_down
+                                    for c in consoles), sms_up=False)
+        for console in consoles:
+            pw_expect(console.page.locator("[data-testid=plumbing-banner]")).to_have_text(sms_down)
+        # The modem up again: the banner goes.
+        reporting_until(lambda: all(c.page.locator("[data-testid=plumbing-banner]").is_hidden() for c in consoles),
+                        sms_up=True)
         for console in consoles:
             pw_expect(console.page.locator("[data-testid=plumbing-banner]")).to_be_hidden()
             console.assert_clean()

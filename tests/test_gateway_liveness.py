@@ -181,6 +181,7 @@ async def test_a_round_marks_records_and_queues_each_change_once(store_target: s
         assert states["gw-1a"].silent_at is None and states["gw-1b"].silent_at is None
         out = plumbing.gateway_out(states["gw-1a"])
         assert out.outbox.by_destination == {"command-center": 3} and out.broker_connected is False
+        assert out.sms is None   # a gateway without an SMS path
         audit = [(a.action, a.target) for a in await store.audit_entries()]
         assert audit == [("gateway_back", "gw-1/gw-1a"), ("gateway_silent", "gw-1/gw-1a")]
         async with store._tx(write=False) as db:
@@ -201,8 +202,17 @@ def test_the_intake_token_is_needed_and_the_body_is_checked(command_center: Comm
     assert httpx.post(url, json=body, headers=cc.operator_headers(), timeout=5).status_code == 401
     ok = httpx.post(url, json=body, headers={"Authorization": f"Bearer {cc.intake_token}"}, timeout=5)
     assert ok.status_code == 204, ok.text
+    # The gateway's SMS modem down, then off the network: kept with the report and shown to everyone
+    # signed in until a report says it is back; a report without it (no SMS path) shows null.
+    for sms in ({"up": False, "registered": None, "signal": None}, {"up": True, "registered": False, "signal": None},
+                {"up": True, "registered": True, "signal": 17}, None):
+        ok = httpx.post(url, json=body if sms is None else {**body, "sms": sms},
+                        headers={"Authorization": f"Bearer {cc.intake_token}"}, timeout=5)
+        assert ok.status_code == 204, ok.text
+        assert [g["sms"] for g in _gateways(cc, cc.agency_headers())["gateways"]] == [sms]
     for wrong in ({**body, "broker_connected": "yes"}, {**body, "gateway_id": "gw 1"},
-                  {**body, "outbox": {"total": -1}}, {**body, "at": "yesterday"}):
+                  {**body, "outbox": {"total": -1}}, {**body, "at": "yesterday"},
+                  {**body, "sms": {"up": "no"}}, {**body, "sms": {"up": True, "signal": 99}}):
         r = httpx.post(url, json=wrong, headers={"Authorization": f"Bearer {cc.intake_token}"}, timeout=5)
         assert r.status_code == 422, (wrong, r.text)
     # A report is small: 16 KiB at most, refused while it arrives.

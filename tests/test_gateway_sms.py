@@ -2,12 +2,12 @@
 modem over pyserial in PDU mode, beside a real Mosquitto and the reference command center.
 
 One system serves the whole module (each test uses devices and sender numbers of its own); the last
-test stops and starts the gateway to look at the SIM's storage itself."""
+test stops and starts the gateway to look at the SIM's storage itself. The gateway polls its modem and
+reports itself to the command center every second, so that the modem's state reaches the room at once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import sqlite3
@@ -15,7 +15,6 @@ import time
 import tty
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -33,29 +32,20 @@ from siaga.gateway.sms import AckLimiter, SenderFlood, SmsIntake, _Ack
 from siagafw import proto, sms
 from tests.support.devices import SimButton
 from tests.support.modem import AtPort, ModemSim
-from tests.support.system import DeviceCredentials, System, shared_system
+from tests.support.system import GATEWAY_NUMBER, DeviceCredentials, SmsRig, System, sms_rig
 from tests.support.waiting import wait_for
 
-GATEWAY_NUMBER = "+6281100000001"
 PHONES = {"button": "+6281200000001", "button2": "+6281200000002"}   # modems of the simulator
 LAT, LON = -950000, 100350000   # Padang
 
 
-@dataclass
-class Rig:
-    system: System
-    sim: ModemSim
-
-
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    folder = tmp_path_factory.mktemp("sms")
-    with ModemSim(modems={**PHONES, "gateway": GATEWAY_NUMBER}, delay_ms=30) as sim:
-        sms_settings = (f'port = "{sim.path("gateway")}"\nnumber = "{GATEWAY_NUMBER}"\nack_min_interval_s = 2\n'
-                        "flood_per_minute = 10\ncommand_timeout_s = 3\nmultipart_timeout_s = 5\n")
-        with contextlib.contextmanager(shared_system)(folder, sms_settings=sms_settings) as system:
-            wait_for(lambda: system.gateway.metrics().get("sms_modem_up") == 1, 15, "the SMS modem is up")
-            yield Rig(system, sim)
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmsRig]:
+    # The modem polled and the gateway's report sent every second, for the modem-state test.
+    with sms_rig(tmp_path_factory.mktemp("sms"), PHONES, delay_ms=30, cc_settings="report_every_s = 1",
+                 sms_settings="ack_min_interval_s = 2\nflood_per_minute = 10\ncommand_timeout_s = 3\n"
+                              "multipart_timeout_s = 5\npoll_s = 1\n") as made:
+        yield made
 
 
 def signer(creds: DeviceCredentials) -> proto.Signer:
@@ -94,7 +84,7 @@ def acks_to(sim: ModemSim, number: str, creds: DeviceCredentials) -> list[dict]:
 
 @pytest.mark.e2e
 @pytest.mark.mosquitto
-def test_an_sms_alarm_is_one_alarm_with_its_mqtt_copy_and_is_acked_by_sms(rig: Rig) -> None:
+def test_an_sms_alarm_is_one_alarm_with_its_mqtt_copy_and_is_acked_by_sms(rig: SmsRig) -> None:
     system, sim = rig.system, rig.sim
     phone = PHONES["button"]
     creds = system.new_device("sms-a-001", phone=phone)
@@ -131,7 +121,7 @@ def test_an_sms_alarm_is_one_alarm_with_its_mqtt_copy_and_is_acked_by_sms(rig: R
 
 @pytest.mark.e2e
 @pytest.mark.mosquitto
-def test_bad_sms_are_rejected_with_their_reasons_while_valid_ones_arrive(rig: Rig) -> None:
+def test_bad_sms_are_rejected_with_their_reasons_while_valid_ones_arrive(rig: SmsRig) -> None:
     system, sim = rig.system, rig.sim
     phone = PHONES["button2"]
     creds = system.new_device("sms-c-001", phone=phone)
@@ -174,7 +164,7 @@ def test_bad_sms_are_rejected_with_their_reasons_while_valid_ones_arrive(rig: Ri
 
 @pytest.mark.e2e
 @pytest.mark.mosquitto
-def test_a_flood_is_limited_acks_are_coalesced_and_a_multipart_sms_is_one_reject(rig: Rig) -> None:
+def test_a_flood_is_limited_acks_are_coalesced_and_a_multipart_sms_is_one_reject(rig: SmsRig) -> None:
     system, sim = rig.system, rig.sim
     # (e) a long text in three parts: put together, then refused once (it is no Siaga SMS).
     sim.inject("gateway", "+6281300000001", "Pesan panjang " * 30, multipart=True)
@@ -209,9 +199,35 @@ def test_a_flood_is_limited_acks_are_coalesced_and_a_multipart_sms_is_one_reject
     assert system.gateway.health()["mqtt"]   # still answering
 
 
+def reported_modem(system: System) -> dict | None:
+    """The gateway's SMS modem as the command center has it from the gateway's latest report."""
+    resp = httpx.get(f"{system.cc.url}/api/v1/gateways", headers=system.cc.operator_headers(), timeout=5)
+    resp.raise_for_status()
+    return next((g["sms"] for g in resp.json()["gateways"]), None)
+
+
 @pytest.mark.e2e
 @pytest.mark.mosquitto
-def test_custody_an_sms_stays_on_the_sim_until_its_alarm_is_committed(rig: Rig) -> None:
+def test_the_gateway_modem_off_the_network_is_in_the_report_until_it_is_back(rig: SmsRig) -> None:
+    system, sim = rig.system, rig.sim
+    # The simulator's modem: registered, +CSQ: 20.
+    ok = {"up": True, "registered": True, "signal": 20}
+    wait_for(lambda: reported_modem(system) == ok, 5, "the modem in the gateway's report")
+    sim.registered("gateway", False)
+    try:
+        # Within one poll (1 s) and one report (1 s) the room knows.
+        wait_for(lambda: reported_modem(system) == {"up": True, "registered": False, "signal": None}, 5,
+                 "the modem off the network in the report")
+    finally:
+        sim.registered("gateway", True)
+    wait_for(lambda: reported_modem(system) == ok, 5, "the modem back on the network in the report")
+    assert "not registered on the network" in system.gateway.log()
+    assert "registered on the network again" in system.gateway.log()
+
+
+@pytest.mark.e2e
+@pytest.mark.mosquitto
+def test_custody_an_sms_stays_on_the_sim_until_its_alarm_is_committed(rig: SmsRig) -> None:
     system, sim = rig.system, rig.sim
     gateway = system.gateway
     creds = system.new_device("sms-e-001", phone="+6281200000008")
@@ -365,12 +381,17 @@ async def test_a_modem_that_stops_answering_is_reconnected(caplog: pytest.LogCap
     loop.add_reader(master, answer)
     intake = SmsIntake(SmsSettings(port=os.ttyname(slave), command_timeout_s=0.2), asyncio.Queue(),
                        metrics=Metrics(), audit=lambda *a: asyncio.sleep(0))
+    assert intake.status()["up"] is False and not intake.tried
     running = asyncio.create_task(intake.run())
     try:
         await asyncio.sleep(0.8)
         assert not intake.up and "no answer to AT" in caplog.text
+        assert intake.tried and intake.status() == {"up": False, "registered": None, "signal": None,
+                                                    "since": intake.since}
         answering[0] = True
         await eventually(lambda: intake.up)
+        # OK to everything, no +CREG or +CSQ line: up, but its network state is not known.
+        assert (intake.registered, intake.signal) == (None, None)
         answering[0] = False
         intake.send("+6281200000001", "SG1K x 1 received 1 " + "0" * 32, device_id="x", seq=1)
         await eventually(lambda: not intake.up)

@@ -7,58 +7,45 @@ One system serves both tests; each uses a button and a SIM number of its own."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.firmware import FirmwareProcess, device_config, events_at_cc, incidents_of, seq_of
-from tests.support.modem import ModemSim
 from tests.support.net import HoldingProxy, free_port
-from tests.support.system import System, shared_system
+from tests.support.system import GATEWAY_NUMBER, SmsRig, sms_rig
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto, pytest.mark.micropython]
 
-GATEWAY = "+6281100000001"
 PHONES = {"pole": "+6281200000011", "school": "+6281200000012"}
 DELAY_MS = 1500          # the simulated SMS centre's delivery time, each way
 FALLBACK_S = 5           # the smallest fallback the config takes
 SLACK_S = 4.0            # the firmware's and the gateway's own work, on a busy two-core machine
 
 
-@dataclass
-class Rig:
-    system: System
-    sim: ModemSim
-
-
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    folder = tmp_path_factory.mktemp("sms-e2e")
-    with ModemSim(modems={**PHONES, "gateway": GATEWAY}, delay_ms=DELAY_MS) as sim:
-        settings = f'port = "{sim.path("gateway")}"\nnumber = "{GATEWAY}"\nack_min_interval_s = 1\n'
-        with contextlib.contextmanager(shared_system)(folder, sms_settings=settings) as system:
-            wait_for(lambda: system.gateway.metrics().get("sms_modem_up") == 1, 15, "the gateway's modem is up")
-            yield Rig(system, sim)
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmsRig]:
+    with sms_rig(tmp_path_factory.mktemp("sms-e2e"), PHONES, delay_ms=DELAY_MS,
+                 sms_settings="ack_min_interval_s = 1\n") as made:
+        yield made
 
 
-def sms_button(rig: Rig, tmp_path: Path, name: str, mqtt_port: int, **mqtt: object) -> tuple[str, FirmwareProcess]:
+def sms_button(rig: SmsRig, tmp_path: Path, name: str, mqtt_port: int, **mqtt: object) -> tuple[str, FirmwareProcess]:
     """A button registered with its SIM's number, whose modem is the simulator's modem `name`."""
     device_id = f"pdg-sms-{name}"
     creds = rig.system.new_device(device_id, phone=PHONES[name])
     cfg = device_config(device_id, creds.secret_hex, mqtt_port, creds.mqtt_password,
-                        sms={"gateway": GATEWAY, "fallback_s": FALLBACK_S, "test_every_s": 0,
+                        sms={"gateway": GATEWAY_NUMBER, "fallback_s": FALLBACK_S, "test_every_s": 0,
                              "device": rig.sim.path(name)})
     cfg["mqtt"].update(mqtt)
     return device_id, FirmwareProcess(tmp_path / name, cfg, outputs=True)
 
 
-def sms_from(rig: Rig, name: str, tag: str) -> list[str]:
+def sms_from(rig: SmsRig, name: str, tag: str) -> list[str]:
     """The texts the SMS centre took from modem `name` that begin with `tag`."""
     number = PHONES[name]
     return [e["text"] for e in rig.sim.events
@@ -66,7 +53,7 @@ def sms_from(rig: Rig, name: str, tag: str) -> list[str]:
 
 
 def test_with_the_broker_unreachable_a_press_arrives_by_sms_once_and_the_button_shows_the_sms_ack(
-        rig: Rig, tmp_path: Path) -> None:
+        rig: SmsRig, tmp_path: Path) -> None:
     system = rig.system
     nowhere = free_port()                       # nothing listens: every MQTT connect is refused
     device_id, fw = sms_button(rig, tmp_path, "pole", nowhere)
@@ -108,7 +95,7 @@ def test_with_the_broker_unreachable_a_press_arrives_by_sms_once_and_the_button_
 
 
 def test_with_both_paths_up_and_the_mqtt_ack_slow_an_alarm_sent_on_both_is_one_alarm(
-        rig: Rig, tmp_path: Path) -> None:
+        rig: SmsRig, tmp_path: Path) -> None:
     system = rig.system
     with HoldingProxy(system.broker.port) as proxy:
         # A PUBACK may take up to 20 s on this link, so the button keeps it while the uplink holds.
@@ -133,7 +120,7 @@ def test_with_both_paths_up_and_the_mqtt_ack_slow_an_alarm_sent_on_both_is_one_a
             assert fw.outbox() == []
 
     # The late MQTT copy was answered over MQTT only: one SMS ack, for the SMS copy.
-    acks = [e["text"] for e in rig.sim.events if e.get("event") == "submitted" and e.get("from") == GATEWAY
+    acks = [e["text"] for e in rig.sim.events if e.get("event") == "submitted" and e.get("from") == GATEWAY_NUMBER
             and e.get("to") == PHONES["school"]]
     assert len(acks) == 1 and acks[0].startswith(f"SG1K {device_id} {seq} received "), acks
 

@@ -1207,7 +1207,7 @@
     updateSoundButton();
   }
 
-  // ---- plumbing: gateways that stopped reporting ------------------------------------------------
+  // ---- plumbing: gateways that stopped reporting, lost their broker or their SMS modem -----------
 
   async function loadPlumbing() {
     if (!state.me) return;
@@ -1221,6 +1221,10 @@
     banner.replaceChildren();
     const silent = answer.gateways.filter((g) => g.status === "silent");
     const unlinked = answer.gateways.filter((g) => g.status !== "silent" && !g.broker_connected);
+    // The gateway's own SMS modem down or off the network: the buttons behind it have no backup
+    // path. From the latest report, so not for a silent gateway (its report is stale).
+    const smsDown = answer.gateways.filter((g) => g.status !== "silent" && g.sms
+      && (!g.sms.up || g.sms.registered === false));
     const nameOf = (g) => (g.instance === g.gateway_id ? g.gateway_id : `${g.gateway_id} (${g.instance})`);
     for (const g of silent) {
       banner.append(el("span", "plumbing-line",
@@ -1229,8 +1233,12 @@
     for (const g of unlinked) {
       banner.append(el("span", "plumbing-line plumbing-warn", t("plumbing.unlinked", {name: nameOf(g)})));
     }
-    banner.hidden = silent.length + unlinked.length === 0;
+    for (const g of smsDown) {
+      banner.append(el("span", "plumbing-line plumbing-warn", t("plumbing.sms_down", {name: nameOf(g)})));
+    }
+    banner.hidden = silent.length + unlinked.length + smsDown.length === 0;
     document.body.dataset.gatewaysSilent = String(silent.length);
+    document.body.dataset.gatewaysSmsDown = String(smsDown.length);
   }
 
   function tick() {

@@ -4,6 +4,7 @@ the broker and the gateway."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import pytest
 from siaga.broker.process import MosquittoProcess
 from tests.support.ccproc import CommandCenterProcess
 from tests.support.gateway import GatewayProcess
+from tests.support.modem import ModemSim
 from tests.support.mosquitto import new_broker
 from tests.support.net import free_port, share_httpx_tls_context
 from tests.support.waiting import wait_for
@@ -83,13 +85,14 @@ class System:
 
 
 def start_system(tmp_path: Path, broker: MosquittoProcess, *, gateway_settings: str = "",
-                 extra_toml: str = "", mqtt_settings: str = "", sms_settings: str = "") -> Iterator[System]:
+                 extra_toml: str = "", mqtt_settings: str = "", sms_settings: str = "",
+                 cc_settings: str = "") -> Iterator[System]:
     gw_port, callback_token = free_port(), secrets.token_urlsafe(24)
     cc = CommandCenterProcess(tmp_path, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     gateway = GatewayProcess(tmp_path, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
                              cc_url=cc.url, cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,
                              gateway_settings=gateway_settings, extra_toml=extra_toml, mqtt_settings=mqtt_settings,
-                             sms_settings=sms_settings)
+                             sms_settings=sms_settings, cc_settings=cc_settings)
     try:
         # Neither needs the other to become healthy (the gateway's health is its broker link; it
         # forwards with retries), and each is ready when its start() returns.
@@ -133,3 +136,27 @@ def running_again(system: System, timeout_s: float = 20.0) -> System:
         together(*steps)
     wait_for(lambda: system.gateway.health().get("mqtt"), timeout_s, "the gateway connected to the broker")
     return system
+
+
+@dataclass
+class SmsRig:
+    """A shared system whose gateway reads a modem of the modem simulator, and the simulator."""
+
+    system: System
+    sim: ModemSim
+
+
+GATEWAY_NUMBER = "+6281100000001"   # the gateway modem's number in the SMS tests
+
+
+@contextlib.contextmanager
+def sms_rig(folder: Path, phones: dict[str, str], *, delay_ms: int, sms_settings: str = "",
+            cc_settings: str = "") -> Iterator[SmsRig]:
+    """The modem simulator with a modem per entry of `phones` (name -> number) and the gateway's
+    (GATEWAY_NUMBER), and `shared_system` with an [sms] table on that modem (more lines in
+    `sms_settings`), ready when the gateway's modem is up."""
+    with ModemSim(modems={**phones, "gateway": GATEWAY_NUMBER}, delay_ms=delay_ms) as sim:
+        settings = f'port = "{sim.path("gateway")}"\nnumber = "{GATEWAY_NUMBER}"\n{sms_settings}'
+        with contextlib.contextmanager(shared_system)(folder, sms_settings=settings, cc_settings=cc_settings) as system:
+            wait_for(lambda: system.gateway.metrics().get("sms_modem_up") == 1, 15, "the gateway's modem is up")
+            yield SmsRig(system, sim)
