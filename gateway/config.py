@@ -96,7 +96,7 @@ class Destination:
     primary: bool = False           # its answer is what the button's ack and the admin API report
 
 
-E164 = re.compile(r"\+[1-9][0-9]{6,14}")   # ITU-T E.164: at most 15 digits after the +
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")   # ITU-T E.164: at most 15 digits after the + (8 at least, as the registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +114,9 @@ class SmsSettings:
     command_timeout_s: float = 10.0     # one AT command's answer (AT+CMGS: six times this)
     multipart_timeout_s: float = 600.0  # an incomplete multipart message is dropped after this
     poll_s: float = 30.0            # how often the modem is checked: answering, registered, signal, SIM storage
+    # The country code for sender numbers a network delivers in national form ("0812...") or
+    # without the "+": they are written "+62812..." before being compared with the registry.
+    country_code: str = "62"
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +462,7 @@ class SmsTable(_Table):
     command_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
     multipart_timeout_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 600.0
     poll_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 30.0
+    country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,2}$")] = "62"
 
 
 class LoggingTable(_Table):
@@ -548,7 +552,7 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
             ack_per_hour=f.sms.ack_per_hour, send_per_minute=f.sms.send_per_minute,
             flood_per_minute=f.sms.flood_per_minute, test_every_s=f.sms.test_every_s,
             command_timeout_s=f.sms.command_timeout_s, multipart_timeout_s=f.sms.multipart_timeout_s,
-            poll_s=f.sms.poll_s),
+            poll_s=f.sms.poll_s, country_code=f.sms.country_code),
     )
 
 

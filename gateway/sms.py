@@ -70,6 +70,7 @@ SEND_RETRY_S = 30.0
 WAITING_PER_DEVICE = 8    # acks of different alarms of one device waiting at once; beyond, the oldest go
 READ_SIZE = 4096
 LINE_MAX = 2048           # a longer "line" is noise on the port, not an answer
+PARTS_MAX = 8             # incomplete multipart messages kept at once (buttons never send one)
 
 AuditFn = Callable[[RejectReason, str | None, str, str], Awaitable[None]]
 
@@ -77,6 +78,7 @@ AuditFn = Callable[[RejectReason, str | None, str, str], Awaitable[None]]
 # §3.4.3 +CMGR: <stat>,[<alpha>],<length>; §3.2.2 +CPMS: <used1>,<total1>,...
 _CMTI = re.compile(r'\+CMTI:\s*"?(\w*)"?\s*,\s*(\d+)')
 _CMGL = re.compile(r"\+CMGL:\s*(\d+)\s*,\s*(\d+)")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 _CMGR = re.compile(r"\+CMGR:\s*(\d+)")
 _CPMS = re.compile(r"\+CPMS:\s*(?:\"\w*\"\s*,\s*)?(\d+)\s*,\s*(\d+)")
 # TS 27.007 §7.2 +CREG: <n>,<stat>[,...] (the read command's answer); §8.5 +CSQ: <rssi>,<ber>.
@@ -88,6 +90,34 @@ _CSQ = re.compile(r"\+CSQ:\s*(\d+)\s*,")
 _REGISTERED = frozenset({1, 5, 6, 7, 9, 10})
 RSSI_MAX = 31       # §8.5: 0 (-113 dBm or less) to 31 (-51 dBm or more); 99 is "not known"
 _FINAL_ERRORS = ("ERROR", "+CME ERROR", "+CMS ERROR", "NO CARRIER")
+
+
+def _pdu_after(lines: list[str], header: int) -> str | None:
+    """The PDU that belongs to the +CMGL/+CMGR header at `header`: the next line of hex digits.
+    An unsolicited line the modem puts in between (RING, an under-voltage warning, "SMS Ready"
+    after a restart) is skipped; another header first means this one has no PDU."""
+    for line in lines[header + 1:]:
+        if _HEX.fullmatch(line):
+            return line
+        if line.startswith(("+CMGL:", "+CMGR:")):
+            return None
+    return None
+
+
+def international(number: str, country_code: str) -> str:
+    """A sender's number in E.164 form, as the registry keeps phones: "+6281..." stays, "006281..."
+    (international prefix) and "081..." (national, TS 23.040 §9.1.2.5 type of number "national")
+    gain the country code, and digits that start with it (type "unknown") gain the "+". An
+    alphanumeric sender (an operator's name) stays as it is, and matches no phone."""
+    if number.startswith("+") or not number.isdigit() or not number.isascii():
+        return number
+    if number.startswith("00"):
+        return "+" + number[2:]
+    if number.startswith("0"):
+        return "+" + country_code + number[1:]
+    if number.startswith(country_code) and len(number) >= 10:
+        return "+" + number
+    return number
 
 
 class ModemError(Exception):
@@ -523,8 +553,8 @@ class SmsIntake:
         stored: list[tuple[int, int, str]] = []
         for i, line in enumerate(lines):
             m = _CMGL.match(line)
-            if m is not None and i + 1 < len(lines) and not lines[i + 1].startswith("+CMGL"):
-                stored.append((int(m.group(1)), int(m.group(2)), lines[i + 1]))
+            if m is not None and (pdu := _pdu_after(lines, i)) is not None:
+                stored.append((int(m.group(1)), int(m.group(2)), pdu))
         for index, stat, pdu in stored:
             if index not in self._known:
                 await self._take(index, stat, pdu)
@@ -537,8 +567,8 @@ class SmsIntake:
             return
         for i, line in enumerate(lines):
             m = _CMGR.match(line)
-            if m is not None and i + 1 < len(lines):
-                await self._take(index, int(m.group(1)), lines[i + 1])
+            if m is not None and (pdu := _pdu_after(lines, i)) is not None:
+                await self._take(index, int(m.group(1)), pdu)
                 return
 
     async def _take(self, index: int, stat: int, pdu: str) -> None:
@@ -567,7 +597,15 @@ class SmsIntake:
             return
         key = (sender, int(concat.reference))
         parts = self._parts.get(key)
-        if parts is None or parts.total != concat.parts:
+        if parts is not None and parts.total != concat.parts:
+            self._delete.update(parts.indices)   # the same reference with another count: not one message
+            parts = None
+        if parts is None:
+            if len(self._parts) >= PARTS_MAX:
+                # Buttons never send a message in parts: a SIM filling with fragments from elsewhere
+                # would stop announcing new SMS. The oldest set goes.
+                oldest = min(self._parts, key=lambda k: self._parts[k].first_ms)
+                self._delete.update(self._parts.pop(oldest).indices)
             parts = self._parts[key] = _Parts(int(concat.parts), now)
         parts.texts[int(concat.number)] = text
         parts.indices.append(index)
@@ -577,6 +615,7 @@ class SmsIntake:
                           tuple(parts.indices), now)
 
     def _deliver(self, sender: str, text: str, indices: tuple[int, ...], now: int) -> None:
+        sender = international(sender, self.settings.country_code)
         item = Inbound(sms_topic(sender), text.encode("utf-8", "replace"), 0, 1, False, now,
                        link=self)
         self._items[id(item)] = indices
@@ -633,27 +672,31 @@ class SmsIntake:
     # ------------------------------------------------------------ sending
 
     async def _send_due(self, now: int) -> None:
-        while True:
-            taken = self.limiter.take(now)
-            if taken is None:
-                return
-            device, seq, ack = taken
-            try:
-                await self._submit(ack.number, ack.text)
-            except ModemError as exc:
-                ack.attempts += 1
-                if ack.attempts >= SEND_ATTEMPTS:
-                    log.error("SMS to %s (device %s) failed %d times, given up: %s", ack.number, device,
-                              ack.attempts, exc)
-                    self.metrics.inc("sms_send_failures")
-                else:
-                    log.warning("SMS to %s (device %s) failed, trying again: %s", ack.number, device, exc)
-                    self.limiter.put_back(device, seq, ack)
-                return   # the rest after the device's interval: a failing send is often a network gone
-
-            self.metrics.inc("sms_acks_sent")
-            log.info("SMS ack sent to device %s at %s", device, ack.number)
-        self.limiter.forget_idle(now)
+        """At most one SMS per pass of the serve loop: a send takes seconds, and indications and
+        deletions of arriving alarms must not wait behind a queue of acks."""
+        taken = self.limiter.take(now)
+        if taken is None:
+            self.limiter.forget_idle(now)
+            return
+        device, seq, ack = taken
+        try:
+            await self._submit(ack.number, ack.text)
+        except ModemGone:
+            self.limiter.put_back(device, seq, ack)   # the modem went mid-send: the ack waits for it
+            raise
+        except ModemError as exc:
+            ack.attempts += 1
+            if ack.attempts >= SEND_ATTEMPTS:
+                log.error("SMS to %s (device %s) failed %d times, given up: %s", ack.number, device,
+                          ack.attempts, exc)
+                self.metrics.inc("sms_send_failures")
+            else:
+                log.warning("SMS to %s (device %s) failed, trying again: %s", ack.number, device, exc)
+                self.limiter.put_back(device, seq, ack)
+            return
+        self.metrics.inc("sms_acks_sent")
+        log.info("SMS ack sent to device %s at %s", device, ack.number)
+        self._wake.set()   # the next one, if due, on the next pass
 
     async def _submit(self, number: str, text: str) -> None:
         # One SMS-SUBMIT per part; acks fit one (sms.MAX_TEXT). No status report requested: the

@@ -180,7 +180,9 @@ class Supervisor:
         every_ms = self.sms_test_every_s * 1000
         offline = Fault.OFFLINE in health.active
         if every_ms:
-            sms_up = health.sms_ms > 0 and now_ms - health.sms_ms <= every_ms
+            # With the same slack as backup_path_down: a test SMS that comes a little after its
+            # interval (a retry, a slow SMS centre) must not clear and raise the fault every day.
+            sms_up = health.sms_ms > 0 and now_ms - health.sms_ms <= backup_down_after_ms(self.sms_test_every_s)
         else:  # no periodic test: only an SMS since MQTT was lost shows the backup path works
             since = health.offline_since_ms
             sms_up = health.sms_ms > 0 and since is not None and health.sms_ms >= since

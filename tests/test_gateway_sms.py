@@ -28,7 +28,7 @@ from siaga.gateway.codec import Alarm, DeviceKey, Reject, RejectReason, SmsTest
 from siaga.gateway.config import SmsSettings
 from siaga.gateway.metrics import Metrics
 from siaga.gateway.mqtt import Inbound
-from siaga.gateway.sms import AckLimiter, SenderFlood, SmsIntake, _Ack
+from siaga.gateway.sms import AckLimiter, SenderFlood, SmsIntake, _Ack, _pdu_after, international
 from siagafw import proto, sms
 from tests.support.devices import SimButton
 from tests.support.modem import AtPort, ModemSim
@@ -402,3 +402,16 @@ async def test_a_modem_that_stops_answering_is_reconnected(caplog: pytest.LogCap
         loop.remove_reader(master)
         os.close(master)
         os.close(slave)
+
+
+def test_sender_numbers_in_any_form_are_compared_as_e164_and_only_hex_lines_are_pdus() -> None:
+    # National, with the international prefix, without the "+": all the registry's "+62812...".
+    for written in ("+6281234567890", "081234567890", "006281234567890", "6281234567890"):
+        assert international(written, "62") == "+6281234567890", written
+    for other in ("TELKOMSEL", "123", "62812"):   # a name, a short code, too short to be a phone
+        assert international(other, "62") == other
+    # An unsolicited line between a header and its PDU is skipped, never taken for the PDU (which
+    # would fail to decode and have the real message deleted unread).
+    lines = ["+CMGL: 3,0,,24", "UNDER-VOLTAGE WARNNING", "RING", "0791261800000001", "+CMGL: 4,0,,24", "+CMGL: 5,0,,2"]
+    assert _pdu_after(lines, 0) == "0791261800000001"
+    assert _pdu_after(lines, 4) is None and _pdu_after(lines, 5) is None

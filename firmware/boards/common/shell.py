@@ -31,6 +31,8 @@ NTP_EVERY_MS = 6 * 3600 * 1000    # the RTC drifts by seconds a day; alarms only
 NTP_RETRY_MS = 60000              # after a failure, doubling up to NTP_EVERY_MS
 WIFI_FIRST_MS = 15000             # an association takes a few seconds: do not interrupt one...
 WIFI_MAX_MS = 60000               # ...and retry at least once a minute
+MODEM_RXBUF = 2048                # the modem UART's receive buffer (bytes)
+MODEM_READ_MAX = 512              # read per loop step at most; the rest waits in the buffer
 BUZZER_PASSIVE_HZ = 2700          # near the resonance of common 12 mm piezo transducers
 # MicroPython's embedded ports count time either from 1970 or from 2000; gmtime(0) says which
 # (MicroPython time module docs, "Time Epoch").
@@ -176,10 +178,11 @@ class BoardHal:
                              rx=Pin(pins["gps_rx"]), rxbuf=512)
         self._modem = None
         if cfg.get("sms") and pins.get("modem_tx") is not None and pins.get("modem_rx") is not None:
-            # timeout=0: read() returns what the receive buffer holds and never waits; 512 bytes
-            # hold several answers (a +CMGL listing of a few SMS) between two loop steps.
+            # timeout=0: read() returns what the receive buffer holds and never waits. At 115200
+            # baud 2 KiB is about 180 ms of continuous answer (a +CMGL listing of several SMS): more
+            # than the longest pause the loop allows itself, so nothing overruns between two steps.
             self._modem = UART(self.MODEM_UART_ID, baudrate=self.MODEM_BAUD, tx=Pin(pins["modem_tx"]),
-                               rx=Pin(pins["modem_rx"]), timeout=0, rxbuf=512)
+                               rx=Pin(pins["modem_rx"]), timeout=0, rxbuf=MODEM_RXBUF)
             self.modem_read = self._modem_read
             self.modem_write = self._modem.write
         self.ssl_wrap = None
@@ -266,9 +269,10 @@ class BoardHal:
         return self._gps.read(128)
 
     def _modem_read(self):
-        if not self._modem.any():
+        n = self._modem.any()
+        if not n:
             return None
-        return self._modem.read(128)
+        return self._modem.read(min(n, MODEM_READ_MAX))  # all that waits, in bounded pieces
 
     def indicate(self, state):
         print("IND", state)
@@ -302,7 +306,14 @@ def _fault_blink(led_pin, seconds):
 def _load_config(board):
     from siagafw.config import load_config
 
-    with open(CONFIG_PATH) as f:
+    try:
+        f = open(CONFIG_PATH)
+    except OSError:
+        # A remote configuration replaces the file by renaming CONFIG_PATH.new over it
+        # (siagafw/remote.py); on a FAT filesystem that removes the old file first, so a power cut
+        # in between leaves only the new one.
+        f = open(CONFIG_PATH + ".new")
+    with f:
         return load_config(f.read(), board)
 
 
@@ -334,7 +345,7 @@ def run(hal_class, pins):
         pass  # exists
     hal = hal_class(cfg, pins)
     gc.collect()
-    dev = Device(hal, cfg, STATE_DIR)
+    dev = Device(hal, cfg, STATE_DIR, CONFIG_PATH, hal_class.BOARD)
     gc.collect()
     hal.start_watchdog(cfg.get("watchdog_ms"))
     hal.event("boot", "dev=%s next_seq=%d fw=%s reset_cause=%d free=%d" % (

@@ -138,6 +138,14 @@ class Modem:
         self._queue.append([number, text, tag, 0, None])
         return True
 
+    def cancel(self, tag):
+        """Drop queued SMS with this tag that have not reached the modem (the alarm was acked
+        meanwhile). The one under way (its AT+CMGS sent) goes on: the modem may have it already."""
+        busy = self._kind == _PROMPT or self._kind == _BODY
+        for i in range(len(self._queue) - 1, 0 if busy else -1, -1):
+            if self._queue[i][2] == tag:
+                self._queue.pop(i)
+
     def step(self, now):
         data = self._read()
         if data:
@@ -290,7 +298,9 @@ class Modem:
                 stat = int(f[1] if len(f) > 1 else f[0])
             except ValueError:
                 return
-            self._registration(stat in (1, 5), stat)
+            # 1 home, 5 roaming; 6/7 and 9/10 are the same "for SMS only" (an LTE modem without
+            # voice, TS 27.007 §7.2): SMS can go in all of them.
+            self._registration(stat in (1, 5, 6, 7, 9, 10), stat)
         elif self._kind == _CSQ and text.startswith("+CSQ:"):
             try:
                 rssi = int(_after(text, "+CSQ:")[0])
@@ -437,7 +447,8 @@ class SmsPath:
 
     def done(self, seq):
         """The alarm left the outbox (acked by either path, or dropped): nothing more to send."""
-        self.alarms.pop(seq, None)
+        if self.alarms.pop(seq, None) is not None:
+            self.modem.cancel(("alarm", seq))
 
     def test(self):
         """Send the backup-path test SMS now; its seq, or None if the modem's queue is full."""
