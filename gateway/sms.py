@@ -457,6 +457,8 @@ class SmsIntake:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, wait))
+        if self._delete:
+            await self._delete_committed()   # stopping: what the last commits took leaves the SIM
 
     # ------------------------------------------------------------ commands
 

@@ -129,6 +129,11 @@ class Supervisor:
         health.active = set(active)
         health.offline_since_ms = active.get(Fault.OFFLINE)
 
+    def offline(self, device_id: str) -> bool:
+        """Whether the device's offline fault (its MQTT path) is active."""
+        health = self._devices.get(device_id)
+        return health is not None and Fault.OFFLINE in health.active
+
     def forget(self, device_id: str) -> None:
         self._devices.pop(device_id, None)
         self._sms_expected.pop(device_id, None)

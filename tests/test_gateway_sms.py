@@ -196,6 +196,13 @@ def test_a_flood_is_limited_acks_are_coalesced_and_a_multipart_sms_is_one_reject
     # Seq 1 was acknowledged three times (the alarm, two duplicates) and seq 2 once, but the
     # duplicates' acks waited behind the first and the newer replaced the older.
     assert len(sent) <= 3 and system.gateway.metrics()["sms_acks_dropped_rate_total"] >= 1
+    # A flood "from" a button's own number (sender numbers can be forged) does not silence the
+    # button: its genuine alarm, over the limit, is still verified and taken.
+    victim = system.new_device("sms-d-002", phone="+6281200000010")
+    for i in range(12):
+        sim.inject("gateway", "+6281200000010", f"SG1A sms-d-002 {i} fire 0 1 2 - {'0' * 32}")
+    sim.inject("gateway", "+6281200000010", alarm_sms(victim, 100))
+    wait_for(lambda: cc_seqs(system, victim.device_id) == [100], 20, "the genuine alarm within the flood")
     assert system.gateway.health()["mqtt"]   # still answering
 
 
@@ -275,7 +282,8 @@ def test_decode_sms_takes_signed_alarms_and_tests_from_the_registered_phone() ->
     pending = DeviceKey(secrets.token_bytes(32), pending=KEY.secret)
     assert isinstance(codec.decode_sms(PHONE, sms.test_text(s, "btn-0001", 11), lambda d: pending, phone_of), SmsTest)
     ack = codec.decode_sms(PHONE, sms.ack_text(s, "btn-0001", 9, "received", 1), lookup, phone_of)
-    assert isinstance(ack, Reject) and ack.reason is RejectReason.MALFORMED and ack.authenticated
+    # An ack the gateway signed, sent back to it: refused, but no fault of the button (not authenticated).
+    assert isinstance(ack, Reject) and ack.reason is RejectReason.MALFORMED and not ack.authenticated
     revoked = codec.decode_sms(PHONE, sms.test_text(s, "btn-0001", 12), lambda d: DeviceKey(KEY.secret, True), phone_of)
     assert isinstance(revoked, Reject) and revoked.reason is RejectReason.REVOKED
     nophone = codec.decode_sms(PHONE, sms.test_text(s, "btn-0001", 12), lookup, lambda d: None)
