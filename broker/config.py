@@ -159,20 +159,23 @@ def acl_text(*, gateway_user: str = DEFAULT_GATEWAY_USER) -> str:
 
 # Devices: the username is the device id. A device publishes only its own alarm, status and will
 # (a last will set on another device's topic is accepted at CONNECT but never delivered) and reads
-# only its own ack.
+# only its own ack and its own remote configuration (docs/protocol.md §10), which it cannot write.
 pattern write {root}/%u/alarm
 pattern write {root}/%u/status
 pattern write {root}/%u/will
 pattern read {root}/%u/ack
+pattern read {root}/%u/config
 
-# The gateway reads every device's alarm, status and will and writes every device's ack.
+# The gateway reads every device's alarm, status and will and writes every device's ack and
+# configuration.
 user {gw}
 topic read {root}/+/alarm
 topic read {root}/+/status
 topic read {root}/+/will
 topic write {root}/+/ack
+topic write {root}/+/config
 # The patterns above also apply to the gateway, as if it were a device named "{gw}": this deny
-# takes that device's topics away from it, so the gateway gets exactly the four rules above.
+# takes that device's topics away from it, so the gateway gets exactly the five rules above.
 topic deny {root}/{gw}/#
 """
 

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from siaga import contract
 from siaga.web import (
@@ -84,6 +93,98 @@ class DeviceIn(BaseModel):
     phone: Phone | None = None
 
 
+# ---- remote configuration (docs/protocol.md §10) ---------------------------------------------------
+# Each key's bounds are those of the button's own config check (firmware/lib/siagafw/config.py), so
+# that what the gateway accepts the button can apply. Integers are strict: "60" or true is refused,
+# 60.0 is the integer 60 (JSON Schema).
+
+
+def _int(low: int, high: int, description: str) -> Any:
+    # Field before the validator: after it, pydantic writes the bounds as "ge"/"le", not as JSON Schema.
+    return Annotated[int, Field(strict=True, ge=low, le=high, description=description),
+                     BeforeValidator(contract.json_integer)]
+
+
+def _every_or_never(value: int) -> int:
+    if 0 < value < 3600:
+        raise ValueError("must be 0 (no test SMS) or 3600-2592000 s")
+    return value
+
+
+class _Strict(BaseModel):
+    """Unknown keys are refused. An optional key is left out, never null: its default None only
+    marks it as not given (hence the type: ignore[assignment] below)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocationConfig(_Strict):
+    lat_e6: _int(-contract.LAT_E6_MAX, contract.LAT_E6_MAX, "latitude in millionths of a degree")  # type: ignore[valid-type]
+    lon_e6: _int(-contract.LON_E6_MAX, contract.LON_E6_MAX, "longitude in millionths of a degree")  # type: ignore[valid-type]
+    addr: Address
+    area: Area
+
+
+class RetryConfig(_Strict):
+    """An alarm's resend backoff (a max_ms below first_ms is refused by the button)."""
+
+    first_ms: _int(500, 3_600_000, "the first resend after this long")  # type: ignore[valid-type]
+    max_ms: _int(500, 3_600_000, "the longest wait between resends")  # type: ignore[valid-type]
+
+
+class ReconnectConfig(_Strict):
+    """The network reconnect backoff (a max_ms below first_ms is refused by the button)."""
+
+    first_ms: _int(100, 600_000, "the first attempt after this long")  # type: ignore[valid-type]
+    max_ms: _int(100, 600_000, "the longest wait between attempts")  # type: ignore[valid-type]
+
+
+class SmsConfig(_Strict):
+    """Merged key by key into the button's own `sms` settings."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    gateway: str = Field(None, pattern=PHONE, description="the gateway modem's number (E.164)")  # type: ignore[assignment]
+    fallback_s: _int(5, 3600, "an alarm unacknowledged this long also goes by SMS") = None  # type: ignore[valid-type]
+    test_every_s: Annotated[int, BeforeValidator(contract.json_integer), Field(strict=True),
+                            AfterValidator(_every_or_never), WithJsonSchema({
+                                "anyOf": [{"type": "integer", "const": 0},
+                                          {"type": "integer", "minimum": 3600, "maximum": 2592000}],
+                                "description": "seconds between backup-path test SMS, 0 for none"})] = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _something(self) -> SmsConfig:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of gateway, fallback_s, test_every_s")
+        return self
+
+
+class ConfigIn(_Strict):
+    """A change of a button's remote configuration: the keys given are merged into what was set
+    before and the whole is pushed to the button as its next version. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    loc: LocationConfig = Field(None, description="the location the button signs into its alarms")  # type: ignore[assignment]
+    heartbeat_s: _int(5, contract.EVERY_S_MAX, "the heartbeat interval") = None  # type: ignore[valid-type]
+    retry: RetryConfig = None  # type: ignore[assignment]
+    reconnect: ReconnectConfig = None  # type: ignore[assignment]
+    sms: SmsConfig = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _something(self) -> ConfigIn:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give at least one of loc, heartbeat_s, retry, reconnect, sms")
+        return self
+
+
+class ConfigStateOut(BaseModel):
+    version: int = Field(description="the version last pushed to the button; 0: none yet")
+    applied: int = Field(description="the version the button's heartbeats report applied; 0: none")
+    rejected: int | None = Field(description="the last version the button refused (its heartbeat says so)")
+    desired: dict[str, Any] = Field(description="the whole configuration set remotely so far (the `set` pushed)")
+
+
 class DeviceOut(BaseModel):
     id: str
     created_ms: int
@@ -105,6 +206,7 @@ class DeviceOut(BaseModel):
     decommissioned: bool
     phone: str | None = Field(None, description="the button's SIM number (E.164), if it has a GSM modem")
     last_sms_ms: int | None = Field(None, description="its latest valid SMS (the backup path's last success)")
+    config: ConfigStateOut | None = Field(None, description="its remote configuration (docs/protocol.md §10)")
 
 
 class RotateIn(BaseModel):
@@ -299,11 +401,12 @@ class FleetChangeOut(BaseModel):
     at_ms: int
     person: str = Field(description='a name of [[api.people]]; "admin" for the shared admin token')
     role: str
-    action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue"]
+    action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure"]
     device_id: str | None
     detail: dict[str, Any] = Field(
         description="register: the place given (and the phone, if one); update: each changed field as "
-                    "[before, after]; decommission: the phone let go; rotate-key: the mode; requeue: the event. "
+                    "[before, after]; decommission: the phone let go; rotate-key: the mode; requeue: the event; "
+                    "configure: the version and each changed key as [before, after]. "
                     "Never a key.")
 
 
@@ -468,7 +571,9 @@ def create_app(gw: Gateway) -> FastAPI:
                          lon=None if d.lon_e6 is None else d.lon_e6 / 1e6, address=d.address, area=d.area,
                          last_seen_ms=d.last_seen_ms, battery_mv=d.battery_mv, rssi=d.rssi, firmware=d.firmware,
                          tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults), key_pending=d.key_pending,
-                         decommissioned=d.decommissioned_ms is not None, phone=d.phone, last_sms_ms=d.sms_seen_ms)
+                         decommissioned=d.decommissioned_ms is not None, phone=d.phone, last_sms_ms=d.sms_seen_ms,
+                         config=ConfigStateOut(version=d.config_ver, applied=d.config_applied,
+                                               rejected=d.config_rejected, desired=d.config_desired))
 
     async def one_device(device_id: str) -> DeviceOut:
         found = await gw.store.devices(device_id)
@@ -535,6 +640,22 @@ def create_app(gw: Gateway) -> FastAPI:
             await gw.update_device(device_id, fields, by=person)
         except StoreError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return await one_device(device_id)
+
+    @app.put("/api/v1/devices/{device_id}/config",
+             summary="Change a button's remote configuration and push it (admins and technicians)",
+             description="The keys given are merged into the configuration set before (an `sms` object key by "
+                         "key); the whole goes to the button, signed with its key, as the next version "
+                         "(docs/protocol.md §10). A change that changes nothing makes no new version.",
+             responses=_answers({404: "no such device", 409: "the device is revoked", 422: _INVALID},
+                                technician=True))
+    async def configure(device_id: str, body: ConfigIn, person: PersonDep) -> DeviceOut:
+        rec = gw.registry.get(device_id)
+        if rec is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
+        if rec.revoked:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is revoked")
+        await gw.configure(device_id, body.model_dump(exclude_unset=True), by=person)
         return await one_device(device_id)
 
     @app.post("/api/v1/devices/{device_id}/decommission",

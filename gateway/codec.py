@@ -86,6 +86,10 @@ class Status:
     outbox: int
     uptime_ms: int
     every_s: int
+    # Remote configuration (protocol.md §10): the version the button applied (0: none) and the last
+    # it refused (None: none). None for both from firmware older than §10, which sends neither.
+    config_applied: int | None = None
+    config_rejected: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +180,14 @@ def _parse(kind: str, device_id: str, raw: bytes, body: dict[str, Any]) -> Messa
         fw = _get(body, "fw", str)
         if len(fw) > contract.FIRMWARE_MAX_CHARS or contract.text_problem(fw, 4 * contract.FIRMWARE_MAX_CHARS):
             raise _Invalid(f"field 'fw' is not text of at most {contract.FIRMWARE_MAX_CHARS} characters")
+        # cfg and cfg_bad came with remote configuration (§10): absent in older firmware's heartbeats.
+        applied = _int(body, "cfg", 0, CONFIG_VER_MAX) if "cfg" in body else None
+        rejected = _int(body, "cfg_bad", 0, CONFIG_VER_MAX, nullable=True) if "cfg_bad" in body else None
         return Status(device_id, _seq(body), _int(body, "bat", 0, contract.BATTERY_MV_MAX, nullable=True),
                       _int(body, "rssi", contract.RSSI_MIN, contract.RSSI_MAX, nullable=True), fw,
                       _get(body, "tamper", bool), _int(body, "outbox", 0, contract.OUTBOX_MAX),
                       _int(body, "up", 0, contract.UPTIME_MS_MAX),
-                      _int(body, "every", contract.EVERY_S_MIN, contract.EVERY_S_MAX))
+                      _int(body, "every", contract.EVERY_S_MIN, contract.EVERY_S_MAX), applied, rejected)
     return Will(device_id, _seq(body))
 
 
@@ -271,6 +278,31 @@ def encode_ack(secret: bytes, device_id: str, seq: int, state: Literal[
     return proto.TAG + hmac.digest(secret, body, "sha256").hex().encode() + b"." + body
 
 
+# ---- remote configuration (protocol.md §10) ----------------------------------------------------------
+
+CONFIG_VER_MAX = 2**31 - 1
+# The keys a remote configuration may set (v1). Wi-Fi credentials are not among them: a retained
+# message is kept on the broker in clear.
+CONFIG_KEYS = ("loc", "heartbeat_s", "retry", "reconnect", "sms")
+
+
+def config_body(device_id: str, ver: int, settings: dict[str, Any]) -> dict[str, Any]:
+    if not 1 <= ver <= CONFIG_VER_MAX:
+        raise ValueError(f"config version {ver} outside 1..{CONFIG_VER_MAX}")
+    if set(settings) - set(CONFIG_KEYS):
+        raise ValueError(f"a remote configuration sets only {', '.join(CONFIG_KEYS)}")
+    return {"v": proto.VERSION, "type": "config", "dev": device_id, "ver": ver, "set": settings}
+
+
+def encode_config(secret: bytes, device_id: str, ver: int, settings: dict[str, Any]) -> bytes:
+    """The signed frame of a device's whole desired remote configuration, version `ver`: published
+    retained on its config topic. Built with the firmware's own canonical encoder (a push is rare)."""
+    frame: bytes = proto.Signer(secret).seal(proto.encode(config_body(device_id, ver, settings)))
+    if len(frame) > MAX_FRAME:
+        raise ValueError(f"config frame of {len(frame)} bytes > {MAX_FRAME}")
+    return frame
+
+
 # ---- SMS (the second path, issue 17) -------------------------------------------------------------------
 
 SMS_TOPIC_PREFIX = "sms/"   # Inbound.topic of an SMS: "sms/<the sender's number>"
@@ -337,7 +369,9 @@ def decode_sms(sender: str, text: str, lookup: KeyLookup, phone_of: PhoneOf,
     if fields["type"] == "test":
         return SmsTest(device_id, fields["seq"])
     if fields["type"] != "alarm":
-        return reject(RejectReason.MALFORMED, device_id, f"a {fields['type']} SMS is not sent to the gateway", True)
+        # An ack: signed with the device's key, but by the gateway, so the device did not send it:
+        # a copy of the gateway's own SMS sent back (a replay), not a fault of the button.
+        return reject(RejectReason.MALFORMED, device_id, f"an {fields['type']} SMS is not sent to the gateway")
     address, area = place_of(device_id) if place_of is not None else ("", "")
     return Alarm(device_id, fields["seq"], fields["kind"], fields["test"],
                  Location(fields["lat_e6"], fields["lon_e6"], address, area), 0,

@@ -13,6 +13,7 @@ HELP = {
     "siaga_gateway_duplicates_total": "Alarms received again (MQTT redelivery or a button re-send)",
     "siaga_gateway_heartbeats_total": "Heartbeats accepted",
     "siaga_gateway_acks_published_total": "Signed acks published to buttons",
+    "siaga_gateway_configs_published_total": "Signed remote configurations published to buttons (retained)",
     "siaga_gateway_forwarded_total": "Events a destination confirmed, by destination and kind",
     "siaga_gateway_forward_failures_total": "Failed delivery attempts to be retried, by destination and kind",
     "siaga_gateway_forward_rounds_total": "Delivery rounds (requests or batches) by destination and result",

@@ -41,6 +41,7 @@ from .store import (
     Lane,
     NewAlarm,
     OutboundEvent,
+    PushedConfig,
     Quarantined,
     Store,
     StoredAlarm,
@@ -67,9 +68,10 @@ TAKEOVER_EVERY_S = 1.0   # how often the leader looks for dead instances whose M
 TAKEOVER_QUIET_S = 0.5   # a taken-over session is drained when nothing more came for this long
 TAKEOVER_MAX_S = 20.0
 # Alarms that came by SMS, (device, seq) -> the sender's number: their acks go back by SMS too. In
-# memory only: after a restart, a state change of an alarm that came by SMS before it goes by MQTT
-# alone (the button keeps re-sending by SMS until it has an ack, and a re-send is answered by SMS).
+# memory only: after a restart, a state change of such an alarm goes by SMS to the device's
+# registered phone while the device is offline on MQTT (_publish_ack), by MQTT alone otherwise.
 SMS_SENDERS_KEPT = 10_000
+SMS_STOP_S = 5.0         # at shutdown, how long the SMS intake may take to delete what was committed
 
 
 class Sequenced(enum.Enum):
@@ -137,6 +139,9 @@ class Gateway:
         # with SQLite, with PostgreSQL while it holds the leader lock (gateway/store_pg.py).
         self.leader = asyncio.Event()
         self._registry_version = 0
+        # device -> (applied, refused) remote configuration versions its heartbeats last reported
+        # to this instance: a change is logged once.
+        self._config_reported: dict[str, tuple[int, int | None]] = {}
         self.link: MqttLink | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -224,15 +229,19 @@ class Gateway:
         # Messages received but not yet committed stay unacknowledged and come back from the
         # broker's session on the next start: nothing is lost by stopping mid-stream.
         await self.link.stop()
-        if self.sms is not None:
-            # What the SMS intake took but the database has not committed stays on the SIM.
-            await self.sms.stop()
         self._queue.put_nowait(Inbound("", b"", 0, 0, False, 0))  # wakes an idle intake
         for lane in ("alarm", "fault"):
             self._wake_lane(lane)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.cfg.drain_s):
                 await asyncio.gather(intake, *forwarders, return_exceptions=True)
+        if self.sms is not None:
+            # Only now: the SMS of the last batch are deleted from the SIM once committed. What the
+            # intake took but the database has not committed stays on the SIM for the next start.
+            await self.sms.stop()
+            sms_tasks = [t for t in others if t.get_name() == "sms-intake"]
+            if sms_tasks:
+                await asyncio.wait(sms_tasks, timeout=SMS_STOP_S)
         for task in (intake, *forwarders, *others):
             task.cancel()
         server.should_exit = True
@@ -498,6 +507,8 @@ class Gateway:
             self._send_sms_ack(device_id, seq, sms.TEST_STATE, sender)
         self._sms_tests.clear()
         self._count_faults(batch.faults)
+        for status, _ in batch.statuses:
+            self._config_report(status)
         if batch.alarms:
             self._wake_lane("alarm")
         if batch.faults:
@@ -523,10 +534,19 @@ class Gateway:
 
     def _admit_sms(self, item: Inbound, batch: Batch) -> Alarm | SmsTest | Reject | None:
         """An SMS: the sender's flood check first (any number: SMS arrive from anywhere), then
-        decode_sms. A flood is audited once per sender per minute, with the count dropped."""
+        decode_sms. A flood is audited once per sender per minute, with the count dropped.
+
+        A sender number can be forged, so a flood "from" a button's number must not silence the
+        button: over the limit, a text that claims to be an alarm is still verified (one HMAC; a
+        modem takes about one SMS a second), and taken if it is the button's own."""
         sender = item.topic[len(codec.SMS_TOPIC_PREFIX):]
         self.metrics.inc("sms_received")
+        text = item.payload.decode("utf-8", "replace")
         if not self._sms_flood.allow(sender, item.received_ms):
+            if text.startswith(sms.ALARM + " "):
+                decoded = codec.decode_sms(sender, text, self.key, self._phone_of, self._place_of)
+                if isinstance(decoded, Alarm):
+                    return decoded
             self.metrics.inc("rejected", reason=RejectReason.FLOOD.value)
             self.metrics.inc("sms_rejected", reason=RejectReason.FLOOD.value)
             dropped = self._sms_flood.audit_due(sender, item.received_ms)
@@ -537,7 +557,6 @@ class Gateway:
                 batch.rejects.append((Reject(RejectReason.FLOOD, None, item.topic[:128], detail), item.received_ms))
                 log.warning("SMS flood from %s: %s", sender, detail)
             return None
-        text = item.payload.decode("utf-8", "replace")
         return codec.decode_sms(sender, text, self.key, self._phone_of, self._place_of)
 
     def _phone_of(self, device_id: str) -> str | None:
@@ -707,11 +726,16 @@ class Gateway:
 
     def _publish_ack(self, alarm: StoredAlarm, *, by_sms: bool = True) -> None:
         """The alarm's state to its button over MQTT, and by SMS too when the alarm came by SMS
-        (`by_sms`: False where only the MQTT copy is due, as after a reconnect to the broker)."""
+        or the button is offline on MQTT and has a phone (`by_sms`: False where only the MQTT copy
+        is due, as after a reconnect to the broker)."""
         rec = self.registry.get(alarm.device_id)
         if rec is None or self.link is None:
             return
         sender = self._sms_senders.get((alarm.device_id, alarm.seq)) if by_sms else None
+        if sender is None and by_sms and rec.phone is not None and self.supervisor.offline(alarm.device_id):
+            # The MQTT copy would wait in the broker until the button is back: the SMS may reach it
+            # now (and an alarm that came by SMS before a restart of the gateway is answered so too).
+            sender = rec.phone
         if sender is not None:
             self._send_sms_ack(alarm.device_id, alarm.seq, alarm.state, sender)
         payload = codec.encode_ack(rec.secret, alarm.device_id, alarm.seq, cast(AckState, alarm.state),
@@ -732,6 +756,62 @@ class Gateway:
 
     def _on_mqtt_connected(self) -> None:
         asyncio.get_running_loop().create_task(self._republish_acks())
+        asyncio.get_running_loop().create_task(self._republish_configs())
+
+    # ------------------------------------------------------------ remote configuration (protocol.md §10)
+
+    def _publish_config(self, pushed: PushedConfig) -> None:
+        """A device's whole desired configuration, signed with its key, retained on its config topic:
+        the broker hands it to the button whenever it connects."""
+        rec = self.registry.get(pushed.device_id)
+        if rec is None or rec.revoked or self.link is None:
+            return
+        payload = codec.encode_config(rec.secret, pushed.device_id, pushed.ver, pushed.settings)
+        self.link.publish(proto.topic(pushed.device_id, "config"), payload, retain=True)
+        self.metrics.inc("configs_published")
+        log.info("published configuration version %d to %s (%s)", pushed.ver, pushed.device_id,
+                 ",".join(sorted(pushed.settings)))
+
+    async def _push_config(self, device_id: str) -> None:
+        pushed = await self.store.pushed_config(device_id)
+        if pushed is not None:
+            self._publish_config(pushed)
+
+    async def _republish_configs(self) -> None:
+        """After every (re)connect: the configurations not confirmed yet go again (the broker may have
+        lost its retained copy, or this instance stopped between storing one and publishing it)."""
+        try:
+            for pushed in await self.store.unconfirmed_configs():
+                self._publish_config(pushed)
+        except DATABASE_DOWN:
+            raise
+        except Exception:  # a bug here must not take the gateway down: the retained copy is still there
+            log.exception("re-publishing configurations failed")
+            self.metrics.inc("loop_errors", loop="configs")
+
+    def _config_report(self, status: Status) -> None:
+        """Log what a heartbeat newly reports of the button's remote configuration."""
+        if status.config_applied is None:
+            return
+        now = (status.config_applied, status.config_rejected)
+        # First heard of by this instance: only a refusal is news (the applied version was logged
+        # when it changed, perhaps by another instance or before a restart).
+        before = self._config_reported.get(status.device_id, (now[0], None))
+        self._config_reported[status.device_id] = now
+        if before == now:
+            return
+        if now[0] != before[0]:
+            log.info("device %s applied configuration version %d", status.device_id, now[0])
+        if now[1] is not None and now[1] != before[1]:
+            log.warning("device %s refused configuration version %d", status.device_id, now[1])
+
+    async def configure(self, device_id: str, settings: dict[str, Any], *, by: Person = IN_PROCESS) -> bool:
+        """Change a device's remote configuration and push it (after the commit): whether anything
+        changed."""
+        changed = await self.store.configure(device_id, settings, now_ms=self.clock(), by=by)
+        if changed:
+            await self._push_config(device_id)
+        return changed
 
     async def _republish_acks(self) -> None:
         """Publish acks again only where a button may need them (issue 12: a quiet night's
@@ -860,6 +940,8 @@ class Gateway:
         await self.store.update_device(device_id, fields, now_ms=self.clock(), by=by)
         self.registry[device_id] = dataclasses.replace(self.registry[device_id], **fields)  # type: ignore[arg-type]
         self._expect_sms([self.registry[device_id]])
+        if fields.keys() & {"lat_e6", "lon_e6", "address", "area"}:
+            await self._push_config(device_id)  # the corrected location, if it made a new version
 
     def gauges(self) -> dict[str, float]:
         per_destination = {f'circuit_open{{destination="{fw.name}"}}': float(fw.breaker.state is BreakerState.OPEN)

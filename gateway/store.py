@@ -69,7 +69,7 @@ DATABASE_DOWN = _database_down()
 IN_PROCESS = Person("(in-process)", Role.ADMIN)
 
 # What the fleet change log records (docs/gateway.md, "Who changed the fleet").
-FleetAction = Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue"]
+FleetAction = Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,21 @@ class Device:
     decommissioned_ms: int | None
     phone: str | None
     sms_seen_ms: int | None  # its latest valid SMS (the backup path's last success)
+    # Remote configuration (protocol.md §10): the version last pushed (0: none), the one the button
+    # last reported applied (0: none) and refused (None: none), and the whole desired `set`.
+    config_ver: int = 0
+    config_applied: int = 0
+    config_rejected: int | None = None
+    config_desired: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PushedConfig:
+    """A device's desired remote configuration, as the service publishes it (with the secret)."""
+
+    device_id: str
+    ver: int
+    settings: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +235,10 @@ class Store(Protocol):
     async def decommission(self, device_id: str, now_ms: int, by: Person = IN_PROCESS) -> bool: ...
     async def update_device(self, device_id: str, fields: dict[str, Any], *, now_ms: int,
                             by: Person = IN_PROCESS) -> bool: ...
+    async def configure(self, device_id: str, settings: dict[str, Any], *, now_ms: int,
+                        by: Person = IN_PROCESS) -> bool: ...
+    async def pushed_config(self, device_id: str) -> PushedConfig | None: ...
+    async def unconfirmed_configs(self) -> list[PushedConfig]: ...
     async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
     async def registry(self) -> list[DeviceRecord]: ...
     async def devices(self, device_id: str | None = None) -> list[Device]: ...
@@ -454,6 +473,13 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "ALTER TABLE devices ADD COLUMN phone TEXT",
         "ALTER TABLE devices ADD COLUMN sms_seen_ms INTEGER",
         "CREATE UNIQUE INDEX devices_by_phone ON devices (phone) WHERE phone IS NOT NULL",
+    ),
+    (  # 8: remote configuration (issue 18, protocol.md §10): per device the version last pushed,
+        # what its heartbeats report applied and refused, and the whole desired configuration
+        "ALTER TABLE devices ADD COLUMN config_ver INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN config_applied INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN config_rejected INTEGER",
+        "ALTER TABLE devices ADD COLUMN config_desired TEXT NOT NULL DEFAULT '{}'",
     ),
 )
 
@@ -694,12 +720,13 @@ class SQLStore:
             rows = db.execute(
                 "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
                 "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
-                "d.phone, d.sms_seen_ms, "
+                "d.phone, d.sms_seen_ms, d.config_ver, d.config_applied, d.config_rejected, d.config_desired, "
                 "d.pending_secret_hex IS NOT NULL AS key_pending, "
                 "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
                 f"FROM devices d {where} ORDER BY d.id", args).fetchall()
             return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
                               "key_pending": bool(r["key_pending"]),
+                              "config_desired": json.loads(r["config_desired"]),
                               "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
                     for r in rows]
         return await self._read(read)
@@ -755,8 +782,68 @@ class SQLStore:
                        for k, v in fields.items() if before[k] != v}
             if changed:
                 _log_change(db, by, now_ms, "update", device_id, changed)
+            if changed.keys() & {"lat", "lon", "address", "area"}:
+                # The button signs its own location into its alarms: a corrected one goes to it too.
+                place = db.execute("SELECT lat_e6, lon_e6, address, area FROM devices WHERE id = ?",
+                                   (device_id,)).fetchone()
+                if place["lat_e6"] is not None and place["lon_e6"] is not None:
+                    self._configure(db, device_id, {"loc": {
+                        "lat_e6": place["lat_e6"], "lon_e6": place["lon_e6"], "addr": place["address"],
+                        "area": place["area"]}}, now_ms, by)
             return True
         return await self._write(write)
+
+    def _configure(self, db: Db, device_id: str, settings: dict[str, Any], now_ms: int, by: Person) -> bool | None:
+        """Merge `settings` into the device's desired remote configuration (an "sms" object key by
+        key, every other key whole) and give it the next version. None: no such device; False: it
+        changes nothing (no new version)."""
+        row = db.execute("SELECT config_ver, config_applied, config_desired FROM devices WHERE id = ?",
+                         (device_id,)).fetchone()
+        if row is None:
+            return None
+        desired = json.loads(row["config_desired"])
+        merged = dict(desired)
+        for key, value in settings.items():
+            merged[key] = {**desired.get(key, {}), **value} if key == "sms" else value
+        if merged == desired:
+            return False
+        # After the button's own: one that reports a version this database never gave (restored
+        # from an older backup) would otherwise ignore the next ones as old.
+        ver = max(row["config_ver"], row["config_applied"]) + 1
+        db.execute("UPDATE devices SET config_ver = ?, config_desired = ? WHERE id = ?",
+                   (ver, json.dumps(merged, sort_keys=True, ensure_ascii=False), device_id))
+        changed = {k: [desired.get(k), merged[k]] for k in settings if desired.get(k) != merged[k]}
+        _log_change(db, by, now_ms, "configure", device_id, {"version": ver, **changed})
+        return True
+
+    async def configure(self, device_id: str, settings: dict[str, Any], *, now_ms: int,
+                        by: Person = IN_PROCESS) -> bool:
+        """Change a device's desired remote configuration (protocol.md §10): whether a new version
+        was made. The caller publishes it (pushed_config) once this has committed."""
+        def write(db: Db) -> bool:
+            done = self._configure(db, device_id, settings, now_ms, by)
+            if done is None:
+                raise StoreError(f"no device {device_id}")
+            return done
+        return await self._write(write)
+
+    async def pushed_config(self, device_id: str) -> PushedConfig | None:
+        """The device's current desired configuration and its version; None if it has none."""
+        def read(db: Db) -> PushedConfig | None:
+            r = db.execute("SELECT id, config_ver, config_desired FROM devices WHERE id = ? AND config_ver > 0",
+                           (device_id,)).fetchone()
+            return None if r is None else PushedConfig(r["id"], r["config_ver"], json.loads(r["config_desired"]))
+        return await self._read(read)
+
+    async def unconfirmed_configs(self) -> list[PushedConfig]:
+        """Configurations of live devices that their heartbeats have not reported applied yet (nor
+        refused: the button would refuse the same version again)."""
+        def read(db: Db) -> list[PushedConfig]:
+            rows = db.execute("SELECT id, config_ver, config_desired FROM devices WHERE config_ver > config_applied "
+                              "AND config_ver <> coalesce(config_rejected, -1) AND revoked_ms IS NULL "
+                              "ORDER BY id").fetchall()
+            return [PushedConfig(r["id"], r["config_ver"], json.loads(r["config_desired"])) for r in rows]
+        return await self._read(read)
 
     async def fleet_changes(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
         """The fleet change log, newest first."""
@@ -896,6 +983,12 @@ class SQLStore:
              for s, ms in sorted(batch.statuses, key=lambda e: e[0].device_id)])
         db.executemany("UPDATE devices SET sms_seen_ms = greatest(coalesce(sms_seen_ms, 0), ?) WHERE id = ?",
                        [(ms, dev) for dev, ms in sorted(sms.items())])
+        # What the button reports of its remote configuration (protocol.md §10), as it reports it: a
+        # button rewritten over USB starts again from 0.
+        db.executemany("UPDATE devices SET config_applied = ?, config_rejected = ? WHERE id = ?",
+                       [(s.config_applied, s.config_rejected, s.device_id)
+                        for s, _ in sorted(batch.statuses, key=lambda e: e[0].device_id)
+                        if s.config_applied is not None])
         # A window written by an instance that has not seen the device's newest messages must not
         # take the newer one back: the highest sequence number wins.
         db.executemany("UPDATE devices SET seq_window = CASE WHEN ? >= high_seq THEN ? ELSE seq_window END, "

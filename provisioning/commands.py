@@ -189,6 +189,14 @@ def cmd_set_location(opts: dict[str, Any], ui: Ui) -> int:
     return fleet.set_location(_settings(opts, ui), device_id, fields, ui)
 
 
+def cmd_configure(opts: dict[str, Any], ui: Ui) -> int:
+    device_id = validate.device_id(opts["device_id"])
+    changes = fleet.config_settings(heartbeat_s=opts.get("heartbeat_s"), retry=opts.get("retry"),
+                                    reconnect=opts.get("reconnect"), sms_fallback_s=opts.get("sms_fallback_s"),
+                                    sms_test_every_s=opts.get("sms_test_every_s"))
+    return fleet.configure(_settings(opts, ui), device_id, changes, ui)
+
+
 def cmd_set_phone(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
     if bool(opts.get("number")) == bool(opts.get("remove")):
@@ -230,6 +238,7 @@ COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "devices show": cmd_show,
     "devices set-location": cmd_set_location,
     "devices set-phone": cmd_set_phone,
+    "devices configure": cmd_configure,
     "devices revoke": cmd_revoke,
     "devices rotate-key": cmd_rotate_key,
     "devices decommission": cmd_decommission,

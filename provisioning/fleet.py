@@ -145,6 +145,10 @@ def show(settings: Settings, device_id: str, ui: Ui) -> int:
     ui.say("  " + t("show.battery", mv=r["battery_mv"] or "-", rssi=r["rssi"] or "-", firmware=r["firmware"] or "-",
                     tamper=tamper))
     ui.say("  " + t("show.key", key=t("show.key_pending") if d.get("key_pending") else t("show.key_current")))
+    cfg = d.get("config") or {}
+    if cfg.get("version"):
+        ui.say("  " + t("show.config", version=cfg["version"], applied=cfg["applied"])
+               + (t("show.config_rejected", version=cfg["rejected"]) if cfg.get("rejected") is not None else ""))
     if d.get("phone"):
         ui.say("  " + t("show.phone", phone=d["phone"], ago=_ago(d.get("last_sms_ms"), now_ms),
                         at=_iso(d.get("last_sms_ms"))))
@@ -207,9 +211,48 @@ def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui:
             staged, location=Location(lat_e6, lon_e6, fields.get("address", loc.address), fields.get("area", loc.area)),
             site=fields.get("site", staged.site)))
         ui.step(t("set_location.staged", device=device_id))
-    elif fields.keys() & {"lat", "lon", "address", "area"}:
-        ui.detail(t("set_location.board_keeps_old"))
+    elif fields.keys() & {"lat", "lon", "address", "area"} and (d.get("config") or {}).get("version"):
+        ui.detail(t("set_location.sent_to_button", device=device_id, version=d["config"]["version"]))
     keystore.log("set-location", device_id, **fields)
+    return 0
+
+
+def config_settings(*, heartbeat_s: object = None, retry: object = None, reconnect: object = None,
+                    sms_fallback_s: object = None, sms_test_every_s: object = None) -> dict[str, Any]:
+    """The changes of `siaga devices configure`, as the gateway's PUT .../config takes them: only what
+    is given (None: not given). The gateway checks the bounds (the button's own)."""
+    out: dict[str, Any] = {}
+    if heartbeat_s is not None:
+        out["heartbeat_s"] = _whole(heartbeat_s, "heartbeat-s")
+    for name, value in (("retry", retry), ("reconnect", reconnect)):
+        if value is not None:
+            parts = str(value).split(",")
+            if len(parts) != 2:
+                raise Invalid(name, value, t("configure.backoff"))
+            out[name] = {"first_ms": _whole(parts[0], name), "max_ms": _whole(parts[1], name)}
+    sms = {k: _whole(v, "sms-" + k.replace("_", "-")) for k, v in (("fallback_s", sms_fallback_s),
+                                                                   ("test_every_s", sms_test_every_s)) if v is not None}
+    if sms:
+        out["sms"] = sms
+    if not out:
+        raise UsageError(t("configure.nothing"), t("configure.nothing.hint"))
+    return out
+
+
+def _whole(value: object, field: str) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise Invalid(field, value, t("configure.whole_number")) from None
+
+
+def configure(settings: Settings, device_id: str, changes: dict[str, Any], ui: Ui) -> int:
+    """Send a button settings through the gateway (its remote configuration, docs/protocol.md §10)."""
+    with GatewayClient.of(settings) as gw:
+        gw.require(device_id)
+        d = gw.configure(device_id, changes)
+    ui.step(t("configure.sent", device=device_id, version=d["config"]["version"], keys=", ".join(sorted(changes))))
+    Keystore(settings.state_dir).log("configure", device_id, **changes)
     return 0
 
 

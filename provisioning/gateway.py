@@ -124,6 +124,10 @@ class GatewayClient:
                                t("gateway.phone_taken.hint"))
         return resp.json()
 
+    def configure(self, device_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Change the button's remote configuration (docs/protocol.md §10); the device as it is after."""
+        return self._call("PUT", f"/api/v1/devices/{device_id}/config", json=settings).json()
+
     def decommission(self, device_id: str) -> bool:
         return bool(self._call("POST", f"/api/v1/devices/{device_id}/decommission").json().get("changed"))
 

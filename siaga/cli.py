@@ -393,11 +393,12 @@ def provision(quiet: bool, **opts: Any) -> None:
 
 @main.group()
 def devices() -> None:
-    """Fleet commands: add, list, show, set-location, set-phone, revoke, rotate-key, decommission, export.
+    """Fleet commands: add, list, show, set-location, set-phone, configure, revoke, rotate-key, decommission,
+    export.
 
     Each one uses the gateway's admin API. Give your own token with --token-file or $SIAGA_TOKEN,
     so that the gateway's change log names you; technicians may add, list, show, export,
-    set-location and set-phone, the rest needs an administrator's token.
+    set-location, set-phone and configure, the rest needs an administrator's token.
     """
 
 
@@ -450,6 +451,22 @@ def devices_set_location(**opts: Any) -> None:
     """Correct a registered button's coordinates, address, area or site at the gateway; only what is
     given changes (--site "" removes the site)."""
     _run("devices set-location", opts)
+
+
+@devices.command("configure")
+@_provisioning_config
+@_token_option
+@click.argument("device_id")
+@click.option("--heartbeat-s", help="Seconds between heartbeats, 5-86400.")
+@click.option("--retry", help="An unacknowledged alarm's resend backoff in ms, first and longest: \"3000,60000\".")
+@click.option("--reconnect", help="The network reconnect backoff in ms, first and longest: \"500,5000\".")
+@click.option("--sms-fallback-s", help="Seconds without an ack before an alarm also goes by SMS, 5-3600.")
+@click.option("--sms-test-every-s", help="Seconds between backup-path test SMS, 3600-2592000, or 0 for none.")
+def devices_configure(**opts: Any) -> None:
+    """Change a registered button's settings over the network: the gateway sends them to the button,
+    signed, and the button applies them and reports the version in its heartbeats (see devices show).
+    Its location: devices set-location, which sends it too."""
+    _run("devices configure", opts)
 
 
 @devices.command("set-phone")

@@ -130,6 +130,28 @@ def test_gateway_reads_every_device_and_writes_acks(
 
 
 @pytest.mark.mosquitto
+def test_config_topics_are_written_by_the_gateway_alone_and_read_by_their_device(
+    broker: MosquittoProcess, gateway: MqttClient, mqtt_client: ClientFactory
+) -> None:
+    # docs/protocol.md §10: a retained configuration reaches its own button only; no button can
+    # write one, neither its own nor another's.
+    gateway.publish(topic("btn-b", "config"), b"config for b", retain=True)
+    a = mqtt_client(broker, "btn-a", DEVICES["btn-a"])
+    a.subscribe(topic("btn-b", "config"))
+    a.subscribe(topic("btn-a", "config"))
+    b = mqtt_client(broker, "btn-b", DEVICES["btn-b"])
+    b.subscribe(topic("btn-b", "config"))
+    assert b.expect().payload == b"config for b"
+    a.publish(topic("btn-a", "config"), b"forged by a")   # acknowledged, then dropped
+    b.publish(topic("btn-b", "config"), b"forged by b", retain=True)
+    gateway.publish(topic("btn-a", "config"), b"config for a")  # the barrier
+    msg = a.expect()
+    assert (msg.topic, msg.payload) == (topic("btn-a", "config"), b"config for a")
+    assert a.messages.empty()
+    assert b.messages.empty()
+
+
+@pytest.mark.mosquitto
 def test_will_on_another_devices_topic_is_not_delivered(
     broker: MosquittoProcess, gateway: MqttClient, mqtt_client: ClientFactory
 ) -> None:
@@ -169,11 +191,13 @@ def test_acl_text_gives_devices_and_gateway_exactly_their_topics() -> None:
         "pattern write siaga/v1/dev/%u/status",
         "pattern write siaga/v1/dev/%u/will",
         "pattern read siaga/v1/dev/%u/ack",
+        "pattern read siaga/v1/dev/%u/config",
         "user siaga-gateway",
         "topic read siaga/v1/dev/+/alarm",
         "topic read siaga/v1/dev/+/status",
         "topic read siaga/v1/dev/+/will",
         "topic write siaga/v1/dev/+/ack",
+        "topic write siaga/v1/dev/+/config",
         "topic deny siaga/v1/dev/siaga-gateway/#",
     ]
     with pytest.raises(ValueError, match="must not contain"):

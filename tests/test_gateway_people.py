@@ -91,7 +91,7 @@ def test_every_registry_change_through_the_api_names_the_person(gw: GatewayProce
     log = changes(gw, "ppl-api-01")
     assert [(c["person"], c["role"], c["action"]) for c in log] == [   # newest first
         ("admin", "admin", "decommission"), (ADMIN, "admin", "revoke"), (ADMIN, "admin", "rotate-key"),
-        (TECH, "technician", "update"), (TECH, "technician", "register")]
+        (TECH, "technician", "configure"), (TECH, "technician", "update"), (TECH, "technician", "register")]
     by_action = {c["action"]: c for c in log}
     assert by_action["register"]["detail"] == {"site": None, **PLACE}
     # Only what changed, before and after (the area was given unchanged).
@@ -330,7 +330,8 @@ def test_every_registry_change_through_siaga_devices_names_the_person(gw: Gatewa
         done = siaga("devices", *args, timeout_s=60, env=env)
         assert done.returncode == 0, (args[0], done.stdout, done.stderr)
     assert who_did_what(gw, "ppl-cli-01") == [
-        (TECH, "technician", "register"), (TECH, "technician", "update"), (ADMIN, "admin", "rotate-key"),
+        (TECH, "technician", "register"), (TECH, "technician", "update"), (TECH, "technician", "configure"),
+        (ADMIN, "admin", "rotate-key"),
         (ADMIN, "admin", "revoke"), (ADMIN, "admin", "decommission")]
     update = next(c for c in changes(gw, "ppl-cli-01") if c["action"] == "update")
     assert update["detail"] == {"lat": [-6.175392, -6.2], "lon": [106.827153, 106.8], "site": [None, "pasar-baru"]}
@@ -353,7 +354,9 @@ def test_a_technicians_config_needs_no_shared_token(gw: GatewayProcess, prov: Pa
     done = siaga("devices", "set-location", "ppl-cli-04", "--config", str(own), "--address", "Jl. Baru 2",
                  "--token-file", str(token_file(gw, TECH, tmp_path)), timeout_s=60, env={"SIAGA_TOKEN": ""})
     assert done.returncode == 0, done.stderr
-    assert who_did_what(gw, "ppl-cli-04") == [(ADMIN, "admin", "register"), (TECH, "technician", "update")]
+    # The corrected address also goes to the button (its remote configuration, protocol.md §10).
+    assert who_did_what(gw, "ppl-cli-04") == [(ADMIN, "admin", "register"), (TECH, "technician", "update"),
+                                              (TECH, "technician", "configure")]
 
 
 def test_a_technician_cannot_revoke_with_siaga_devices(gw: GatewayProcess, prov: Path, tmp_path: Path) -> None:

@@ -96,8 +96,10 @@ async def test_the_registry_and_its_change_log(store: Store) -> None:
     assert records["btn-b"].revoked and not records["btn-a"].revoked
     assert records["btn-c"].pending == bytes(32) and records["btn-c"].secret == SECRET
     changes = await store.fleet_changes(device_id=None, limit=10)
-    assert [c["action"] for c in changes][:3] == ["rotate-key", "revoke", "update"]
-    assert changes[2]["detail"] == {"address": ["Pasar Baru", "Jl. Baru 2"], "lat": [-6.2, -6.1]}
+    # The corrected location also became the button's remote configuration (protocol.md §10).
+    assert [c["action"] for c in changes][:4] == ["rotate-key", "revoke", "configure", "update"]
+    assert changes[3]["detail"] == {"address": ["Pasar Baru", "Jl. Baru 2"], "lat": [-6.2, -6.1]}
+    assert changes[2]["detail"]["version"] == 1
     assert changes[0]["person"] == "alice" and changes[0]["detail"] == {"mode": "pending"}
     assert await store.decommission("btn-c", 9)
     devices = {d.id: d for d in await store.devices()}
@@ -105,6 +107,31 @@ async def test_the_registry_and_its_change_log(store: Store) -> None:
     assert devices["btn-a"].key_pending is False and devices["btn-a"].faults == ()
     with pytest.raises(StoreError, match="can only update"):
         await store.update_device("btn-a", {"secret_hex": "00"}, now_ms=10)
+
+
+async def test_remote_configuration_versions_and_what_heartbeats_report(store: Store) -> None:
+    assert await store.configure("btn-a", {"heartbeat_s": 30, "sms": {"fallback_s": 20}}, now_ms=2, by=ALICE)
+    assert await store.configure("btn-a", {"sms": {"test_every_s": 0}}, now_ms=3)
+    assert not await store.configure("btn-a", {"heartbeat_s": 30}, now_ms=4)   # nothing new: no version
+    pushed = await store.pushed_config("btn-a")
+    assert pushed is not None and pushed.ver == 2
+    assert pushed.settings == {"heartbeat_s": 30, "sms": {"fallback_s": 20, "test_every_s": 0}}
+    assert await store.configure("btn-b", {"heartbeat_s": 90}, now_ms=5)
+    assert await store.pushed_config("btn-c") is None
+    assert [(p.device_id, p.ver) for p in await store.unconfirmed_configs()] == [("btn-a", 2), ("btn-b", 1)]
+    # btn-a applied version 2, btn-b refused version 1; a heartbeat of older firmware says nothing.
+    statuses = [(Status("btn-a", 1, None, None, "2.0", False, 0, 5, 60, 2, None), 10),
+                (Status("btn-b", 1, None, None, "2.0", False, 0, 5, 60, 0, 1), 10),
+                (Status("btn-c", 1, None, None, "1.0", False, 0, 5, 60), 10)]
+    await commit(store, Batch(statuses=statuses))
+    assert await store.unconfirmed_configs() == []
+    devices = {d.id: d for d in await store.devices()}
+    assert (devices["btn-a"].config_ver, devices["btn-a"].config_applied, devices["btn-a"].config_rejected) == (2, 2,
+                                                                                                              None)
+    assert (devices["btn-b"].config_applied, devices["btn-b"].config_rejected) == (0, 1)
+    assert devices["btn-c"].config_desired == {} and devices["btn-c"].config_ver == 0
+    with pytest.raises(StoreError, match="no device"):
+        await store.configure("nobody", {"heartbeat_s": 30}, now_ms=6)
 
 
 # ---------------------------------------------------------------- intake
@@ -259,7 +286,9 @@ async def test_a_queue_of_schema_5_moves_to_the_command_center_destination(db: s
              "SELECT device_id, event_id, kind, body, alarm_id, created_ms, next_attempt_ms FROM outbox ORDER BY id",
              "DROP TABLE outbox", "DROP TABLE deliveries", "ALTER TABLE outbox_old RENAME TO outbox",
              "DROP INDEX devices_by_phone", "ALTER TABLE devices DROP COLUMN phone",
-             "ALTER TABLE devices DROP COLUMN sms_seen_ms"]
+             "ALTER TABLE devices DROP COLUMN sms_seen_ms", "ALTER TABLE devices DROP COLUMN config_ver",
+             "ALTER TABLE devices DROP COLUMN config_applied", "ALTER TABLE devices DROP COLUMN config_rejected",
+             "ALTER TABLE devices DROP COLUMN config_desired"]
     again = open_store(db)
     await again.open()
     try:
