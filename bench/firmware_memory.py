@@ -2,9 +2,10 @@
 with gc.mem_alloc() during a real send through Mosquitto and the gateway (separate processes, as in
 the tests; the gateway's "received" ack does not wait for the command center, so none is started),
 for the core loaded from source, from mpy-cross output, and run in place from a ROMFS image, and
-the smallest heap (`micropython -X heapsize=`) in which a press still reaches "received"; each
-without and with the SMS path (a modem on the HAL, answered in the device process, and "sms" in the
-config: the driver and the SMS codec loaded, the modem initialised, one test SMS sent).
+the smallest heap (`micropython -X heapsize=`) in which a press still reaches "received" and a
+remote configuration is then applied; each without and with the SMS path (a modem on the HAL,
+answered in the device process, and "sms" in the config: the driver and the SMS codec loaded, the
+modem initialised, one test SMS sent).
 
     .venv/bin/python bench/firmware_memory.py
 
@@ -34,7 +35,7 @@ from tests.support.gateway import GatewayProcess  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 DEVICE_SCRIPT = Path(__file__).with_name("firmware_memory_device.py")
-HEAP_SIZES_KB = (16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 80, 88, 96, 128)
+HEAP_SIZES_KB = (16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128)
 TARGET_KB = 30
 
 
@@ -84,19 +85,23 @@ def build_romfs(folder: Path, image: Path) -> Path:
 
 
 def run_device(lib: Path, config: Path, state: Path, heap_kb: int | None = None,
-               romfs: Path | None = None) -> tuple[dict[str, int], str]:
+               romfs: Path | None = None) -> tuple[dict[str, int], str, bool]:
+    """The device script's figures ({} unless it got to "DONE"), its output, and whether it also
+    applied the remote configuration ("CONFIGURED"). With heap_kb, the collector is never turned
+    off for a measurement of the remote configuration, so the answer is whether it fits."""
     cmd = [micropython_binary(), *(["-X", f"heapsize={heap_kb}k"] if heap_kb else []), str(DEVICE_SCRIPT),
            str(config), str(state), *([str(romfs)] if romfs else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
-                          env={"MICROPYPATH": f".frozen:{lib}"})
+                          env={"MICROPYPATH": f".frozen:{lib}", **({"BENCH_GC_ON": "1"} if heap_kb else {})})
     figures = {}
     for line in proc.stdout.splitlines():
         if line.startswith("MEM "):
             _, stage, value = line.split()
             figures[stage] = int(value)
-    if not any(line.startswith("DONE") for line in proc.stdout.splitlines()):
+    lines = proc.stdout.splitlines()
+    if not any(line.startswith("DONE") for line in lines):
         figures = {}
-    return figures, proc.stdout + proc.stderr
+    return figures, proc.stdout + proc.stderr, "CONFIGURED" in lines
 
 
 def kib(n: int) -> str:
@@ -137,8 +142,8 @@ def main() -> int:
             results_sms: dict[str, dict[str, int]] = {}
             for name, (lib, romfs) in variants.items():
                 for conf, into in ((config, results), (config_sms, results_sms)):
-                    figures, out = run_device(lib, conf, state, romfs=romfs)
-                    if not figures:
+                    figures, out, configured = run_device(lib, conf, state, romfs=romfs)
+                    if not figures or not configured:
                         print(f"{name}: the device script failed:\n{out}")
                         return 1
                     into[name] = figures
@@ -165,20 +170,33 @@ def main() -> int:
                 print(f"  {label:44}" + "".join(f"{kib(r[key]):>24}" for r in results_sms.values()))
             print(f"  {'SMS path costs, resident':44}" + "".join(
                 f"{kib(results_sms[n]['resident'] - results[n]['resident']):>24}" for n in results))
-            smallest: dict[tuple[str, bool], int | None] = {}
+            print("\na remote configuration (new location and heartbeat) applied after the above, udp.py loaded:")
+            print(f"  {'':44}" + "".join(f"{n:>24}" for n in results))
+            for key, label in (("config_allocated", "allocated while applying, GC off"),
+                               ("config_left", "left resident after (interned names)")):
+                print(f"  {label:44}" + "".join(f"{kib(r[key]):>24}" for r in results.values()))
+                print(f"  {'  the same with the SMS path':44}" + "".join(
+                    f"{kib(r[key]):>24}" for r in results_sms.values()))
+            # (variant, with SMS) -> (smallest heap for the press, smallest for press and config)
+            smallest: dict[tuple[str, bool], tuple[int | None, int | None]] = {}
             for name, (lib, romfs) in variants.items():
                 for with_sms, conf in ((False, config), (True, config_sms)):
-                    smallest[name, with_sms] = None
+                    press: int | None = None
+                    both: int | None = None
                     for heap_kb in HEAP_SIZES_KB:
-                        figures, _ = run_device(lib, conf, state, heap_kb, romfs)
-                        if figures:
-                            smallest[name, with_sms] = heap_kb
+                        figures, _, configured = run_device(lib, conf, state, heap_kb, romfs)
+                        if figures and press is None:
+                            press = heap_kb
+                        if figures and configured:
+                            both = heap_kb
                             break
-            print("\nsmallest total heap (micropython -X heapsize=) in which a press reaches 'received'")
+                    smallest[name, with_sms] = (press, both)
+            print("\nsmallest total heap (micropython -X heapsize=) in which a press reaches 'received'; and in")
+            print("which a remote configuration is then applied too (collector on, as on a board)")
             print("(interpreter included; for ROMFS the image itself sits in this heap on the unix port):")
-            print(f"  {'':44}{'without SMS':>14}{'with SMS':>14}")
+            print(f"  {'':44}{'without SMS':>14}{'+ config':>14}{'with SMS':>14}{'+ config':>14}")
             for name in variants:
-                cells = [smallest[name, False], smallest[name, True]]
+                cells = [*smallest[name, False], *smallest[name, True]]
                 text = "".join(f"{'>' + str(HEAP_SIZES_KB[-1]) if k is None else k:>10} KiB" for k in cells)
                 extra = f" (image {kib(image.stat().st_size)})" if variants[name][1] else ""
                 print(f"  {name:44}{text}{extra}")

@@ -250,10 +250,11 @@ class GpioHal:
 class Agent:
     """The agent's loop in a thread, stoppable (used by `run` and by the tests)."""
 
-    def __init__(self, config: dict[str, Any], state_dir: Path, hal: GpioHal) -> None:
+    def __init__(self, config: dict[str, Any], state_dir: Path, hal: GpioHal, config_path: str | None = None) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.hal = hal
-        self.device = Device(hal, config, str(state_dir))
+        # With config_path, a remote configuration (protocol.md §10) is written back to that file.
+        self.device = Device(hal, config, str(state_dir), config_path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="siaga-agent", daemon=True)
 
@@ -286,7 +287,7 @@ def run(config_path: str, state_dir: str, modem_port: str | None = None) -> None
     wrap = tls_wrap(tls["ca"], tls.get("server_hostname", config["mqtt"]["host"])) if tls else None
     port, baud = modem_settings(config, modem_port)
     hal = GpioHal(tuple(config.get("types", ())), ssl_wrap=wrap, modem_port=port, modem_baud=baud)
-    agent = Agent(config, Path(state_dir), hal)
+    agent = Agent(config, Path(state_dir), hal, config_path)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

@@ -5,7 +5,7 @@ import json
 import os
 import struct
 
-from siagafw import indicator, mqtt, nmea, proto, udp
+from siagafw import indicator, mqtt, nmea, proto, remote, udp
 from siagafw.app import Device
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel, SosButton
 from siagafw.config import load_config
@@ -1019,6 +1019,154 @@ def test_config_checks_the_sms_path(tmp):
         assert key in why and words in why, why
 
 
+# ---------------------------------------------------------------- remote configuration (remote.py)
+
+NEW_LOC = {"lat_e6": -6200000, "lon_e6": 106816666, "addr": "Jl. M.H. Thamrin 1", "area": "31.71.02.1001"}
+
+
+def _config_msg(ver, changes, secret_hex=SECRET_HEX, dev=DEV):
+    body = proto.encode({"v": 1, "type": "config", "dev": dev, "ver": ver, "set": changes})
+    return proto.Signer(proto.secret_from_hex(secret_hex)).seal(body)
+
+
+def _button_with_file(tmp, **extra):
+    """A Device whose config lives in tmp/config.json and whose flash is tmp/flash."""
+    path = tmp + "/config.json"
+    with open(path, "w") as f:
+        f.write(json.dumps(_config(**extra)))
+    flash = tmp + "/flash"
+    try:
+        os.mkdir(flash)
+    except OSError:
+        pass
+    with open(path) as f:
+        cfg = load_config(f.read(), "unix")
+    hal = ClockHal()
+    return Device(hal, cfg, flash, path, "unix"), hal
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_device_applies_a_signed_remote_config_keeps_it_and_never_applies_a_version_twice(tmp):
+    dev, hal = _button_with_file(tmp)
+    topic = proto.topic(DEV, "config")
+    assert dev.cfg_ver == 0 and dev.cfg_bad is None
+    changes = {"loc": NEW_LOC, "heartbeat_s": 30, "retry": {"first_ms": 1000, "max_ms": 8000},
+               "reconnect": {"max_ms": 20000}}
+    dev.mqtt.on_message(topic, _config_msg(1, changes), True)
+    assert hal.named("config_applied") == ["ver=1 keys=heartbeat_s,loc,reconnect,retry"], hal.events
+    assert (dev.cfg_ver, dev.heartbeat_s, dev.resend_first_ms, dev.resend_max_ms) == (1, 30, 1000, 8000)
+    assert (dev._reconnect.first_ms, dev._reconnect.max_ms) == (500, 20000)   # merged key by key
+    assert _alarm_body(dev, dev.raise_alarm())["loc"] == NEW_LOC               # the next alarm
+    saved = load_config(_read(tmp + "/config.json"), "unix")
+    assert saved["loc"] == NEW_LOC and saved["secret"] == SECRET_HEX and saved["types"] == ["medical"]
+    assert saved["reconnect"] == {"max_ms": 20000}
+    assert _read(tmp + "/flash/cfgver").strip() == "1"
+    assert "config.json.new" not in os.listdir(tmp) and "cfgver.new" not in os.listdir(tmp + "/flash")
+    dev.mqtt.on_message(topic, _config_msg(1, changes), True)            # the retained copy again
+    assert hal.named("config_seen") == ["ver=1"] and len(hal.named("config_applied")) == 1
+    # A reboot: the new settings come from the file, the version from the flash.
+    hal2 = ClockHal()
+    again = Device(hal2, saved, tmp + "/flash", tmp + "/config.json", "unix")
+    assert again.cfg_ver == 1 and again.loc == NEW_LOC and again.heartbeat_s == 30
+    again.mqtt.on_message(topic, _config_msg(1, changes), True)
+    assert hal2.named("config_seen") == ["ver=1"] and hal2.named("config_applied") == []
+    before = _read(tmp + "/config.json")
+    again.mqtt.on_message(topic, _config_msg(2, changes), False)         # the same settings, again
+    assert hal2.named("config_applied") == ["ver=2 keys=heartbeat_s,loc,reconnect,retry"]
+    assert json.loads(_read(tmp + "/config.json")) == json.loads(before) and again.cfg_ver == 2
+
+
+def test_device_refuses_forged_malformed_and_invalid_remote_configs(tmp):
+    dev, hal = _button_with_file(tmp)
+    topic = proto.topic(DEV, "config")
+    before = _read(tmp + "/config.json")
+    good = {"loc": NEW_LOC}
+    for msg in (_config_msg(1, good, secret_hex="11" * 32), _config_msg(1, good)[:-3] + b"xx}"):
+        dev.mqtt.on_message(topic, msg, True)
+    for ver in (0, True, -1, proto.CONFIG_VER_MAX + 1, "1"):
+        dev.mqtt.on_message(topic, _config_msg(ver, good), True)
+    dev.mqtt.on_message(topic, _config_msg(1, good, dev="jkt-other-0002"), True)
+    assert hal.named("config_rejected") == ["bad signature"] * 2 + ["malformed"] * 6
+    for ver, changes, words in ((3, {"wifi": {"ssid": "x"}}, "unknown key wifi"),
+                                (4, {"heartbeat_s": 1}, "heartbeat_s"),
+                                (5, {"loc": dict(NEW_LOC, lat_e6=91000000)}, "latitude"),
+                                (6, {"loc": {"lat_e6": 1, "lon_e6": 2, "addr": ""}}, "missing key loc.area"),
+                                (7, {"sms": {"gateway": GATEWAY_NUMBER, "device": "/dev/ttyS0"}},
+                                 "unknown key sms.device"),
+                                (8, {"retry": {"first_ms": 9000, "max_ms": 1000}}, "retry.max_ms"),
+                                (9, [1], "not an object")):
+        dev.mqtt.on_message(topic, _config_msg(ver, changes), True)
+        why = hal.named("config_rejected")[-1]
+        assert why.startswith("ver=%d " % ver) and words in why, why
+        assert dev.cfg_bad == ver
+    dev.mqtt.on_message(topic, _config_msg(9, [1]), True)               # a refused version comes back
+    assert hal.named("config_seen") == ["ver=9"]
+    assert hal.named("config_applied") == [] and dev.cfg_ver == 0 and dev.loc != NEW_LOC
+    assert _read(tmp + "/config.json") == before and "cfgver" not in os.listdir(tmp + "/flash")
+    dev.mqtt.on_message(topic, _config_msg(10, good), True)              # a good one after them
+    assert hal.named("config_applied") == ["ver=10 keys=loc"] and dev.cfg_bad == 9
+
+
+def test_remote_config_writes_the_file_before_its_version(tmp):
+    """A power cut between the two writes: the new settings are on flash with the old version, and
+    the same message applied again after the reboot gives the same file."""
+    dev, _ = _button_with_file(tmp)
+    topic = proto.topic(DEV, "config")
+    written = []
+    real = remote._write
+
+    def cut_after_first(path, text):
+        if written:
+            raise OSError(5, "power cut")
+        real(path, text)
+        written.append(path)
+
+    remote._write = cut_after_first
+    try:
+        dev.mqtt.on_message(topic, _config_msg(1, {"heartbeat_s": 30}), True)
+    finally:
+        remote._write = real
+    assert written == [tmp + "/config.json"]
+    text = _read(tmp + "/config.json")
+    assert load_config(text, "unix")["heartbeat_s"] == 30 and "cfgver" not in os.listdir(tmp + "/flash")
+    hal2 = ClockHal()
+    again = Device(hal2, load_config(text, "unix"), tmp + "/flash", tmp + "/config.json", "unix")
+    assert again.cfg_ver == 0
+    again.mqtt.on_message(topic, _config_msg(1, {"heartbeat_s": 30}), True)
+    assert hal2.named("config_applied") == ["ver=1 keys=heartbeat_s"]
+    assert _read(tmp + "/config.json") == text and _read(tmp + "/flash/cfgver").strip() == "1"
+
+
+def test_a_remote_config_that_fails_to_apply_is_refused_not_a_crash(tmp):
+    """Out of memory while the checker loads, say: the retained copy would otherwise crash the
+    button again at every connect."""
+    dev, hal = _button_with_file(tmp)
+    real = remote.apply
+
+    def no_memory(*args):
+        raise MemoryError("memory allocation failed")
+
+    remote.apply = no_memory
+    try:
+        dev.mqtt.on_message(proto.topic(DEV, "config"), _config_msg(1, {"heartbeat_s": 30}), True)
+    finally:
+        remote.apply = real
+    assert hal.named("config_rejected") == ["ver=1 MemoryError: memory allocation failed"]
+    assert dev.cfg_bad == 1 and dev.cfg_ver == 0 and dev.heartbeat_s == 60
+
+
+def test_device_without_a_config_file_applies_a_remote_config_in_ram(tmp):
+    hal = ClockHal()
+    dev = Device(hal, _config(), tmp)
+    dev.mqtt.on_message(proto.topic(DEV, "config"), _config_msg(1, {"loc": NEW_LOC}), True)
+    assert hal.named("config_applied") == ["ver=1 keys=loc"] and dev.loc == NEW_LOC
+    assert "cfgver" not in os.listdir(tmp)
+
+
 TESTS = [
     test_seq_numbers_increase_and_survive_a_restart,
     test_seq_block_writes_are_rare,
@@ -1076,4 +1224,9 @@ TESTS = [
     test_device_sends_an_unacked_alarm_by_sms_once_and_takes_a_signed_sms_ack,
     test_device_falls_back_to_sms_after_fallback_s_while_the_network_looks_fine,
     test_config_checks_the_sms_path,
+    test_device_applies_a_signed_remote_config_keeps_it_and_never_applies_a_version_twice,
+    test_device_refuses_forged_malformed_and_invalid_remote_configs,
+    test_remote_config_writes_the_file_before_its_version,
+    test_a_remote_config_that_fails_to_apply_is_refused_not_a_crash,
+    test_device_without_a_config_file_applies_a_remote_config_in_ram,
 ]

@@ -162,7 +162,7 @@ class Broker:
         self.conn: socket.socket | None = None
 
     def bring_up(self, client: mqtt.MQTTClient) -> socket.socket:
-        client.start(self.listener.getsockname(), subscribe=("siaga/v1/dev/jkt-prop-0001/ack", 1))
+        client.start(self.listener.getsockname(), subscribe=(("siaga/v1/dev/jkt-prop-0001/ack", 1),))
         conn, _ = self.listener.accept()
         conn.settimeout(5)
         self.conn = conn
@@ -229,3 +229,33 @@ def test_a_validly_signed_ack_with_any_content_never_breaks_the_button(body: dic
     dev.mqtt.on_message(proto.topic(GOOD["dev"], "ack"), payload, retained)
     shown = hal.shown[-1]
     assert shown in ("no_network", "received", "acknowledged", "dispatched", "resolved", "false_alarm", "fault"), shown
+
+
+# ------------------------------------------------------------------ signed remote configs with any content
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(["loc", "heartbeat_s", "retry", "reconnect", "sms", "wifi"]),
+                               json_values, max_size=4),
+       ver=st.integers(-2, 2**32))
+@example(changes={"retry": {"first_ms": None}}, ver=1)
+@example(changes={"sms": {"gateway": "+6281100000001", "fallback_s": 2**70}}, ver=1)
+@example(changes={"loc": {"lat_e6": 1.5, "lon_e6": 0, "addr": "", "area": ""}}, ver=1)
+def test_a_validly_signed_config_with_any_content_is_applied_or_refused(changes: dict[str, Any], ver: int,
+                                                                        tmp_path_factory: Any) -> None:
+    tmp = tmp_path_factory.mktemp("cfg")
+    path = tmp / "config.json"
+    path.write_text(json.dumps(dict(GOOD, mqtt={"host": "127.0.0.1", "port": 1})))
+    hal = ClockHal()
+    dev = Device(hal, load_config(path.read_text(), "esp32"), str(tmp), str(path), "esp32")
+    signer = proto.Signer(proto.secret_from_hex(GOOD["secret"]))
+    try:
+        payload = signer.seal(json.dumps({"v": 1, "type": "config", "dev": GOOD["dev"], "ver": ver,
+                                          "set": changes}).encode())
+    except ValueError:
+        return
+    dev.mqtt.on_message(proto.topic(GOOD["dev"], "config"), payload, True)
+    names = [n for n, _ in hal.events if n.startswith("config")]
+    assert len(names) == 1 and names[0] in ("config_applied", "config_rejected"), hal.events
+    # Whatever happened, the file on flash is a config the board boots from.
+    load_config(path.read_text(), "esp32")

@@ -22,7 +22,7 @@ def main():
     sms = cfg.get("sms")
     if sms and sms.get("device"):
         hal.open_modem(sms["device"])  # before Device(): it looks for modem_read
-    dev = Device(hal, cfg, sys.argv[2])
+    dev = Device(hal, cfg, sys.argv[2], sys.argv[1], "unix")  # a remote configuration rewrites argv[1]
     hal.event("boot", "dev=%s next_seq=%d fw=%s" % (cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION))
     while not hal.quit:
         hal.read_commands()

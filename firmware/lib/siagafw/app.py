@@ -30,9 +30,11 @@
 #   event(name, detail)               something worth a log line ("alarm", "delivered", ...)
 #   feed_watchdog()
 #
-# The config file is checked by siagafw/config.py, which the boards import only at start-up.
+# The config file is checked by siagafw/config.py, which the boards import only at start-up and
+# again, with siagafw/remote.py, only while a new remote configuration is applied (protocol.md §10).
 import json
 import socket
+import sys
 
 from siagafw import indicator as ind
 from siagafw import proto
@@ -81,11 +83,30 @@ FAULT_LOGIN = "login"
 FAULT_BATTERY = "battery"
 
 
+def _read_int(path):
+    """The number a small state file holds, or 0 when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
 class Device:
-    def __init__(self, hal, cfg, state_dir):
+    def __init__(self, hal, cfg, state_dir, config_path=None, board=None):
+        """config_path: the config file a remote configuration is written to (None: applied in RAM
+        only, as for the fleet simulator's buttons); board: its name, for the config checker."""
         self.hal = hal
         self.cfg = cfg
         self.dev = cfg["dev"]
+        self.state_dir = state_dir
+        self.config_path = config_path
+        self.board = board
+        # The remote configuration applied (persisted with the config file) and the last one
+        # refused (in RAM: the retained copy is checked again after a reboot).
+        self.cfg_ver = _read_int(state_dir + "/cfgver") if config_path else 0
+        self.cfg_bad = None
         self.signer = proto.Signer(proto.secret_from_hex(cfg["secret"]))
         self.seqs = SeqStore(state_dir, cfg.get("seq_block", 32))
         self.outbox = Outbox(state_dir, cfg.get("outbox_capacity", 16))
@@ -95,25 +116,19 @@ class Device:
         b = cfg.get("button", {})
         self.buttons = ButtonPanel((self.kind,) + types, b.get("long_ms", 1500), b.get("cancel_ms", 3000),
                                    b.get("debounce_ms", 30))
-        self.loc = cfg["loc"]
         gps = cfg.get("gps")
         self.gps = None
         if gps:
             from siagafw.nmea import GpsReader  # only mobile units pay for the NMEA parser's RAM
 
             self.gps = GpsReader(gps.get("max_age_s", 120) * 1000)
-        self.heartbeat_s = cfg.get("heartbeat_s", 60)
         # How long one step waits for the network. A board's loop paces itself with it; a host
         # running many devices from one scheduler (the fleet simulator) sets 0 and paces the rounds.
         self.loop_ms = cfg.get("loop_ms", LOOP_MS)
         self.battery_low_mv = cfg.get("battery_low_mv", BATTERY_LOW_MV)
         self.test_mode_max_ms = cfg.get("test_mode_max_s", TEST_MODE_MAX_MS // 1000) * 1000
-        r = cfg.get("retry", {})
-        self.resend_first_ms = r.get("first_ms", RESEND_FIRST_MS)
-        self.resend_max_ms = r.get("max_ms", RESEND_MAX_MS)
-        r = cfg.get("reconnect", {})
-        self._reconnect = Backoff(r.get("first_ms", RECONNECT_FIRST_MS), r.get("max_ms", RECONNECT_MAX_MS))
-        self.login_retry_ms = r.get("login_retry_ms", LOGIN_RETRY_MS)
+        self._reconnect = Backoff(RECONNECT_FIRST_MS, RECONNECT_MAX_MS)
+        self.settings(cfg)
         self.indicator = ind.Indicator(cfg.get("silent", False))
         m = cfg["mqtt"]
         self.host = m["host"]
@@ -129,6 +144,7 @@ class Device:
         self.mqtt.on_message = self._on_message
         self.mqtt.on_puback = self._on_puback
         self.ack_topic = proto.topic(self.dev, "ack")
+        self.config_topic = proto.topic(self.dev, "config")
         self.alarm_topic = proto.topic(self.dev, "alarm")
         self.status_topic = proto.topic(self.dev, "status")
 
@@ -172,6 +188,22 @@ class Device:
 
             self.sms = SmsPath(self, cfg["sms"], now)
         self._display(now)
+
+    def settings(self, cfg):
+        """Take the settings a remote configuration may change (protocol.md §10) from cfg: at boot,
+        and again from siagafw/remote.py when one is applied (the next alarm, heartbeat, re-send and
+        reconnect use them; an attempt or re-send already scheduled keeps its time)."""
+        self.cfg = cfg
+        self.loc = cfg["loc"]
+        self.heartbeat_s = cfg.get("heartbeat_s", 60)
+        r = cfg.get("retry", {})
+        self.resend_first_ms = r.get("first_ms", RESEND_FIRST_MS)
+        self.resend_max_ms = r.get("max_ms", RESEND_MAX_MS)
+        r = cfg.get("reconnect", {})
+        self._reconnect.first_ms = r.get("first_ms", RECONNECT_FIRST_MS)
+        self._reconnect.max_ms = r.get("max_ms", RECONNECT_MAX_MS)
+        self._reconnect.reset()
+        self.login_retry_ms = r.get("login_retry_ms", LOGIN_RETRY_MS)
 
     # -------------------------------------------------------------- presses
 
@@ -285,6 +317,9 @@ class Device:
             self.hal.event("puback", "seq=%d" % seq)
 
     def _on_message(self, topic, payload, retained):
+        if topic == self.config_topic:
+            self._on_config(payload)
+            return
         if topic != self.ack_topic:
             return
         body = self.signer.open(payload)
@@ -333,6 +368,39 @@ class Device:
             else:
                 self.hal.event("ack", "seq=%d state=%s via=%s" % (seq, state, via))
         self._display(now)
+
+    def _on_config(self, payload):
+        """A remote configuration (protocol.md §10): verified and screened here; only a version not
+        seen before loads siagafw/remote.py (and the config checker) to apply it, so the retained
+        copy the broker sends at every connect costs a MAC and a JSON parse, not an import."""
+        body = self.signer.open(payload)
+        if body is None:
+            self.hal.event("config_rejected", "bad signature")
+            return
+        try:
+            msg = json.loads(body)
+            ver = msg["ver"]
+            ok = (msg.get("v") == proto.VERSION and msg.get("type") == "config" and msg.get("dev") == self.dev
+                  and isinstance(ver, int) and not isinstance(ver, bool) and 0 < ver <= proto.CONFIG_VER_MAX)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self.hal.event("config_rejected", "malformed")
+            return
+        if ver <= self.cfg_ver or ver == self.cfg_bad:
+            self.hal.event("config_seen", "ver=%d" % ver)
+            return
+        # What this import loads is dropped again after (a board dropped the checker after boot).
+        fresh = [n for n in ("remote", "config") if "siagafw." + n not in sys.modules]
+        try:
+            from siagafw import remote
+
+            remote.apply(self, ver, msg.get("set"), fresh)
+        except Exception as exc:  # noqa: BLE001 - MemoryError above all: refused, never a crash
+            # A crash would reset the board, and the retained copy would crash it again at every
+            # connect. Refused instead, until the next boot (a fresh heap) tries it once more.
+            self.cfg_bad = ver
+            self.hal.event("config_rejected", "ver=%d %s: %s" % (ver, type(exc).__name__, exc))
 
     def sms_test(self):
         """Send the backup-path test SMS now (a technician's command); its seq, or None."""
@@ -422,7 +490,8 @@ class Device:
                 # on wills no broker saw. Once a CONNECT went out, a broker may hold its will, and
                 # the gateway would refuse the same sequence number again: the next gets a new one.
                 self._will = self.signer.seal(proto.encode(proto.will_body(self.dev, self.seqs.next())))
-            self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False), (self.ack_topic, 1))
+            self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False),
+                            ((self.ack_topic, 1), (self.config_topic, 1)))
         except (OSError, ValueError) as exc:
             if self._lookup is not None:
                 self._lookup.close()
@@ -489,7 +558,8 @@ class Device:
             self._next_heartbeat = ticks_add(now, self.heartbeat_s * 1000)
             seq = self.seqs.next()
             body = proto.status_body(self.dev, seq, FIRMWARE_VERSION, self.heartbeat_s, self.battery_mv,
-                                     self.hal.rssi(), self.tamper, len(self.outbox), self.uptime_ms)
+                                     self.hal.rssi(), self.tamper, len(self.outbox), self.uptime_ms,
+                                     self.cfg_ver, self.cfg_bad)
             self.mqtt.publish(self.status_topic, self.signer.seal(proto.encode(body)), 1)
             self.hal.event("heartbeat", "seq=%d" % seq)
 

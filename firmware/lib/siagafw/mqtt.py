@@ -150,7 +150,7 @@ class MQTTClient:
         self._ipoll = None
         self._mask = 0
         self._deadline = 0        # when the current connect stage gives up
-        self._sub = None          # (topic, qos) to subscribe to once the CONNACK is in
+        self._sub = None          # ((topic, qos), ...) to subscribe to once the CONNACK is in
         self._sub_pid = 0
         self._connect = b""       # the CONNECT packet, queued once TCP is up
         self._out = b""           # bytes the socket had no room for yet
@@ -166,9 +166,10 @@ class MQTTClient:
     def start(self, addr, clean=True, will=None, subscribe=None):
         """Begin connecting to addr (a socket address: no name lookup happens here).
 
-        will = (topic, payload, retain) or None; subscribe = (topic, qos) or None, requested right
-        after the CONNACK. Returns at once; poll() drives the connection until connected() or
-        until it raises OSError.
+        will = (topic, payload, retain) or None; subscribe = ((topic, qos), ...) or None, requested
+        in one SUBSCRIBE right after the CONNACK (a SUBSCRIBE carries a list of topic filters and
+        its SUBACK one return code each [MQTT-3.8.3, 3.9.3]). Returns at once; poll() drives the
+        connection until connected() or until it raises OSError.
         """
         self.close()
         self.refused = 0
@@ -373,16 +374,20 @@ class MQTTClient:
         if self._sub is None:
             self.state = UP
             return
-        topic, qos = self._sub
         self._sub_pid = self._next_pid()
-        self._send(0x82, struct.pack("!H", self._sub_pid) + _str(topic) + bytes([qos]))
+        body = struct.pack("!H", self._sub_pid)
+        for topic, qos in self._sub:
+            body += _str(topic) + bytes([qos])
+        self._send(0x82, body)
         self.state = SUBSCRIBING
         self._deadline = ticks_add(ticks_ms(), self.timeout_ms)
 
     def _subscribing(self, ptype, body):
-        if ptype == 0x90 and len(body) == 3 and struct.unpack("!H", body[:2])[0] == self._sub_pid:
-            if body[2] == 0x80:
-                self._fail("subscription refused: " + self._sub[0])
+        n = len(self._sub)
+        if ptype == 0x90 and len(body) == 2 + n and struct.unpack("!H", body[:2])[0] == self._sub_pid:
+            for i in range(n):
+                if body[2 + i] == 0x80:  # failure [MQTT-3.9.3]: the ACL or the broker refused it
+                    self._fail("subscription refused: " + self._sub[i][0])
             self.state = UP
         else:
             self._dispatch(ptype, body)

@@ -210,7 +210,10 @@ def alarm_body(dev, seq, kind, loc, test=False, up_ms=0, ts=None):
     }
 
 
-def status_body(dev, seq, fw, every_s, bat_mv=None, rssi=None, tamper=False, outbox=0, up_ms=0):
+def status_body(dev, seq, fw, every_s, bat_mv=None, rssi=None, tamper=False, outbox=0, up_ms=0, cfg=0,
+                cfg_bad=None):
+    """cfg: the version of the remote configuration applied (0: none); cfg_bad: the last version
+    refused, or None (protocol.md §10)."""
     return {
         "v": VERSION,
         "type": "status",
@@ -223,7 +226,13 @@ def status_body(dev, seq, fw, every_s, bat_mv=None, rssi=None, tamper=False, out
         "outbox": outbox,
         "up": up_ms,
         "every": every_s,
+        "cfg": cfg,
+        "cfg_bad": cfg_bad,
     }
+
+
+# The highest remote configuration version (protocol.md §10): it fits a signed 32-bit field.
+CONFIG_VER_MAX = 2147483647
 
 
 def will_body(dev, seq):
