@@ -160,22 +160,32 @@ def acl_text(*, gateway_user: str = DEFAULT_GATEWAY_USER) -> str:
 # Devices: the username is the device id. A device publishes only its own alarm, status and will
 # (a last will set on another device's topic is accepted at CONNECT but never delivered) and reads
 # only its own ack and its own remote configuration (docs/protocol.md §10), which it cannot write.
+# Firmware over the air (§11): it asks for chunks and reports on ota/get and ota/status, and reads
+# its own offers (ota) and chunks (ota/data), which only the gateway writes.
 pattern write {root}/%u/alarm
 pattern write {root}/%u/status
 pattern write {root}/%u/will
+pattern write {root}/%u/ota/get
+pattern write {root}/%u/ota/status
 pattern read {root}/%u/ack
 pattern read {root}/%u/config
+pattern read {root}/%u/ota
+pattern read {root}/%u/ota/data
 
-# The gateway reads every device's alarm, status and will and writes every device's ack and
-# configuration.
+# The gateway reads every device's alarm, status, will, chunk requests and update reports, and
+# writes every device's ack, configuration, offers and chunks.
 user {gw}
 topic read {root}/+/alarm
 topic read {root}/+/status
 topic read {root}/+/will
+topic read {root}/+/ota/get
+topic read {root}/+/ota/status
 topic write {root}/+/ack
 topic write {root}/+/config
+topic write {root}/+/ota
+topic write {root}/+/ota/data
 # The patterns above also apply to the gateway, as if it were a device named "{gw}": this deny
-# takes that device's topics away from it, so the gateway gets exactly the five rules above.
+# takes that device's topics away from it, so the gateway gets exactly the nine rules above.
 topic deny {root}/{gw}/#
 """
 
@@ -183,9 +193,10 @@ topic deny {root}/{gw}/#
 def write_acl(path: Path, *, gateway_user: str = DEFAULT_GATEWAY_USER) -> None:
     """Write the pattern ACL to `path` atomically (mode 0644: it holds no secret).
 
-    A device (username = device id) may write only `siaga/v1/dev/<id>/alarm|status|will` and read only
-    `siaga/v1/dev/<id>/ack`; the gateway user reads `siaga/v1/dev/+/alarm|status|will` and writes
-    `siaga/v1/dev/+/ack`. Send the broker SIGHUP after changing it.
+    A device (username = device id) may write only `siaga/v1/dev/<id>/alarm|status|will|ota/get|ota/status`
+    and read only `siaga/v1/dev/<id>/ack|config|ota|ota/data`; the gateway user reads
+    `siaga/v1/dev/+/alarm|status|will|ota/get|ota/status` and writes `siaga/v1/dev/+/ack|config|ota|ota/data`.
+    Send the broker SIGHUP after changing it.
     """
     atomic_write(Path(path), acl_text(gateway_user=gateway_user).encode("utf-8"), mode=0o644)
     log.info("wrote broker ACL %s (gateway user %s)", path, gateway_user)

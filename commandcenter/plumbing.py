@@ -18,6 +18,10 @@ A gateway with an SMS path says in its report how its own GSM modem is (`sms`: u
 network, signal). It is kept with the rest of the report; the console shows a modem that is down or
 off the network as a room-wide fault, from the latest report, until a report says it is back: every
 button behind that gateway has lost its backup path meanwhile.
+
+A gateway that updates its buttons' firmware over the air ([ota]) says in its report which firmware
+versions are in service and how its latest rollouts go (`firmware`); the console's devices view shows
+it. It is information, never a fault: the gateway halts a failing rollout by itself.
 """
 
 from __future__ import annotations
@@ -111,6 +115,76 @@ class SmsModem(BaseModel):
         default=None, description="signal strength, AT+CSQ <rssi> (0 to 31, about -113 to -51 dBm); null: not known")
 
 
+FIRMWARE_VERSION = r"^[!-~]{1,64}$"  # as a button reports it: visible ASCII ("0.3.0")
+FIRMWARE_VERSIONS_MAX = 64  # versions in service a report may list
+ROLLOUTS_MAX = 8  # rollouts a report may list (the gateway sends its newest 5)
+HALTED_REASON_MAX = 300  # bytes
+PERCENT_MAX = 100
+
+
+def _versions(value: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(value.items()))
+
+
+VersionCounts = Annotated[
+    dict[Annotated[str, Field(pattern=FIRMWARE_VERSION)], Count],
+    Field(max_length=FIRMWARE_VERSIONS_MAX),
+    AfterValidator(_versions),
+    WithJsonSchema({
+        "type": "object", "maxProperties": FIRMWARE_VERSIONS_MAX, "propertyNames": {"pattern": FIRMWARE_VERSION},
+        "additionalProperties": {"type": "integer", "minimum": 0, "maximum": COUNT_MAX},
+        "description": "buttons by the firmware version they run, as their heartbeats report it",
+    }),
+]
+Percent = Annotated[float, Field(strict=True, ge=0, le=PERCENT_MAX, allow_inf_nan=False)]
+WholePercent = Annotated[int, Field(strict=True, ge=0, le=PERCENT_MAX), BeforeValidator(contract.json_integer)]
+HaltedReason = Annotated[str, AfterValidator(contract.text_checker(HALTED_REASON_MAX)),
+                         contract.text_schema(HALTED_REASON_MAX)]
+Millis = Annotated[int, Field(strict=True, ge=0, le=2**53), BeforeValidator(contract.json_integer)]
+
+
+class RolloutCounts(BaseModel):
+    """A rollout's buttons by their state in it (docs/protocol.md §11)."""
+
+    model_config = {"extra": "ignore"}
+
+    offered: Count = Field(default=0, description="offered the update, not yet downloading")
+    downloading: Count = 0
+    installed: Count = Field(default=0, description="installed, on trial until it passes its self-test")
+    updated: Count = Field(default=0, description="running the new version")
+    failed: Count = Field(default=0, description="refused it, or went back to the version before")
+    withdrawn: Count = Field(default=0, description="the offer was withdrawn (the rollout halted or was cancelled)")
+
+
+class RolloutSummary(BaseModel):
+    """One rollout of a firmware version, as the gateway lists it."""
+
+    model_config = {"extra": "ignore"}
+
+    id: Annotated[int, Field(strict=True, ge=1, le=2**53), BeforeValidator(contract.json_integer)]
+    version: str = Field(pattern=FIRMWARE_VERSION)
+    percent: Percent = Field(description="the share of the eligible buttons offered the version so far")
+    state: Literal["active", "halted", "done", "cancelled"] = Field(
+        description="`halted`: more than `max_failed_percent` of the buttons offered it failed; the gateway "
+                    "withdrew the offers not yet taken up")
+    max_failed_percent: WholePercent | None = None
+    halted_reason: HaltedReason | None = None
+    created_ms: Millis | None = None
+    counts: RolloutCounts = Field(default_factory=RolloutCounts)
+    targeted: Count = Field(default=0, description="buttons offered the version")
+    eligible: Count = Field(default=0, description="buttons it is for: their board has a bundle of the version")
+
+
+class FirmwareSummary(BaseModel):
+    """The firmware of a gateway's buttons: versions in service and the latest rollouts."""
+
+    model_config = {"extra": "ignore"}
+
+    versions: VersionCounts = Field(default_factory=dict)
+    rollouts: list[RolloutSummary] = Field(default_factory=list, max_length=ROLLOUTS_MAX,
+                                           description="the newest active or halted rollouts, newest first")
+
+
 class GatewayReportIn(BaseModel):
     """A gateway's self-report. Unknown fields are ignored (protocol §4)."""
 
@@ -121,6 +195,11 @@ class GatewayReportIn(BaseModel):
             "outbox": {"total": 2, "by_destination": {"command-center": 0, "cad-kota": 2}},
             "broker_connected": True, "buttons": {"online": 118, "registered": 120},
             "at": "2026-11-24T03:12:09.412Z", "sms": {"up": True, "registered": True, "signal": 18},
+            "firmware": {"versions": {"0.2.0": 112, "0.3.0": 8}, "rollouts": [{
+                "id": 3, "version": "0.3.0", "percent": 10, "state": "active", "max_failed_percent": 20,
+                "halted_reason": None, "created_ms": 1795922400000,
+                "counts": {"offered": 2, "downloading": 1, "installed": 1, "updated": 8, "failed": 0, "withdrawn": 0},
+                "targeted": 12, "eligible": 120}]},
         }]},
     }
 
@@ -134,6 +213,8 @@ class GatewayReportIn(BaseModel):
     buttons: Buttons
     at: EventTime = Field(description="when the gateway made the report, by its clock")
     sms: SmsModem | None = Field(default=None, description="the gateway's SMS modem; absent without an SMS path")
+    firmware: FirmwareSummary | None = Field(
+        default=None, description="its buttons' firmware and rollouts; absent without updates over the air ([ota])")
 
 
 class GatewayOut(BaseModel):
@@ -153,6 +234,9 @@ class GatewayOut(BaseModel):
     sms: SmsModem | None = Field(description=(
         "the gateway's SMS modem in its latest report; null without an SMS path. Down (`up` false) or off the "
         "network (`registered` false) is a room-wide fault: the buttons behind the gateway have no backup path"))
+    firmware: FirmwareSummary | None = Field(description=(
+        "its buttons' firmware versions and its latest rollouts, from its latest report; null without updates "
+        "over the air"))
 
 
 class GatewaysOut(BaseModel):
@@ -363,6 +447,7 @@ def gateway_out(s: GatewayState) -> GatewayOut:
         broker_connected=bool(r.get("broker_connected", False)),
         buttons=Buttons.model_validate(r.get("buttons", {"online": 0, "registered": 0})),
         sms=None if r.get("sms") is None else SmsModem.model_validate(r["sms"]),
+        firmware=None if r.get("firmware") is None else FirmwareSummary.model_validate(r["firmware"]),
     )
 
 
@@ -372,9 +457,10 @@ def gateway_out(s: GatewayState) -> GatewayOut:
     description=(
         "Every gateway instance that has reported, with its latest report. `status` is `silent` from the "
         "moment its silence was raised as a room-wide fault (no report for longer than `silence_s`) until "
-        "it reports again. `sms` is the gateway's own SMS modem as its latest report says. For everyone signed "
-        "in: the console shows silent gateways, and gateways whose SMS modem is down or off the network, as "
-        "a banner."
+        "it reports again. `sms` is the gateway's own SMS modem as its latest report says, `firmware` its "
+        "buttons' firmware versions and rollouts. For everyone signed in: the console shows silent gateways, "
+        "and gateways whose SMS modem is down or off the network, as a banner, and the firmware in its "
+        "devices view."
     ),
     response_model=GatewaysOut,
 )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (
     AfterValidator,
@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from siaga import contract
+from siaga import contract, errortext
 from siaga.web import (
     KIB,
     Guard,
@@ -40,9 +40,11 @@ from siaga.web import (
 )
 from siagafw import proto
 
+from . import codec
 from .config import Person, Role
 from .inbound import inbound_router
-from .store import Device, StoreError
+from .ota import BUNDLE_MAX_BYTES, BundleRefused, rollout_out
+from .store import Device, NotFound, RolloutConflict, StoreError
 
 if TYPE_CHECKING:
     from .service import Gateway
@@ -106,7 +108,7 @@ def _int(low: int, high: int, description: str) -> Any:
 
 
 def _every_or_never(value: int) -> int:
-    if 0 < value < 3600:
+    if value != 0 and not 3600 <= value <= 2592000:
         raise ValueError("must be 0 (no test SMS) or 3600-2592000 s")
     return value
 
@@ -159,6 +161,31 @@ class SmsConfig(_Strict):
         return self
 
 
+# WPA2-Personal (IEEE 802.11 Annex J): none (an open network), a passphrase of 8-63 printable ASCII
+# characters, or the key itself as 64 hex digits; the button's config check takes the same.
+WIFI_PASSWORD = r"^(|[\x20-\x7e]{8,63}|[0-9A-Fa-f]{64})$"
+# An SSID is at most 32 bytes (IEEE 802.11), which JSON Schema cannot say of UTF-8 text: the pattern
+# takes 1-32 printable ASCII characters, or 1-8 characters of any kind but control ones (at most 4
+# bytes each), so that every name it admits fits; the button's own check counts the bytes.
+SSID = r"^(?:[\x20-\x7e]{1,32}|[^\x00-\x1f\x7f-\x9f]{1,8})$"
+Ssid = Annotated[str, Field(pattern=SSID), AfterValidator(contract.text_checker(32)),
+                 WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 32, "pattern": SSID,
+                                 "description": "the network's name: 1-32 printable ASCII characters, or 1-8 "
+                                                "characters of any kind but control ones"})]
+
+
+class WifiNetworkIn(_Strict):
+    ssid: Ssid
+    password: str = Field(pattern=WIFI_PASSWORD, description="empty for an open network; never shown again")
+
+
+class WifiConfig(_Strict):
+    """The networks the button tries, in order; they replace the list it had (its provisioned network
+    included). Sent encrypted (docs/protocol.md §10.2); the API shows the names only."""
+
+    networks: list[WifiNetworkIn] = Field(min_length=1, max_length=3)
+
+
 class ConfigIn(_Strict):
     """A change of a button's remote configuration: the keys given are merged into what was set
     before and the whole is pushed to the button as its next version. Unknown keys are refused."""
@@ -170,11 +197,12 @@ class ConfigIn(_Strict):
     retry: RetryConfig = None  # type: ignore[assignment]
     reconnect: ReconnectConfig = None  # type: ignore[assignment]
     sms: SmsConfig = None  # type: ignore[assignment]
+    wifi: WifiConfig = Field(None, description="Wi-Fi networks, sent encrypted")  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _something(self) -> ConfigIn:
         if not self.model_fields_set:
-            raise ValueError("nothing to change: give at least one of loc, heartbeat_s, retry, reconnect, sms")
+            raise ValueError("nothing to change: give at least one of loc, heartbeat_s, retry, reconnect, sms, wifi")
         return self
 
 
@@ -182,7 +210,16 @@ class ConfigStateOut(BaseModel):
     version: int = Field(description="the version last pushed to the button; 0: none yet")
     applied: int = Field(description="the version the button's heartbeats report applied; 0: none")
     rejected: int | None = Field(description="the last version the button refused (its heartbeat says so)")
-    desired: dict[str, Any] = Field(description="the whole configuration set remotely so far (the `set` pushed)")
+    desired: dict[str, Any] = Field(description="the whole configuration set remotely so far (the `set` "
+                                                "pushed); Wi-Fi networks by name ({\"ssid\", \"password_set\"}), "
+                                                "never a password")
+
+
+class DeviceOtaOut(BaseModel):
+    rollout: int
+    version: str
+    state: Literal["offered", "downloading", "installed", "updated", "failed", "withdrawn"]
+    detail: str = Field(description="what the button reported last (a refusal's or a rollback's reason word)")
 
 
 class DeviceOut(BaseModel):
@@ -207,6 +244,10 @@ class DeviceOut(BaseModel):
     phone: str | None = Field(None, description="the button's SIM number (E.164), if it has a GSM modem")
     last_sms_ms: int | None = Field(None, description="its latest valid SMS (the backup path's last success)")
     config: ConfigStateOut | None = Field(None, description="its remote configuration (docs/protocol.md §10)")
+    board: str | None = Field(None, description="the board its heartbeats report (esp32, picow, unix); null before "
+                                                "firmware that reports it")
+    ota: DeviceOtaOut | None = Field(None, description="its latest firmware rollout entry (docs/protocol.md §11); "
+                                                       "null: never in a rollout")
 
 
 class RotateIn(BaseModel):
@@ -355,8 +396,9 @@ class AuditOut(BaseModel):
     topic: str = Field(description='where it came from: the MQTT topic, "sms/<sender number>" for an SMS, or a '
                                    'destination\'s inbound webhook')
     reason: str = Field(description="malformed, oversize, unknown_device, revoked, bad_signature, wrong_topic, "
-                                    "replay, flood, or unknown_sender (an SMS from a number that is no device's "
-                                    "phone)")
+                                    "replay, flood, unknown_sender (an SMS from a number that is no device's "
+                                    "phone), firmware_<reason> (a firmware bundle refused at upload) or "
+                                    "rollout_halted")
     detail: str
 
 
@@ -401,13 +443,96 @@ class FleetChangeOut(BaseModel):
     at_ms: int
     person: str = Field(description='a name of [[api.people]]; "admin" for the shared admin token')
     role: str
-    action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure"]
+    action: Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure",
+                    "firmware-upload", "rollout-start", "rollout-widen", "rollout-resume", "rollout-cancel"]
     device_id: str | None
     detail: dict[str, Any] = Field(
         description="register: the place given (and the phone, if one); update: each changed field as "
                     "[before, after]; decommission: the phone let go; rotate-key: the mode; requeue: the event; "
-                    "configure: the version and each changed key as [before, after]. "
+                    "configure: the version and each changed key as [before, after] (Wi-Fi networks by name); "
+                    "firmware-upload: the "
+                    "bundle's id, version, board and sha256; rollout-*: the rollout, version, percent, halt "
+                    "limit and offers made (allow_downgrade when given), or the offers withdrawn. "
                     "Never a key.")
+
+
+class FirmwareOut(BaseModel):
+    id: str = Field(description="the first 16 hex digits of sha256")
+    sha256: str = Field(description="of the whole bundle file")
+    version: str
+    board: str
+    size: int = Field(description="bytes of the bundle file")
+    files: int = Field(description="how many files it installs")
+    min_boot: int = Field(description="the lowest boot level a button must have to install it")
+    uploaded_ms: int
+    uploaded_by: str
+
+
+class RolloutRefusedOut(ErrorOut):
+    reason: Literal["downgrade"] | None = Field(None, description="downgrade: a device it would reach runs a newer "
+                                                "version (send allow_downgrade to roll it out all the same)")
+
+
+class BundleRefusedOut(BaseModel):
+    detail: str
+    reason: Literal["malformed", "too_large", "unknown_key", "bad_signature", "wrong_board", "boot_too_old",
+                    "wrong_hash"] = Field(description="why, in the words of docs/ota.md")
+    message: str | None = None
+
+
+Version = Annotated[str, Field(pattern=r"^[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}$", max_length=32,
+                               description="MAJOR.MINOR.PATCH")]
+
+
+RolloutId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class RolloutIn(_Strict):
+    """Start the rollout of a version, or widen the one under way (the percent never decreases); a
+    halted one is widened only with `resume`."""
+
+    version: Version
+    percent: Annotated[int, Field(strict=True, ge=1, le=100, description="of the devices that can take it"),
+                       BeforeValidator(contract.json_integer)]
+    max_failed_percent: Annotated[int, Field(strict=True, ge=0, le=100, description="halt when more than this "
+                                             "share of the devices offered failed; default [ota] max_failed_percent"),
+                                  BeforeValidator(contract.json_integer)] = None  # type: ignore[assignment]
+    # omitted when widening or resuming: the rollout keeps the limit it has
+    resume: bool = Field(False, description="resume a halted rollout")
+    allow_downgrade: bool = Field(False, description="roll it out even to devices that run a newer version")
+
+
+class RolloutCountsOut(BaseModel):
+    offered: int
+    downloading: int
+    installed: int
+    updated: int
+    failed: int
+    withdrawn: int
+
+
+class RolloutDeviceOut(BaseModel):
+    device_id: str
+    state: Literal["offered", "downloading", "installed", "updated", "failed", "withdrawn"]
+    detail: str
+    updated_ms: int
+
+
+class RolloutOut(BaseModel):
+    id: int
+    version: str
+    percent: int
+    state: Literal["active", "halted", "done", "cancelled"]
+    max_failed_percent: int
+    halted_reason: Literal["failures", "cancelled"] | None = Field(
+        description="why it stopped: `failures` (more than max_failed_percent of its devices not withdrawn "
+                    "failed: see counts) or `cancelled` (a person cancelled it: the fleet change log says who); "
+                    "a code, for clients to say in their reader's language")
+    created_ms: int
+    counts: RolloutCountsOut
+    targeted: int = Field(description="devices offered the version so far")
+    eligible: int = Field(description="devices the rollout can reach: those it targets and those it could")
+    devices: list[RolloutDeviceOut] | None = Field(None, description="each device's entry (one rollout only)")
 
 
 # ---- who is asking ---------------------------------------------------------------------------------
@@ -573,7 +698,9 @@ def create_app(gw: Gateway) -> FastAPI:
                          tamper=d.tamper, heartbeat_s=d.every_s, faults=list(d.faults), key_pending=d.key_pending,
                          decommissioned=d.decommissioned_ms is not None, phone=d.phone, last_sms_ms=d.sms_seen_ms,
                          config=ConfigStateOut(version=d.config_ver, applied=d.config_applied,
-                                               rejected=d.config_rejected, desired=d.config_desired))
+                                               rejected=d.config_rejected,
+                                               desired=codec.redact_config(d.config_desired)),
+                         board=d.board, ota=None if d.ota is None else DeviceOtaOut(**d.ota))
 
     async def one_device(device_id: str) -> DeviceOut:
         found = await gw.store.devices(device_id)
@@ -627,15 +754,43 @@ def create_app(gw: Gateway) -> FastAPI:
         await gw.rotate_key(device_id, bytes.fromhex(body.secret_hex), pending=body.mode == "pending", by=person)
         return await one_device(device_id)
 
+    async def fits_one_frame(device_id: str, changes: dict[str, Any]) -> None:
+        """Refuse (409) a change whose configuration, merged as the store merges it, would not fit in one
+        frame at the longest version number: refused now, not when it is published. Encryption keeps
+        the length, so this is the size the button would receive."""
+        rec = gw.registry.get(device_id)
+        found = await gw.store.devices(device_id)
+        if rec is None or not found:
+            return
+        desired = found[0].config_desired
+        merged = {**desired, **changes}
+        if "sms" in changes:
+            merged["sms"] = {**desired.get("sms", {}), **changes["sms"]}
+        size = len(codec.encode_config(rec.secret, device_id, codec.CONFIG_VER_MAX, merged, check=False))
+        if size > codec.MAX_FRAME:
+            # 409: the change is valid; what it makes with the settings already set is not.
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"the configuration of {device_id} would make a frame of {size} bytes, more than "
+                                f"the {codec.MAX_FRAME} a button takes: give fewer or shorter Wi-Fi networks")
+
     @app.patch("/api/v1/devices/{device_id}",
                summary="Correct a device's site, location or phone number (admins and technicians)",
-               responses=_answers({404: "no such device", 409: "the phone number is another device's",
+               responses=_answers({404: "no such device", 409: "the phone number is another device's, or the "
+                                   "new place with the button's Wi-Fi networks would not fit in one frame",
                                    422: _INVALID}, technician=True))
     async def patch_device(device_id: str, body: DevicePatch, person: PersonDep) -> DeviceOut:
         known(device_id)
         given = body.model_dump(exclude_unset=True)
         fields = {{"lat": "lat_e6", "lon": "lon_e6"}.get(k, k): (_e6(v) if k in ("lat", "lon") else v)
                   for k, v in given.items()}
+        if fields.keys() & {"address", "area"}:
+            # The place goes to the button too: with its Wi-Fi networks it must still fit one frame
+            # (the longest coordinates stand in for the ones given).
+            found = await gw.store.devices(device_id)
+            if found:
+                await fits_one_frame(device_id, {"loc": {
+                    "lat_e6": -contract.LAT_E6_MAX, "lon_e6": -contract.LON_E6_MAX,
+                    "addr": fields.get("address", found[0].address), "area": fields.get("area", found[0].area)}})
         try:
             await gw.update_device(device_id, fields, by=person)
         except StoreError as exc:
@@ -647,7 +802,8 @@ def create_app(gw: Gateway) -> FastAPI:
              description="The keys given are merged into the configuration set before (an `sms` object key by "
                          "key); the whole goes to the button, signed with its key, as the next version "
                          "(docs/protocol.md §10). A change that changes nothing makes no new version.",
-             responses=_answers({404: "no such device", 409: "the device is revoked", 422: _INVALID},
+             responses=_answers({404: "no such device", 409: "the device is revoked, or the configuration with "
+                                 "this change would not fit in one frame (1024 bytes)", 422: _INVALID},
                                 technician=True))
     async def configure(device_id: str, body: ConfigIn, person: PersonDep) -> DeviceOut:
         rec = gw.registry.get(device_id)
@@ -655,7 +811,9 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id}")
         if rec.revoked:
             raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id} is revoked")
-        await gw.configure(device_id, body.model_dump(exclude_unset=True), by=person)
+        changes = body.model_dump(exclude_unset=True)
+        await fits_one_frame(device_id, changes)
+        await gw.configure(device_id, changes, by=person)
         return await one_device(device_id)
 
     @app.post("/api/v1/devices/{device_id}/decommission",
@@ -750,6 +908,122 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {body.device_id}:{body.seq}")
         return StateOut(event_id=body.event_id, state=stored.state, changed=stored.changed,
                         rank=proto.state_rank(stored.state))
+
+    # ---- firmware over the air (docs/protocol.md §11) ----------------------------------------------
+
+    def firmware_out(entry: dict[str, Any]) -> FirmwareOut:
+        return FirmwareOut(**{k: v for k, v in entry.items() if k != "manifest"},
+                           files=len(entry["manifest"].get("files", ())))
+
+    async def refusal(request: Request, exc: Exception, reason: str, code: int) -> JSONResponse:
+        """A refusal that names its reason word beside the usual detail and message."""
+        detail = str(exc)
+        lang = await errortext.language_of(request)
+        return JSONResponse({"detail": detail, "reason": reason, "message": errortext.message(detail, lang, code)},
+                            status_code=code)
+
+    @app.post("/api/v1/firmware", status_code=201,
+              summary="Upload a signed firmware bundle",
+              description="The body is the bundle file as `siaga firmware build` writes it (docs/ota.md), at most "
+                          "1 MiB. It is checked as a button checks it, against the fleet keys of [ota] and the "
+                          "bundle's own board; a refusal is audited (reason `firmware_<reason>`) and nothing is kept. "
+                          "The same bundle again answers 200 with the entry kept before.",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                  "schema": {"type": "string", "format": "binary", "maxLength": BUNDLE_MAX_BYTES}}}}},
+              responses={200: {"model": FirmwareOut, "description": "the same bundle was uploaded before"},
+                         **_answers({409: "this gateway has no [ota] settings: it takes no bundles",
+                                     413: "the body is over 1 MiB",
+                                     415: "the body is not application/octet-stream"}),
+                         422: {"model": BundleRefusedOut, "description": "the bundle is refused (reason)"}},
+              max_body_size=BUNDLE_MAX_BYTES)
+    async def upload_firmware(request: Request, response: Response, person: AdminDep) -> FirmwareOut:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/octet-stream":
+            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                                "send the bundle file as the body, Content-Type: application/octet-stream")
+        if gw.cfg.ota is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, "this gateway has no [ota] settings: it takes no bundles")
+        data = await request.body()
+        try:
+            new, entry = await gw.ota.upload(data, person)
+        except BundleRefused as exc:
+            return await refusal(request, exc, exc.reason, 422)  # type: ignore[return-value]
+        if not new:
+            response.status_code = status.HTTP_200_OK
+        return firmware_out(entry)
+
+    @app.get("/api/v1/firmware", dependencies=[Depends(require_person)],
+             summary="The firmware bundles uploaded, newest first (admins and technicians)",
+             responses=_answers(technician=True))
+    async def list_firmware() -> list[FirmwareOut]:
+        return [firmware_out(e) for e in await gw.store.bundles()]
+
+    @app.post("/api/v1/rollouts", status_code=201,
+              summary="Start, widen or resume the rollout of a firmware version",
+              description="Devices that report a board with a bundle of the version, do not run it yet and never "
+                          "failed to install that bundle are offered it in a fixed order (SHA-256 of rollout id and "
+                          "device id) until `percent` of them have been. Widening an active rollout answers 200; a "
+                          "halted one only with `resume`, which also offers it again to the devices whose offers "
+                          "the halt withdrew. Without `max_failed_percent` a widened or resumed rollout keeps its "
+                          "limit. A device it would reach that runs a newer version refuses the request (409, "
+                          "reason `downgrade`) unless `allow_downgrade`. Written to the fleet change log.",
+              responses={200: {"model": RolloutOut, "description": "the rollout under way, widened or resumed"},
+                         **_answers({404: "no bundle of the version was uploaded", 422: _INVALID}),
+                         409: {"model": RolloutRefusedOut,
+                               "description": "the rollout is halted (resume it), the percent would shrink, or a "
+                                              "device it would reach runs a newer version (reason `downgrade`)"}})
+    async def start_rollout(request: Request, body: RolloutIn, response: Response, person: AdminDep) -> RolloutOut:
+        try:
+            new, rollout_id = await gw.ota.start_rollout(body.version, body.percent, body.max_failed_percent,
+                                                         resume=body.resume, allow_downgrade=body.allow_downgrade,
+                                                         by=person)
+        except NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        except RolloutConflict as exc:
+            if exc.reason != "downgrade":
+                raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            return await refusal(request, exc, exc.reason, 409)  # type: ignore[return-value]
+        if not new:
+            response.status_code = status.HTTP_200_OK
+        return await one_rollout(rollout_id, devices=False)
+
+    async def one_rollout(rollout_id: int, *, devices: bool) -> RolloutOut:
+        found = await gw.store.rollouts(rollout_id)
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollout {rollout_id}")
+        out = rollout_out(found[0])
+        if not devices:
+            out.pop("devices", None)
+        return RolloutOut(**out)
+
+    @app.get("/api/v1/rollouts", dependencies=[Depends(require_person)],
+             summary="Firmware rollouts, newest first (admins and technicians)",
+             description="Every rollout under way or halted, and the newest `limit` others (done or cancelled).",
+             responses=_answers({422: _INVALID}, technician=True))
+    async def list_rollouts(limit: Annotated[int, Query(ge=0, le=1000, description="finished rollouts to list "
+                                                         "besides those under way or halted, 0-1000")] = 20
+                            ) -> list[RolloutOut]:
+        return [RolloutOut(**rollout_out(r)) for r in await gw.store.rollouts(limit=limit)]
+
+    @app.get("/api/v1/rollouts/{rollout_id}", dependencies=[Depends(require_person)],
+             summary="One rollout with each device's entry (admins and technicians)",
+             responses=_answers({404: "no such rollout", 422: _INVALID}, technician=True))
+    async def get_rollout(rollout_id: RolloutId) -> RolloutOut:
+        return await one_rollout(rollout_id, devices=True)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/cancel",
+              summary="Cancel a rollout: offers not acted on yet are withdrawn",
+              description="Written to the fleet change log with the person.",
+              responses=_answers({404: "no such rollout", 409: "the rollout is done or cancelled already",
+                                  422: _INVALID}))
+    async def cancel_rollout(rollout_id: RolloutId, person: AdminDep) -> RolloutOut:
+        try:
+            await gw.ota.cancel(rollout_id, person)
+        except NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        except RolloutConflict as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return await one_rollout(rollout_id, devices=False)
 
     # The city's system reports states through a destination's signed inbound webhook.
     app.include_router(inbound_router(gw))

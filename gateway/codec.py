@@ -13,16 +13,20 @@ import enum
 import functools
 import hmac
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from siaga import contract
-from siagafw import proto, sms
+from siagafw import proto, remote, sms
 
 MAX_FRAME = proto.MAX_FRAME
 TOPIC_PREFIX = proto.TOPIC_ROOT
-UPLINK_SUFFIXES = ("alarm", "status", "will")
+UPLINK_SUFFIXES = ("alarm", "status", "will", "ota/get", "ota/status")
+# The body `type` of each uplink topic where it is not the topic's last level itself.
+BODY_TYPE = {"ota/get": "ota_get", "ota/status": "ota_status"}
 AUDIT_PREFIX_BYTES = 64  # how much of an unauthenticated payload the audit log may keep
 
 
@@ -90,6 +94,8 @@ class Status:
     # it refused (None: none). None for both from firmware older than §10, which sends neither.
     config_applied: int | None = None
     config_rejected: int | None = None
+    # The board the firmware runs on (esp32, picow, unix): firmware from OTA on sends it; None before.
+    board: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +112,30 @@ class SmsTest:
     seq: int
 
 
-Message = Alarm | Status | Will
+@dataclass(frozen=True, slots=True)
+class OtaGet:
+    """A button asks for `n` chunks of bundle `id` from byte `off` (docs/protocol.md §11)."""
+
+    device_id: str
+    id: str
+    off: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtaStatus:
+    """A button reports what it did with an offer (docs/protocol.md §11)."""
+
+    device_id: str
+    seq: int
+    id: str
+    version: str
+    state: str
+    detail: str
+    firmware: str
+
+
+Message = Alarm | Status | Will | OtaGet | OtaStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,18 +206,51 @@ def _parse(kind: str, device_id: str, raw: bytes, body: dict[str, Any]) -> Messa
         return Alarm(device_id, _seq(body), emergency, _get(body, "test", bool), _location(body),
                      _int(body, "up", 0, contract.UPTIME_MS_MAX), contract.known_clock(ts), raw)
     if kind == "status":
-        fw = _get(body, "fw", str)
-        if len(fw) > contract.FIRMWARE_MAX_CHARS or contract.text_problem(fw, 4 * contract.FIRMWARE_MAX_CHARS):
-            raise _Invalid(f"field 'fw' is not text of at most {contract.FIRMWARE_MAX_CHARS} characters")
+        fw = _firmware(body)
         # cfg and cfg_bad came with remote configuration (§10): absent in older firmware's heartbeats.
         applied = _int(body, "cfg", 0, CONFIG_VER_MAX) if "cfg" in body else None
         rejected = _int(body, "cfg_bad", 0, CONFIG_VER_MAX, nullable=True) if "cfg_bad" in body else None
+        # board came with OTA (§11): absent in older firmware's heartbeats.
+        board = _board(body) if "board" in body else None
         return Status(device_id, _seq(body), _int(body, "bat", 0, contract.BATTERY_MV_MAX, nullable=True),
                       _int(body, "rssi", contract.RSSI_MIN, contract.RSSI_MAX, nullable=True), fw,
                       _get(body, "tamper", bool), _int(body, "outbox", 0, contract.OUTBOX_MAX),
                       _int(body, "up", 0, contract.UPTIME_MS_MAX),
-                      _int(body, "every", contract.EVERY_S_MIN, contract.EVERY_S_MAX), applied, rejected)
+                      _int(body, "every", contract.EVERY_S_MIN, contract.EVERY_S_MAX), applied, rejected, board)
+    if kind == "ota/get":
+        return OtaGet(device_id, _bundle_id(body, allow_empty=False), _int(body, "off", 0, OTA_OFFSET_MAX),
+                      _int(body, "n", 1, OTA_GET_MAX))
+    if kind == "ota/status":
+        state = _get(body, "state", str)
+        if state not in OTA_STATES:
+            raise _Invalid(f"unknown ota state {state[:20]!r}")
+        version = _get(body, "version", str)
+        if version and not OTA_VERSION_RE.fullmatch(version):
+            raise _Invalid("field 'version' is not MAJOR.MINOR.PATCH")
+        return OtaStatus(device_id, _seq(body), _bundle_id(body, allow_empty=True), version, state,
+                         _text(body, "detail", OTA_DETAIL_MAX), _firmware(body))
     return Will(device_id, _seq(body))
+
+
+def _firmware(body: dict[str, Any]) -> str:
+    fw: str = _get(body, "fw", str)
+    if len(fw) > contract.FIRMWARE_MAX_CHARS or contract.text_problem(fw, 4 * contract.FIRMWARE_MAX_CHARS):
+        raise _Invalid(f"field 'fw' is not text of at most {contract.FIRMWARE_MAX_CHARS} characters")
+    return fw
+
+
+def _board(body: dict[str, Any]) -> str:
+    board: str = _get(body, "board", str)
+    if not BOARD_RE.fullmatch(board):
+        raise _Invalid("field 'board' is not a board name (1-16 of a-z 0-9 _ -)")
+    return board
+
+
+def _bundle_id(body: dict[str, Any], *, allow_empty: bool) -> str:
+    value: str = _get(body, "id", str)
+    if not (BUNDLE_ID_RE.fullmatch(value) or (allow_empty and value == "")):
+        raise _Invalid("field 'id' is not a bundle id (16 lowercase hex digits)")
+    return value
 
 
 def _no_constants(name: str) -> Any:
@@ -216,9 +278,12 @@ def split_topic(topic: str) -> tuple[str, str] | None:
     if not topic.startswith(TOPIC_PREFIX):
         return None
     parts = topic[len(TOPIC_PREFIX):].split("/")
-    if len(parts) != 2 or parts[1] not in UPLINK_SUFFIXES or not proto.valid_device_id(parts[0]):
+    if len(parts) not in (2, 3) or not proto.valid_device_id(parts[0]):
         return None
-    return parts[0], parts[1]
+    suffix = "/".join(parts[1:])
+    if suffix not in UPLINK_SUFFIXES:
+        return None
+    return parts[0], suffix
 
 
 def verify_frame(secret: bytes, frame: bytes) -> bytes | None:
@@ -259,7 +324,7 @@ def decode(topic: str, payload: bytes, lookup: KeyLookup) -> Message | Reject:
         version = body.get("v")
         if type(version) is not int or version != proto.VERSION:  # not true, not 1.0
             raise _Invalid(f"unsupported body version {str(version)[:10]}")
-        if body.get("dev") != device_id or body.get("type") != suffix:
+        if body.get("dev") != device_id or body.get("type") != BODY_TYPE.get(suffix, suffix):
             return reject(RejectReason.WRONG_TOPIC, device_id,
                           f"body dev/type {str(body.get('dev'))[:32]}/{str(body.get('type'))[:10]} "
                           f"on topic {suffix}", True)
@@ -281,9 +346,35 @@ def encode_ack(secret: bytes, device_id: str, seq: int, state: Literal[
 # ---- remote configuration (protocol.md §10) ----------------------------------------------------------
 
 CONFIG_VER_MAX = 2**31 - 1
-# The keys a remote configuration may set (v1). Wi-Fi credentials are not among them: a retained
-# message is kept on the broker in clear.
-CONFIG_KEYS = ("loc", "heartbeat_s", "retry", "reconnect", "sms")
+# The keys a remote configuration may set (v1). "wifi" ({"networks": [{"ssid", "password"}, ...]}
+# as the gateway keeps it) goes out encrypted (§10.2): a retained message is kept on the broker in clear.
+CONFIG_KEYS = ("loc", "heartbeat_s", "retry", "reconnect", "sms", "wifi")
+WIFI_NONCE_BYTES = 16
+
+
+def seal_wifi(secret: bytes, networks: list[dict[str, str]], nonce: bytes | None = None) -> dict[str, str]:
+    """The encrypted form of a network list as the button receives it in `set.wifi` (protocol.md
+    §10.2): {"nonce", "ct"}, with a fresh random nonce unless one is given (the test vectors)."""
+    if nonce is None:
+        nonce = os.urandom(WIFI_NONCE_BYTES)
+    plain = proto.encode({"networks": [{"ssid": n["ssid"], "password": n["password"]} for n in networks]})
+    return {"nonce": nonce.hex(), "ct": remote.wifi_cipher(secret, nonce, plain).hex()}
+
+
+def open_wifi(secret: bytes, sealed: dict[str, Any]) -> list[dict[str, str]]:
+    """The network list of an encrypted `set.wifi` (the button's own code, siagafw/remote.py)."""
+    networks: list[dict[str, str]] = remote.open_wifi(secret, sealed)
+    return networks
+
+
+def redact_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as people may see it (the admin API, the change log): Wi-Fi networks by
+    their names only, with whether each has a password."""
+    wifi = settings.get("wifi")
+    if not isinstance(wifi, dict) or "networks" not in wifi:
+        return settings
+    return {**settings, "wifi": {"networks": [{"ssid": n["ssid"], "password_set": n["password"] != ""}
+                                              for n in wifi["networks"]]}}
 
 
 def config_body(device_id: str, ver: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -294,12 +385,58 @@ def config_body(device_id: str, ver: int, settings: dict[str, Any]) -> dict[str,
     return {"v": proto.VERSION, "type": "config", "dev": device_id, "ver": ver, "set": settings}
 
 
-def encode_config(secret: bytes, device_id: str, ver: int, settings: dict[str, Any]) -> bytes:
+def encode_config(secret: bytes, device_id: str, ver: int, settings: dict[str, Any], *, check: bool = True) -> bytes:
     """The signed frame of a device's whole desired remote configuration, version `ver`: published
-    retained on its config topic. Built with the firmware's own canonical encoder (a push is rare)."""
+    retained on its config topic. Built with the firmware's own canonical encoder (a push is rare).
+    Wi-Fi networks are encrypted afresh, with a new nonce, each time a frame is made."""
+    if isinstance(settings.get("wifi"), dict) and "networks" in settings["wifi"]:
+        settings = {**settings, "wifi": seal_wifi(secret, settings["wifi"]["networks"])}
     frame: bytes = proto.Signer(secret).seal(proto.encode(config_body(device_id, ver, settings)))
-    if len(frame) > MAX_FRAME:
+    if check and len(frame) > MAX_FRAME:
         raise ValueError(f"config frame of {len(frame)} bytes > {MAX_FRAME}")
+    return frame
+
+
+# ---- firmware over the air (protocol.md §11) ------------------------------------------------------------
+
+OTA_GET_MAX = 8                     # chunks one ota_get may ask for
+OTA_OFFSET_MAX = 2**31 - 1
+OTA_DETAIL_MAX = 64                 # bytes of an ota_status detail
+OTA_STATES = ("downloading", "refused", "installed", "confirmed", "rolled_back", "current")
+OTA_VERSION_RE = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}")
+BUNDLE_ID_RE = re.compile(r"[0-9a-f]{16}")
+BOARD_RE = re.compile(r"[a-z0-9_-]{1,16}")
+
+
+def ota_offer_body(device_id: str, ver: int, rollout: int, bundle_id: str = "", sha256: str = "", size: int = 0,
+                   chunk: int = 0, version: str = "") -> dict[str, Any]:
+    """An offer of a bundle, or with bundle_id "" the withdrawal of any offer before (ver: the
+    device's next offer version)."""
+    if not 1 <= ver <= CONFIG_VER_MAX:
+        raise ValueError(f"offer version {ver} outside 1..{CONFIG_VER_MAX}")
+    body: dict[str, Any] = {"v": proto.VERSION, "type": "ota", "dev": device_id, "ver": ver, "id": bundle_id,
+                            "rollout": rollout}
+    if bundle_id:
+        body.update(sha256=sha256, size=size, chunk=chunk, version=version)
+    return body
+
+
+def encode_ota(secret: bytes, body: dict[str, Any]) -> bytes:
+    """The signed frame of an offer or a withdrawal: published retained on the device's ota topic."""
+    return _seal(secret, json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def encode_ota_data(secret: bytes, device_id: str, bundle_id: str, off: int, data: bytes) -> bytes:
+    """One chunk of a bundle: the canonical JSON header, a newline, then the raw bytes, all signed."""
+    header = json.dumps({"dev": device_id, "id": bundle_id, "off": off, "type": "ota_data", "v": proto.VERSION},
+                        sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _seal(secret, header + b"\n" + data)
+
+
+def _seal(secret: bytes, body: bytes) -> bytes:
+    frame = proto.TAG + hmac.digest(secret, body, "sha256").hex().encode() + b"." + body
+    if len(frame) > MAX_FRAME:
+        raise ValueError(f"frame of {len(frame)} bytes > {MAX_FRAME}")
     return frame
 
 

@@ -9,6 +9,7 @@ that names the setting and says what to write. The rest of the gateway sees only
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import secrets
 from collections.abc import Mapping
@@ -120,6 +121,28 @@ class SmsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OtaSettings:
+    """Firmware over the air ([ota], docs/gateway.md "Firmware updates")."""
+
+    # The fleet's Ed25519 public keys, raw 32 bytes each, by key id (the first 16 hex digits of the
+    # key's SHA-256, what a bundle's manifest names).
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+    chunk_bytes: int = 512          # bytes of a bundle per data frame
+    max_failed_percent: int = 20    # a rollout halts when more than this share of its devices failed
+    get_rate_per_s: float = 20.0    # chunk requests taken per device and second; more are dropped, audited
+
+    def __post_init__(self) -> None:
+        if not 128 <= self.chunk_bytes <= 640:
+            raise ConfigError("ota.chunk_bytes must be 128-640: a data frame must fit 1024 bytes")
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+
+
+def ota_key_id(public: bytes) -> str:
+    """The id a bundle's manifest names its key by (docs/ota.md): 16 hex digits of its SHA-256."""
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     db_path: Path | None             # the SQLite file; None with db_url
@@ -156,6 +179,7 @@ class GatewayConfig:
     # The self-report to each `siaga` destination (gateway/liveness.py); 0: none.
     report_every_s: float = REPORT_EVERY_S
     sms: SmsSettings | None = None   # the GSM modem of the SMS path; None: no SMS path
+    ota: OtaSettings | None = None   # firmware over the air; None: bundles are refused
     # token -> person, the admin token's person included: what the admin API checks a token against
     credentials: Mapping[str, Person] = field(init=False, repr=False)
 
@@ -465,6 +489,19 @@ class SmsTable(_Table):
     country_code: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,2}$")] = "62"
 
 
+def _public_key(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError('write the public key as `siaga firmware keygen` prints it: 64 lowercase hex digits')
+    return value
+
+
+class OtaTable(_Table):
+    keys: Annotated[list[Annotated[str, AfterValidator(_public_key)]], Field(min_length=1, max_length=4)]
+    chunk_bytes: Annotated[int, Field(ge=128, le=640)] = 512
+    max_failed_percent: Annotated[int, Field(ge=0, le=100)] = 20
+    get_rate_per_s: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 20.0
+
+
 class LoggingTable(_Table):
     format: Literal["text", "json"] = "text"
 
@@ -483,6 +520,7 @@ class GatewayFile(_Table):
     supervision: SupervisionTable = Field(default_factory=SupervisionTable)
     logging: LoggingTable = Field(default_factory=LoggingTable)
     sms: SmsTable | None = None
+    ota: OtaTable | None = None
 
 
 # ---- from the checked file to GatewayConfig ---------------------------------------------------------
@@ -553,6 +591,10 @@ def _build(doc: dict[str, Any], base: Path) -> GatewayConfig:
             flood_per_minute=f.sms.flood_per_minute, test_every_s=f.sms.test_every_s,
             command_timeout_s=f.sms.command_timeout_s, multipart_timeout_s=f.sms.multipart_timeout_s,
             poll_s=f.sms.poll_s, country_code=f.sms.country_code),
+        ota=None if f.ota is None else OtaSettings(
+            keys={ota_key_id(bytes.fromhex(k)): bytes.fromhex(k) for k in f.ota.keys},
+            chunk_bytes=f.ota.chunk_bytes, max_failed_percent=f.ota.max_failed_percent,
+            get_rate_per_s=f.ota.get_rate_per_s),
     )
 
 

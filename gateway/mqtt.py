@@ -43,7 +43,9 @@ from . import mqttwire as wire
 
 log = logging.getLogger(__name__)
 
-UPLINK_TOPICS = ("siaga/v1/dev/+/alarm", "siaga/v1/dev/+/status", "siaga/v1/dev/+/will")
+UPLINK_TOPICS = ("siaga/v1/dev/+/alarm", "siaga/v1/dev/+/status", "siaga/v1/dev/+/will",
+                 "siaga/v1/dev/+/ota/get", "siaga/v1/dev/+/ota/status")
+QOS0_SUFFIX = "/ota/get"   # uplink topics taken at QoS 0: a lost chunk request is simply asked again
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0   # for TCP and the TLS handshake, then again for the CONNACK
@@ -147,6 +149,7 @@ class MqttLink:
         self.connections = 0               # connections the broker accepted, for tests and metrics
         self.session_present = False       # the broker kept the gateway's session at the last connect
         self.dropped_publishes = 0
+        self.dropped_now = 0   # QoS 0 publishes (publish_now) dropped while not connected
         self._writer: asyncio.StreamWriter | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -261,7 +264,9 @@ class MqttLink:
         # it new messages, and sends what it kept, which arrives first (§4.6: in order).
         self._sub_pid = self._pid()
         if self._subscribe:
-            writer.write(wire.subscribe(self._sub_pid, [(t, 1) for t in s.uplink_topics]))
+            # Chunk requests at QoS 0: no PUBACK, nothing for the broker to keep (docs/protocol.md §11).
+            writer.write(wire.subscribe(self._sub_pid, [(t, 0 if t.endswith(QOS0_SUFFIX) else 1)
+                                                        for t in s.uplink_topics]))
         else:
             writer.write(wire.unsubscribe(self._sub_pid, list(s.uplink_topics)))
         # Unacknowledged publishes go again (§4.4), then those made while away.
@@ -373,6 +378,17 @@ class MqttLink:
             self._pending.append((topic, payload, retain))
             return
         self._send_publish(topic, payload, retain)
+
+    def publish_now(self, topic: str, payload: bytes) -> bool:
+        """QoS 0, not retained, and only while connected: whether it went out. Nothing is kept for
+        later and no packet identifier is taken, so such publishes never compete with the acks and
+        offers for identifiers or the pending queue (a button's firmware chunks: a lost one is asked
+        for again)."""
+        if self._writer is None or not self.connected.is_set():
+            self.dropped_now += 1
+            return False
+        self._write(wire.publish(topic, payload, 0, False))
+        return True
 
     def _send_publish(self, topic: str, payload: bytes, retain: bool) -> None:
         pid = self._pid()

@@ -21,7 +21,7 @@ from siagafw import proto, sms
 
 from . import codec
 from .adapters import Adapter
-from .codec import Alarm, DeviceKey, Reject, RejectReason, SmsTest, Status, Will
+from .codec import Alarm, DeviceKey, OtaGet, OtaStatus, Reject, RejectReason, SmsTest, Status, Will
 from .config import GatewayConfig, Person
 from .events import alarm_event, fault_event, state_event
 from .forwarding import Forwarder
@@ -30,6 +30,7 @@ from .limits import BreakerState, CircuitBreaker, FloodLimiter
 from .liveness import report_forever
 from .metrics import Metrics
 from .mqtt import Inbound, MqttLink
+from .ota import OtaService
 from .replay import ReplayWindow, Verdict
 from .sms import SenderFlood, SmsIntake
 from .store import (
@@ -71,6 +72,7 @@ TAKEOVER_MAX_S = 20.0
 # memory only: after a restart, a state change of such an alarm goes by SMS to the device's
 # registered phone while the device is offline on MQTT (_publish_ack), by MQTT alone otherwise.
 SMS_SENDERS_KEPT = 10_000
+OTA_GET_SUFFIX = "/ota/get"   # firmware chunk requests: served on arrival (OtaService.serve)
 SMS_STOP_S = 5.0         # at shutdown, how long the SMS intake may take to delete what was committed
 
 
@@ -142,6 +144,8 @@ class Gateway:
         # device -> (applied, refused) remote configuration versions its heartbeats last reported
         # to this instance: a change is logged once.
         self._config_reported: dict[str, tuple[int, int | None]] = {}
+        # Firmware over the air (protocol.md §11): offers, the chunk service, update reports.
+        self.ota = OtaService(self, cfg.ota)
         self.link: MqttLink | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -255,6 +259,7 @@ class Gateway:
         for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
             self.supervisor.load(device_id, last_seen, every_s, faults, battery, sms_seen_ms=sms_seen.get(device_id))
         self._expect_sms(self.registry.values())
+        await self.ota.load()
 
     async def _sync_shared(self) -> None:
         """Another instance may have changed the registry (through its admin API) or seen the
@@ -270,6 +275,7 @@ class Gateway:
                     self.supervisor.forget(device_id)
             self.registry = fresh
             self._expect_sms(fresh.values())
+        await self.ota.sync()   # offers another instance made, halted or withdrew
         sms_seen = await self.store.sms_seen()
         for device_id, last_seen, every_s, faults, battery in await self.store.device_health():
             self.supervisor.sync(device_id, last_seen, every_s, faults, battery, sms_seen_ms=sms_seen.get(device_id))
@@ -330,6 +336,17 @@ class Gateway:
     def _route(self, item: Inbound) -> None:
         if not item.topic:
             return  # the shutdown wake-up
+        if item.topic.endswith(OTA_GET_SUFFIX) and not item.topic.startswith(codec.SMS_TOPIC_PREFIX):
+            # A firmware chunk request: served now from memory, outside both queues (no commit, no
+            # place before the device's alarm). Taken at QoS 0; one that came at QoS 1 all the same
+            # (a taken-over session) is acknowledged in its turn, with nothing to wait for.
+            where = codec.split_topic(item.topic)
+            self.ota.serve(item.topic, item.payload, where[0] if where is not None else "", item.received_ms)
+            if item.qos:
+                self._unacked.append(item)
+                self._done.add(id(item))
+                self._ack_due()
+            return
         self._unacked.append(item)
         if item.topic.startswith(codec.SMS_TOPIC_PREFIX):
             # An SMS: its claimed device (not verified yet; it only decides the order of the queues).
@@ -360,6 +377,11 @@ class Gateway:
                     self._bulk_of[device] = left
                 else:
                     self._bulk_of.pop(device, None)
+        self._ack_due()
+
+    def _ack_due(self) -> None:
+        """PUBACK the messages at the head of the order that are done with."""
+        assert self.link is not None
         while self._unacked and id(self._unacked[0]) in self._done:
             first = self._unacked.popleft()
             self._done.discard(id(first))
@@ -396,6 +418,15 @@ class Gateway:
             return
         duplicate = False
         by_sms = item.topic.startswith(codec.SMS_TOPIC_PREFIX)
+        if isinstance(msg, OtaGet):
+            return  # chunk requests are served as they arrive (_route), never here
+        if isinstance(msg, OtaStatus):
+            # An update report: checked against the device's last one and added to the batch.
+            await self._promote_pending_key(msg.device_id, item.payload)
+            refused = self.ota.take(msg, item.topic, batch, now)
+            if refused is None:
+                return
+            msg = refused
         if not isinstance(msg, Reject):
             if not by_sms:  # an SMS under a rotated-in key does not retire the old one (not a frame)
                 await self._promote_pending_key(msg.device_id, item.payload)
@@ -509,6 +540,7 @@ class Gateway:
         self._count_faults(batch.faults)
         for status, _ in batch.statuses:
             self._config_report(status)
+        self.ota.after_commit(batch)
         if batch.alarms:
             self._wake_lane("alarm")
         if batch.faults:
@@ -577,7 +609,7 @@ class Gateway:
         self.registry[device_id] = dataclasses.replace(rec, secret=rec.pending, pending=None)
         log.info("device %s now uses its new key; the old one is no longer accepted", device_id)
 
-    async def _check_sequence(self, msg: codec.Message | SmsTest,
+    async def _check_sequence(self, msg: Alarm | Status | Will | SmsTest,
                               in_batch: set[tuple[str, int]]) -> Sequenced | Reject:
         if isinstance(msg, Will):
             return Sequenced.NEW  # a hint only; it does not move the window (protocol.md §4.3)
@@ -757,6 +789,7 @@ class Gateway:
     def _on_mqtt_connected(self) -> None:
         asyncio.get_running_loop().create_task(self._republish_acks())
         asyncio.get_running_loop().create_task(self._republish_configs())
+        asyncio.get_running_loop().create_task(self.ota.republish())
 
     # ------------------------------------------------------------ remote configuration (protocol.md §10)
 
@@ -912,6 +945,8 @@ class Gateway:
             # Effective for the very next message, without waiting for any cache to expire.
             self.registry[device_id] = dataclasses.replace(rec, revoked=True)
             self.supervisor.forget(device_id)
+        if changed:
+            await self.ota.device_gone(device_id, "revoked")
         return changed
 
     async def decommission_device(self, device_id: str, *, by: Person = IN_PROCESS) -> bool:
@@ -920,6 +955,8 @@ class Gateway:
         if rec is not None:
             self.registry[device_id] = dataclasses.replace(rec, revoked=True, pending=None)
             self.supervisor.forget(device_id)
+        if changed:
+            await self.ota.device_gone(device_id, "decommissioned")
         return changed
 
     async def rotate_key(self, device_id: str, secret: bytes, *, pending: bool, by: Person = IN_PROCESS) -> None:
@@ -942,6 +979,11 @@ class Gateway:
         self._expect_sms([self.registry[device_id]])
         if fields.keys() & {"lat_e6", "lon_e6", "address", "area"}:
             await self._push_config(device_id)  # the corrected location, if it made a new version
+
+    async def ota_summary(self) -> dict[str, Any]:
+        """Firmware over the air for the gateway report: {"versions": {version: devices},
+        "rollouts": [the newest five rollouts under way or halted, as GET /api/v1/rollouts shows them]}."""
+        return await self.ota.summary()
 
     def gauges(self) -> dict[str, float]:
         per_destination = {f'circuit_open{{destination="{fw.name}"}}': float(fw.breaker.state is BreakerState.OPEN)

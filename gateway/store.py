@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from .codec import Alarm, Reject, Status
+from .codec import Alarm, OtaStatus, Reject, Status, redact_config
 from .config import Person, Role, is_postgres
 from .grouping import Group, extend
 from .replay import ReplayWindow
@@ -69,7 +70,8 @@ DATABASE_DOWN = _database_down()
 IN_PROCESS = Person("(in-process)", Role.ADMIN)
 
 # What the fleet change log records (docs/gateway.md, "Who changed the fleet").
-FleetAction = Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure"]
+FleetAction = Literal["register", "revoke", "rotate-key", "update", "decommission", "requeue", "configure",
+                      "firmware-upload", "rollout-start", "rollout-widen", "rollout-resume", "rollout-cancel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,10 @@ class Device:
     config_applied: int = 0
     config_rejected: int | None = None
     config_desired: dict[str, Any] = field(default_factory=dict)
+    # Firmware over the air (protocol.md §11): the board its heartbeats report, and its latest
+    # rollout entry {"rollout", "version", "state", "detail"} (None: never in a rollout).
+    board: str | None = None
+    ota: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,68 @@ class PushedConfig:
     device_id: str
     ver: int
     settings: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A device's current firmware offer (protocol.md §11), or with bundle_id "" its withdrawal."""
+
+    device_id: str
+    rollout_id: int
+    ver: int
+    bundle_id: str = ""
+    version: str = ""
+    sha256: str = ""
+    size: int = 0
+    state: str = "offered"
+    chunk: int = 0      # the chunk size the offer names: kept with it, so a re-published offer never changes
+
+
+@dataclass(frozen=True, slots=True)
+class NewBundle:
+    id: str
+    sha256: str
+    version: str
+    board: str
+    size: int
+    min_boot: int
+    manifest: str
+    data: bytes = field(repr=False)
+
+
+class RolloutConflict(StoreError):
+    """The rollout cannot do that in its state (halted, done, a percent that shrinks); `reason` a
+    word for clients ("downgrade": a targeted device runs a newer version)."""
+
+    def __init__(self, detail: str, reason: str = "conflict") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class NotFound(StoreError):
+    """No such rollout, or no bundle of that version."""
+
+
+ROLLOUT_STATES = ("offered", "downloading", "installed", "updated", "failed", "withdrawn")
+LIVE_OFFER = ("offered", "downloading", "installed")   # offers a button may still act on
+# What an update report makes of the device's rollout entry, and the states it may move it from: a
+# refusal or a rollback fails the entry whatever came before (a trial that fails after the button
+# said `confirmed` is still a failure); nothing moves a withdrawn or failed entry.
+STATE_OF_REPORT = {"downloading": "downloading", "installed": "installed", "confirmed": "updated",
+                   "current": "updated", "refused": "failed", "rolled_back": "failed"}
+MOVES_FROM = {"downloading": LIVE_OFFER, "installed": LIVE_OFFER, "updated": LIVE_OFFER,
+              "failed": (*LIVE_OFFER, "updated")}
+# Why an entry was withdrawn (its detail): only those withdrawn at a halt are offered again on resume.
+WITHDRAWN_AT_HALT = "halted"
+OTA_LOCK_NAMESPACE = 0x51A6C   # PostgreSQL advisory lock of the rollouts (store_pg.py uses 0x51A6A-B)
+ROLLOUTS_LISTED = 20     # finished rollouts GET /api/v1/rollouts lists by default, besides those under way
+
+
+def _version_key(version: str | None) -> tuple[int, ...] | None:
+    """MAJOR.MINOR.PATCH as numbers for comparing; None for anything else (never compared)."""
+    if not version or not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9}){2}", version):
+        return None
+    return tuple(int(x) for x in version.split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +285,11 @@ class Batch:
     rejects: list[tuple[Reject, int]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
     sms_seen: dict[str, int] = field(default_factory=dict)  # device -> received ms of its latest valid SMS
+    # Firmware over the air: update reports that passed this instance's replay check, (report, received
+    # ms). The commit writes each keyed on (device, bundle id) and fills `ota_moved` with the rollout
+    # entries they moved: (rollout id, device, bundle id, new state).
+    ota_reports: list[tuple[OtaStatus, int]] = field(default_factory=list)
+    ota_moved: list[tuple[int, str, str, str]] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -282,6 +355,23 @@ class Store(Protocol):
     async def hold_instance(self, name: str, client_id: str, now_ms: int, held: asyncio.Event) -> None: ...
     async def orphans(self, me: str) -> list[tuple[str, str]]: ...
     async def release_orphan(self, name: str, *, forget: bool) -> None: ...
+    # firmware over the air (gateway/ota.py)
+    async def add_bundle(self, bundle: NewBundle, *, now_ms: int, by: Person) -> tuple[bool, dict[str, Any]]: ...
+    async def bundles(self) -> list[dict[str, Any]]: ...
+    async def bundle_data(self, bundle_ids: Sequence[str]) -> dict[str, bytes]: ...
+    async def live_offers(self) -> list[Offer]: ...
+    async def ota_version(self) -> int: ...
+    async def ota_status_seqs(self) -> dict[str, int]: ...
+    async def start_rollout(self, version: str, percent: int, max_failed_percent: int | None, *, resume: bool,
+                            allow_downgrade: bool = False, default_max_failed_percent: int = 20, chunk: int = 512,
+                            now_ms: int, by: Person) -> tuple[bool, int, list[Offer], list[int]]: ...
+    async def check_rollout(self, rollout_id: int, now_ms: int, *, halt: bool = True) -> tuple[str, list[Offer]]: ...
+    async def cancel_rollout(self, rollout_id: int, now_ms: int, by: Person) -> list[Offer]: ...
+    async def withdraw_device(self, device_id: str, why: str, now_ms: int) -> list[Offer]: ...
+    async def rollouts(self, rollout_id: int | None = None, *,
+                       limit: int = ROLLOUTS_LISTED) -> list[dict[str, Any]]: ...
+    async def firmware_versions(self) -> dict[str, int]: ...
+    async def record_audit(self, at_ms: int, device_id: str | None, topic: str, reason: str, detail: str) -> None: ...
 
 
 MIGRATIONS: Sequence[Sequence[str]] = (
@@ -480,6 +570,58 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "ALTER TABLE devices ADD COLUMN config_applied INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE devices ADD COLUMN config_rejected INTEGER",
         "ALTER TABLE devices ADD COLUMN config_desired TEXT NOT NULL DEFAULT '{}'",
+    ),
+    (  # 9: firmware over the air (issue 18, protocol.md §11): the signed bundles uploaded, staged
+        # rollouts and each device's place in them; per device its board, the version of the last
+        # offer made to it and the sequence number of its last update report (replay check)
+        """CREATE TABLE firmware_bundles (
+            id           TEXT PRIMARY KEY,          -- the first 16 hex digits of sha256
+            sha256       TEXT NOT NULL,             -- of the whole bundle file
+            version      TEXT NOT NULL,
+            board        TEXT NOT NULL,
+            size         INTEGER NOT NULL,
+            min_boot     INTEGER NOT NULL,
+            manifest     TEXT NOT NULL,             -- JSON, as signed
+            data         BLOB NOT NULL,             -- the bundle file, byte for byte
+            uploaded_ms  INTEGER NOT NULL,
+            uploaded_by  TEXT NOT NULL
+        )""",
+        "CREATE INDEX firmware_by_version ON firmware_bundles (version, board)",
+        """CREATE TABLE rollouts (
+            id                  INTEGER PRIMARY KEY,
+            version             TEXT NOT NULL,
+            percent             INTEGER NOT NULL,
+            state               TEXT NOT NULL CHECK (state IN ('active', 'halted', 'done', 'cancelled')),
+            max_failed_percent  INTEGER NOT NULL,
+            created_ms          INTEGER NOT NULL,
+            created_by          TEXT NOT NULL,
+            updated_ms          INTEGER NOT NULL,
+            halted_reason       TEXT CHECK (halted_reason IN ('failures', 'cancelled')),
+            eligible            INTEGER NOT NULL DEFAULT 0  -- devices it could reach, counted at start/widen
+        )""",
+        # One rollout under way (active or halted) per version, whatever two requests do at once.
+        "CREATE UNIQUE INDEX rollouts_one_live ON rollouts (version) WHERE state IN ('active', 'halted')",
+        "CREATE INDEX rollouts_by_state ON rollouts (state, id)",
+        """CREATE TABLE rollout_devices (
+            rollout_id  INTEGER NOT NULL REFERENCES rollouts (id),
+            device_id   TEXT NOT NULL REFERENCES devices (id),
+            bundle_id   TEXT NOT NULL REFERENCES firmware_bundles (id),
+            offer_ver   INTEGER NOT NULL,
+            chunk       INTEGER NOT NULL,           -- the chunk size its offer names (fixed for the offer)
+            state       TEXT NOT NULL CHECK (state IN ('offered', 'downloading', 'installed', 'updated', 'failed',
+                                                        'withdrawn')),
+            detail      TEXT NOT NULL DEFAULT '',
+            updated_ms  INTEGER NOT NULL,
+            PRIMARY KEY (rollout_id, device_id)
+        )""",
+        "CREATE INDEX rollout_devices_by_device ON rollout_devices (device_id, rollout_id)",
+        # Grows with every change of the offers (a start, widening, halt, cancel or withdrawal): another
+        # instance that sees it grow reloads the offers it serves.
+        "CREATE TABLE ota_changes (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+        "INSERT INTO ota_changes (id, version) VALUES (1, 0)",
+        "ALTER TABLE devices ADD COLUMN board TEXT",
+        "ALTER TABLE devices ADD COLUMN ota_offer_ver INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN ota_status_seq INTEGER NOT NULL DEFAULT -1",
     ),
 )
 
@@ -721,13 +863,21 @@ class SQLStore:
                 "SELECT d.id, d.created_ms, d.revoked_ms, d.site, d.lat_e6, d.lon_e6, d.address, d.area, "
                 "d.last_seen_ms, d.battery_mv, d.rssi, d.firmware, d.tamper, d.every_s, d.decommissioned_ms, "
                 "d.phone, d.sms_seen_ms, d.config_ver, d.config_applied, d.config_rejected, d.config_desired, "
-                "d.pending_secret_hex IS NOT NULL AS key_pending, "
+                "d.board, d.pending_secret_hex IS NOT NULL AS key_pending, "
                 "(SELECT group_concat(f.fault) FROM device_faults f WHERE f.device_id = d.id) AS faults "
                 f"FROM devices d {where} ORDER BY d.id", args).fetchall()
+            where, args = ("WHERE rd.device_id = ?", (device_id,)) if device_id else ("", ())
+            ota: dict[str, dict[str, Any]] = {}
+            for r in db.execute("SELECT rd.device_id, rd.rollout_id, r.version, rd.state, rd.detail "
+                                "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
+                                f"{where} ORDER BY rd.rollout_id", args).fetchall():
+                ota[r["device_id"]] = {"rollout": r["rollout_id"], "version": r["version"], "state": r["state"],
+                                       "detail": r["detail"]}
             return [Device(**{**dict(r), "tamper": None if r["tamper"] is None else bool(r["tamper"]),
                               "key_pending": bool(r["key_pending"]),
                               "config_desired": json.loads(r["config_desired"]),
-                              "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ())})
+                              "faults": tuple(sorted((r["faults"] or "").split(",")) if r["faults"] else ()),
+                              "ota": ota.get(r["id"])})
                     for r in rows]
         return await self._read(read)
 
@@ -812,7 +962,9 @@ class SQLStore:
         ver = max(row["config_ver"], row["config_applied"]) + 1
         db.execute("UPDATE devices SET config_ver = ?, config_desired = ? WHERE id = ?",
                    (ver, json.dumps(merged, sort_keys=True, ensure_ascii=False), device_id))
-        changed = {k: [desired.get(k), merged[k]] for k in settings if desired.get(k) != merged[k]}
+        # Wi-Fi networks by name only: the change log never holds a password (docs/protocol.md §10.2).
+        before, after = redact_config(desired), redact_config(merged)
+        changed = {k: [before.get(k), after[k]] for k in settings if desired.get(k) != merged[k]}
         _log_change(db, by, now_ms, "configure", device_id, {"version": ver, **changed})
         return True
 
@@ -989,6 +1141,11 @@ class SQLStore:
                        [(s.config_applied, s.config_rejected, s.device_id)
                         for s, _ in sorted(batch.statuses, key=lambda e: e[0].device_id)
                         if s.config_applied is not None])
+        # The board a heartbeat names (firmware from §11 on); older firmware names none.
+        db.executemany("UPDATE devices SET board = ? WHERE id = ?",
+                       [(s.board, s.device_id) for s, _ in sorted(batch.statuses, key=lambda e: e[0].device_id)
+                        if s.board is not None])
+        self._write_ota(db, batch)
         # A window written by an instance that has not seen the device's newest messages must not
         # take the newer one back: the highest sequence number wins.
         db.executemany("UPDATE devices SET seq_window = CASE WHEN ? >= high_seq THEN ? ELSE seq_window END, "
@@ -1001,6 +1158,32 @@ class SQLStore:
         if any(s.changed for s in out):
             self._notify(db, "alarm")
         return out
+
+    def _write_ota(self, db: Db, batch: Batch) -> None:
+        """Update reports, in the order each device sent them. A report counts once: its seq must be
+        after the device's last in the database (whichever instance took that one); it moves the
+        device's entry for its bundle (in the newest rollout that offered that bundle) only forward
+        (MOVES_FROM), so a late report never revives a withdrawn entry; confirmed, current and
+        rolled_back name the firmware the button runs. The entries moved go to batch.ota_moved."""
+        batch.ota_moved.clear()
+        for st, at in sorted(batch.ota_reports, key=lambda e: e[0].device_id):
+            if db.execute("UPDATE devices SET ota_status_seq = ? WHERE id = ? AND ota_status_seq < ? RETURNING id",
+                          (st.seq, st.device_id, st.seq)).fetchone() is None:
+                continue   # this report or a later one was taken already
+            if st.state in ("confirmed", "current", "rolled_back") and st.firmware:
+                db.execute("UPDATE devices SET firmware = ? WHERE id = ?", (st.firmware, st.device_id))
+            state = STATE_OF_REPORT.get(st.state)
+            if state is None or not st.id:
+                continue
+            froms = MOVES_FROM[state]
+            r = db.execute(
+                "UPDATE rollout_devices SET state = ?, detail = ?, updated_ms = greatest(updated_ms, ?) "
+                f"WHERE device_id = ? AND bundle_id = ? AND state IN ({', '.join('?' * len(froms))}) "
+                "AND rollout_id = (SELECT max(rollout_id) FROM rollout_devices WHERE device_id = ? AND bundle_id = ?) "
+                "RETURNING rollout_id", (state, st.detail, at, st.device_id, st.id, *froms, st.device_id, st.id)
+            ).fetchone()
+            if r is not None:
+                batch.ota_moved.append((int(r["rollout_id"]), st.device_id, st.id, state))
 
     def _quarantine(self, db: Db, entries: Sequence[Quarantined]) -> None:
         db.executemany(
@@ -1211,6 +1394,333 @@ class SQLStore:
         return await self._read(read)
 
     # ------------------------------------------------------------ queries for the admin API
+
+    # ------------------------------------------------------------ firmware over the air (protocol.md §11)
+
+    def _lock_rollouts(self, db: Db) -> None:
+        """Serialise, until the transaction ends, the transactions that change rollouts (a start,
+        widening, resume, check, cancel or withdrawal), other instances' too: each reads what the one
+        before it committed. SQLite has one writer and needs nothing; on PostgreSQL (READ COMMITTED,
+        a pool of threads) a transaction-scoped advisory lock, as for sites (store_pg.py)."""
+
+    def _touch_offers(self, db: Db) -> None:
+        """The offers changed: the other instances reload theirs (ota_version)."""
+        db.execute("UPDATE ota_changes SET version = version + 1 WHERE id = 1")
+
+    async def add_bundle(self, bundle: NewBundle, *, now_ms: int, by: Person) -> tuple[bool, dict[str, Any]]:
+        """Keep a checked bundle: (whether it is new, its entry). The same bundle again changes nothing.
+        A new one is written to the fleet change log with the person."""
+        def write(db: Db) -> tuple[bool, dict[str, Any]]:
+            new = db.execute("SELECT 1 FROM firmware_bundles WHERE id = ?", (bundle.id,)).fetchone() is None
+            if new:
+                db.execute("INSERT INTO firmware_bundles (id, sha256, version, board, size, min_boot, manifest, "
+                           "data, uploaded_ms, uploaded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                           "ON CONFLICT (id) DO NOTHING",
+                           (bundle.id, bundle.sha256, bundle.version, bundle.board, bundle.size, bundle.min_boot,
+                            bundle.manifest, bundle.data, now_ms, by.name))
+                _log_change(db, by, now_ms, "firmware-upload", None,
+                            {"bundle": bundle.id, "version": bundle.version, "board": bundle.board,
+                             "sha256": bundle.sha256})
+            return new, self._bundle_rows(db, bundle.id)[0]
+        return await self._write(write)
+
+    def _bundle_rows(self, db: Db, bundle_id: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE id = ?", (bundle_id,)) if bundle_id else ("", ())
+        rows = db.execute("SELECT id, sha256, version, board, size, min_boot, manifest, uploaded_ms, uploaded_by "
+                          f"FROM firmware_bundles {where} ORDER BY uploaded_ms DESC, id", args).fetchall()
+        return [{**dict(r), "manifest": json.loads(r["manifest"])} for r in rows]
+
+    async def bundles(self) -> list[dict[str, Any]]:
+        return await self._read(self._bundle_rows)
+
+    async def bundle_data(self, bundle_ids: Sequence[str]) -> dict[str, bytes]:
+        def read(db: Db) -> dict[str, bytes]:
+            out = {}
+            for bundle_id in bundle_ids:
+                r = db.execute("SELECT data FROM firmware_bundles WHERE id = ?", (bundle_id,)).fetchone()
+                if r is not None:
+                    out[bundle_id] = bytes(r["data"])
+            return out
+        return await self._read(read)
+
+    def _offers(self, db: Db, where: str, args: Sequence[Any]) -> list[Offer]:
+        rows = db.execute("SELECT rd.device_id, rd.rollout_id, rd.offer_ver, rd.bundle_id, rd.state, rd.chunk, "
+                          "b.version, b.sha256, b.size FROM rollout_devices rd "
+                          "JOIN firmware_bundles b ON b.id = rd.bundle_id "
+                          f"JOIN rollouts r ON r.id = rd.rollout_id WHERE {where} ORDER BY rd.device_id, rd.rollout_id",
+                          args).fetchall()
+        return [Offer(r["device_id"], r["rollout_id"], r["offer_ver"], r["bundle_id"], r["version"], r["sha256"],
+                      r["size"], r["state"], r["chunk"]) for r in rows]
+
+    async def live_offers(self) -> list[Offer]:
+        """Every offer a button may still act on: offered, downloading or installed, in a rollout
+        that is not cancelled, of a live device (one per device: the newest)."""
+        def read(db: Db) -> list[Offer]:
+            offers = self._offers(db, "rd.state IN ('offered', 'downloading', 'installed') AND r.state <> 'cancelled' "
+                                      "AND rd.device_id IN (SELECT id FROM devices WHERE revoked_ms IS NULL)", ())
+            return list({o.device_id: o for o in offers}.values())
+        return await self._read(read)
+
+    async def ota_version(self) -> int:
+        """Grows with every change of the offers (any instance's): one that sees it grow reloads them."""
+        return await self._read(lambda db: _id(db.execute("SELECT version FROM ota_changes WHERE id = 1").fetchone()))
+
+    async def ota_status_seqs(self) -> dict[str, int]:
+        def read(db: Db) -> dict[str, int]:
+            rows = db.execute("SELECT id, ota_status_seq FROM devices WHERE ota_status_seq >= 0").fetchall()
+            return {r["id"]: r["ota_status_seq"] for r in rows}
+        return await self._read(read)
+
+    def _next_offer_ver(self, db: Db, device_id: str) -> int:
+        return int(db.execute("UPDATE devices SET ota_offer_ver = ota_offer_ver + 1 WHERE id = ? "
+                              "RETURNING ota_offer_ver", (device_id,)).fetchone()[0])
+
+    def _withdraw(self, db: Db, rollout_id: int, device_ids: Sequence[str], now_ms: int, why: str) -> list[Offer]:
+        """Withdraw these devices' entries of the rollout (`why` in their detail): each a new offer
+        version, whose withdrawal frame replaces the retained offer."""
+        out = []
+        for device_id in device_ids:
+            ver = self._next_offer_ver(db, device_id)
+            db.execute("UPDATE rollout_devices SET state = 'withdrawn', detail = ?, offer_ver = ?, updated_ms = ? "
+                       "WHERE rollout_id = ? AND device_id = ?", (why, ver, now_ms, rollout_id, device_id))
+            out.append(Offer(device_id, rollout_id, ver, state="withdrawn"))
+        if out:
+            self._touch_offers(db)
+        return out
+
+    def _eligible(self, db: Db, rollout_id: int, version: str) -> tuple[list[str], dict[str, str], set[str]]:
+        """The rollout's devices in their order (those it targets and those it could), each device's
+        bundle, and those it could offer the version to now: live, reporting a board with a bundle
+        of the version, not running it, and that never failed with that bundle."""
+        bundle_of_board = {r["board"]: r["id"] for r in db.execute(
+            "SELECT board, id FROM firmware_bundles WHERE version = ? ORDER BY uploaded_ms, id", (version,)).fetchall()}
+        rows = db.execute("SELECT id, board FROM devices WHERE revoked_ms IS NULL AND decommissioned_ms IS NULL "
+                          "AND board IS NOT NULL AND (firmware IS NULL OR firmware <> ?)", (version,)).fetchall()
+        failed = {(r["device_id"], r["bundle_id"]) for r in db.execute(
+            "SELECT DISTINCT rd.device_id, rd.bundle_id FROM rollout_devices rd JOIN firmware_bundles b "
+            "ON b.id = rd.bundle_id WHERE rd.state = 'failed' AND b.version = ?", (version,)).fetchall()}
+        bundle = {r["id"]: bundle_of_board[r["board"]] for r in rows
+                  if r["board"] in bundle_of_board and (r["id"], bundle_of_board[r["board"]]) not in failed}
+        reachable = set(bundle)
+        for r in db.execute("SELECT device_id, bundle_id FROM rollout_devices WHERE rollout_id = ?",
+                            (rollout_id,)).fetchall():
+            bundle[r["device_id"]] = r["bundle_id"]
+        order = sorted(bundle, key=lambda d: hashlib.sha256(f"{rollout_id}:{d}".encode()).digest())
+        return order, bundle, reachable
+
+    async def start_rollout(self, version: str, percent: int, max_failed_percent: int | None, *, resume: bool,
+                            allow_downgrade: bool = False, default_max_failed_percent: int = 20, chunk: int = 512,
+                            now_ms: int, by: Person) -> tuple[bool, int, list[Offer], list[int]]:
+        """Start the rollout of `version`, or widen (resume: also resume) the one under way: (whether
+        it is new, its id, the offers and withdrawals to publish once this has committed, the other
+        rollouts whose entries gave way to it). `max_failed_percent` None keeps the rollout's limit
+        (a new one takes `default_max_failed_percent`); entries withdrawn at a halt are offered again
+        (a new offer version) to the devices that can still take it. A device that runs a newer
+        version than `version` refuses the whole request (reason "downgrade") unless allow_downgrade."""
+        def write(db: Db) -> tuple[bool, int, list[Offer], list[int]]:
+            self._lock_rollouts(db)
+            if db.execute("SELECT 1 FROM firmware_bundles WHERE version = ?", (version,)).fetchone() is None:
+                raise NotFound(f"no bundle of version {version} has been uploaded")
+            r = db.execute("SELECT id, percent, state, max_failed_percent FROM rollouts WHERE version = ? "
+                           "AND state IN ('active', 'halted') ORDER BY id DESC LIMIT 1", (version,)).fetchone()
+            if r is None:
+                if resume:
+                    raise RolloutConflict(f"no halted rollout of version {version} to resume")
+                limit = default_max_failed_percent if max_failed_percent is None else max_failed_percent
+                rollout_id = int(db.execute(
+                    "INSERT INTO rollouts (version, percent, state, max_failed_percent, created_ms, created_by, "
+                    "updated_ms) VALUES (?, ?, 'active', ?, ?, ?, ?) RETURNING id",
+                    (version, percent, limit, now_ms, by.name, now_ms)).fetchone()[0])
+                new = True
+                action: FleetAction = "rollout-start"
+            else:
+                rollout_id, new = int(r["id"]), False
+                if r["state"] == "halted" and not resume:
+                    raise RolloutConflict(f"rollout {rollout_id} of version {version} is halted: resume it explicitly")
+                if percent < r["percent"]:
+                    raise RolloutConflict(f"rollout {rollout_id} is at {r['percent']} %; a rollout only widens")
+                limit = r["max_failed_percent"] if max_failed_percent is None else max_failed_percent
+                db.execute("UPDATE rollouts SET percent = ?, state = 'active', updated_ms = ?, halted_reason = NULL, "
+                           "max_failed_percent = ? WHERE id = ?", (percent, now_ms, limit, rollout_id))
+                action = "rollout-resume" if r["state"] == "halted" else "rollout-widen"
+            order, bundle, reachable = self._eligible(db, rollout_id, version)
+            entries = {row["device_id"]: (row["state"], row["detail"]) for row in db.execute(
+                "SELECT device_id, state, detail FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)).fetchall()}
+            want = -(-percent * len(order) // 100)
+            fresh = [d for d in order[:want] if d not in entries]
+            halted = [d for d, (state, detail) in entries.items()
+                      if state == "withdrawn" and detail == WITHDRAWN_AT_HALT]
+            again = [d for d in halted if d in reachable]
+            if not allow_downgrade:
+                self._refuse_downgrade(db, version, [*fresh, *again])
+            if halted:   # those that cannot take it any more stay withdrawn, for good
+                gone = [d for d in halted if d not in reachable]
+                db.executemany("UPDATE rollout_devices SET detail = 'ineligible', updated_ms = ? "
+                               "WHERE rollout_id = ? AND device_id = ?", [(now_ms, rollout_id, d) for d in gone])
+            touched: set[int] = set()
+            for device_id in sorted([*fresh, *again]):
+                # One offer per device: an older rollout's offer it has not acted on yet gives way.
+                for old in db.execute("UPDATE rollout_devices SET state = 'withdrawn', detail = 'superseded', "
+                                      "updated_ms = ? WHERE device_id = ? AND rollout_id <> ? "
+                                      "AND state IN ('offered', 'downloading') RETURNING rollout_id",
+                                      (now_ms, device_id, rollout_id)).fetchall():
+                    touched.add(int(old["rollout_id"]))
+                ver = self._next_offer_ver(db, device_id)
+                if device_id in entries:
+                    db.execute("UPDATE rollout_devices SET state = 'offered', detail = '', offer_ver = ?, chunk = ?, "
+                               "updated_ms = ? WHERE rollout_id = ? AND device_id = ?",
+                               (ver, chunk, now_ms, rollout_id, device_id))
+                else:
+                    db.execute("INSERT INTO rollout_devices (rollout_id, device_id, bundle_id, offer_ver, chunk, "
+                               "state, detail, updated_ms) VALUES (?, ?, ?, ?, ?, 'offered', '', ?)",
+                               (rollout_id, device_id, bundle[device_id], ver, chunk, now_ms))
+            db.execute("UPDATE rollouts SET eligible = ? WHERE id = ?", (len(order), rollout_id))
+            changed = set(fresh) | set(again)
+            offers = [o for o in self._offers(db, "rd.rollout_id = ? AND rd.state = 'offered'", (rollout_id,))
+                      if o.device_id in changed]
+            self._touch_offers(db)
+            _log_change(db, by, now_ms, action, None,
+                        {"rollout": rollout_id, "version": version, "percent": percent, "max_failed_percent": limit,
+                         "offered": len(offers), **({"allow_downgrade": True} if allow_downgrade else {})})
+            return new, rollout_id, offers, sorted(touched - {rollout_id})
+        try:
+            return await self._write(write)
+        except self.integrity_errors:
+            # Two requests at once on a database without the lock: the second finds the first's rollout.
+            raise RolloutConflict(f"another rollout of version {version} was started at the same time: "
+                                  "try again") from None
+
+    def _refuse_downgrade(self, db: Db, version: str, device_ids: Sequence[str]) -> None:
+        target = _version_key(version)
+        if not device_ids or target is None:
+            return
+        newer = []
+        for device_id in device_ids:
+            r = db.execute("SELECT firmware FROM devices WHERE id = ?", (device_id,)).fetchone()
+            running = _version_key(r["firmware"] if r is not None else None)
+            if running is not None and running > target:
+                newer.append((device_id, r["firmware"]))
+        if newer:
+            device_id, firmware = min(newer)
+            raise RolloutConflict(f"{len(newer)} of the devices it would reach run newer firmware than {version} "
+                                  f"({device_id} runs {firmware}): set allow_downgrade (siaga fleet update "
+                                  "--allow-downgrade) to roll it out all the same",
+                                  "downgrade")
+
+    async def check_rollout(self, rollout_id: int, now_ms: int, *, halt: bool = True) -> tuple[str, list[Offer]]:
+        """Halt the rollout when too many of its devices failed (withdrawing the offers not acted on
+        yet), or mark it done: at 100 %, none of its entries live or withdrawn at a halt. Withdrawn
+        entries are in neither count. Only a new failure halts (`halt`: after reports), so a rollout
+        just resumed is not halted again by the failures that halted it. (what happened: "halted",
+        "done" or "", the withdrawals to publish.)"""
+        def write(db: Db) -> tuple[str, list[Offer]]:
+            self._lock_rollouts(db)
+            r = db.execute("SELECT percent, state, max_failed_percent FROM rollouts WHERE id = ?",
+                           (rollout_id,)).fetchone()
+            if r is None or r["state"] != "active":
+                return "", []
+            counts = dict.fromkeys(ROLLOUT_STATES, 0)
+            for row in db.execute("SELECT state, count(*) AS n FROM rollout_devices WHERE rollout_id = ? "
+                                  "GROUP BY state", (rollout_id,)).fetchall():
+                counts[row["state"]] = row["n"]
+            targeted = sum(counts.values()) - counts["withdrawn"]
+            if halt and counts["failed"] * 100 > r["max_failed_percent"] * targeted:
+                db.execute("UPDATE rollouts SET state = 'halted', halted_reason = 'failures', updated_ms = ? "
+                           "WHERE id = ?", (now_ms, rollout_id))
+                waiting = [row["device_id"] for row in db.execute(
+                    "SELECT device_id FROM rollout_devices WHERE rollout_id = ? AND state = 'offered' "
+                    "ORDER BY device_id", (rollout_id,)).fetchall()]
+                db.execute("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, NULL, ?, ?, ?)",
+                           (now_ms, f"rollout/{rollout_id}", "rollout_halted",
+                            f"{counts['failed']} of {targeted} devices failed, more than {r['max_failed_percent']} %"))
+                return "halted", self._withdraw(db, rollout_id, waiting, now_ms, WITHDRAWN_AT_HALT)
+            live = sum(counts[s] for s in LIVE_OFFER)
+            if r["percent"] == 100 and live == 0 and db.execute(
+                    "SELECT 1 FROM rollout_devices WHERE rollout_id = ? AND state = 'withdrawn' AND detail = ? "
+                    "LIMIT 1", (rollout_id, WITHDRAWN_AT_HALT)).fetchone() is None:
+                db.execute("UPDATE rollouts SET state = 'done', updated_ms = ? WHERE id = ?", (now_ms, rollout_id))
+                return "done", []
+            return "", []
+        return await self._write(write)
+
+    async def cancel_rollout(self, rollout_id: int, now_ms: int, by: Person) -> list[Offer]:
+        """Cancel a rollout that is active or halted: its offers not yet installed are withdrawn."""
+        def write(db: Db) -> list[Offer]:
+            self._lock_rollouts(db)
+            r = db.execute("SELECT state, version FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"no rollout {rollout_id}")
+            if r["state"] not in ("active", "halted"):
+                raise RolloutConflict(f"rollout {rollout_id} is already {r['state']}")
+            db.execute("UPDATE rollouts SET state = 'cancelled', updated_ms = ?, halted_reason = coalesce("
+                       "halted_reason, 'cancelled') WHERE id = ?", (now_ms, rollout_id))
+            waiting = [row["device_id"] for row in db.execute(
+                "SELECT device_id FROM rollout_devices WHERE rollout_id = ? AND state IN ('offered', 'downloading') "
+                "ORDER BY device_id", (rollout_id,)).fetchall()]
+            _log_change(db, by, now_ms, "rollout-cancel", None,
+                        {"rollout": rollout_id, "version": r["version"], "withdrawn": len(waiting)})
+            self._touch_offers(db)
+            return self._withdraw(db, rollout_id, waiting, now_ms, "cancelled")
+        return await self._write(write)
+
+    async def withdraw_device(self, device_id: str, why: str, now_ms: int) -> list[Offer]:
+        """A revoked or decommissioned device leaves the rollouts under way: its live entries are
+        withdrawn (`why` in their detail), so that they neither wait nor count."""
+        def write(db: Db) -> list[Offer]:
+            self._lock_rollouts(db)
+            out = []
+            for r in db.execute("SELECT rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
+                                "WHERE rd.device_id = ? AND rd.state IN ('offered', 'downloading', 'installed') "
+                                "AND r.state IN ('active', 'halted') ORDER BY rd.rollout_id", (device_id,)).fetchall():
+                out += self._withdraw(db, int(r["rollout_id"]), [device_id], now_ms, why)
+            return out
+        return await self._write(write)
+
+    async def rollouts(self, rollout_id: int | None = None, *, limit: int = ROLLOUTS_LISTED) -> list[dict[str, Any]]:
+        """Rollouts, newest first, with their counts: those under way or halted and the newest
+        `limit` others; one (rollout_id) also with its devices. One query per list for the counts;
+        `eligible` is what the rollout could reach when it was last started or widened."""
+        columns = ("SELECT id, version, percent, state, max_failed_percent, halted_reason, created_ms, created_by, "
+                   "updated_ms, eligible FROM rollouts ")
+
+        def read(db: Db) -> list[dict[str, Any]]:
+            if rollout_id is not None:
+                rows = db.execute(columns + "WHERE id = ?", (rollout_id,)).fetchall()
+            else:
+                rows = [*db.execute(columns + "WHERE state IN ('active', 'halted') ORDER BY id DESC").fetchall(),
+                        *db.execute(columns + "WHERE state NOT IN ('active', 'halted') ORDER BY id DESC LIMIT ?",
+                                    (limit,)).fetchall()]
+                rows.sort(key=lambda r: -r["id"])
+            counts: dict[int, dict[str, int]] = {r["id"]: dict.fromkeys(ROLLOUT_STATES, 0) for r in rows}
+            if counts:
+                marks = ", ".join("?" * len(counts))
+                for row in db.execute(f"SELECT rollout_id, state, count(*) AS n FROM rollout_devices WHERE rollout_id "
+                                      f"IN ({marks}) GROUP BY rollout_id, state", tuple(counts)).fetchall():
+                    counts[row["rollout_id"]][row["state"]] = row["n"]
+            out = []
+            for r in rows:
+                entry = {**dict(r), "counts": counts[r["id"]], "targeted": sum(counts[r["id"]].values())}
+                if rollout_id is not None:
+                    entry["devices"] = [dict(d) for d in db.execute(
+                        "SELECT device_id, state, detail, updated_ms FROM rollout_devices WHERE rollout_id = ? "
+                        "ORDER BY device_id", (r["id"],)).fetchall()]
+                out.append(entry)
+            return out
+        return await self._read(read)
+
+    async def firmware_versions(self) -> dict[str, int]:
+        """How many live devices report each firmware version."""
+        def read(db: Db) -> dict[str, int]:
+            rows = db.execute("SELECT firmware, count(*) AS n FROM devices WHERE revoked_ms IS NULL "
+                              "AND firmware IS NOT NULL GROUP BY firmware ORDER BY firmware").fetchall()
+            return {r["firmware"]: r["n"] for r in rows}
+        return await self._read(read)
+
+    async def record_audit(self, at_ms: int, device_id: str | None, topic: str, reason: str, detail: str) -> None:
+        def write(db: Db) -> None:
+            db.execute("INSERT INTO audit (at_ms, device_id, topic, reason, detail) VALUES (?, ?, ?, ?, ?)",
+                       (at_ms, device_id, topic[:128], reason, detail[:500]))
+        await self._write(write)
 
     async def alarms(self, *, device_id: str | None, limit: int) -> list[dict[str, Any]]:
         def read(db: Db) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool
 
 from .grouping import Group
-from .store import Db, Lane, SQLStore, StoreError
+from .store import OTA_LOCK_NAMESPACE, Db, Lane, SQLStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,9 @@ class PostgresStore(SQLStore):
 
     async def _write(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
         return await self._run(lambda: self._transaction(fn))
+
+    def _lock_rollouts(self, db: Db) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?, 0)", (OTA_LOCK_NAMESPACE,))
 
     def _lock_sites(self, db: Db, sites: Sequence[str]) -> None:
         # In one order (sorted keys), so that two instances never wait for each other's sites.

@@ -34,7 +34,7 @@ from typing import Any
 from siagafw.proto import encode
 
 from .errors import UsageError
-from .firmware import _ENTRY_POINTS, PROFILES, Compiler, firmware_dir, firmware_version, mpy_cross_version
+from .firmware import PROFILES, Compiler, firmware_dir, firmware_version, mpy_cross_version
 from .text import t
 
 MAGIC = b"SGFW1\n"
@@ -296,8 +296,9 @@ class Built:
 
 def collect(board: str, fw_dir: Path) -> list[tuple[str, bytes]]:
     """(place on the board, content) of every file of `board`'s firmware: lib/siagafw/*.mpy, and the
-    board folder's files at the root (boards/common then boards/<board>; not manifest.py). All are
-    compiled by mpy-cross except boot.py and main.py, which MicroPython runs only as source."""
+    board folder's files at the root (boards/common then boards/<board>; not manifest.py), compiled
+    by mpy-cross. Not the boot code (boot.py, the loader main.py, lib/siagaboot): provisioning
+    writes it, and an update never replaces it (docs/firmware.md, "Updates over the air")."""
     try:
         profile = PROFILES[board]
     except KeyError:
@@ -308,10 +309,7 @@ def collect(board: str, fw_dir: Path) -> list[tuple[str, bytes]]:
         raise UsageError(t("bundle.no_mpy_cross"), t("bundle.no_mpy_cross.hint"))
     files = []
     with tempfile.TemporaryDirectory(prefix="siaga-bundle-") as tmp:
-        for board_path, src in profile.sources(fw_dir):
-            if board_path.rsplit("/", 1)[-1] in _ENTRY_POINTS:
-                files.append((board_path, src.read_bytes()))
-                continue
+        for board_path, src in profile.bundle_sources(fw_dir):
             data = compiler.compile(src, board_path, Path(tmp))
             if data is None:
                 raise UsageError(t("firmware.compile_failed", path=src), t("bundle.compile_failed.hint"))

@@ -189,11 +189,42 @@ def cmd_set_location(opts: dict[str, Any], ui: Ui) -> int:
     return fleet.set_location(_settings(opts, ui), device_id, fields, ui)
 
 
+def _wifi_networks(opts: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """`devices configure --wifi SSID ...` with each network's password: from the --wifi-password-file
+    (or else --wifi-password-env) given in the same position, else asked without echo on a terminal.
+    A password is never a command-line argument."""
+    ssids = [validate.wifi_ssid(s) for s in opts.get("wifi") or ()]
+    if not ssids:
+        return None
+    if len(ssids) > fleet.WIFI_NETWORKS_MAX:
+        raise UsageError(t("configure.wifi_too_many", most=fleet.WIFI_NETWORKS_MAX))
+    files, envs = list(opts.get("wifi_password_file") or ()), list(opts.get("wifi_password_env") or ())
+    for given in (files, envs):
+        if given and len(given) != len(ssids):
+            raise UsageError(t("configure.wifi_count", networks=len(ssids), passwords=len(given)))
+    out = []
+    for i, ssid in enumerate(ssids):
+        if files:
+            try:
+                password = Path(files[i]).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise UsageError(t("wifi.password_file_unreadable", error=exc.strerror)) from None
+        elif envs:
+            password = os.environ.get(envs[i], "")
+        elif sys.stdin.isatty():
+            password = click.prompt(t("wifi.password_prompt", ssid=repr(ssid)), hide_input=True,
+                                    default="", show_default=False)
+        else:
+            raise UsageError(t("wifi.no_password", ssid=repr(ssid)), t("wifi.no_password.hint"))
+        out.append((ssid, validate.wifi_password(password)))
+    return out
+
+
 def cmd_configure(opts: dict[str, Any], ui: Ui) -> int:
     device_id = validate.device_id(opts["device_id"])
     changes = fleet.config_settings(heartbeat_s=opts.get("heartbeat_s"), retry=opts.get("retry"),
                                     reconnect=opts.get("reconnect"), sms_fallback_s=opts.get("sms_fallback_s"),
-                                    sms_test_every_s=opts.get("sms_test_every_s"))
+                                    sms_test_every_s=opts.get("sms_test_every_s"), wifi=_wifi_networks(opts))
     return fleet.configure(_settings(opts, ui), device_id, changes, ui)
 
 
@@ -231,6 +262,42 @@ def cmd_decommission(opts: dict[str, Any], ui: Ui) -> int:
     return fleet.decommission(settings, device_id, opts.get("port"), ui)
 
 
+def cmd_publish(opts: dict[str, Any], ui: Ui) -> int:
+    return fleet.publish(_settings(opts, ui), Path(opts["bundle_file"]), ui)
+
+
+def cmd_update(opts: dict[str, Any], ui: Ui) -> int:
+    version = validate_version(opts["version"])
+    return fleet.update(_settings(opts, ui), version, opts["percent"], opts.get("max_failed_percent"),
+                        bool(opts.get("resume")), ui, allow_downgrade=bool(opts.get("allow_downgrade")))
+
+
+def validate_version(value: str) -> str:
+    """A firmware version as bundles carry it: MAJOR.MINOR.PATCH in digits (checked before the
+    config is read)."""
+    from .bundle import valid_version
+
+    if not valid_version(value):
+        raise UsageError(t("bundle.version_invalid", version=repr(value)), t("bundle.version_invalid.hint"))
+    return value
+
+
+def cmd_rollouts(opts: dict[str, Any], ui: Ui) -> int:
+    fmt = fleet.check_format(opts.get("format") or "table", ("table", "json"))
+    return fleet.list_rollouts(_settings(opts, ui), fmt, ui)
+
+
+def cmd_rollout(opts: dict[str, Any], ui: Ui) -> int:
+    fmt = fleet.check_format(opts.get("format") or "table", ("table", "json"))
+    return fleet.show_rollout(_settings(opts, ui), opts["rollout_id"], fmt, ui)
+
+
+def cmd_cancel(opts: dict[str, Any], ui: Ui) -> int:
+    settings = _settings(opts, ui)
+    _confirm(opts, t("confirm.cancel_rollout", id=opts["rollout_id"]))
+    return fleet.cancel_rollout(settings, opts["rollout_id"], ui)
+
+
 COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "provision": cmd_provision,
     "devices add": cmd_add,
@@ -243,6 +310,11 @@ COMMANDS: dict[str, Callable[[dict[str, Any], Ui], int]] = {
     "devices rotate-key": cmd_rotate_key,
     "devices decommission": cmd_decommission,
     "devices export": cmd_export,
+    "firmware publish": cmd_publish,
+    "fleet update": cmd_update,
+    "fleet rollouts": cmd_rollouts,
+    "fleet rollout": cmd_rollout,
+    "fleet cancel": cmd_cancel,
 }
 
 

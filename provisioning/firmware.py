@@ -3,12 +3,18 @@ the plan that sends only what changed.
 
 Board layout (the same for every board, so one writer serves all):
 
-    boot.py, main.py          the board shell's entry points (always source: MicroPython runs
-                              only .py files as boot.py and main.py)
-    hal.py, pins.py, shell.py the board's HAL, pin map and shared shell (boards/<board>/, boards/common/)
+    boot.py, main.py          boot code: boot.py, and the loader main.py (boards/common/main.py; the
+                              unix port's own), always source (MicroPython runs only .py files under
+                              those names)
+    lib/siagaboot             boot code: chooses the firmware that runs (A/B slots, trial, rollback)
+    start, hal, pins, shell   the firmware's entry point, the board's HAL, pin map and shared shell
+                              (boards/<board>/, boards/common/)
     lib/siagafw/*             the core (on MicroPython's default sys.path of the ESP32 and Pico W)
     config.json               the device config (devconfig.py), written separately
     state/                    sequence counter and outbox, made by the firmware
+    ota/, slot/a, slot/b      made by the firmware's updater (docs/firmware.md, "Updates over the air")
+
+Only provisioning writes the boot code; a firmware bundle (bundle.py) carries the rest.
 
 The unix port stands in for a board in tests: its "board" is a folder, and the test harness runs
 its main.py with `lib` on MICROPYPATH (tests/support/board.py).
@@ -32,6 +38,10 @@ STATE_DIR = "state"           # boards/common/shell.py STATE_DIR
 LIB_DIR = "lib/siagafw"
 CA_PATH = "ca.crt"            # the broker CA for TLS (siagafw/tls.py reads PEM or DER)
 _ENTRY_POINTS = frozenset({"boot.py", "main.py"})
+BOOT_MODULE = "siagaboot.py"  # firmware/lib/siagaboot.py, at lib/ on the board
+# Written by provisioning only, never part of a bundle: an update cannot replace what chooses and
+# rolls back the firmware that runs.
+BOOT_CODE = frozenset({"boot.py", "main.py", f"lib/{BOOT_MODULE}"})
 # Files in a board folder that stay on the computer: manifest.py describes a frozen firmware build.
 _HOST_ONLY = frozenset({"manifest.py"})
 
@@ -52,7 +62,12 @@ class BoardProfile:
                     files[src.name] = src
         for src in sorted((firmware_dir / "lib" / "siagafw").glob("*.py")):
             files[f"{LIB_DIR}/{src.name}"] = src
+        files[f"lib/{BOOT_MODULE}"] = firmware_dir / "lib" / BOOT_MODULE
         return sorted(files.items())
+
+    def bundle_sources(self, firmware_dir: Path) -> list[tuple[str, Path]]:
+        """sources() less the boot code: what a signed bundle carries."""
+        return [(path, src) for path, src in self.sources(firmware_dir) if path not in BOOT_CODE]
 
 
 PROFILES = {

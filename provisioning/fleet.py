@@ -19,7 +19,7 @@ from .board import Board
 from .brokerlogins import BrokerLogins
 from .errors import BoardError, GatewayError, Invalid, UsageError
 from .firmware import CONFIG_PATH, profile_for
-from .gateway import GatewayClient
+from .gateway import BUNDLE_MAX_BYTES, BundleRefused, GatewayClient, reason_text
 from .keystore import Keystore
 from .provision import UNIX, unconfigure
 from .settings import Settings
@@ -27,8 +27,9 @@ from .text import t
 from .ui import Rollback, Ui
 from .validate import Location
 
+# The update columns come last, so that a sheet made from an older export keeps its columns' places.
 CSV_FIELDS = ("id", "status", "faults", "last_seen", "battery_mv", "rssi", "firmware", "lat", "lon", "address",
-              "area", "site", "key_pending", "created")
+              "area", "site", "key_pending", "created", "board", "update_version", "update_state", "update_detail")
 
 
 def status(d: dict[str, Any]) -> str:
@@ -71,7 +72,22 @@ def row(d: dict[str, Any]) -> dict[str, Any]:
             "lon": "" if d.get("lon") is None else f"{d['lon']:.6f}", "address": d.get("address", ""),
             "area": d.get("area", ""), "site": d.get("site") or "",
             "key_pending": "yes" if d.get("key_pending") else "",
-            "created": _iso(d.get("created_ms"))}
+            "created": _iso(d.get("created_ms")), "board": d.get("board") or "", **_update(d)}
+
+
+def _update(d: dict[str, Any]) -> dict[str, str]:
+    """The device's latest firmware update (its entry in the newest rollout that reached it), flat."""
+    ota = d.get("ota") or {}
+    return {"update_version": str(ota.get("version") or ""), "update_state": str(ota.get("state") or ""),
+            "update_detail": str(ota.get("detail") or "")}
+
+
+def update_text(d: dict[str, Any]) -> str:
+    """The update column of the table: "0.3.0 updated", "0.3.0 failed: selftest", or "-"."""
+    u = _update(d)
+    if not u["update_state"]:
+        return "-"
+    return f"{u['update_version']} {u['update_state']}" + (f": {u['update_detail']}" if u["update_detail"] else "")
 
 
 def to_csv(devices: list[dict[str, Any]]) -> str:
@@ -103,7 +119,8 @@ def to_geojson(devices: list[dict[str, Any]]) -> str:
 
 def to_table(devices: list[dict[str, Any]]) -> str:
     now_ms = int(time.time() * 1000)
-    head = ("ID", t("table.status"), t("table.last_seen"), t("table.battery"), "FW", t("table.location"))
+    head = ("ID", t("table.status"), t("table.last_seen"), t("table.battery"), "FW", t("table.board"),
+            t("table.update"), t("table.location"))
     lines = [head]
     for d in devices:
         st = status(d) + (f" ({', '.join(d['faults'])})" if d.get("faults") and status(d) == "online" else "")
@@ -111,8 +128,14 @@ def to_table(devices: list[dict[str, Any]]) -> str:
         where = ", ".join(x for x in (d.get("address", ""), d.get("area", "")) if x)
         if d.get("lat") is not None:
             where += f" ({d['lat']:.5f}, {d['lon']:.5f})"
-        lines.append((d["id"], st, _ago(d.get("last_seen_ms"), now_ms), bat, d.get("firmware") or "-", where or "-"))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head) - 1)]
+        lines.append((d["id"], st, _ago(d.get("last_seen_ms"), now_ms), bat, d.get("firmware") or "-",
+                      d.get("board") or "-", update_text(d), where or "-"))
+    return _columns(lines)
+
+
+def _columns(lines: list[tuple[Any, ...]]) -> str:
+    """Rows as aligned columns; the last column is not padded."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]) - 1)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + str(line[-1])
                      for line in lines)
 
@@ -145,6 +168,12 @@ def show(settings: Settings, device_id: str, ui: Ui) -> int:
     ui.say("  " + t("show.battery", mv=r["battery_mv"] or "-", rssi=r["rssi"] or "-", firmware=r["firmware"] or "-",
                     tamper=tamper))
     ui.say("  " + t("show.key", key=t("show.key_pending") if d.get("key_pending") else t("show.key_current")))
+    ui.say("  " + t("show.board", board=d.get("board") or "-"))
+    ota = d.get("ota") or {}
+    if ota.get("state"):
+        detail = explained(str(ota.get("detail") or ""))
+        ui.say("  " + t("show.update", rollout=ota.get("rollout"), version=ota.get("version"), state=ota["state"])
+               + (f": {detail}" if detail else ""))
     cfg = d.get("config") or {}
     if cfg.get("version"):
         ui.say("  " + t("show.config", version=cfg["version"], applied=cfg["applied"])
@@ -217,11 +246,18 @@ def set_location(settings: Settings, device_id: str, fields: dict[str, Any], ui:
     return 0
 
 
+WIFI_NETWORKS_MAX = 3   # the button's own limit (siagafw/config.py)
+
+
 def config_settings(*, heartbeat_s: object = None, retry: object = None, reconnect: object = None,
-                    sms_fallback_s: object = None, sms_test_every_s: object = None) -> dict[str, Any]:
+                    sms_fallback_s: object = None, sms_test_every_s: object = None,
+                    wifi: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The changes of `siaga devices configure`, as the gateway's PUT .../config takes them: only what
-    is given (None: not given). The gateway checks the bounds (the button's own)."""
+    is given (None: not given). The gateway checks the bounds (the button's own). wifi: (ssid,
+    password) pairs, the whole list the button will try."""
     out: dict[str, Any] = {}
+    if wifi:
+        out["wifi"] = {"networks": [{"ssid": ssid, "password": password} for ssid, password in wifi]}
     if heartbeat_s is not None:
         out["heartbeat_s"] = _whole(heartbeat_s, "heartbeat-s")
     for name, value in (("retry", retry), ("reconnect", reconnect)):
@@ -252,6 +288,8 @@ def configure(settings: Settings, device_id: str, changes: dict[str, Any], ui: U
         gw.require(device_id)
         d = gw.configure(device_id, changes)
     ui.step(t("configure.sent", device=device_id, version=d["config"]["version"], keys=", ".join(sorted(changes))))
+    if "wifi" in changes:  # the install log keeps the networks' names, never a password
+        changes = {**changes, "wifi": [n["ssid"] for n in changes["wifi"]["networks"]]}
     Keystore(settings.state_dir).log("configure", device_id, **changes)
     return 0
 
@@ -392,3 +430,139 @@ def check_format(fmt: str, allowed: tuple[str, ...]) -> str:
     if fmt not in allowed:
         raise UsageError(t("format.unknown", format=repr(fmt)), t("valid.one_of", choices=", ".join(allowed)))
     return fmt
+
+
+# ---- firmware updates over the air (docs/protocol.md §11) ---------------------------------------------
+
+ROLLOUT_STATES = ("offered", "downloading", "installed", "updated", "failed", "withdrawn")
+
+
+def explained(detail: str) -> str:
+    """A reason word a button or the gateway gave, with what it means: "selftest (the new firmware
+    did not pass ...)"; any other detail as it is."""
+    why = reason_text(detail)
+    return f"{detail} ({why})" if detail and why != detail else detail
+
+
+def publish(settings: Settings, path: Path, ui: Ui) -> int:
+    """Upload a signed bundle to the gateway, which checks it as a button would and keeps it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(t("publish.unreadable", path=path, error=exc.strerror)) from None
+    if len(data) > BUNDLE_MAX_BYTES:
+        raise BundleRefused(t("publish.refused", reason="too_large", why=reason_text("too_large")),
+                            t("publish.too_large.hint", size=len(data), max=BUNDLE_MAX_BYTES), "too_large")
+    with GatewayClient.of(settings) as gw:
+        new, bundle = gw.publish_firmware(data)
+    files = bundle.get("files")  # how many (a list of them from a gateway that lists them)
+    ui.say(t("publish.done" if new else "publish.known", id=bundle.get("id"), version=bundle.get("version"),
+             board=bundle.get("board"), files=files if isinstance(files, int) else len(files or ()),
+             size=bundle.get("size", len(data))))
+    ui.detail(t("publish.next", version=bundle.get("version")))
+    return 0
+
+
+def _counts(r: dict[str, Any]) -> str:
+    counts = r.get("counts") or {}
+    return " ".join(f"{state}={counts.get(state, 0)}" for state in ROLLOUT_STATES)
+
+
+def update(settings: Settings, version: str, percent: int, max_failed_percent: int | None, resume: bool,
+           ui: Ui, *, allow_downgrade: bool = False) -> int:
+    """Start the rollout of a published version to `percent` of the buttons it is for, or widen the
+    one under way; `resume` resumes one the gateway halted. The gateway refuses a version older than
+    one a button it would reach runs, unless `allow_downgrade`."""
+    with GatewayClient.of(settings) as gw:
+        new, r = gw.start_rollout(version, percent, max_failed_percent=max_failed_percent, resume=resume,
+                                  allow_downgrade=allow_downgrade)
+    ui.say(t("update.started" if new else "update.resumed" if resume else "update.widened", id=r.get("id"),
+             version=r.get("version", version), percent=r.get("percent", percent), targeted=r.get("targeted", "?"),
+             eligible=r.get("eligible", "?"), max_failed=r.get("max_failed_percent", "?")))
+    ui.detail(t("update.follow", id=r.get("id")))
+    return 0
+
+
+def halted_text(r: dict[str, Any]) -> str:
+    """Why a rollout stopped, in the reader's language, from the gateway's code and the rollout's
+    numbers: "2 of 5 buttons failed, more than 20%", "cancelled"."""
+    reason = r.get("halted_reason")
+    counts = r.get("counts") or {}
+    if reason == "failures":
+        of = _number(r.get("targeted")) - _number(counts.get("withdrawn"))
+        return t("rollout.reason.failures", failed=_number(counts.get("failed")), of=of,
+                 max_failed=r.get("max_failed_percent", "?"))
+    if reason == "cancelled":
+        return t("rollout.reason.cancelled")
+    return str(reason or "-")
+
+
+def _number(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def state_text(r: dict[str, Any]) -> str:
+    """A rollout's state in the reader's words (the gateway's word when it is one this CLI does not know)."""
+    state = str(r.get("state") or "-")
+    texts = {"active": t("rollout.state.active"), "halted": t("rollout.state.halted"),
+             "done": t("rollout.state.done"), "cancelled": t("rollout.state.cancelled")}
+    return texts.get(state, state)
+
+
+def rollouts_table(rollouts: list[dict[str, Any]]) -> str:
+    head = ("ID", t("table.version"), "%", t("table.state"), t("table.targeted"), t("table.counts"))
+    lines: list[tuple[Any, ...]] = [head]
+    for r in rollouts:
+        lines.append((r.get("id"), r.get("version"), r.get("percent"), state_text(r),
+                      f"{r.get('targeted', 0)}/{r.get('eligible', 0)}", _counts(r)))
+    return _columns(lines)
+
+
+def list_rollouts(settings: Settings, fmt: str, ui: Ui) -> int:
+    with GatewayClient.of(settings) as gw:
+        found = gw.rollouts()
+    if fmt == "json":
+        ui.say(json.dumps(found, indent=1))
+        return 0
+    if not found:
+        ui.say(t("rollouts.none"))
+        return 0
+    ui.say(rollouts_table(found))
+    for r in found:
+        if r.get("state") == "halted":
+            ui.say(t("rollouts.halted_line", id=r.get("id"), reason=halted_text(r)))
+    return 0
+
+
+def show_rollout(settings: Settings, rollout_id: int, fmt: str, ui: Ui) -> int:
+    with GatewayClient.of(settings) as gw:
+        r = gw.rollout(rollout_id)
+    if fmt == "json":
+        ui.say(json.dumps(r, indent=1))
+        return 0
+    ui.say(t("rollout.head", id=r.get("id"), version=r.get("version"), percent=r.get("percent"),
+             state=state_text(r), targeted=r.get("targeted", 0), eligible=r.get("eligible", 0),
+             max_failed=r.get("max_failed_percent", "?"), created=_iso(r.get("created_ms"))))
+    if r.get("state") == "halted":
+        ui.say("  " + t("rollout.halted_reason", reason=halted_text(r)))
+    elif r.get("state") == "cancelled" and r.get("halted_reason") == "failures":
+        ui.say("  " + t("rollout.cancelled_after_halt", reason=halted_text(r)))
+    ui.say("  " + _counts(r))
+    devices = r.get("devices") or []
+    if not devices:
+        ui.say("  " + t("rollout.no_devices"))
+        return 0
+    now_ms = int(time.time() * 1000)
+    lines: list[tuple[Any, ...]] = [(t("table.device"), t("table.state"), t("table.changed"), t("table.detail"))]
+    for dev in sorted(devices, key=lambda x: str(x.get("device_id"))):
+        lines.append((dev.get("device_id"), dev.get("state"), _ago(dev.get("updated_ms"), now_ms),
+                      explained(str(dev.get("detail") or "")) or "-"))
+    ui.say(_columns(lines))
+    return 0
+
+
+def cancel_rollout(settings: Settings, rollout_id: int, ui: Ui) -> int:
+    with GatewayClient.of(settings) as gw:
+        r = gw.cancel_rollout(rollout_id)
+    ui.step(t("rollout.cancelled", id=rollout_id, version=r.get("version"), state=state_text(r)))
+    return 0

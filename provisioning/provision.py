@@ -46,6 +46,7 @@ from .ui import Rollback, Ui
 from .validate import Location
 
 UNIX = "unix"
+OTA_FOLDERS = ("ota", "slot")  # lib/siagaboot.py: the boot state and staging, and the A/B slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,11 @@ def sync_firmware(board: Board, profile: BoardProfile, info: BoardInfo, settings
     """Send the firmware files that differ; returns (files sent, files in all, bytes sent, compiled)."""
     fw_dir = settings.firmware_dir or firmware_dir()
     bundle = build_bundle(profile, fw_dir, info.mpy_version, use_mpy=settings.use_mpy if use_mpy is None else use_mpy)
+    # What provisioning writes is what the board runs next: the boot state of updates over the air
+    # (lib/siagaboot.py) would otherwise keep starting a slot an earlier update installed, and the
+    # slots and a staged download only take flash.
+    for folder in OTA_FOLDERS:
+        board.wipe_folder(folder)
     if bundle.note:
         ui.warn(bundle.note)
     on_board = board.hashes([f.path for f in bundle.files] + list(bundle.stale))

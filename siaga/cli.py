@@ -462,10 +462,16 @@ def devices_set_location(**opts: Any) -> None:
 @click.option("--reconnect", help="The network reconnect backoff in ms, first and longest: \"500,5000\".")
 @click.option("--sms-fallback-s", help="Seconds without an ack before an alarm also goes by SMS, 5-3600.")
 @click.option("--sms-test-every-s", help="Seconds between backup-path test SMS, 3600-2592000, or 0 for none.")
+@click.option("--wifi", multiple=True, help="A Wi-Fi network the button tries, in the order given (1-3; they "
+                                            "replace its list). Each password is asked without echo.")
+@click.option("--wifi-password-file", multiple=True, type=click.Path(dir_okay=False),
+              help="File holding a Wi-Fi password: one per --wifi, in the same order.")
+@click.option("--wifi-password-env", multiple=True,
+              help="Environment variable holding a Wi-Fi password: one per --wifi, in the same order.")
 def devices_configure(**opts: Any) -> None:
     """Change a registered button's settings over the network: the gateway sends them to the button,
-    signed, and the button applies them and reports the version in its heartbeats (see devices show).
-    Its location: devices set-location, which sends it too."""
+    signed (Wi-Fi passwords encrypted), and the button applies them and reports the version in its
+    heartbeats (see devices show). Its location: devices set-location, which sends it too."""
     _run("devices configure", opts)
 
 
@@ -546,8 +552,8 @@ def _bundle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.group("firmware")
 def firmware_group() -> None:
-    """Signed firmware bundles for updates over the air: the fleet key, building a bundle and checking
-    one as a button would (see docs/ota.md)."""
+    """Signed firmware bundles for updates over the air: the fleet key, building a bundle, checking
+    one as a button would, and publishing it to the gateway (see docs/ota.md)."""
 
 
 @firmware_group.command("keygen")
@@ -635,6 +641,79 @@ def firmware_verify(bundle_file: str, pubs: tuple[str, ...], board: str | None, 
     click.echo(t("bundle.verified", path=bundle_file, version=manifest["version"], board=manifest["board"],
                  files=len(manifest["files"]), key_id=manifest["key"]), err=True)
     click.echo(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+
+@firmware_group.command("publish")
+@_provisioning_config
+@_token_option
+@click.argument("bundle_file", type=click.Path(dir_okay=False))
+def firmware_publish(**opts: Any) -> None:
+    """Upload a signed bundle to the gateway, which checks it against its fleet keys and keeps it for
+    rollouts (siaga fleet update). Prints its id, version and board; a refused bundle prints the
+    reason and exits 2."""
+    _run("firmware publish", opts)
+
+
+# -- rollouts of published firmware (docs/technician.md); the work is in siaga.provisioning.fleet -------
+
+@main.group("fleet")
+def fleet_group() -> None:
+    """Firmware updates over the air: start or widen a rollout, follow it, cancel it.
+
+    Each one uses the gateway's admin API, with your own token (--token-file or $SIAGA_TOKEN) as for
+    siaga devices.
+    """
+
+
+@fleet_group.command("update")
+@_provisioning_config
+@_token_option
+@click.option("--version", "version", required=True,
+              help='The published firmware version to roll out, e.g. "0.3.0" (siaga firmware publish).')
+@click.option("--percent", required=True, type=click.IntRange(1, 100),
+              help="The share of the buttons of that version's boards to offer it to, 1-100; run again with a "
+                   "higher one to widen the rollout.")
+@click.option("--max-failed-percent", type=click.IntRange(0, 100),
+              help="Halt the rollout when more than this share of the buttons offered it fail [default: the "
+                   "gateway's [ota] max_failed_percent].")
+@click.option("--resume", is_flag=True, help="Resume a rollout the gateway halted, once the cause is fixed.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Roll the version out even to buttons that run a newer one (the gateway refuses otherwise).")
+def fleet_update(**opts: Any) -> None:
+    """Start the rollout of a published firmware version, or widen the one under way. A halted rollout
+    is refused (exit 6) until it is resumed with --resume."""
+    _run("fleet update", opts)
+
+
+@fleet_group.command("rollouts")
+@_provisioning_config
+@_token_option
+@click.option("--format", "format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def fleet_rollouts(**opts: Any) -> None:
+    """Every rollout: version, percent, state and how many of its buttons are in each state."""
+    _run("fleet rollouts", opts)
+
+
+@fleet_group.command("rollout")
+@_provisioning_config
+@_token_option
+@click.argument("rollout_id", type=click.IntRange(1))
+@click.option("--format", "format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def fleet_rollout(**opts: Any) -> None:
+    """One rollout and the state of each of its buttons, with the reason of each failure."""
+    _run("fleet rollout", opts)
+
+
+@fleet_group.command("cancel")
+@_provisioning_config
+@_token_option
+@click.argument("rollout_id", type=click.IntRange(1))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def fleet_cancel(**opts: Any) -> None:
+    """Cancel a rollout: the gateway offers it to no more buttons; buttons already updated keep the new
+    firmware."""
+    _run("fleet cancel", opts)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ class Rig:
         self.gateway.register(device_id, creds.secret_hex, **PLACE)
         return creds
 
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.gateway.url}{path}", headers=self.gateway.admin_headers, timeout=5,
-                             **kwargs)
+    def api(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.gateway.url}{path}", headers={**self.gateway.admin_headers,
+                                                                          **(headers or {})}, timeout=5, **kwargs)
 
     def config_state(self, device_id: str) -> dict[str, Any]:
         resp = self.api("GET", f"/api/v1/devices/{device_id}")
@@ -226,3 +226,147 @@ def test_the_codec_takes_heartbeats_with_and_without_the_config_fields() -> None
     for bad in ({"cfg": -1}, {"cfg": True}, {"cfg": 2**31}, {"cfg": 1, "cfg_bad": "4"}):
         refused = decode(bad)
         assert isinstance(refused, codec.Reject) and refused.reason is codec.RejectReason.MALFORMED, bad
+
+
+# ---- Wi-Fi networks, encrypted (docs/protocol.md §10.2) ------------------------------------------------
+
+PASSWORDS = ("kunci-rahasia-lantai-2", "Sandi Kelurahan #7 (cadangan)")
+NETWORKS = [{"ssid": "kelurahan-menteng", "password": PASSWORDS[0]},
+            {"ssid": "Pos Ronda RW 03", "password": PASSWORDS[1]},
+            {"ssid": "warung-terbuka", "password": ""}]
+SHOWN = [{"ssid": "kelurahan-menteng", "password_set": True}, {"ssid": "Pos Ronda RW 03", "password_set": True},
+         {"ssid": "warung-terbuka", "password_set": False}]
+
+
+def raw_config(port: int, creds: DeviceCredentials) -> tuple[bool, bytes]:
+    """The retained payload on the device's config topic, bytes as the broker keeps them."""
+    got: queue.Queue[tuple[bool, bytes]] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=creds.device_id + "-raw", protocol=mqtt.MQTTv311)
+    client.username_pw_set(creds.device_id, creds.mqtt_password)
+    client.on_message = lambda _c, _u, msg: got.put((msg.retain, bytes(msg.payload)))
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    try:
+        client.subscribe(proto.topic(creds.device_id, "config"), qos=1)
+        return got.get(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def assert_no_password(text: str | bytes) -> None:
+    data = text if isinstance(text, bytes) else text.encode()
+    for p in PASSWORDS:
+        assert p.encode() not in data and p.encode().hex().encode() not in data
+
+
+def test_wifi_networks_go_to_the_button_encrypted_and_are_never_shown(rig: Rig) -> None:
+    creds = rig.device("cfg-051")
+    resp = rig.api("PUT", "/api/v1/devices/cfg-051/config", json={"wifi": {"networks": NETWORKS}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["config"]["desired"] == {"wifi": {"networks": SHOWN}}
+    assert_no_password(resp.text)
+
+    retained, payload = raw_config(rig.broker.port, creds)
+    assert retained
+    assert_no_password(payload)            # what the broker keeps on its disk
+    body = json.loads(proto.Signer(bytes.fromhex(creds.secret_hex)).open(payload) or b"null")
+    sealed = body["set"]["wifi"]
+    assert set(sealed) == {"nonce", "ct"} and len(sealed["nonce"]) == 32
+    # Decrypted with the device's secret (the button's own code), and with another: nothing readable.
+    assert codec.open_wifi(bytes.fromhex(creds.secret_hex), sealed) == NETWORKS
+    with pytest.raises(ValueError, match="wifi: ") as refused:
+        codec.open_wifi(secrets.token_bytes(32), sealed)
+    assert_no_password(str(refused.value))
+
+    # The same list again is no new version; a restart publishes it again under a fresh nonce.
+    rig.api("PUT", "/api/v1/devices/cfg-051/config", json={"wifi": {"networks": NETWORKS}}).raise_for_status()
+    assert rig.config_state("cfg-051")["version"] == 1
+    rig.gateway.stop()
+    rig.gateway.start()
+    wait_for(lambda: raw_config(rig.broker.port, creds)[1] != payload, 10, "published again")
+    again = json.loads(proto.Signer(bytes.fromhex(creds.secret_hex)).open(raw_config(rig.broker.port, creds)[1])
+                       or b"null")
+    assert again["ver"] == 1 and again["set"]["wifi"]["nonce"] != sealed["nonce"]
+    assert codec.open_wifi(bytes.fromhex(creds.secret_hex), again["set"]["wifi"]) == NETWORKS
+
+    # A changed password makes a version; neither the API, the change log nor the gateway's log has it.
+    changed = [dict(NETWORKS[0], password="kunci-baru-lantai-3"), NETWORKS[1]]
+    rig.api("PUT", "/api/v1/devices/cfg-051/config", json={"wifi": {"networks": changed}}).raise_for_status()
+    assert rig.config_state("cfg-051")["desired"] == {"wifi": {"networks": SHOWN[:2]}}
+    changes = rig.api("GET", "/api/v1/fleet/changes", params={"device_id": "cfg-051"})
+    assert [c["detail"]["version"] for c in changes.json() if c["action"] == "configure"] == [2, 1]
+    assert changes.json()[1]["detail"]["wifi"] == [None, {"networks": SHOWN}]
+    for text in (changes.text, rig.api("GET", "/api/v1/devices").text, rig.api("GET", "/api/v1/audit").text,
+                 rig.gateway.log()):
+        assert_no_password(text)
+        assert "kunci-baru-lantai-3" not in text
+
+
+def test_wifi_networks_out_of_bounds_or_too_large_for_a_frame_are_refused(rig: Rig) -> None:
+    rig.device("cfg-061")
+    net = {"ssid": "kelurahan", "password": "12345678"}
+    for bad in ({"wifi": {"networks": []}}, {"wifi": {"networks": [net] * 4}}, {"wifi": {}},
+                {"wifi": {"networks": [{"ssid": "", "password": "12345678"}]}},
+                {"wifi": {"networks": [{"ssid": "x" * 33, "password": "12345678"}]}},
+                {"wifi": {"networks": [{"ssid": "é" * 17, "password": "12345678"}]}},   # 34 bytes
+                {"wifi": {"networks": [{"ssid": "kelurahan", "password": "1234567"}]}},
+                {"wifi": {"networks": [{"ssid": "kelurahan", "password": "x" * 64}]}},
+                {"wifi": {"networks": [{"ssid": "kelurahan"}]}},
+                {"wifi": {"networks": [{**net, "hidden": True}]}},
+                {"wifi": {"networks": [net], "ssid": "kelurahan"}}):
+        resp = rig.api("PUT", "/api/v1/devices/cfg-061/config", json=bad)
+        assert resp.status_code == 422, (bad, resp.text)
+    # Three networks at their longest, with a long address: more than one frame holds.
+    rig.api("PUT", "/api/v1/devices/cfg-061/config", json={"loc": {**loc_of(-6.2, 106.8, "J" * 200, "31.71")}}
+            ).raise_for_status()
+    longest = [{"ssid": f"{i}" * 32, "password": "a1" * 32} for i in range(3)]
+    resp = rig.api("PUT", "/api/v1/devices/cfg-061/config", json={"wifi": {"networks": longest}},
+                   headers={"Accept-Language": "id"})
+    assert resp.status_code == 409, resp.text
+    assert "bytes" in resp.json()["detail"] and "bingkai" in resp.json()["message"]
+    assert rig.config_state("cfg-061")["version"] == 1
+    # Long ones fit with a short address; a long one given later is refused in its turn, before the registry
+    # changes.
+    rig.api("PATCH", "/api/v1/devices/cfg-061", json={"address": "Jl. Kebon Sirih 1"}).raise_for_status()
+    long = [{"ssid": f"{i}" * 32, "password": "b" * 40} for i in range(3)]
+    rig.api("PUT", "/api/v1/devices/cfg-061/config", json={"wifi": {"networks": long}}).raise_for_status()
+    resp = rig.api("PATCH", "/api/v1/devices/cfg-061", json={"address": "J" * 200})
+    assert resp.status_code == 409 and "bytes" in resp.json()["detail"], resp.text
+    assert rig.config_state("cfg-061")["version"] == 3
+    assert rig.api("GET", "/api/v1/devices/cfg-061").json()["address"] == "Jl. Kebon Sirih 1"
+    # Without a location the longest fit, at the longest device id and version.
+    assert len(codec.encode_config(bytes(32), "x" * 32, codec.CONFIG_VER_MAX, {"wifi": {"networks": longest}})) \
+        <= codec.MAX_FRAME
+
+
+def test_siaga_devices_configure_wifi_takes_passwords_from_files_or_the_environment(rig: Rig, tmp_path: Path) -> None:
+    creds = rig.device("cfg-071")
+    prov = provisioning_config(tmp_path, gateway_url=rig.gateway.url, admin_token=rig.gateway.admin_token,
+                               broker_port=1883, password_file=None, broker_pid=None, wifi_password=None)
+    cfg = ["--config", str(prov)]
+    no_password = siaga("--lang", "en", "devices", "configure", "cfg-071", *cfg, "--wifi", "kelurahan-menteng",
+                        timeout_s=60)
+    assert no_password.returncode != 0 and "--wifi-password-file" in no_password.stderr
+    first = tmp_path / "first.txt"
+    first.write_text(PASSWORDS[0] + "\n")
+    done = siaga("--lang", "en", "devices", "configure", "cfg-071", *cfg, "--wifi", "kelurahan-menteng",
+                 "--wifi", "Pos Ronda RW 03", "--wifi-password-env", "FIRST", "--wifi-password-env", "SECOND",
+                 env={"FIRST": PASSWORDS[0], "SECOND": PASSWORDS[1]}, timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    assert "configuration version 1 sent" in done.stdout
+    assert_no_password(done.stdout + done.stderr)
+    assert rig.config_state("cfg-071")["desired"] == {"wifi": {"networks": SHOWN[:2]}}
+    body = json.loads(proto.Signer(bytes.fromhex(creds.secret_hex)).open(raw_config(rig.broker.port, creds)[1])
+                      or b"null")
+    assert codec.open_wifi(bytes.fromhex(creds.secret_hex), body["set"]["wifi"]) == NETWORKS[:2]
+    by_file = siaga("--lang", "en", "devices", "configure", "cfg-071", *cfg, "--wifi", "kelurahan-menteng",
+                    "--wifi-password-file", str(first), timeout_s=60)
+    assert by_file.returncode == 0, by_file.stderr
+    assert rig.config_state("cfg-071")["desired"] == {"wifi": {"networks": SHOWN[:1]}}
+    mismatch = siaga("--lang", "en", "devices", "configure", "cfg-071", *cfg, "--wifi", "a-net", "--wifi", "b-net",
+                     "--wifi-password-file", str(first), timeout_s=60)
+    assert mismatch.returncode != 0 and "2 --wifi networks but 1 passwords" in mismatch.stderr
+    shown = siaga("--lang", "en", "devices", "show", "cfg-071", *cfg, timeout_s=60)
+    assert_no_password(shown.stdout + shown.stderr)
+    assert rig.config_state("cfg-071")["version"] == 2

@@ -128,6 +128,12 @@ def test_reprovision_sends_only_the_files_that_changed(system: System, tmp_path:
         (root / "lib" / "siagafw" / "proto.mpy").unlink()
         (root / "lib" / "siagafw" / "proto.py").write_text("# a stale source would shadow the .mpy\n")
         (root / "lib" / "siagafw" / "retired.mpy").write_bytes(b"M\x06old module")
+        # An update over the air had installed a version in slot a and put it on trial.
+        (root / "slot" / "a" / "lib" / "siagafw").mkdir(parents=True)
+        (root / "slot" / "a" / "start.mpy").write_bytes(b"M\x06newer")
+        (root / "slot" / "a" / "lib" / "siagafw" / "app.mpy").write_bytes(b"M\x06newer")
+        (root / "ota").mkdir()
+        (root / "ota" / "boot.json").write_text('{"run": "a", "prev": "factory", "trial": true, "tries": 1}')
 
         refused = provision(cfg, board.port)
         assert refused.returncode == 2
@@ -135,10 +141,13 @@ def test_reprovision_sends_only_the_files_that_changed(system: System, tmp_path:
 
         second = provision(cfg, board.port, "--force")
         assert second.returncode == 0, second.stdout + second.stderr
-    total = len(CORE_MODULES) + 2  # the core plus main.py and hal of the unix board
+    total = len(CORE_MODULES) + 4  # the core, the unix board's main.py (the loader), hal and start, and lib/siagaboot
     assert f"sent 1 of {total} files" in second.stdout and "2 removed" in second.stdout
     assert not (root / "lib" / "siagafw" / "proto.py").exists()
     assert not (root / "lib" / "siagafw" / "retired.mpy").exists()
+    # Provisioning's firmware is what runs next: the boot state and the slots are gone.
+    assert not (root / "ota" / "boot.json").exists()
+    assert [p for p in (root / "slot").rglob("*") if p.is_file()] == []
     assert json.loads((root / "config.json").read_text())["dev"] == "jkt-gambir-0002"
     # A new identity starts a new sequence: the old one's counter and outbox are gone.
     assert "EVT boot dev=jkt-gambir-0002 next_seq=0" in board.text()

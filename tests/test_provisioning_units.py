@@ -460,10 +460,12 @@ def test_set_location_is_a_command_of_the_table_and_the_cli_names_the_same_varia
 
     assert commands.COMMANDS["devices set-location"] is commands.cmd_set_location
     assert cli.TOKEN_ENV == settings.TOKEN_ENV
-    names = {f"devices {name}" for name in cli.devices.commands} | {"provision"}
+    names = ({f"devices {n}" for n in cli.devices.commands} | {"provision", "firmware publish"}
+             | {f"fleet {n}" for n in cli.fleet_group.commands})
     assert names == set(commands.COMMANDS)
     for name in names:
-        command = cli.main.commands["provision"] if name == "provision" else cli.devices.commands[name.split()[1]]
+        group, _, sub = name.partition(" ")
+        command = cli.main.commands[group].commands[sub] if sub else cli.main.commands[group]
         assert "token_file" in {p.name for p in command.params}, name
 
 

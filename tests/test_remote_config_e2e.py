@@ -72,3 +72,24 @@ def test_a_location_corrected_at_the_gateway_reaches_the_button_and_its_next_ala
         db.close()
     assert stored[first][:2] == (pytest.approx(-6.175392), pytest.approx(106.827153))
     assert stored[second] == (pytest.approx(-6.2), pytest.approx(106.816666), NEW_PLACE["address"])
+
+
+def test_wifi_networks_set_at_the_gateway_reach_the_button_encrypted(system: System, tmp_path: Path) -> None:
+    creds, fw = button(system, tmp_path, "jkt-cfg-wifi-01")
+    networks = [{"ssid": "kelurahan-menteng", "password": "kunci-rahasia-lantai-2"},
+                {"ssid": "Pos Ronda RW 03", "password": ""}]
+    with fw:
+        fw.expect("EVT connected")
+        resp = httpx.put(f"{system.gateway.url}/api/v1/devices/{creds.device_id}/config",
+                         headers=system.gateway.admin_headers, json={"wifi": {"networks": networks}}, timeout=5)
+        assert resp.status_code == 200, resp.text
+        assert fw.expect("EVT config_applied", timeout_s=15) == "EVT config_applied ver=1 keys=wifi"
+        wait_for(lambda: device_state(system, creds.device_id)["config"]["applied"] == 1, 15,
+                 "the gateway sees the config applied")
+        assert not [line for line in fw.history if "kunci-rahasia" in line]
+    # The button's own config file holds the networks (the unix port has no radio to try them on).
+    kept = json.loads((tmp_path / creds.device_id / "config.json").read_text())
+    assert kept["wifi"]["networks"] == networks
+    state = device_state(system, creds.device_id)
+    assert state["config"]["desired"] == {"wifi": {"networks": [{"ssid": "kelurahan-menteng", "password_set": True},
+                                                                {"ssid": "Pos Ronda RW 03", "password_set": False}]}}

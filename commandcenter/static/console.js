@@ -49,6 +49,11 @@
     en_route_at: "dispatch.time.en_route", on_scene_at: "dispatch.time.on_scene", done_at: "dispatch.time.done",
     declined_at: "dispatch.time.declined",
   };
+  // A rollout's state, and its buttons' states, as the gateway reports them (docs/protocol.md §11).
+  const ROLLOUT_STATE_KEYS = {
+    active: "firmware.state.active", halted: "firmware.state.halted", done: "firmware.state.done",
+    cancelled: "firmware.state.cancelled",
+  };
   const LOCALES = {id: "id-ID", en: "en-GB"};
   const REFERRAL_CHANNEL = "LAPOR!"; // the city's complaint channel: a name, the same in both languages
   const STATE_COLORS = {new: "#ef4444", acknowledged: "#f59e0b", dispatched: "#3b82f6"};
@@ -85,6 +90,7 @@
     shift: undefined, // the person's open shift; null: none; undefined: not known (or no shifts here)
     onDuty: [],
     faultsShown: false,
+    gateways: [], // the gateways' latest reports (GET /api/v1/gateways): the banner and the firmware panel
   };
 
   const $ = (id) => document.getElementById(id);
@@ -164,7 +170,10 @@
     tick();
     loadPlumbing();
     drawShift();
-    if (!$("view-devices").hidden) loadFaults().catch((e) => toast(e.message, true));
+    if (!$("view-devices").hidden) {
+      loadFaults().catch((e) => toast(e.message, true));
+      drawFirmware();
+    }
     if (!$("view-supervisor").hidden) loadSupervisor().catch((e) => toast(e.message, true));
   }
 
@@ -1239,6 +1248,8 @@
     banner.hidden = silent.length + unlinked.length + smsDown.length === 0;
     document.body.dataset.gatewaysSilent = String(silent.length);
     document.body.dataset.gatewaysSmsDown = String(smsDown.length);
+    state.gateways = answer.gateways;
+    if (!$("view-devices").hidden) drawFirmware();
   }
 
   function tick() {
@@ -1360,6 +1371,65 @@
       body.append(tr);
     }
     $("faults-empty").hidden = faults.length > 0;
+  }
+
+  /** The buttons' firmware, from the gateways' latest reports: the versions in service and the latest
+   *  rollouts. The instances of one gateway id share its registry, so its latest report stands for it. */
+  function drawFirmware() {
+    const latest = new Map();
+    for (const g of state.gateways.filter((x) => x.firmware)) {
+      const seen = latest.get(g.gateway_id);
+      if (!seen || Date.parse(g.last_report_at) > Date.parse(seen.last_report_at)) latest.set(g.gateway_id, g);
+    }
+    const shown = [...latest.values()].sort((a, b) => a.gateway_id.localeCompare(b.gateway_id));
+    $("firmware-section").hidden = shown.length === 0;
+    document.body.dataset.firmwareRollouts = String(shown.reduce((n, g) => n + g.firmware.rollouts.length, 0));
+    if (!shown.length) return;
+    const versions = [];
+    const rollouts = [];
+    for (const g of shown) {
+      const inService = Object.entries(g.firmware.versions).sort((a, b) => b[1] - a[1]);
+      for (const [version, count] of inService) versions.push([g.gateway_id, version, count]);
+      for (const r of g.firmware.rollouts) rollouts.push([g.gateway_id, r]);
+    }
+    table("firmware-versions", ["col.gateway", "col.version", "col.buttons"], versions, "firmware.no_versions");
+    table("firmware-rollouts", ["col.gateway", "col.version", "col.percent", "col.state", "col.buttons_by_state"],
+      rollouts.map(([gatewayId, r]) => [gatewayId, r.version, `${r.percent} %`, rolloutState(r), rolloutCounts(r)]),
+      "firmware.no_rollouts");
+    for (const [i, [, r]] of rollouts.entries()) {
+      const row = $("firmware-rollouts").tBodies[0].rows[i];
+      row.className = `rollout-${r.state}`;
+      row.dataset.rollout = String(r.id);
+    }
+  }
+
+  function rolloutState(r) {
+    const cell = el("span");
+    cell.append(ROLLOUT_STATE_KEYS[r.state] ? el("span", "rollout-state", t(ROLLOUT_STATE_KEYS[r.state]))
+      : val("span", "rollout-state", r.state));
+    if (r.state === "halted" || r.state === "cancelled") cell.append(haltedReason(r));
+    return cell;
+  }
+
+  /** Why a rollout stopped, in the reader's words: the gateway sends a code and its numbers (a gateway
+   *  of an older release sent a sentence, shown as it is). */
+  function haltedReason(r) {
+    const c = r.counts;
+    if (r.halted_reason === "failures") {
+      return el("div", "rollout-reason", t("firmware.halted.failures", {failed: c.failed,
+        of: Math.max(0, r.targeted - c.withdrawn), limit: r.max_failed_percent === null ? "–" : r.max_failed_percent}));
+    }
+    if (r.halted_reason === "cancelled") return el("div", "rollout-reason", t("firmware.halted.cancelled"));
+    return val("div", "rollout-reason", r.halted_reason || "–");
+  }
+
+  function rolloutCounts(r) {
+    const c = r.counts;
+    const cell = el("span");
+    cell.append(el("div", null, t("firmware.targeted", {targeted: r.targeted, eligible: r.eligible})),
+      el("div", "rollout-counts", t("firmware.counts", {offered: c.offered, downloading: c.downloading,
+        installed: c.installed, updated: c.updated, failed: c.failed, withdrawn: c.withdrawn})));
+    return cell;
   }
 
   // ---- supervisor -------------------------------------------------------------------------------
@@ -1495,7 +1565,10 @@
   function showView(name) {
     for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === name);
     for (const v of ["incidents", "devices", "supervisor"]) $(`view-${v}`).hidden = v !== name;
-    if (name === "devices") loadFaults().catch((e) => toast(e.message, true));
+    if (name === "devices") {
+      loadFaults().catch((e) => toast(e.message, true));
+      drawFirmware();
+    }
     if (name === "supervisor") loadSupervisor().catch((e) => toast(e.message, true));
     if (name === "incidents" && state.map) setTimeout(() => state.map.invalidateSize(), 0);
   }

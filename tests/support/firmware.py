@@ -33,9 +33,9 @@ def micropython_binary() -> str:
     return found
 
 
-def micropython_env() -> dict[str, str]:
+def micropython_env(lib: Path = FIRMWARE_LIB, board: Path = UNIX_BOARD) -> dict[str, str]:
     # ".frozen" keeps the modules frozen into the interpreter (ssl among them) importable.
-    return {**os.environ, "MICROPYPATH": f".frozen:{FIRMWARE_LIB}:{UNIX_BOARD}"}
+    return {**os.environ, "MICROPYPATH": f".frozen:{lib}:{board}"}
 
 
 def device_config(device_id: str, secret_hex: str, mqtt_port: int, mqtt_password: str, **extra: object) -> dict:
@@ -63,10 +63,26 @@ class FirmwareProcess:
 
     With outputs=True the fake HAL also prints the LED and buzzer levels ("OUT <led> <buzzer>
     <status>"). start() after kill() is a reboot: same flash, same config.
+
+    With reboot=True the process is started again whenever it ends on its own, as a board resets:
+    status 3 from the fake HAL's reset() (an update installed, a trial failed), or a crash. Each
+    such end adds a line "EXIT <status>" to the lines and the status to `exits`. kill() (a power
+    cut) and stop() do not restart it.
     """
 
-    def __init__(self, workdir: Path, config: dict, *, outputs: bool = False) -> None:
+    def __init__(self, workdir: Path, config: dict, *, outputs: bool = False, reboot: bool = False,
+                 heap_kb: int | None = None, lib: Path = FIRMWARE_LIB, board: Path = UNIX_BOARD) -> None:
+        """heap_kb: the interpreter's heap (micropython -X heapsize=); lib and board: where the
+        firmware as provisioned (the factory slot) is imported from, .py or .mpy (board holds the
+        loader, main.py, which runs as a script: its folder comes first on sys.path)."""
         self.outputs = outputs
+        self.reboot = reboot
+        self.heap_kb = heap_kb
+        self.lib = lib
+        self.board = board
+        self.exits: list[int] = []
+        self._stopping = False
+        self._lock = threading.RLock()
         self.workdir = workdir
         self.flash = workdir / "flash"
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -78,24 +94,46 @@ class FirmwareProcess:
         self._pump_thread: threading.Thread | None = None
 
     def start(self) -> FirmwareProcess:
+        with self._lock:
+            self._stopping = False
+            self._spawn()
+        return self
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [micropython_binary(), str(UNIX_BOARD / "main.py"), str(self.config_path), str(self.flash),
+            [micropython_binary(), *(["-X", f"heapsize={self.heap_kb}k"] if self.heap_kb else []),
+             str(self.board / "main.py"), str(self.config_path), str(self.flash),
              *(["outputs"] if self.outputs else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=micropython_env(), bufsize=1)
+            env=micropython_env(self.lib, self.board), bufsize=1)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
-        return self
 
     def _pump(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.lines.put(line.rstrip("\n"))
+        if not self.reboot:
+            return
+        code = proc.wait()
+        with self._lock:
+            if self._stopping or proc is not self.proc:
+                return
+            self.exits.append(code)
+            self.lines.put(f"EXIT {code}")
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+            self._spawn()
 
     def send(self, command: str) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        with self._lock:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
 
     def hold(self, ms: int, button: str = "sos") -> None:
         self.send(f"press {button}")
@@ -148,12 +186,16 @@ class FirmwareProcess:
 
     def kill(self) -> None:
         """SIGKILL, like a power cut: nothing on the device gets to run."""
+        with self._lock:
+            self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
         self._close_pipes()
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.send("quit")

@@ -86,8 +86,12 @@ class System:
 
 def start_system(tmp_path: Path, broker: MosquittoProcess, *, gateway_settings: str = "",
                  extra_toml: str = "", mqtt_settings: str = "", sms_settings: str = "",
-                 cc_settings: str = "") -> Iterator[System]:
+                 cc_settings: str = "", ota_settings: str = "") -> Iterator[System]:
+    """ota_settings: the lines of an [ota] table (firmware over the air: keys = [...], ...), none
+    without them."""
     gw_port, callback_token = free_port(), secrets.token_urlsafe(24)
+    if ota_settings:
+        extra_toml = f"{extra_toml}\n[ota]\n{ota_settings}\n"
     cc = CommandCenterProcess(tmp_path, gateway_url=f"http://127.0.0.1:{gw_port}", gateway_token=callback_token)
     gateway = GatewayProcess(tmp_path, mqtt_port=broker.port, mqtt_password=broker.gateway_password,
                              cc_url=cc.url, cc_token=cc.intake_token, port=gw_port, callback_token=callback_token,

@@ -40,11 +40,14 @@ EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
 class WifiLink:
-    """Station mode that reconnects by itself, with backoff; up() never blocks."""
+    """Station mode that reconnects by itself, with backoff; up() never blocks. It tries its
+    networks ((ssid, password) pairs) in order: after an association attempt that did not succeed
+    by the next backoff step it moves to the next network, and it stays on one that works."""
 
-    def __init__(self, ssid, password, power_save=False):
-        self.ssid = ssid
-        self.password = password
+    def __init__(self, networks, power_save=False):
+        self.networks = networks
+        self._i = 0                   # the network tried last (or in use)
+        self._tried = False           # an attempt on it has not succeeded yet
         self.wlan = network.WLAN(network.STA_IF)
         self.wlan.active(True)
         self.configure(power_save)
@@ -55,21 +58,46 @@ class WifiLink:
     def configure(self, power_save):
         """Board-specific radio settings (overridden per board)."""
 
+    def use(self, networks):
+        """A new network list (a remote configuration): tried from the next attempt on. The
+        network in use stays if the list still has it; if not, the station leaves it at once."""
+        current = self.networks[self._i][0] if self.networks else None
+        self.networks = networks
+        self._tried = False
+        for i in range(len(networks)):
+            if networks[i][0] == current:
+                self._i = i
+                return
+        self._i = 0
+        self._next_try = time.ticks_ms()
+        if self._was_up or self.wlan.isconnected():
+            self._was_up = False
+            try:
+                self.wlan.disconnect()
+            except OSError:
+                pass
+            self._backoff.reset()
+
     def up(self):
         if self.wlan.isconnected():
             if not self._was_up:
                 self._was_up = True
+                self._tried = False
                 self._backoff.reset()
             return True
         self._was_up = False
         now = time.ticks_ms()
-        if ticks_diff(now, self._next_try) >= 0:
+        if ticks_diff(now, self._next_try) >= 0 and self.networks:
             self._next_try = ticks_add(now, self._backoff.next_ms())
+            if self._tried:
+                self._i = (self._i + 1) % len(self.networks)  # the last attempt failed: the next one
+            self._tried = True
+            ssid, password = self.networks[self._i]
             try:
                 # A connect() while the station is still connecting fails with "Wifi Internal
                 # Error" on the ESP32 (micropython/micropython#7139, #17661): disconnect first.
                 self.wlan.disconnect()
-                self.wlan.connect(self.ssid, self.password)
+                self.wlan.connect(ssid, password)
             except OSError:
                 pass  # tried again at the next backoff step
         return False
@@ -159,7 +187,8 @@ class BoardHal:
         else:
             self._buzzer = Pin(pins["buzzer"], Pin.OUT, value=0)
         wifi = cfg.get("wifi", {})
-        self.wifi = self.wifi_class(wifi.get("ssid", ""), wifi.get("password", ""), wifi.get("power_save", False))
+        self._wifi_cfg = wifi
+        self.wifi = self.wifi_class(_networks(wifi), wifi.get("power_save", False))
         ntp = cfg.get("ntp", "pool.ntp.org")
         self._clock = ClockSync(ntp) if ntp else None
         # Pin.irq latch: each button's handler records the ticks of its last edge, so a press
@@ -256,6 +285,11 @@ class BoardHal:
             self._clock.step(self.dns_server())
         return up
 
+    def wifi_networks(self, nets):
+        """A remote configuration's network list (siagafw/remote.py), as the config file has it."""
+        self.wifi.use(_networks({"networks": nets, "ssid": self._wifi_cfg.get("ssid"),
+                                 "password": self._wifi_cfg.get("password", "")}))
+
     def dns_server(self):
         """The DNS server DHCP gave the station, or None (not connected, or none given)."""
         if not self.wifi.wlan.isconnected():
@@ -292,6 +326,23 @@ class BoardHal:
         if self._wdt is not None:
             self._wdt.feed()
 
+    def reset(self, why=""):
+        """Restart the board (an update installed, or its trial failed): boot.py, then main.py."""
+        self.event("reset", why)
+        machine.reset()
+
+
+def _networks(wifi):
+    """The (ssid, password) pairs to try, in order: a remote configuration's wifi.networks first
+    (protocol.md §10.2), then the network the technician provisioned (wifi.ssid), unless the list
+    already names it. The provisioned one stays the last resort: a remote list with a mistake in it
+    must not take a button off the air until someone climbs the pole."""
+    out = [(n["ssid"], n["password"]) for n in (wifi.get("networks") or ())]
+    ssid = wifi.get("ssid")
+    if ssid and all(s != ssid for s, _ in out):
+        out.append((ssid, wifi.get("password", "")))
+    return out
+
 
 def _fault_blink(led_pin, seconds):
     """No usable config: blink the fault pattern and wait for a technician (no watchdog yet)."""
@@ -327,7 +378,13 @@ def _forget(package, name):
 
 def run(hal_class, pins):
     """The board's main loop: load the config, start the watchdog, step the core for ever."""
-    time.sleep_ms(BOOT_GRACE_MS)
+    # The reset into a version just installed (its first trial boot) skips the grace: the button is
+    # off the air for its boot time, and a technician still has the window at every later boot.
+    import siagaboot
+
+    boot = siagaboot.state("")
+    if not (boot["trial"] and boot["tries"] <= 1):
+        time.sleep_ms(BOOT_GRACE_MS)
     try:
         cfg = _load_config(hal_class.BOARD)
     except (OSError, ValueError) as exc:
@@ -345,7 +402,7 @@ def run(hal_class, pins):
         pass  # exists
     hal = hal_class(cfg, pins)
     gc.collect()
-    dev = Device(hal, cfg, STATE_DIR, CONFIG_PATH, hal_class.BOARD)
+    dev = Device(hal, cfg, STATE_DIR, CONFIG_PATH, hal_class.BOARD, root="")  # slots under /slot
     gc.collect()
     hal.start_watchdog(cfg.get("watchdog_ms"))
     hal.event("boot", "dev=%s next_seq=%d fw=%s reset_cause=%d free=%d" % (

@@ -8,3 +8,6 @@ package("siagafw", base_path="../../lib")  # noqa: F821
 module("shell.py", base_path="../common")  # noqa: F821
 module("hal.py")  # noqa: F821
 module("pins.py")  # noqa: F821
+module("start.py")  # noqa: F821
+# The boot code too; an update's slot still comes first on sys.path (boards/common/main.py).
+module("siagaboot.py", base_path="../../lib")  # noqa: F821

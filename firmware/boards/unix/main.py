@@ -1,42 +1,17 @@
-# Entry point under the MicroPython unix port (tests, benchmarks):
-#   MICROPYPATH=<firmware/lib>:<firmware/boards/unix> micropython main.py <config.json> <state dir> [outputs]
-# With "outputs" the fake HAL also prints the LED/buzzer levels. mqtt.tls.ca in the config turns on
-# TLS exactly as on the boards.
+# Loader under the MicroPython unix port (tests, benchmarks): the boot code's choice first, then the
+# firmware's entry point, start.py (docs/firmware.md, "Updates over the air"):
+#   MICROPYPATH=<firmware/lib>:<firmware/boards/unix> micropython main.py <config.json> <flash dir> [outputs]
+# The flash directory stands for the board's root: the boot state and the slots an update writes
+# live there. This file is boot code: never part of a bundle, written by provisioning only.
 import sys
 
-from hal import FakeHal
-from siagafw.app import FIRMWARE_VERSION, Device
-from siagafw.config import load_config
+import siagaboot
 
-
-def main():
-    with open(sys.argv[1]) as f:
-        cfg = load_config(f.read(), "unix")
-    tls = cfg["mqtt"].get("tls")
-    ssl_wrap = None
-    if tls:
-        from siagafw.tls import make_ssl_wrap
-
-        ssl_wrap = make_ssl_wrap(tls["ca"], tls.get("server_hostname", cfg["mqtt"]["host"]))
-    hal = FakeHal(ssl_wrap, len(sys.argv) > 3 and sys.argv[3] == "outputs")
-    sms = cfg.get("sms")
-    if sms and sms.get("device"):
-        hal.open_modem(sms["device"])  # before Device(): it looks for modem_read
-    dev = Device(hal, cfg, sys.argv[2], sys.argv[1], "unix")  # a remote configuration rewrites argv[1]
-    hal.event("boot", "dev=%s next_seq=%d fw=%s" % (cfg["dev"], dev.seqs.peek(), FIRMWARE_VERSION))
-    while not hal.quit:
-        hal.read_commands()
-        if hal.test_requested:
-            hal.test_requested = False
-            dev.raise_alarm(test=True)
-        if hal.sms_test_requested:
-            hal.sms_test_requested = False
-            dev.sms_test()
-        if hal.stats_requested:
-            hal.stats_requested = False
-            hal.event("stats", dev.stats())
-        dev.step()
-    dev.mqtt.disconnect()
-
-
-main()
+try:
+    d = siagaboot.boot(sys.argv[2])
+except Exception as exc:  # noqa: BLE001 - a flash fault must not stop the button: the factory runs
+    print("EVT boot_fault %s" % exc)
+    d = None
+if d:
+    sys.path[0:0] = [d, d + "/lib"]
+import start  # noqa: E402,F401 - runs the firmware

@@ -30,9 +30,15 @@
 #   event(name, detail)               something worth a log line ("alarm", "delivered", ...)
 #   feed_watchdog()
 #
+# and, for updates over the air:
+#   reset(why)                        restart the board (boards: machine.reset(); the fake HAL ends
+#                                     the process with status 3 and the test harness restarts it)
+#
 # The config file is checked by siagafw/config.py, which the boards import only at start-up and
 # again, with siagafw/remote.py, only while a new remote configuration is applied (protocol.md §10).
+# Likewise siagafw/ota.py (updates, protocol.md §11) is imported only while it has work.
 import json
+import os
 import socket
 import sys
 
@@ -83,6 +89,21 @@ FAULT_LOGIN = "login"
 FAULT_BATTERY = "battery"
 
 
+def _ota_work(root):
+    """Whether the updater has work at boot: a version on trial, an outcome not reported yet, or a
+    download staged before the reset. The boot code is loaded already (the loader ran it)."""
+    import siagaboot
+
+    s = siagaboot.state(root)
+    if s["trial"] or s["rolled_back"] is not None or s["confirmed"] is not None:
+        return True
+    try:
+        os.stat(root + "/ota/stage.json")
+        return True
+    except OSError:
+        return False
+
+
 def _read_int(path):
     """The number a small state file holds, or 0 when it is missing or unreadable."""
     try:
@@ -94,9 +115,11 @@ def _read_int(path):
 
 
 class Device:
-    def __init__(self, hal, cfg, state_dir, config_path=None, board=None):
+    def __init__(self, hal, cfg, state_dir, config_path=None, board=None, root=None):
         """config_path: the config file a remote configuration is written to (None: applied in RAM
-        only, as for the fleet simulator's buttons); board: its name, for the config checker."""
+        only, as for the fleet simulator's buttons); board: its name, for the config checker and
+        the heartbeat; root: where the boot code keeps its state and the update slots ("" on a
+        board, the flash directory on the unix port; None: no updates, as for the simulator)."""
         self.hal = hal
         self.cfg = cfg
         self.dev = cfg["dev"]
@@ -147,6 +170,22 @@ class Device:
         self.config_topic = proto.topic(self.dev, "config")
         self.alarm_topic = proto.topic(self.dev, "alarm")
         self.status_topic = proto.topic(self.dev, "status")
+        # Updates over the air (protocol.md §11): offers are taken only with the fleet's keys.
+        self.root = root
+        self.ota = None                # the updater (siagafw/ota.py) while it has work
+        self.ota_ver = 0               # the last offer version acted on
+        self.connects = 0              # connections made since boot (the updater re-asks on each)
+        self.hb_acked = False          # a heartbeat reached the broker (the trial's self-test)
+        self._hb_pid = 0
+        subs = [(self.ack_topic, 1), (self.config_topic, 1)]
+        self.ota_topic = self.ota_data_topic = None
+        if root is not None and (cfg.get("ota") or {}).get("keys"):
+            self.ota_topic = proto.topic(self.dev, "ota")
+            self.ota_data_topic = proto.topic(self.dev, "ota/data")
+            subs.append((self.ota_topic, 1))
+            subs.append((self.ota_data_topic, 0))
+            self.ota_ver = _read_int(root + "/ota/offer")
+        self._subs = tuple(subs)
 
         self._edge_at = getattr(hal, "edge_at", None)
         now = hal.ticks_ms()
@@ -187,6 +226,8 @@ class Device:
             from siagafw.modem import SmsPath
 
             self.sms = SmsPath(self, cfg["sms"], now)
+        if root is not None and _ota_work(root):
+            self._ota_begin()
         self._display(now)
 
     def settings(self, cfg):
@@ -311,6 +352,11 @@ class Device:
     # -------------------------------------------------------------- acks
 
     def _on_puback(self, pid):
+        if pid == self._hb_pid:
+            self._hb_pid = 0
+            self.hb_acked = True
+        if self.ota is not None:
+            self.ota.puback(pid)
         seq = self._pids.pop(pid, None)
         if seq is not None:
             # The broker has it in memory only; the alarm stays in the outbox (protocol.md §6).
@@ -319,6 +365,13 @@ class Device:
     def _on_message(self, topic, payload, retained):
         if topic == self.config_topic:
             self._on_config(payload)
+            return
+        if topic == self.ota_data_topic:
+            if self.ota is not None:  # chunks nobody asked for cost nothing more than this test
+                self._ota_call(self.ota.data, payload)
+            return
+        if topic == self.ota_topic:
+            self._on_ota(payload)
             return
         if topic != self.ack_topic:
             return
@@ -401,6 +454,67 @@ class Device:
             # connect. Refused instead, until the next boot (a fresh heap) tries it once more.
             self.cfg_bad = ver
             self.hal.event("config_rejected", "ver=%d %s: %s" % (ver, type(exc).__name__, exc))
+
+    # -------------------------------------------------------------- updates
+
+    def _on_ota(self, payload):
+        """An offer or a withdrawal (protocol.md §11), screened as a config is: the retained copy
+        at each connect costs a MAC and a JSON parse, and only a new version loads siagafw/ota.py."""
+        body = self.signer.open(payload)
+        if body is None:
+            self.hal.event("ota_rejected", "bad signature")
+            return
+        try:
+            msg = json.loads(body)
+            ver = msg["ver"]
+            ok = (msg.get("v") == proto.VERSION and msg.get("type") == "ota" and msg.get("dev") == self.dev
+                  and isinstance(ver, int) and not isinstance(ver, bool) and 0 < ver <= proto.CONFIG_VER_MAX)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self.hal.event("ota_rejected", "malformed")
+            return
+        if ver <= self.ota_ver:
+            self.hal.event("ota_seen", "ver=%d" % ver)
+            return
+        if self._ota_begin() is not None:
+            self._ota_call(self.ota.offer, msg)
+
+    def _ota_begin(self):
+        if self.ota is None:
+            try:
+                from siagafw import ota
+
+                self.ota = ota.Updater(self, self.root)
+            except Exception as exc:  # noqa: BLE001 - MemoryError above all: the button goes on
+                self.hal.event("ota_fault", "%s: %s" % (type(exc).__name__, exc))
+                self._ota_failed()
+        return self.ota
+
+    def _ota_call(self, fn, arg):
+        try:
+            if fn(arg):
+                self._ota_end()
+        except Exception as exc:  # noqa: BLE001 - an update must never stop the alarms
+            self.hal.event("ota_fault", "%s: %s" % (type(exc).__name__, exc))
+            self._ota_failed()
+
+    def _ota_failed(self):
+        """The updater failed (out of memory, say). A version on trial that cannot even run its
+        updater goes back to the previous one; otherwise the download is dropped for this boot."""
+        self.ota = None
+        import siagaboot
+
+        if siagaboot.state(self.root)["trial"]:
+            siagaboot.rollback(self.root, "selftest")
+            self.mqtt.disconnect()
+            self.hal.reset("ota fault in trial")
+
+    def _ota_end(self):
+        from siagafw import ota
+
+        self.ota = None
+        ota.forget()
 
     def sms_test(self):
         """Send the backup-path test SMS now (a technician's command); its seq, or None."""
@@ -490,8 +604,7 @@ class Device:
                 # on wills no broker saw. Once a CONNECT went out, a broker may hold its will, and
                 # the gateway would refuse the same sequence number again: the next gets a new one.
                 self._will = self.signer.seal(proto.encode(proto.will_body(self.dev, self.seqs.next())))
-            self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False),
-                            ((self.ack_topic, 1), (self.config_topic, 1)))
+            self.mqtt.start(addr, True, (proto.topic(self.dev, "will"), self._will, False), self._subs)
         except (OSError, ValueError) as exc:
             if self._lookup is not None:
                 self._lookup.close()
@@ -518,6 +631,7 @@ class Device:
 
     def _on_connected(self, now):
         self._online = True
+        self.connects += 1
         self._failures = 0
         self._will = None
         self._fault(FAULT_LOGIN, False)
@@ -559,8 +673,8 @@ class Device:
             seq = self.seqs.next()
             body = proto.status_body(self.dev, seq, FIRMWARE_VERSION, self.heartbeat_s, self.battery_mv,
                                      self.hal.rssi(), self.tamper, len(self.outbox), self.uptime_ms,
-                                     self.cfg_ver, self.cfg_bad)
-            self.mqtt.publish(self.status_topic, self.signer.seal(proto.encode(body)), 1)
+                                     self.cfg_ver, self.cfg_bad, self.board)
+            self._hb_pid = self.mqtt.publish(self.status_topic, self.signer.seal(proto.encode(body)), 1)
             self.hal.event("heartbeat", "seq=%d" % seq)
 
     # -------------------------------------------------------------- main loop
@@ -608,4 +722,6 @@ class Device:
                 self._link_down(str(exc))
         elif self.loop_ms:
             self.hal.sleep_ms(self.loop_ms)
+        if self.ota is not None:
+            self._ota_call(self.ota.step, self.hal.ticks_ms())
         self._display(self.hal.ticks_ms())

@@ -154,11 +154,67 @@ def _extras(cfg, board):
           and isinstance(wifi.get("power_save", False), bool) and _text(wifi.get("country", "ID"), 2, 2),
           "wifi", "ssid (at most 32 bytes) and password (at most 64) as text, power_save true/false, "
           "country as two letters")
+    _networks(wifi.get("networks"))
     gps = cfg.get("gps")
     _need(gps is None or gps is False or (isinstance(gps, dict) and _int_in(gps, "baud", 9600, 1200, 921600)
                                           and _int_in(gps, "max_age_s", 120, 1, 86400)),
           "gps", "{\"baud\": 9600, \"max_age_s\": 120}")
     _sms(cfg.get("sms"), board)
+    _ota(cfg.get("ota"))
+
+
+MAX_NETWORKS = 3
+
+
+def _wifi_password(v):
+    """WPA2-Personal: none (an open network), a passphrase of 8-63 bytes, or the key as 64 hex digits."""
+    if not isinstance(v, str):
+        return False
+    if len(v) == 64:
+        for c in v:
+            if c not in "0123456789abcdefABCDEF":
+                return False
+        return True
+    return v == "" or _text(v, 8, 63)
+
+
+def _networks(nets):
+    """The networks a remote configuration set (protocol.md §10.2), tried in order by the board;
+    without them the board tries wifi.ssid. The hint never repeats a value (a password)."""
+    if nets is None:
+        return
+    _need(isinstance(nets, list) and 1 <= len(nets) <= MAX_NETWORKS, "wifi.networks",
+          "a list of 1-%d networks {\"ssid\", \"password\"}" % MAX_NETWORKS)
+    for n in nets:
+        _need(isinstance(n, dict) and sorted(n) == ["password", "ssid"] and _text(n["ssid"], 1, 32),
+              "wifi.networks", "each {\"ssid\": 1-32 bytes, \"password\": ...}, nothing else")
+        _need(_wifi_password(n["password"]), "wifi.networks",
+              "each password empty (open), 8-63 bytes, or 64 hex digits")
+
+
+def _hex64(v):
+    if not isinstance(v, str) or len(v) != 64:
+        return False
+    for c in v:
+        if c not in "0123456789abcdef":
+            return False
+    return True
+
+
+def _ota(o):
+    """Updates over the air (siagafw/ota.py): the fleet's public keys, the trial's limits. Without
+    keys the button ignores offers. Written by provisioning only: never remotely configurable."""
+    if o is None:
+        return
+    _need(isinstance(o, dict), "ota", "{\"keys\": [\"<64 hex>\"], \"trial_s\": 300, \"max_tries\": 3}")
+    keys = o.get("keys", [])
+    _need(isinstance(keys, list) and len(keys) <= 4, "ota.keys", "a list of 1-4 fleet public keys")
+    for k in keys:
+        _need(_hex64(k), "ota.keys", "each key as 64 lowercase hex characters (siaga firmware keygen)")
+    _need(_int_in(o, "trial_s", 300, 10, 3600), "ota.trial_s",
+          "10-3600 s for a new version to pass its self-test (default 300)")
+    _need(_int_in(o, "max_tries", 3, 1, 10), "ota.max_tries",
+          "1-10 boots of a new version before it is rolled back (default 3)")
 
 
 def _e164(v):

@@ -211,10 +211,12 @@ def alarm_body(dev, seq, kind, loc, test=False, up_ms=0, ts=None):
 
 
 def status_body(dev, seq, fw, every_s, bat_mv=None, rssi=None, tamper=False, outbox=0, up_ms=0, cfg=0,
-                cfg_bad=None):
+                cfg_bad=None, board=None):
     """cfg: the version of the remote configuration applied (0: none); cfg_bad: the last version
-    refused, or None (protocol.md §10)."""
-    return {
+    refused, or None (protocol.md §10); board: "esp32", "picow" or "unix", so that the gateway
+    knows which bundle the button takes (§11; a host without a board, the fleet simulator, leaves
+    it out)."""
+    body = {
         "v": VERSION,
         "type": "status",
         "dev": dev,
@@ -229,10 +231,41 @@ def status_body(dev, seq, fw, every_s, bat_mv=None, rssi=None, tamper=False, out
         "cfg": cfg,
         "cfg_bad": cfg_bad,
     }
+    if board is not None:
+        body["board"] = board
+    return body
 
 
 # The highest remote configuration version (protocol.md §10): it fits a signed 32-bit field.
 CONFIG_VER_MAX = 2147483647
+
+
+# Updates over the air (protocol.md §11).
+OTA_STATES = ("downloading", "refused", "installed", "confirmed", "rolled_back", "current")
+OTA_DETAIL_MAX = 64
+
+
+def ota_get_body(dev, bundle_id, off, n):
+    return {"v": VERSION, "type": "ota_get", "dev": dev, "id": bundle_id, "off": off, "n": n}
+
+
+def ota_status_body(dev, seq, bundle_id, version, state, detail, fw):
+    return {"v": VERSION, "type": "ota_status", "dev": dev, "seq": seq, "id": bundle_id, "version": version,
+            "state": state, "detail": detail[:OTA_DETAIL_MAX], "fw": fw}
+
+
+def ota_data(dev, bundle_id, off, data):
+    """The body of an ota/data frame: the canonical JSON header, a newline, the chunk's bytes."""
+    return b"".join((encode({"dev": dev, "id": bundle_id, "off": off, "type": "ota_data", "v": VERSION}), b"\n",
+                     bytes(data)))
+
+
+def split_ota_data(body):
+    """(header bytes, chunk as a memoryview) of an ota/data body, or None without the newline."""
+    i = body.find(b"\n")
+    if i < 0:
+        return None
+    return body[:i], memoryview(body)[i + 1:]
 
 
 def will_body(dev, seq):

@@ -6,22 +6,76 @@
 # A message carries the whole desired remote configuration, not a change: merged into the config
 # file's settings it gives the same result however often it is applied, so a copy delivered twice
 # (retained, after a reconnect) or a version applied again after a power cut changes nothing.
+import binascii
 import json
 import os
 import sys
 
+from siagafw import proto
 from siagafw.config import load_config
 
-# The keys a remote configuration may set and, for an object, the keys it may hold. Wi-Fi
-# credentials are not among them: the broker keeps a retained message in clear.
+# The keys a remote configuration may set and, for an object, the keys it may hold. "wifi" comes
+# encrypted (open_wifi, protocol.md §10.2): the broker keeps a retained message in clear.
 ALLOWED = {
     "loc": ("lat_e6", "lon_e6", "addr", "area"),
     "heartbeat_s": None,
     "retry": ("first_ms", "max_ms"),
     "reconnect": ("first_ms", "max_ms"),
     "sms": ("gateway", "fallback_s", "test_every_s"),
+    "wifi": ("ct", "nonce"),
 }
 WHOLE = ("loc",)        # replaced whole (every key given); the other objects are merged key by key
+# Never remotely: the fleet keys decide what firmware the button installs (docs/ota.md), and the
+# gateway that sends configurations must not be able to change them.
+NEVER = ("ota",)
+
+
+# Wi-Fi networks travel encrypted (protocol.md §10.2): a keystream from HMAC-SHA256 used as a PRF
+# in counter mode, under a key derived from the device secret; the frame's MAC covers the result.
+WIFI_INFO = b"siaga wifi v1"
+WIFI_NONCE_HEX = 32
+WIFI_CT_MAX = 512             # bytes of plaintext: three networks at their longest fit in far fewer
+
+
+def wifi_cipher(secret, nonce, data):
+    """data XOR the keystream of (secret, nonce): encrypts and decrypts alike. Block i of the
+    keystream is HMAC-SHA256(K, nonce || i as 4 bytes big-endian), K = HMAC-SHA256(secret, WIFI_INFO)."""
+    prf = proto.Signer(proto.Signer(secret).mac(WIFI_INFO))
+    out = bytearray(len(data))
+    i = 0
+    while i * 32 < len(data):
+        block = prf.mac(nonce + bytes(((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255)))
+        base = i * 32
+        for j in range(min(32, len(data) - base)):
+            out[base + j] = data[base + j] ^ block[j]
+        i += 1
+    return bytes(out)
+
+
+def _hex(v, low, high):
+    """v as bytes if it is lowercase hex of low..high characters (an even number), else None."""
+    if not isinstance(v, str) or not low <= len(v) <= high or len(v) % 2:
+        return None
+    for c in v:
+        if c not in "0123456789abcdef":
+            return None
+    return binascii.unhexlify(v)
+
+
+def open_wifi(secret, w):
+    """The network list of an encrypted "wifi" value {"nonce", "ct"}; a ValueError never names a
+    password (the message goes to the console)."""
+    nonce = _hex(w.get("nonce"), WIFI_NONCE_HEX, WIFI_NONCE_HEX)
+    ct = _hex(w.get("ct"), 2, 2 * WIFI_CT_MAX)
+    if nonce is None or ct is None:
+        raise ValueError("wifi: nonce or ct not hex")
+    try:
+        plain = json.loads(wifi_cipher(secret, nonce, ct).decode())
+    except (ValueError, UnicodeError):
+        raise ValueError("wifi: does not decrypt") from None
+    if not isinstance(plain, dict) or list(plain) != ["networks"] or not isinstance(plain["networks"], list):
+        raise ValueError("wifi: not a network list")
+    return plain["networks"]
 
 
 def merge(cfg, changes):
@@ -31,6 +85,8 @@ def merge(cfg, changes):
         raise ValueError("set: not an object")
     out = dict(cfg)
     for key in sorted(changes):
+        if key in NEVER:
+            raise ValueError("%s is not remotely configurable" % key)
         if key not in ALLOWED:
             raise ValueError("unknown key " + key)
         value = changes[key]
@@ -43,7 +99,15 @@ def merge(cfg, changes):
         for k in value:
             if k not in inner:
                 raise ValueError("unknown key %s.%s" % (key, k))
-        if key in WHOLE:
+        if key == "wifi":
+            for k in inner:
+                if k not in value:
+                    raise ValueError("missing key wifi." + k)
+            new = dict(cfg.get("wifi") or {})
+            # The provisioned ssid/password stay; the remote list is the one the board tries.
+            new["networks"] = open_wifi(proto.secret_from_hex(cfg["secret"]), value)
+            out[key] = new
+        elif key in WHOLE:
             for k in inner:
                 if k not in value:
                     raise ValueError("missing key %s.%s" % (key, k))
@@ -134,6 +198,8 @@ def _apply(dev, ver, changes):
             hal.event("config_unsaved", "ver=%d %s" % (ver, exc))
             dev._fault("flash", True)
     dev.settings(cfg)
+    if "wifi" in changes and hasattr(hal, "wifi_networks"):
+        hal.wifi_networks(cfg["wifi"]["networks"])  # a board's radio: tried from its next attempt
     if cfg.get("sms"):
         _sms(dev, cfg["sms"])
     dev.cfg_ver = ver
