@@ -71,7 +71,9 @@ COUNT_MAX = 10**12
 # The bounds before the validator: placed after it, they reach the OpenAPI document as "ge"/"le",
 # which JSON Schema does not know, instead of minimum/maximum.
 Count = Annotated[int, Field(strict=True, ge=0, le=COUNT_MAX), BeforeValidator(contract.json_integer)]
-Version = Annotated[str, AfterValidator(contract.text_checker(64)), contract.text_schema(64)]
+# A software version is visible ASCII ("0.9.0", "unknown"), so its 64 characters are 64 bytes: the
+# schema and the check cannot disagree on a name with letters outside ASCII.
+Version = Annotated[str, Field(pattern=r"^[!-~]{1,64}$")]
 
 
 def _depths(value: dict[str, int]) -> dict[str, int]:

@@ -288,7 +288,11 @@ async def test_a_queue_of_schema_5_moves_to_the_command_center_destination(db: s
              "DROP INDEX devices_by_phone", "ALTER TABLE devices DROP COLUMN phone",
              "ALTER TABLE devices DROP COLUMN sms_seen_ms", "ALTER TABLE devices DROP COLUMN config_ver",
              "ALTER TABLE devices DROP COLUMN config_applied", "ALTER TABLE devices DROP COLUMN config_rejected",
-             "ALTER TABLE devices DROP COLUMN config_desired"]
+             "ALTER TABLE devices DROP COLUMN config_desired",
+             # migration 9 (updates over the air)
+             "DROP TABLE rollout_devices", "DROP TABLE rollouts", "DROP TABLE firmware_bundles",
+             "DROP TABLE ota_changes", "ALTER TABLE devices DROP COLUMN board",
+             "ALTER TABLE devices DROP COLUMN ota_offer_ver", "ALTER TABLE devices DROP COLUMN ota_status_seq"]
     again = open_store(db)
     await again.open()
     try:
