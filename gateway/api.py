@@ -397,8 +397,9 @@ class AuditOut(BaseModel):
                                    'destination\'s inbound webhook')
     reason: str = Field(description="malformed, oversize, unknown_device, revoked, bad_signature, wrong_topic, "
                                     "replay, flood, unknown_sender (an SMS from a number that is no device's "
-                                    "phone), firmware_<reason> (a firmware bundle refused at upload) or "
-                                    "rollout_halted")
+                                    "phone), firmware_<reason> (a firmware bundle refused at upload, or by a "
+                                    "button, which names its reason word), firmware_rolled_back (a button went "
+                                    "back from a new version) or rollout_halted")
     detail: str
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from siagafw import proto
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BUNDLE_MAX_BYTES = 1024 * 1024   # what POST /api/v1/firmware takes
 BUNDLES_KEPT = 16                # bundles' bytes held in memory for the chunk service (LRU)
+AUDIT_WORD = re.compile(r"[a-z_]{1,32}")  # a refusal's reason word, as docs/ota.md lists them
 GET_AUDIT_EVERY_MS = 60_000      # one audit row per device and reason per minute for refused requests
 GET_AUDITS_KEPT = 10_000         # (device, reason) windows remembered; beyond, they start afresh
 
@@ -316,6 +318,13 @@ class OtaService:
         self._status_seq[st.device_id] = st.seq
         batch.ota_reports.append((st, now_ms))
         self.gw.metrics.inc("ota_reports", state=st.state)
+        if st.state in ("refused", "rolled_back"):
+            # A button that refused a bundle (its signature, a file's hash, another board...) or went
+            # back from it is audited like a bundle refused at upload: firmware_<reason word>.
+            word = st.detail if st.state == "refused" and AUDIT_WORD.fullmatch(st.detail) else st.state
+            self._spawn(self.gw.store.record_audit(
+                now_ms, st.device_id, topic[:128], f"firmware_{word}",
+                f"bundle {st.id or '-'} version {st.version or '-'}: {st.state} {st.detail}".strip()[:500]))
         log.info("device %s firmware %s: %s %s%s", st.device_id, st.version or "-", st.state, st.id or "-",
                  f" ({st.detail})" if st.detail else "")
         return None

@@ -256,6 +256,8 @@ def reason_text(reason: str | None, fallback: str = "") -> str:
         "no_space": t("ota.reason.no_space"),
         "selftest": t("ota.reason.selftest"),
         "crashes": t("ota.reason.crashes"),
+        "wrong_mpy": t("ota.reason.wrong_mpy"),
+        "stalled": t("ota.reason.stalled"),
     }
     return texts.get(reason or "", fallback or reason or "")
 

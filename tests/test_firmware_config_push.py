@@ -270,6 +270,13 @@ assert link.networks == [("a", "pw-a")]
 # A remote list comes first; the provisioned network stays as the last resort (once).
 assert shell._networks({"ssid": "a", "password": "pw-a", "networks": [{"ssid": "b", "password": "pw-b"}]}) == [
     ("b", "pw-b"), ("a", "pw-a")]
+# The provisioned network's name with another password in the remote list (a typo, an attack)
+# does not replace the provisioned pair: it stays the last resort. The very same pair is not repeated.
+assert shell._networks({"ssid": "a", "password": "pw-a", "networks": [{"ssid": "a", "password": "wrong-pw"}]}) == [
+    ("a", "wrong-pw"), ("a", "pw-a")]
+assert shell._networks({"ssid": "a", "password": "pw-a", "networks": [{"ssid": "a", "password": "pw-a"}]}) == [
+    ("a", "pw-a")]
+assert shell._networks({"ssid": "a", "networks": [{"ssid": "a", "password": "pw-x"}]}) == [("a", "pw-x"), ("a", "")]
 link = shell.WifiLink(shell._networks({"ssid": "a", "password": "pw-a", "networks": [
     {"ssid": "a", "password": "pw-a"}, {"ssid": "b", "password": "pw-b"}, {"ssid": "c", "password": "pw-c"}]}), False)
 print("1", run(40), network.LOG)          # a fails, b joins and is kept

@@ -105,6 +105,12 @@ def rollout(system: System, rollout_id: int) -> dict[str, Any]:
     return dict(resp.json())
 
 
+def audited(system: System, reason: str, device_id: str) -> list[dict[str, Any]]:
+    resp = api(system, "GET", "/api/v1/audit", params={"reason": reason})
+    resp.raise_for_status()
+    return [a for a in resp.json() if a["device_id"] == device_id]
+
+
 def device(system: System, device_id: str) -> dict[str, Any]:
     resp = api(system, "GET", f"/api/v1/devices/{device_id}")
     resp.raise_for_status()
@@ -264,6 +270,7 @@ def test_a_b_that_fails_its_self_test_goes_back_to_a_by_itself(ota_system: Syste
     entry = wait_for(lambda: (d := device(ota_system, "jkt-ota-rb-01"))["ota"] and d["ota"]["state"] == "failed"
                      and d, 30, "the gateway told of the rollback")
     assert entry["ota"]["detail"] == "selftest" and entry["firmware"] == VERSION_A
+    assert wait_for(lambda: audited(ota_system, "firmware_rolled_back", "jkt-ota-rb-01"), 10, "the rollback audited")
     # The only button of the rollout failed: 100 % > 20 %, so the rollout stopped.
     assert rollout(ota_system, started["id"])["state"] == "halted"
 
@@ -300,6 +307,8 @@ def test_a_rollout_whose_canaries_fail_halts_before_widening(ota_system: System,
     halted = wait_for(lambda: (r := rollout(ota_system, started["id"]))["state"] == "halted" and r, 90,
                       "the rollout halted")
     assert halted["counts"]["failed"] == 2
+    for device_id in canaries[:2]:   # each button's refusal is in the gateway's audit log
+        assert wait_for(lambda d=device_id: audited(ota_system, "firmware_unknown_key", d), 10, f"{device_id} audited")
 
     resp = api(ota_system, "POST", "/api/v1/rollouts", json={"version": version_b, "percent": 100})
     assert resp.status_code == 409, resp.text

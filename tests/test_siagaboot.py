@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.firmware import FIRMWARE_LIB, UNIX_BOARD, micropython_binary
+from tests.support.firmware import FIRMWARE_LIB, REPO, UNIX_BOARD, micropython_binary
 
 pytestmark = pytest.mark.micropython
 
@@ -29,6 +29,7 @@ import siagaboot
 
 name = "%s"
 print("RUN", name, siagaboot.state(sys.argv[2])["tries"])
+print("STARTED", siagaboot.started)
 try:
     with open(sys.argv[2] + "/mode." + name) as f:
         mode = f.read().strip()
@@ -241,3 +242,89 @@ def test_the_loader_runs_the_factory_firmware_when_the_state_cannot_be_written(f
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("EVT boot_fault ") and lines[1] == "RUN factory 0", lines
+    # The firmware knows it is not the slot on trial (siagaboot.started): it must not confirm it.
+    assert lines[2] == "STARTED factory" and flash.read()["trial"] is True, lines
+
+
+def test_the_firmware_knows_which_slot_the_loader_started(flash: Flash) -> None:
+    flash.slot("a")
+    flash.state(run="a", prev="factory", trial=True, tries=0)
+    proc = subprocess.run(flash._args(), capture_output=True, text=True, timeout=30, env=flash._env(), check=False)
+    assert proc.stdout.splitlines() == ["RUN a 1", "STARTED a"], proc.stdout + proc.stderr
+
+
+def test_a_cut_while_saving_never_loses_the_only_good_copy(flash: Flash) -> None:
+    """FAT: boot.json was removed and the power went before the rename, so boot.json.new is the
+    only good copy. The next save must not write over it first: here that write is cut off right
+    after the file was emptied, and the state must still read back whole."""
+    script = f'''
+import json, os, siagaboot
+r = "{flash.root}"
+os.mkdir(r + "/ota")
+with open(r + "/ota/boot.json.new", "w") as f:
+    f.write(json.dumps({{"run": "a", "prev": "factory", "trial": True, "tries": 1, "version": "0.3.0"}}))
+def cut(path, mode="r"):
+    if path.endswith(".new") and "w" in mode:
+        open(path, "w").close()  # emptied, and the power goes
+        raise OSError("power cut")
+    return open(path, mode)
+siagaboot.open = cut
+try:
+    siagaboot.save(r, {{"run": "a", "prev": "factory", "trial": True, "tries": 2, "version": "0.3.0"}})
+except OSError as exc:
+    print(exc)
+del siagaboot.open
+s = siagaboot.state(r)
+print(s["run"], s["trial"], s["tries"], s["version"])
+'''
+    flash.slot("a")
+    proc = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=30,
+                          env={"MICROPYPATH": str(FIRMWARE_LIB)}, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["power cut", "a True 1 0.3.0"]
+
+
+BOARD_START = '''
+import siagaboot
+print("STARTED", siagaboot.started)
+with open("MODE") as f:
+    mode = f.read().strip()
+if mode == "crash":
+    raise ImportError("no module named 'hal'")
+if mode == "memory":
+    raise MemoryError()
+if mode == "interrupt":
+    raise KeyboardInterrupt()
+print("RUNNING")
+'''
+
+FAKE_MACHINE = '''
+import sys
+
+
+def reset():
+    print("RESET")
+    sys.exit(3)
+'''
+
+
+@pytest.mark.parametrize(("mode", "status", "reset"), [("crash", 3, True), ("memory", 3, True), ("ok", 0, False),
+                                                       ("interrupt", 130, False)])
+def test_the_board_loader_resets_when_the_firmware_fails_to_start(tmp_path: Path, mode: str, status: int,
+                                                                   reset: bool) -> None:
+    """boards/common/main.py under the unix port with a stand-in machine module: a firmware whose
+    start raises resets the board (so that the failed start is a counted trial boot) instead of
+    leaving it at the REPL; Ctrl-C still reaches the REPL. (Its root is "/", where this machine has
+    no /ota/boot.json: the factory start.py beside it runs.)"""
+    assert not Path("/ota/boot.json").exists()
+    shutil.copy(REPO / "firmware" / "boards" / "common" / "main.py", tmp_path / "main.py")
+    (tmp_path / "start.py").write_text(BOARD_START)
+    (tmp_path / "machine.py").write_text(FAKE_MACHINE)
+    (tmp_path / "MODE").write_text(mode)
+    proc = subprocess.run([micropython_binary(), str(tmp_path / "main.py")], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path, env={"MICROPYPATH": f"{tmp_path}:{FIRMWARE_LIB}"}, check=False)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == status and lines[0] == "STARTED factory", proc.stdout + proc.stderr
+    assert (lines[-1] == "RESET") is reset, lines
+    if reset:
+        assert lines[1].startswith("EVT start_failed "), lines

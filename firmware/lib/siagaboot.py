@@ -18,6 +18,10 @@ BOOT_LEVEL = 1        # the generation of this code; a bundle names the lowest i
 MAX_TRIES = 3
 FACTORY = "factory"
 _RUNS = (FACTORY, "a", "b")
+# What the loader started at this boot, set by boot(): the slot's name, or FACTORY when boot()
+# failed (the loader then runs the factory firmware whatever the state says). None: boot() never
+# ran in this interpreter (a host test driving the firmware directly).
+started = None
 
 
 def _file(root):
@@ -84,9 +88,17 @@ def _mkdir(path):
 def save(root, s):
     """Write the state atomically: boot.json.new whole, then renamed over boot.json. LittleFS and
     POSIX rename over an existing file in one step; the FAT driver refuses, so there the old file
-    is removed first (a power cut in between leaves the .new file, which state() reads)."""
+    is removed first (a power cut in between leaves the .new file, which state() reads). If that
+    .new file is the only good copy (boot.json missing or damaged), it is renamed into place
+    before a new .new is written: a cut while writing must not leave no good copy at all."""
     _mkdir(root + "/ota")
     path = _file(root)
+    if _load(path) is None and _load(path + ".new") is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass  # missing
+        os.rename(path + ".new", path)
     with open(path + ".new", "w") as f:
         f.write(json.dumps(s))
     try:
@@ -129,7 +141,10 @@ def boot(root):
     """Choose what runs at this boot; the slot directory to put first on sys.path, or None for the
     factory firmware. A trial boot is counted (and written) before it runs, so a crash or a power
     cut in the trial counts too; after max_tries boots the trial is over and the previous firmware
-    runs again. A slot without an entry point is never started."""
+    runs again. A slot without an entry point is never started. Sets `started` to the slot it
+    returns (FACTORY until the state is written: if this raises, the loader runs the factory)."""
+    global started
+    started = FACTORY
     s = state(root)
     changed = False
     if s["trial"]:
@@ -149,7 +164,15 @@ def boot(root):
         changed = True
     if changed:
         save(root, s)
+    started = s["run"]
     return slot_dir(root, s["run"])
+
+
+def on_trial(s):
+    """Whether the firmware running now is the version on trial in state s: not when boot() failed
+    and the loader fell back to the factory firmware (that must neither confirm nor fail the
+    trial of a slot it is not)."""
+    return s["trial"] and started in (None, s["run"])
 
 
 def trial(root, run, version, bundle_id, prev_version, max_tries=MAX_TRIES):

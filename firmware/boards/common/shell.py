@@ -335,12 +335,14 @@ class BoardHal:
 def _networks(wifi):
     """The (ssid, password) pairs to try, in order: a remote configuration's wifi.networks first
     (protocol.md §10.2), then the network the technician provisioned (wifi.ssid), unless the list
-    already names it. The provisioned one stays the last resort: a remote list with a mistake in it
-    must not take a button off the air until someone climbs the pole."""
+    already has that very pair. The provisioned one stays the last resort: a remote list with a
+    mistake in it (the provisioned network's name with a wrong password, say) must not take a
+    button off the air until someone climbs the pole."""
     out = [(n["ssid"], n["password"]) for n in (wifi.get("networks") or ())]
     ssid = wifi.get("ssid")
-    if ssid and all(s != ssid for s, _ in out):
-        out.append((ssid, wifi.get("password", "")))
+    mine = (ssid, wifi.get("password", ""))
+    if ssid and mine not in out:
+        out.append(mine)
     return out
 
 

@@ -45,6 +45,7 @@ import sys
 from siagafw import indicator as ind
 from siagafw import proto
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel
+from siagafw.button import IDLE as PANEL_IDLE
 from siagafw.mqtt import REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED, MQTTClient
 from siagafw.storage import Outbox, SeqStore
 from siagafw.timing import Backoff, plausible_unix_time, ticks_add, ticks_diff
@@ -176,6 +177,8 @@ class Device:
         self.ota_ver = 0               # the last offer version acted on
         self.connects = 0              # connections made since boot (the updater re-asks on each)
         self.hb_acked = False          # a heartbeat reached the broker (the trial's self-test)
+        self.gw_seen = False           # a frame signed by the gateway verified (the trial's self-test)
+        self.reset_why = None          # a reset the updater asked for, done once the button is quiet
         self._hb_pid = 0
         subs = [(self.ack_topic, 1), (self.config_topic, 1)]
         self.ota_topic = self.ota_data_topic = None
@@ -380,6 +383,7 @@ class Device:
             # A forged or corrupted ack must never make the button say "help is coming".
             self.hal.event("ack_rejected", "bad signature")
             return
+        self.gw_seen = True
         try:
             ack = json.loads(body)
             seq = ack["seq"]
@@ -430,6 +434,7 @@ class Device:
         if body is None:
             self.hal.event("config_rejected", "bad signature")
             return
+        self.gw_seen = True
         try:
             msg = json.loads(body)
             ver = msg["ver"]
@@ -464,6 +469,7 @@ class Device:
         if body is None:
             self.hal.event("ota_rejected", "bad signature")
             return
+        self.gw_seen = True
         try:
             msg = json.loads(body)
             ver = msg["ver"]
@@ -477,6 +483,8 @@ class Device:
         if ver <= self.ota_ver:
             self.hal.event("ota_seen", "ver=%d" % ver)
             return
+        if self.reset_why is not None:
+            return  # a reset is due: the retained copy comes back after it
         if self._ota_begin() is not None:
             self._ota_call(self.ota.offer, msg)
 
@@ -505,10 +513,27 @@ class Device:
         self.ota = None
         import siagaboot
 
-        if siagaboot.state(self.root)["trial"]:
+        if siagaboot.on_trial(siagaboot.state(self.root)):
             siagaboot.rollback(self.root, "selftest")
-            self.mqtt.disconnect()
-            self.hal.reset("ota fault in trial")
+            self.reset_when_quiet("ota fault in trial")
+
+    def reset_when_quiet(self, why):
+        """Reset (hal.reset) at the first loop step when the button is quiet (_quiet): the updater
+        asks for it after "installed" and when a trial fails."""
+        if self.reset_why is None:
+            self.reset_why = why
+            self.hal.event("reset_due", why)
+
+    def _quiet(self):
+        """Nothing a reset would cut short: no input down, no long press or cancel window under way,
+        no "armed" or "cancelled" shown, and no alarm waiting for its ack while there is a link to
+        send it on (offline, a reset loses nothing: the outbox is on flash)."""
+        if self.buttons.state != PANEL_IDLE or self._transient is not None:
+            return False
+        for i in range(len(self.inputs)):
+            if self.buttons.raw(i):
+                return False
+        return not (self._online and len(self.outbox))
 
     def _ota_end(self):
         from siagafw import ota
@@ -724,4 +749,7 @@ class Device:
             self.hal.sleep_ms(self.loop_ms)
         if self.ota is not None:
             self._ota_call(self.ota.step, self.hal.ticks_ms())
+        if self.reset_why is not None and self._quiet():
+            self.mqtt.disconnect()
+            self.hal.reset(self.reset_why)
         self._display(self.hal.ticks_ms())

@@ -215,6 +215,8 @@ def _ota(o):
           "10-3600 s for a new version to pass its self-test (default 300)")
     _need(_int_in(o, "max_tries", 3, 1, 10), "ota.max_tries",
           "1-10 boots of a new version before it is rolled back (default 3)")
+    _need(_int_in(o, "stall_s", 600, 60, 3600), "ota.stall_s",
+          "60-3600 s a download may go without a new byte before it is given up (default 600)")
 
 
 def _e164(v):

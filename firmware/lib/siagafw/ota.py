@@ -5,18 +5,24 @@
 # One Updater, stepped once per loop step, never waiting:
 #   FETCH    ask the gateway for chunks (ota/get, a window of WINDOW at a time) and append each to
 #            <root>/ota/stage.bin as it comes (ota/data); only while online and the outbox is empty,
-#            so an alarm always goes first. No data for GAP_FIRST_MS: ask again, backing off.
+#            so an alarm always goes first. No data for GAP_FIRST_MS: ask again, backing off. No
+#            new byte in ota.stall_s of that (STALL_S): given up, reported "refused stalled".
 #   HASH     the staged file's SHA-256 against the offer's, HASH_READ bytes a step
 #   CHECK    the bundle's signature (siagafw/bundle.py ManifestCheck), a few Ed25519 steps a step
 #   WIPE     empty the slot that is not in service (nor the one a trial would return to)
-#   EXTRACT  write each file to that slot, checking its SHA-256 as it goes (FileHasher)
+#   EXTRACT  write each file to that slot, checking its SHA-256 as it goes (FileHasher) and that
+#            this interpreter loads each .mpy (its header)
 #   INSTALL  boot state: the new slot on trial (siagaboot.trial); report "installed"; reset
-# and, at the first boots of a new version, the trial's self-test: connected, subscribed, one
-# heartbeat acknowledged by the broker, flash writable; then siagaboot.confirm, or after
-# ota.trial_s siagaboot.rollback and a reset.
+# Until INSTALL a withdrawal or a new offer stops the work (the slot written is not in service).
+# At the first boots of a new version, the trial's self-test: connected, subscribed, one
+# heartbeat acknowledged by the broker, a frame signed by the gateway received, flash writable;
+# then siagaboot.confirm, or after ota.trial_s siagaboot.rollback and a reset. Every reset waits
+# until the button is quiet (app.Device.reset_when_quiet: no press under way, no alarm pending).
 #
 # Reports (ota/status frames) wait in RAM until the broker has acknowledged them, re-sent on each
-# new connection; like the gets, they go out only while the outbox is empty.
+# new connection; like the gets, they go out only while the outbox is empty. A network error on
+# a publish is the link's (the app drops it and reconnects), never the flash's: only a file
+# operation that fails refuses a bundle with no_space.
 import binascii
 import hashlib
 import json
@@ -44,6 +50,13 @@ CHUNK_MIN = 128
 CHUNK_MAX = 640
 MAX_BUNDLE = len(bundle.MAGIC) + 4 + bundle.MAX_MANIFEST + bundle.SIG_LEN + bundle.MAX_TOTAL
 SPARE_BYTES = 8192         # free flash left over after the staged bundle and its extracted copy
+STALL_S = 600              # a download without a new byte this long (online, outbox empty): given up
+MAX_REPORTS = 8            # reports waiting in RAM; the oldest that is not kept in the boot state goes
+REFUSED_KEEP = 4           # bundle ids kept in <root>/ota/refused
+# Refusals that say the bundle itself is bad: its id is remembered and it is not fetched again.
+# wrong_sha256 (a transfer gone wrong), no_space and stalled may not happen on another try.
+BLACKLIST = ("malformed", "too_large", "unknown_key", "bad_signature", "wrong_board", "boot_too_old",
+             "wrong_hash", "wrong_mpy")
 
 IDLE = 0
 FETCH = 1
@@ -118,6 +131,35 @@ def _files_under(d, out):
     return out
 
 
+def _bytes_under(d):
+    """The total size of the files below directory d (0 when there is none)."""
+    n = 0
+    for p in _files_under(d, []):
+        if p[-1] != "/":
+            try:
+                n += os.stat(p)[6]
+            except OSError:
+                pass
+    return n
+
+
+def mpy_loadable(head):
+    """Whether this interpreter loads a .mpy file that begins with the bytes `head`, as MicroPython's
+    loader (py/persistentcode.c) decides: b"M", the .mpy version, then a feature byte (sub-version
+    in bits 0-1, native architecture in bits 2-7) that matter only for native code.
+    sys.implementation._mpy holds this interpreter's own: version | feature byte << 8 (0xb06 on the
+    unix port 1.29 for x64: version 6, sub-version 3, architecture 2). mpy-cross writes feature
+    byte 0 for bytecode (no @native or @viper code, which no Siaga bundle holds); byte 3, the
+    small-int bits (31 from mpy-cross), is not compared: no build this firmware runs on has fewer."""
+    mine = getattr(sys.implementation, "_mpy", None)
+    if mine is None:
+        return True  # CPython (the core tests): no .mpy to load
+    if len(head) < 4 or head[0] != 0x4D or head[1] != mine & 0xFF:
+        return False
+    arch = head[2] >> 2
+    return arch == 0 or (arch == mine >> 10 and head[2] & 3 == (mine >> 8) & 3)
+
+
 def _free_bytes(path):
     try:
         st = os.statvfs(path or "/")
@@ -148,12 +190,14 @@ class Updater:
         self.keys = o.get("keys") or ()
         self.trial_ms = o.get("trial_s", 300) * 1000
         self.max_tries = o.get("max_tries", siagaboot.MAX_TRIES)
+        self.stall_ms = o.get("stall_s", STALL_S) * 1000
         self.status_topic = proto.topic(dev.dev, "ota/status")
         self.get_topic = proto.topic(dev.dev, "ota/get")
         self.phase = IDLE
         self.job = None            # the offer being worked on (the fields of stage.json)
         self.pending = None        # an offer that came during a trial: acted on once it is over
         self.reports = []          # [body, boot state key or None] waiting for the broker's PUBACK
+        self._installed_report = None
         self._report_pid = 0
         self._report_conn = -1
         self._f = None             # the staged file, open while HASH, CHECK, EXTRACT read it
@@ -163,7 +207,12 @@ class Updater:
         self.boot = siagaboot.state(root)
         self.trial_until = None
         self._probed = None
-        if self.boot["trial"]:
+        # The state says "trial" but the loader ran the factory firmware (boot() failed): this
+        # firmware neither confirms nor fails that trial, and installs nothing until a good boot.
+        self.fallback = self.boot["trial"] and not siagaboot.on_trial(self.boot)
+        if self.fallback:
+            self.hal.event("ota_trial_skipped", "started=%s" % siagaboot.started)
+        elif self.boot["trial"]:
             self.trial_until = ticks_add(now, self.trial_ms)
             self.hal.event("ota_trial", "version=%s try=%d of %d" % (
                 self.boot["version"], self.boot["tries"], self.boot["max_tries"]))
@@ -171,11 +220,8 @@ class Updater:
         if rb is not None:
             reason = str(rb.get("reason"))
             self.hal.event("ota_rolled_back", reason)
-            if _hex(rb.get("id"), 16):
-                try:  # a bundle that failed here is not fetched again, whoever offers it
-                    _write_text(self._path("refused"), rb["id"] + "\n")
-                except OSError:
-                    pass
+            if _hex(rb.get("id"), 16):  # a bundle that failed here is not fetched again, whoever offers it
+                self._blacklist(rb["id"], reason)
             self._report(rb.get("id") or "", rb.get("version") or "", "rolled_back", reason, "rolled_back")
         ok = self.boot["confirmed"]
         if ok is not None and not self.boot["trial"]:  # confirmed, and reset before the report went out
@@ -191,6 +237,31 @@ class Updater:
         """The offer version acted on: the retained copy at each connect is then only a MAC check."""
         _write_text(self._path("offer"), "%d\n" % ver)
         self.dev.ota_ver = ver
+
+    def _refused(self, bid):
+        """The reason a bundle id was refused before ("refused before" if none was kept), or None."""
+        for line in _read_text(self._path("refused")).split("\n"):
+            parts = line.split()
+            if parts and parts[0] == bid:
+                return parts[1] if len(parts) > 1 else "refused before"
+        return None
+
+    def _blacklist(self, bid, reason):
+        """Remember a bundle refused for good, with its reason: the last REFUSED_KEEP of them."""
+        keep = []
+        for line in _read_text(self._path("refused")).split("\n"):
+            parts = line.split()
+            if parts and parts[0] != bid:
+                keep.append(line)
+        keep.append("%s %s" % (bid, reason))
+        try:
+            _write_text(self._path("refused"), "\n".join(keep[-REFUSED_KEEP:]) + "\n")
+        except OSError:
+            pass
+
+    def _target(self):
+        """The slot an update goes to: neither the one in service nor the one a trial returns to."""
+        return "a" if self.boot["run"] in (siagaboot.FACTORY, "b") else "b"
 
     def _drop_staging(self):
         self._close()
@@ -232,7 +303,8 @@ class Updater:
     # -------------------------------------------------------------- offers
 
     def _valid(self, m):
-        return (_hex(m.get("id"), 16) and _hex(m.get("sha256"), 64) and _int(m.get("size"), 1, MAX_BUNDLE)
+        return (_hex(m.get("id"), 16) and _hex(m.get("sha256"), 64) and m["sha256"][:16] == m["id"]
+                and _int(m.get("size"), 1, MAX_BUNDLE)
                 and _int(m.get("chunk"), CHUNK_MIN, CHUNK_MAX) and isinstance(m.get("version"), str)
                 and 0 < len(m["version"]) <= 32 and _int(m.get("ver"), 1, proto.CONFIG_VER_MAX))
 
@@ -240,9 +312,11 @@ class Updater:
         """A signed offer of this device with a version (ver) not acted on yet (app.py screened it)."""
         ver = msg["ver"]
         bid = msg.get("id")
+        if self.dev.reset_why is not None:
+            return  # a reset is due (not recorded: the retained copy comes back after it)
         if bid == "":
             self._record(ver)
-            if self.phase in (FETCH, HASH, CHECK):
+            if self.phase in (FETCH, HASH, CHECK, WIPE, EXTRACT):  # only INSTALL is past the point of no return
                 bid = self.job["id"]
                 self._stop()
                 self.hal.event("ota_withdrawn", "id=%s" % bid)
@@ -252,8 +326,11 @@ class Updater:
         if not self._valid(msg):
             self._record(ver)
             self.hal.event("ota_refused", "malformed offer")
-            self._report(bid if isinstance(bid, str) else "", "", "refused", "malformed")
+            self._report(bid if _hex(bid, 16) else "", "", "refused", "malformed")
             return
+        if self.fallback:
+            self.hal.event("ota_deferred", "id=%s" % bid)
+            return  # not recorded: the retained copy comes back after the next (good) boot
         if self.trial_until is not None:
             self.pending = msg  # the trial comes first; acted on when it is over
             return
@@ -263,14 +340,17 @@ class Updater:
             self.hal.event("ota_current", "version=%s" % version)
             self._report(bid, version, "current", "")
             return
-        if bid == _read_text(self._path("refused")):
+        why = self._refused(bid)
+        if why is not None:
+            # Said again, so that the gateway's entry does not wait for a download that never comes.
             self._record(ver)
             self.hal.event("ota_seen", "refused id=%s" % bid)
+            self._report(bid, version, "refused", why)
             return
         if self.phase != IDLE and self.job is not None and self.job["id"] == bid:
             self._record(ver)
             return
-        if self.phase in (WIPE, EXTRACT, INSTALL):
+        if self.phase == INSTALL:
             return  # too late to change course; the retained offer comes back after the reset
         self._stop()
         self.hal.event("ota_offer", "id=%s version=%s size=%d" % (bid, version, msg["size"]))
@@ -280,6 +360,8 @@ class Updater:
             self._refuse(st, "too_large")
             return
         free = _free_bytes(self.root)
+        if free is not None:
+            free += _bytes_under(siagaboot.slot_dir(self.root, self._target()))  # WIPE frees them
         if free is not None and free < 2 * msg["size"] + SPARE_BYTES:
             self._refuse(st, "no_space")
             return
@@ -296,6 +378,8 @@ class Updater:
         self._asked_conn = -1
         self._gap_ms = GAP_FIRST_MS
         self._told = False
+        self._stalled_ms = 0       # time able to ask (online, outbox empty) since the last new byte
+        self._stall_at = None
         self.phase = FETCH
         if resumed:
             self.hal.event("ota_resume", "id=%s off=%d" % (st["id"], have))
@@ -309,10 +393,8 @@ class Updater:
 
     def _refuse(self, st, reason):
         self._close()
-        try:
-            _write_text(self._path("refused"), st["id"] + "\n")
-        except OSError:
-            pass
+        if reason in BLACKLIST:
+            self._blacklist(st["id"], reason)
         if "ver" in st:
             try:
                 self._record(st["ver"])
@@ -332,6 +414,7 @@ class Updater:
         if body is None:
             self.hal.event("ota_data_rejected", "bad signature")
             return
+        self.dev.gw_seen = True
         parts = proto.split_ota_data(body)
         try:
             h = json.loads(parts[0])
@@ -363,6 +446,7 @@ class Updater:
             self.hal.event("ota_fault", "stage: %s" % exc)
             return
         self.have += len(chunk)
+        self._stalled_ms = 0
         self._asked_at = self.hal.ticks_ms()
         self._gap_ms = GAP_FIRST_MS
         if not self._told:
@@ -378,7 +462,15 @@ class Updater:
             return
         dev = self.dev
         if not dev._online or len(dev.outbox) or not dev.mqtt.can_publish():
-            return  # alarms first; offline nothing can be asked
+            self._stall_at = None  # alarms first; offline nothing can be asked (nor counts as a stall)
+            return
+        if self._stall_at is not None:
+            self._stalled_ms += ticks_diff(now, self._stall_at)
+        self._stall_at = now
+        if self._stalled_ms >= self.stall_ms:
+            self.hal.event("ota_stalled", "off=%d" % self.have)
+            self._refuse(st, "stalled")
+            return
         if self._window_end > self.have and self._asked_conn == dev.connects:
             if ticks_diff(now, self._asked_at) < self._gap_ms:
                 return
@@ -386,7 +478,11 @@ class Updater:
         c = st["chunk"]
         n = min(WINDOW, (st["size"] - self.have + c - 1) // c)
         body = proto.ota_get_body(dev.dev, st["id"], self.have, n)
-        dev.mqtt.publish(self.get_topic, dev.signer.seal(proto.encode(body)), 0)
+        try:
+            dev.mqtt.publish(self.get_topic, dev.signer.seal(proto.encode(body)), 0)
+        except OSError as exc:  # the link, not the flash: the app reconnects, the download goes on
+            dev._link_down(str(exc))
+            return
         self._window_end = min(st["size"], self.have + n * c)
         self._asked_at = now
         self._asked_conn = dev.connects
@@ -429,7 +525,7 @@ class Updater:
             return
         self._check = None
         self._manifest = m
-        self._slot = "a" if self.boot["run"] in (siagaboot.FACTORY, "b") else "b"
+        self._slot = self._target()
         self._slot_dir = siagaboot.slot_dir(self.root, self._slot)
         _mkdir(self.root + "/slot")
         self._wipe = _files_under(self._slot_dir, [])
@@ -459,6 +555,9 @@ class Updater:
         if self._fi >= len(self._files):
             return False
         name = self._files[self._fi]["name"]
+        self._head = name.endswith(".mpy")  # its first bytes: can this interpreter load it?
+        if self._head and self._files[self._fi]["size"] < 4:
+            raise Refused("wrong_mpy")
         d = self._slot_dir
         parts = name.split("/")
         for i in range(len(parts) - 1):
@@ -483,6 +582,10 @@ class Updater:
             got = self._f.readinto(self._mv[:n])
             if not got:
                 raise Refused("malformed")  # cut short
+            if self._head:
+                self._head = False
+                if not mpy_loadable(self._mv[:got]):
+                    raise Refused("wrong_mpy")
             self._hasher.update(self._mv[:got])
             self._out.write(self._mv[:got])
             self._left -= got
@@ -503,8 +606,8 @@ class Updater:
 
     def _install_wait(self, now):
         """Reset once the "installed" report is acknowledged, or PUBACK_WAIT_MS after it went out,
-        or UNSENT_WAIT_MS after the install if it never could; never with an alarm pending and a
-        link to send it on."""
+        or UNSENT_WAIT_MS after the install if it never could; and then only once the button is
+        quiet (Device.reset_when_quiet: no press under way, no alarm pending while online)."""
         r = self._installed_report
         for x in self.reports:
             if x is r:  # not acknowledged yet
@@ -514,16 +617,16 @@ class Updater:
                 elif ticks_diff(now, self._installed_at) < UNSENT_WAIT_MS:
                     return
                 break
-        if len(self.dev.outbox) and self.dev._online:
-            return
-        self.dev.mqtt.disconnect()
-        self.hal.reset("ota installed")
+        self.dev.reset_when_quiet("ota installed")
 
     # -------------------------------------------------------------- trial
 
     def _trial(self, now):
         dev = self.dev
-        ok = dev.mqtt.connected() and dev.hb_acked and not dev.outbox.fault and not dev.seqs.fault
+        # gw_seen: a frame signed by the gateway verified (the retained offer comes at every
+        # connect): a version that cannot check the gateway's MACs could take no ack either.
+        ok = (dev.mqtt.connected() and dev.hb_acked and dev.gw_seen and not dev.outbox.fault
+              and not dev.seqs.fault)
         if ok and self._probed is None:
             # The outbox and the counter wrote nothing yet, perhaps: one small write shows the
             # flash takes them (once; a failure stands until the deadline).
@@ -549,9 +652,10 @@ class Updater:
             return
         if ticks_diff(now, self.trial_until) >= 0:
             siagaboot.rollback(self.root, "selftest")
+            self.trial_until = None
+            self.pending = None
             self.hal.event("ota_trial_failed", "selftest")
-            dev.mqtt.disconnect()
-            self.hal.reset("ota selftest failed")
+            dev.reset_when_quiet("ota selftest failed")
 
     def offer_after_trial(self, msg):
         if msg["ver"] > self.dev.ota_ver:
@@ -563,7 +667,16 @@ class Updater:
         """Queue a report; `kept`: the boot state's key that holds it until the broker has it."""
         dev = self.dev
         body = proto.ota_status_body(dev.dev, dev.seqs.next(), bid, version, state, detail, FIRMWARE_VERSION)
-        self.reports.append([body, kept])
+        r = self.reports
+        if len(r) >= MAX_REPORTS:
+            # The oldest that the boot state does not keep, is not on its way, and is not the
+            # "installed" the reset waits for.
+            for i in range(len(r)):
+                if r[i][1] is None and not (i == 0 and self._report_pid) and r[i] is not self._installed_report:
+                    self.hal.event("ota_report_dropped", "%s seq=%d" % (r[i][0]["state"], r[i][0]["seq"]))
+                    r.pop(i)
+                    break
+        r.append([body, kept])
 
     def _send_report(self, now):
         dev = self.dev
@@ -572,7 +685,12 @@ class Updater:
         if not dev._online or len(dev.outbox) or not dev.mqtt.can_publish():
             return
         body = self.reports[0][0]
-        self._report_pid = dev.mqtt.publish(self.status_topic, dev.signer.seal(proto.encode(body)), 1)
+        try:
+            self._report_pid = dev.mqtt.publish(self.status_topic, dev.signer.seal(proto.encode(body)), 1)
+        except OSError as exc:  # the link's: sent again on the next connection
+            self._report_pid = 0
+            dev._link_down(str(exc))
+            return
         self._report_conn = dev.connects
         self._report_at = now
         self.hal.event("ota_status", "%s seq=%d" % (body["state"], body["seq"]))
@@ -593,10 +711,15 @@ class Updater:
         if self.reports:
             self._send_report(now)
         ph = self.phase
+        if ph == FETCH:
+            self._fetch(now)  # its network errors are the link's: handled there, never a refusal
+        elif ph != IDLE:
+            self._work(ph, now)
+        return self.phase == IDLE and not self.reports and self.trial_until is None and self.pending is None
+
+    def _work(self, ph, now):
         try:
-            if ph == FETCH:
-                self._fetch(now)
-            elif ph == HASH:
+            if ph == HASH:
                 self._hash()
             elif ph == CHECK:
                 self._check_step()
@@ -608,7 +731,6 @@ class Updater:
                 self._install_wait(now)
         except Refused as exc:
             self._refuse(self.job, exc.reason)
-        except OSError as exc:  # the flash: full, or failing
+        except OSError as exc:  # a file operation (the network's are handled where they happen): the flash
             self.hal.event("ota_fault", "%s" % exc)
             self._refuse(self.job, "no_space")
-        return self.phase == IDLE and not self.reports and self.trial_until is None and self.pending is None
