@@ -32,7 +32,7 @@ from .models import (
     FaultBatchResult,
     FaultIn,
 )
-from .plumbing import GatewayReportIn, record_report
+from .plumbing import REPORT_BODY_MAX, GatewayReportIn, record_report
 from .store import IntakeOutcome, NewAlarm, NewFault
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ async def receive_fault_batch(batch: FaultBatchIn, svc: ServicesDep) -> Response
     status_code=204,
     response_class=Response,
     responses={204: {"description": "report stored"}, **_INTAKE_ERRORS},
-    max_body_size=16 * 1024,
+    max_body_size=REPORT_BODY_MAX,
 )
 async def receive_gateway_report(report: GatewayReportIn, svc: ServicesDep) -> Response:
     try:

@@ -20,8 +20,9 @@ off the network as a room-wide fault, from the latest report, until a report say
 button behind that gateway has lost its backup path meanwhile.
 
 A gateway that updates its buttons' firmware over the air ([ota]) says in its report which firmware
-versions are in service and how its latest rollouts go (`firmware`); the console's devices view shows
-it. It is information, never a fault: the gateway halts a failing rollout by itself.
+versions are in service, how its latest rollouts go and where each of their buttons stands (`firmware`:
+at most 500 buttons, the failed and busy first, with how many there are in all); the console's devices
+view shows it. It is information, never a fault: the gateway halts a failing rollout by itself.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .background import Loop
 from .config import PlumbingSettings
 from .deps import PrincipalDep, ServicesDep, SupervisorDep
 from .domain import parse_rfc3339, rfc3339, utc_now
-from .models import GATEWAY_ID, ErrorOut, EventTime, UtcTime
+from .models import DEVICE_ID, GATEWAY_ID, ErrorOut, EventTime, UtcTime
 
 if TYPE_CHECKING:
     from .engine import Conn, Row
@@ -121,6 +122,13 @@ FIRMWARE_VERSION = r"^[!-~]{1,64}$"  # as a button reports it: visible ASCII ("0
 FIRMWARE_VERSIONS_MAX = 64  # versions in service a report may list
 ROLLOUTS_MAX = 8  # rollouts a report may list (the gateway sends its newest 5)
 HALTED_REASON_MAX = 300  # bytes
+ROLLOUT_DEVICES_MAX = 500  # buttons of its rollouts a report may list (the gateway's failed and busy first)
+DEVICE_DETAIL_MAX = 64  # bytes: a button's update report says at most this much (docs/protocol.md §11)
+BOARD = r"^[a-z0-9_-]{1,16}$"  # as a button's heartbeat names it (gateway/codec.py)
+# The largest report the schema allows, every field at its bound and every character escaped, is
+# about 400 KB (500 buttons of up to ~700 bytes); POST /api/v1/gateways/report must read that much.
+# A gateway keeps its own reports far smaller (gateway/liveness.py, REPORT_BYTES_MAX).
+REPORT_BODY_MAX = 512 * 1024
 PERCENT_MAX = 100
 
 
@@ -143,6 +151,9 @@ WholePercent = Annotated[int, Field(strict=True, ge=0, le=PERCENT_MAX), BeforeVa
 HaltedReason = Annotated[str, AfterValidator(contract.text_checker(HALTED_REASON_MAX)),
                          contract.text_schema(HALTED_REASON_MAX)]
 Millis = Annotated[int, Field(strict=True, ge=0, le=2**53), BeforeValidator(contract.json_integer)]
+DeviceDetail = Annotated[str, AfterValidator(contract.text_checker(DEVICE_DETAIL_MAX)),
+                         contract.text_schema(DEVICE_DETAIL_MAX)]
+RolloutId = Annotated[int, Field(strict=True, ge=1, le=2**53), BeforeValidator(contract.json_integer)]
 
 
 class RolloutCounts(BaseModel):
@@ -163,7 +174,7 @@ class RolloutSummary(BaseModel):
 
     model_config = {"extra": "ignore"}
 
-    id: Annotated[int, Field(strict=True, ge=1, le=2**53), BeforeValidator(contract.json_integer)]
+    id: RolloutId
     version: str = Field(pattern=FIRMWARE_VERSION)
     percent: Percent = Field(description="the share of the eligible buttons offered the version so far")
     state: Literal["active", "halted", "done", "cancelled"] = Field(
@@ -177,14 +188,38 @@ class RolloutSummary(BaseModel):
     eligible: Count = Field(default=0, description="buttons it is for: their board has a bundle of the version")
 
 
+class RolloutDevice(BaseModel):
+    """One button of a rollout the report lists, and where its update stands."""
+
+    model_config = {"extra": "ignore"}
+
+    device_id: str = Field(pattern=DEVICE_ID)
+    rollout: RolloutId = Field(description="the rollout (its `id` in `rollouts`)")
+    state: Literal["offered", "downloading", "installed", "updated", "failed", "withdrawn"] = Field(
+        description="the button's state in the rollout (docs/protocol.md §11)")
+    detail: DeviceDetail = Field(default="", description=(
+        "for `failed`, the button's reason word (`wrong_sha256`, `selftest`, `crashes`, ...); for `withdrawn`, "
+        "why the offer was withdrawn"))
+    firmware: str | None = Field(default=None, pattern=FIRMWARE_VERSION,
+                                 description="the version its heartbeats report; null before the first")
+    board: str | None = Field(default=None, pattern=BOARD, description="its board; null before its first report")
+    updated_ms: Millis = Field(description="when its state in the rollout last changed (ms since the epoch)")
+
+
 class FirmwareSummary(BaseModel):
-    """The firmware of a gateway's buttons: versions in service and the latest rollouts."""
+    """The firmware of a gateway's buttons: versions in service, the latest rollouts and their buttons."""
 
     model_config = {"extra": "ignore"}
 
     versions: VersionCounts = Field(default_factory=dict)
     rollouts: list[RolloutSummary] = Field(default_factory=list, max_length=ROLLOUTS_MAX,
                                            description="the newest active or halted rollouts, newest first")
+    devices: list[RolloutDevice] = Field(
+        default_factory=list, max_length=ROLLOUT_DEVICES_MAX,
+        description="the buttons of those rollouts: the failed first, then those under way, then the rest")
+    devices_total: Count = Field(
+        default=0, description="how many buttons those rollouts have in all; more than `devices` lists when "
+                                  "the gateway cut the list to its bound or to the report's size")
 
 
 class GatewayReportIn(BaseModel):
@@ -201,7 +236,9 @@ class GatewayReportIn(BaseModel):
                 "id": 3, "version": "0.3.0", "percent": 10, "state": "active", "max_failed_percent": 20,
                 "halted_reason": None, "created_ms": 1795922400000,
                 "counts": {"offered": 2, "downloading": 1, "installed": 1, "updated": 8, "failed": 0, "withdrawn": 0},
-                "targeted": 12, "eligible": 120}]},
+                "targeted": 12, "eligible": 120}], "devices": [{
+                "device_id": "btn-0042", "rollout": 3, "state": "downloading", "detail": "", "firmware": "0.2.0",
+                "board": "esp32", "updated_ms": 1795922460000}], "devices_total": 12},
         }]},
     }
 

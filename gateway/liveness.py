@@ -6,8 +6,9 @@ what runs (version, uptime) and how the path looks from here: the outbox depth i
 destination, whether the broker link is up, how many buttons are online of how many are registered,
 and, with an SMS path ([sms]), the state of the gateway's own modem: down or off the network, the
 buttons behind this gateway have no backup path, and the room must know. With firmware updates over
-the air ([ota]), it also says which firmware versions are in service and how the latest rollouts go
-(`firmware`, from `Gateway.ota_summary()`), which the console shows in its devices view.
+the air ([ota]), it also says which firmware versions are in service, how the latest rollouts go and
+where each of their buttons stands (`firmware`, from `Gateway.ota_summary()`; at most 500 buttons,
+the failed and busy first), which the console shows in its devices view.
 It goes to every destination of type `siaga` with that destination's intake token as a bearer token,
 exactly as the alarms do (over TLS when the URL is https).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import math
 import re
@@ -44,6 +46,18 @@ REPORT_PATH = "/api/v1/gateways/report"
 _FW_VERSION = re.compile(r"[!-~]{1,64}")
 FW_VERSIONS_MAX = 64
 FW_ROLLOUTS_MAX = 5
+FW_DEVICES_MAX = 500
+_DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,31}")
+_BOARD = re.compile(r"[a-z0-9_-]{1,16}")
+_DETAIL_MAX_BYTES = 64
+# A report is kept to at most this many bytes: the buttons listed are cut further to fit it, the rest
+# counted in devices_total. 96 KiB holds the 500 rows a report may list; the command center takes up
+# to REPORT_BODY_MAX (commandcenter/plumbing.py, 512 KiB: what its schema allows at most). Before
+# updates over the air it took 16 KiB, so a command center older than this gateway refuses a long
+# list (413) and the gateway looks silent: update the command center first. REPORT_SLACK_BYTES is
+# left free as it is measured as httpx sends it.
+REPORT_BYTES_MAX = 96 * 1024
+REPORT_SLACK_BYTES = 256
 _COUNT_MAX = 10**12
 _REASON_MAX_BYTES = 300
 _ROLLOUT_STATES = frozenset({"active", "halted", "done", "cancelled"})
@@ -126,16 +140,68 @@ def _rollout(r: object) -> dict[str, Any] | None:
     }
 
 
+def _device(d: object, rollout_ids: set[int]) -> dict[str, Any] | None:
+    """One button of the summary's rollouts as the command center takes it, or None to leave it out."""
+    if not isinstance(d, dict):
+        return None
+    device_id, state, updated = d.get("device_id"), d.get("state"), d.get("updated_ms")
+    if not (isinstance(device_id, str) and _DEVICE_ID.fullmatch(device_id)):
+        return None
+    if type(d.get("rollout")) is not int or d["rollout"] not in rollout_ids or state not in _DEVICE_STATES:
+        return None
+    detail, firmware, board = d.get("detail"), d.get("firmware"), d.get("board")
+    detail = _CONTROL.sub(" ", detail).encode(errors="ignore")[:_DETAIL_MAX_BYTES].decode(errors="ignore") \
+        if isinstance(detail, str) else ""
+    return {
+        "device_id": device_id, "rollout": d["rollout"], "state": state, "detail": detail,
+        "firmware": firmware if isinstance(firmware, str) and _FW_VERSION.fullmatch(firmware) else None,
+        "board": board if isinstance(board, str) and _BOARD.fullmatch(board) else None,
+        "updated_ms": updated if type(updated) is int and 0 <= updated <= 2**53 else 0,
+    }
+
+
 def bounded_firmware(summary: dict[str, Any]) -> dict[str, Any]:
     """`Gateway.ota_summary()` within the command center's bounds: the 64 versions most in service,
-    the first 5 rollouts, a halted reason of at most 300 bytes without control characters; an entry
-    that is not as docs/protocol.md §11 says is left out rather than refused with the whole report."""
+    the first 5 rollouts, a halted reason of at most 300 bytes without control characters, the first
+    500 buttons of those rollouts (a reason of at most 64 bytes); an entry that is not as
+    docs/protocol.md §11 says is left out rather than refused with the whole report."""
     raw = summary.get("versions")
     versions = sorted(((k, v) for k, v in raw.items() if isinstance(k, str) and _FW_VERSION.fullmatch(k) and _count(v)),
                       key=lambda kv: (-kv[1], kv[0])) if isinstance(raw, dict) else []
     rollouts = [r for r in map(_rollout, summary.get("rollouts") or ()) if r is not None] \
         if isinstance(summary.get("rollouts"), list) else []
-    return {"versions": dict(versions[:FW_VERSIONS_MAX]), "rollouts": rollouts[:FW_ROLLOUTS_MAX]}
+    rollouts = rollouts[:FW_ROLLOUTS_MAX]
+    ids = {r["id"] for r in rollouts}
+    raw_devices = summary.get("devices")
+    devices = [d for d in (_device(x, ids) for x in raw_devices) if d is not None] \
+        if isinstance(raw_devices, list) else []
+    total: object = summary.get("devices_total")
+    total = max(total, len(devices)) if type(total) is int and _count(total) else len(devices)
+    return {"versions": dict(versions[:FW_VERSIONS_MAX]), "rollouts": rollouts,
+            "devices": devices[:FW_DEVICES_MAX], "devices_total": total}
+
+
+def _json_bytes(value: object) -> int:
+    """The size of `value` in a request body, encoded as httpx encodes `json=`."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+
+
+def fit_report(report: dict[str, Any], max_bytes: int = REPORT_BYTES_MAX) -> dict[str, Any]:
+    """The report with its firmware summary's buttons cut, from the end of the list (the failed and
+    busy come first), until the whole fits in `max_bytes`; `devices_total` still counts them all."""
+    firmware = report.get("firmware")
+    if not isinstance(firmware, dict) or not firmware.get("devices"):
+        return report
+    room = max_bytes - REPORT_SLACK_BYTES - _json_bytes({**report, "firmware": {**firmware, "devices": []}})
+    kept = 0
+    for device in firmware["devices"]:
+        room -= _json_bytes(device) + 1   # and its comma
+        if room < 0:
+            break
+        kept += 1
+    if kept < len(firmware["devices"]):
+        report = {**report, "firmware": {**firmware, "devices": firmware["devices"][:kept]}}
+    return report
 
 
 async def build_report(gw: Gateway, started: float, version: str) -> dict[str, Any]:
@@ -143,7 +209,7 @@ async def build_report(gw: Gateway, started: float, version: str) -> dict[str, A
     link = gw.link
     sms = sms_state(gw)
     firmware = await firmware_state(gw)
-    return {
+    return fit_report({
         "gateway_id": gw.cfg.gateway_id,
         "instance": gw.instance,
         "version": version,
@@ -154,7 +220,7 @@ async def build_report(gw: Gateway, started: float, version: str) -> dict[str, A
         "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         **({"sms": sms} if sms is not None else {}),
         **({"firmware": firmware} if firmware is not None else {}),
-    }
+    })
 
 
 class _Target:

@@ -212,9 +212,12 @@ class OtaService:
 
     async def summary(self) -> dict[str, Any]:
         """For the gateway report: devices per firmware version; the newest five rollouts under way
-        or halted."""
+        or halted; their buttons (`devices`, the failed and those under way first, at most 500) with
+        how many there are in all (`devices_total`)."""
         rollouts = [r for r in await self.gw.store.rollouts(limit=0) if r["state"] in ("active", "halted")][:5]
-        return {"versions": await self.gw.store.firmware_versions(), "rollouts": [rollout_out(r) for r in rollouts]}
+        devices, total = await self.gw.store.rollout_buttons([r["id"] for r in rollouts])
+        return {"versions": await self.gw.store.firmware_versions(), "rollouts": [rollout_out(r) for r in rollouts],
+                "devices": devices, "devices_total": total}
 
     # ------------------------------------------------------------ chunk requests (no database work here)
 

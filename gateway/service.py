@@ -982,7 +982,8 @@ class Gateway:
 
     async def ota_summary(self) -> dict[str, Any]:
         """Firmware over the air for the gateway report: {"versions": {version: devices},
-        "rollouts": [the newest five rollouts under way or halted, as GET /api/v1/rollouts shows them]}."""
+        "rollouts": [the newest five rollouts under way or halted, as GET /api/v1/rollouts shows them],
+        "devices": [their buttons, failed and busy first, at most 500], "devices_total": n}."""
         return await self.ota.summary()
 
     def gauges(self) -> dict[str, float]:

@@ -187,6 +187,7 @@ MOVES_FROM = {"downloading": LIVE_OFFER, "installed": LIVE_OFFER, "updated": LIV
 WITHDRAWN_AT_HALT = "halted"
 OTA_LOCK_NAMESPACE = 0x51A6C   # PostgreSQL advisory lock of the rollouts (store_pg.py uses 0x51A6A-B)
 ROLLOUTS_LISTED = 20     # finished rollouts GET /api/v1/rollouts lists by default, besides those under way
+ROLLOUT_BUTTONS_LISTED = 500  # buttons of its rollouts the gateway report lists (commandcenter/plumbing.py)
 
 
 def _version_key(version: str | None) -> tuple[int, ...] | None:
@@ -371,6 +372,8 @@ class Store(Protocol):
     async def rollouts(self, rollout_id: int | None = None, *,
                        limit: int = ROLLOUTS_LISTED) -> list[dict[str, Any]]: ...
     async def firmware_versions(self) -> dict[str, int]: ...
+    async def rollout_buttons(self, rollout_ids: Sequence[int], *,
+                              limit: int = ROLLOUT_BUTTONS_LISTED) -> tuple[list[dict[str, Any]], int]: ...
     async def record_audit(self, at_ms: int, device_id: str | None, topic: str, reason: str, detail: str) -> None: ...
 
 
@@ -1714,6 +1717,30 @@ class SQLStore:
             rows = db.execute("SELECT firmware, count(*) AS n FROM devices WHERE revoked_ms IS NULL "
                               "AND firmware IS NOT NULL GROUP BY firmware ORDER BY firmware").fetchall()
             return {r["firmware"]: r["n"] for r in rows}
+        return await self._read(read)
+
+    async def rollout_buttons(self, rollout_ids: Sequence[int], *,
+                              limit: int = ROLLOUT_BUTTONS_LISTED) -> tuple[list[dict[str, Any]], int]:
+        """The buttons of these rollouts, each with its state in the rollout and what its heartbeats
+        say (firmware, board): the failed first, then those under way (downloading, installed, then
+        offered), then the updated and the withdrawn; the latest change first within each. At most
+        `limit` of them, in one query, and how many there are in all."""
+        if not rollout_ids:
+            return [], 0
+        marks = ", ".join("?" * len(rollout_ids))
+
+        def read(db: Db) -> tuple[list[dict[str, Any]], int]:
+            rows = db.execute(
+                "SELECT rd.device_id, rd.rollout_id, rd.state, rd.detail, rd.updated_ms, d.firmware, d.board, "
+                "count(*) OVER () AS total FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id "
+                f"WHERE rd.rollout_id IN ({marks}) ORDER BY CASE rd.state WHEN 'failed' THEN 0 "
+                "WHEN 'downloading' THEN 1 WHEN 'installed' THEN 1 WHEN 'offered' THEN 2 WHEN 'updated' THEN 3 "
+                "ELSE 4 END, rd.updated_ms DESC, rd.rollout_id DESC, rd.device_id LIMIT ?",
+                (*rollout_ids, limit)).fetchall()
+            total = int(rows[0]["total"]) if rows else 0
+            return [{"device_id": r["device_id"], "rollout": int(r["rollout_id"]), "state": r["state"],
+                     "detail": r["detail"], "firmware": r["firmware"], "board": r["board"],
+                     "updated_ms": int(r["updated_ms"])} for r in rows], total
         return await self._read(read)
 
     async def record_audit(self, at_ms: int, device_id: str | None, topic: str, reason: str, detail: str) -> None:

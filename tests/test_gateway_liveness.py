@@ -22,7 +22,14 @@ import pytest
 from siaga import i18n
 from siaga.commandcenter import plumbing
 from siaga.commandcenter.callbacks import signed_body
-from siaga.commandcenter.plumbing import GatewayReportIn, GatewayState, apply_transitions, decide, record_report
+from siaga.commandcenter.plumbing import (
+    REPORT_BODY_MAX,
+    GatewayReportIn,
+    GatewayState,
+    apply_transitions,
+    decide,
+    record_report,
+)
 from siaga.commandcenter.schema import MIGRATIONS
 from siaga.commandcenter.store import Store
 from siaga.gateway.config import GatewayConfig
@@ -215,8 +222,8 @@ def test_the_intake_token_is_needed_and_the_body_is_checked(command_center: Comm
                   {**body, "sms": {"up": "no"}}, {**body, "sms": {"up": True, "signal": 99}}):
         r = httpx.post(url, json=wrong, headers={"Authorization": f"Bearer {cc.intake_token}"}, timeout=5)
         assert r.status_code == 422, (wrong, r.text)
-    # A report is small: 16 KiB at most, refused while it arrives.
-    large = httpx.post(url, json={**body, "padding": "x" * 20_000},
+    # A report is bounded: 512 KiB at most (the most its schema allows), refused while it arrives.
+    large = httpx.post(url, json={**body, "padding": "x" * (REPORT_BODY_MAX + 1)},
                        headers={"Authorization": f"Bearer {cc.intake_token}"}, timeout=5)
     assert large.status_code == 413
 

@@ -12,7 +12,9 @@ acted on and offers them again on resume; a trial that fails after the new firmw
 or after `confirmed` still counts as failed; a late report never revives a withdrawn offer; a rollout
 is done when nothing is left to do however that came about; the halt limit survives a widening; only
 admins change firmware and rollouts, each written to the change log; a downgrade needs saying so; an
-offer keeps its chunk size across a restart with another chunk_bytes; a replayed report is refused."""
+offer keeps its chunk size across a restart with another chunk_bytes; a replayed report is refused;
+the gateway report's summary lists each rollout's buttons with their state, failed and busy first,
+bounded in one query that both SQLite and PostgreSQL run."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -36,6 +39,10 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from siaga.broker.process import MosquittoProcess
+from siaga.gateway.codec import OtaStatus, Status
+from siaga.gateway.config import ota_key_id
+from siaga.gateway.ota import OtaService, check_bundle
+from siaga.gateway.store import IN_PROCESS, Batch, NewBundle, open_store
 from siaga.provisioning import bundle
 from siagafw import proto
 from tests.support.devices import LOC
@@ -678,3 +685,56 @@ def test_an_offer_keeps_its_chunk_size_across_a_restart_with_another(rig: Rig) -
     header, data = button.chunks.get(timeout=5)
     assert header["off"] == CHUNK and data == rig.bundles.good[CHUNK:2 * CHUNK]
     assert button.chunks.get(timeout=5)[0]["off"] == 2 * CHUNK
+
+
+# ---- the gateway report's summary: each rollout's buttons (the store, on both engines) ------------------
+
+
+async def test_the_summary_lists_each_buttons_state_failed_and_busy_first(store_target: str | Path,
+                                                                         bundles: Bundles) -> None:
+    """`ota_summary()` (the gateway report's `firmware`) names the buttons of its rollouts with their
+    state, reason, firmware and board: failed first, then those under way, offered, updated; the
+    latest change first within each; bounded in SQL, with the count before the bound."""
+    store = open_store(str(store_target))
+    await store.open()
+    try:
+        ids = [f"ota-sum-{i}" for i in range(6)]
+        for device_id in ids:
+            await store.add_device(device_id, bytes(32), now_ms=1)
+        heartbeats = [(Status(d, 1, 3900, -60, "0.2.0", False, 0, 1000, 60, board="unix"), 10) for d in ids]
+        await store.commit(Batch(statuses=heartbeats), _never, _never)
+        doc = check_bundle(bundles.good, {ota_key_id(bytes.fromhex(bundles.key_hex)): bytes.fromhex(bundles.key_hex)})
+        sha256 = hashlib.sha256(bundles.good).hexdigest()
+        await store.add_bundle(NewBundle(sha256[:16], sha256, doc["version"], doc["board"], len(bundles.good),
+                                         doc["min_boot"], json.dumps(doc, sort_keys=True), bundles.good),
+                               now_ms=15, by=IN_PROCESS)
+        _, rollout_id, offers, _ = await store.start_rollout("0.3.0", 100, 100, resume=False, now_ms=20, by=IN_PROCESS)
+        assert len(offers) == 6
+        bid = bundles.good_id
+        reports = [OtaStatus(ids[0], 1, bid, "0.3.0", "refused", "wrong_sha256", "0.2.0"),
+                   OtaStatus(ids[1], 1, bid, "0.3.0", "downloading", "", "0.2.0"),
+                   OtaStatus(ids[2], 1, bid, "0.3.0", "confirmed", "", "0.3.0"),
+                   OtaStatus(ids[3], 1, bid, "0.3.0", "rolled_back", "selftest", "0.2.0")]
+        await store.commit(Batch(ota_reports=[(r, 30 + 10 * i) for i, r in enumerate(reports)]), _never, _never)
+
+        summary = await OtaService(cast(Any, SimpleNamespace(store=store)), None).summary()
+        assert [r["id"] for r in summary["rollouts"]] == [rollout_id]
+        assert summary["devices_total"] == 6
+        assert [(d["device_id"], d["state"], d["detail"], d["firmware"]) for d in summary["devices"]] == [
+            (ids[3], "failed", "selftest", "0.2.0"), (ids[0], "failed", "wrong_sha256", "0.2.0"),
+            (ids[1], "downloading", "", "0.2.0"), (ids[4], "offered", "", "0.2.0"),
+            (ids[5], "offered", "", "0.2.0"), (ids[2], "updated", "", "0.3.0")]
+        assert summary["devices"][0] == {"device_id": ids[3], "rollout": rollout_id, "state": "failed",
+                                         "detail": "selftest", "firmware": "0.2.0", "board": "unix",
+                                         "updated_ms": 60}
+        # The bound is the query's: the first rows, and how many there were.
+        cut, total = await store.rollout_buttons([rollout_id], limit=2)
+        assert [d["device_id"] for d in cut] == [ids[3], ids[0]] and total == 6
+        assert await store.rollout_buttons([rollout_id + 1]) == ([], 0)
+        assert await store.rollout_buttons([]) == ([], 0)
+    finally:
+        await store.close()
+
+
+def _never(*_: Any) -> Any:
+    raise AssertionError("no alarm or fault event in these batches")

@@ -54,6 +54,21 @@
     active: "firmware.state.active", halted: "firmware.state.halted", done: "firmware.state.done",
     cancelled: "firmware.state.cancelled",
   };
+  const DEVICE_STATE_KEYS = {
+    offered: "firmware.device.offered", downloading: "firmware.device.downloading",
+    installed: "firmware.device.installed", updated: "firmware.device.updated", failed: "firmware.device.failed",
+    withdrawn: "firmware.device.withdrawn",
+  };
+  // Why a button's update failed: the word it reported (docs/ota.md, docs/protocol.md §11).
+  const UPDATE_REASON_KEYS = {
+    malformed: "firmware.reason.malformed", too_large: "firmware.reason.too_large",
+    unknown_key: "firmware.reason.unknown_key", bad_signature: "firmware.reason.bad_signature",
+    wrong_board: "firmware.reason.wrong_board", boot_too_old: "firmware.reason.boot_too_old",
+    wrong_hash: "firmware.reason.wrong_hash", wrong_sha256: "firmware.reason.wrong_sha256",
+    no_space: "firmware.reason.no_space", wrong_mpy: "firmware.reason.wrong_mpy", stalled: "firmware.reason.stalled",
+    selftest: "firmware.reason.selftest", crashes: "firmware.reason.crashes",
+  };
+  const BUTTON_COLUMNS = ["col.device", "col.state", "col.firmware", "col.reason", "col.changed"];
   const LOCALES = {id: "id-ID", en: "en-GB"};
   const REFERRAL_CHANNEL = "LAPOR!"; // the city's complaint channel: a name, the same in both languages
   const STATE_COLORS = {new: "#ef4444", acknowledged: "#f59e0b", dispatched: "#3b82f6"};
@@ -1390,17 +1405,62 @@
     for (const g of shown) {
       const inService = Object.entries(g.firmware.versions).sort((a, b) => b[1] - a[1]);
       for (const [version, count] of inService) versions.push([g.gateway_id, version, count]);
-      for (const r of g.firmware.rollouts) rollouts.push([g.gateway_id, r]);
+      for (const r of g.firmware.rollouts) rollouts.push([g.gateway_id, r, g.firmware]);
     }
     table("firmware-versions", ["col.gateway", "col.version", "col.buttons"], versions, "firmware.no_versions");
-    table("firmware-rollouts", ["col.gateway", "col.version", "col.percent", "col.state", "col.buttons_by_state"],
+    const columns = ["col.gateway", "col.version", "col.percent", "col.state", "col.buttons_by_state"];
+    table("firmware-rollouts", columns,
       rollouts.map(([gatewayId, r]) => [gatewayId, r.version, `${r.percent} %`, rolloutState(r), rolloutCounts(r)]),
       "firmware.no_rollouts");
-    for (const [i, [, r]] of rollouts.entries()) {
-      const row = $("firmware-rollouts").tBodies[0].rows[i];
+    if (!rollouts.length) return;
+    // Under each rollout's row, a row holding the table of its buttons.
+    const body = $("firmware-rollouts").tBodies[0];
+    const rows = [...body.rows];
+    body.replaceChildren();
+    for (const [i, [, r, fw]] of rollouts.entries()) {
+      const row = rows[i];
       row.className = `rollout-${r.state}`;
       row.dataset.rollout = String(r.id);
+      body.append(row);
+      const buttons = rolloutButtons(r, fw, columns.length);
+      if (buttons) body.append(buttons);
     }
+  }
+
+  /** A rollout's buttons as the gateway lists them (the failed first, then those under way), or null
+   *  when it lists none; "N more" when the gateway cut its list to its bound. */
+  function rolloutButtons(r, fw, span) {
+    const all = fw.devices || [];
+    const devices = all.filter((d) => d.rollout === r.id);
+    const more = (fw.devices_total || 0) > all.length ? Math.max(0, r.targeted - devices.length) : 0;
+    if (!devices.length && !more) return null;
+    const tr = el("tr", "rollout-buttons");
+    tr.dataset.rolloutButtons = String(r.id);
+    const td = el("td");
+    td.colSpan = span;
+    if (devices.length) {
+      const tbl = el("table", "table table-compact");
+      fillTable(tbl, BUTTON_COLUMNS, devices.map((d) => [d.device_id, buttonState(d), d.firmware || "–",
+        updateReason(d), fmtTime(d.updated_ms)]));
+      for (const [i, d] of devices.entries()) tbl.tBodies[0].rows[i].className = `button-${d.state}`;
+      td.append(tbl);
+    }
+    if (more) td.append(el("div", "rollout-more", t("firmware.more", {n: more})));
+    tr.append(td);
+    return tr;
+  }
+
+  function buttonState(d) {
+    return DEVICE_STATE_KEYS[d.state] ? el("span", "button-state", t(DEVICE_STATE_KEYS[d.state]))
+      : val("span", "button-state", d.state);
+  }
+
+  /** Why the button's update failed, in the reader's words: a word the console does not know is
+   *  shown as the button said it. */
+  function updateReason(d) {
+    if (d.state !== "failed" || !d.detail) return el("span");
+    return UPDATE_REASON_KEYS[d.detail] ? el("span", "rollout-reason", t(UPDATE_REASON_KEYS[d.detail]))
+      : val("span", "rollout-reason", d.detail);
   }
 
   function rolloutState(r) {
@@ -1440,7 +1500,10 @@
 
   /** A table: headers are catalog keys; cells are data, or an element when they are words. */
   function table(id, headerKeys, rows, emptyKey = "table.none") {
-    const tbl = $(id);
+    fillTable($(id), headerKeys, rows, emptyKey);
+  }
+
+  function fillTable(tbl, headerKeys, rows, emptyKey = "table.none") {
     tbl.replaceChildren();
     const head = el("tr");
     for (const k of headerKeys) head.append(el("th", null, k ? t(k) : ""));
