@@ -5,7 +5,7 @@ import pytest
 pytest_plugins = ["tests.support.mosquitto", "tests.support.ccproc", "tests.support.system", "tests.support.postgres"]
 
 # The files that take longest (minutes, not seconds: services in processes, a browser, schemathesis
-# per role), slowest first. The suite runs on two xdist workers that take whole files in collection
+# per role), slowest first. The suite runs on three xdist workers that take whole files in collection
 # order (pyproject.toml); a long file handed out last keeps one worker busy while the other has
 # nothing left, so these are collected first and the short ones fill in around them. Order only:
 # a file missing here still runs, after these.
