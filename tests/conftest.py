@@ -6,7 +6,7 @@ pytest_plugins = ["tests.support.mosquitto", "tests.support.ccproc", "tests.supp
 
 # The files that take longest (minutes, not seconds: services in processes, a browser, schemathesis
 # per role), slowest first. The suite runs on three xdist workers that take whole files in collection
-# order (pyproject.toml); a long file handed out last keeps one worker busy while the other has
+# order (pyproject.toml); a long file handed out last keeps one worker busy while the others have
 # nothing left, so these are collected first and the short ones fill in around them. Order only:
 # a file missing here still runs, after these.
 SLOW_FIRST = (
