@@ -38,7 +38,6 @@
 # again, with siagafw/remote.py, only while a new remote configuration is applied (protocol.md §10).
 # Likewise siagafw/ota.py (updates, protocol.md §11) is imported only while it has work.
 import json
-import os
 import socket
 import sys
 
@@ -47,7 +46,7 @@ from siagafw import proto
 from siagafw.button import CANCEL, HELD, TRIGGER, ButtonPanel
 from siagafw.button import IDLE as PANEL_IDLE
 from siagafw.mqtt import REFUSED_BAD_LOGIN, REFUSED_NOT_AUTHORISED, MQTTClient
-from siagafw.storage import Outbox, SeqStore
+from siagafw.storage import Outbox, SeqStore, _exists
 from siagafw.timing import Backoff, plausible_unix_time, ticks_add, ticks_diff
 
 FIRMWARE_VERSION = "0.2.0"
@@ -96,13 +95,8 @@ def _ota_work(root):
     import siagaboot
 
     s = siagaboot.state(root)
-    if s["trial"] or s["rolled_back"] is not None or s["confirmed"] is not None:
-        return True
-    try:
-        os.stat(root + "/ota/stage.json")
-        return True
-    except OSError:
-        return False
+    return (s["trial"] or s["rolled_back"] is not None or s["confirmed"] is not None
+            or _exists(root + "/ota/stage.json"))
 
 
 def _read_int(path):
